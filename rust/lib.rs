@@ -1,0 +1,10 @@
+//! ferrollm's core: GGUF files, quantized block types and their kernels.
+
+pub mod error;
+pub mod gguf;
+pub mod quant;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};

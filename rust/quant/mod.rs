@@ -1,0 +1,166 @@
+//! Block types of GGUF and their dequantization, with run-time selection of the SIMD kernels.
+//!
+//! Three tiers per type, as in ggml: the reference (`Block::dequantize`, plain scalar code), and
+//! SIMD kernels per instruction set (`avx2`), all bit-identical to the reference. `Isa::active()`
+//! is detected once; `FERROLLM_ISA=scalar` (or `avx2`) forces a lower tier.
+
+pub mod block;
+pub mod float;
+pub mod grids;
+pub mod iquants;
+pub mod kquants;
+pub mod legacy;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use block::{Block, dequantize_blocks};
+
+/// Dequantizes whole blocks: `src` holds n blocks, `dst` n * block_elems floats.
+pub type DequantFn = fn(src: &[u8], dst: &mut [f32]);
+
+/// Instruction-set tiers, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().find(|i| i.name() == name.to_ascii_lowercase())
+    }
+
+    /// The best tier this CPU supports.
+    pub fn detected() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("f16c")
+                    && is_x86_feature_detected!("fma");
+                let avx512 = avx2
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl");
+                if avx512 {
+                    return Isa::Avx512;
+                }
+                if avx2 {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Scalar
+        })
+    }
+
+    /// The tier in use: the detected one, lowered by `FERROLLM_ISA` if set (never raised).
+    pub fn active() -> Isa {
+        static ACTIVE: OnceLock<Isa> = OnceLock::new();
+        *ACTIVE.get_or_init(|| {
+            let detected = Isa::detected();
+            match std::env::var("FERROLLM_ISA").ok().as_deref().and_then(Isa::from_name) {
+                Some(forced) => forced.min(detected),
+                None => detected,
+            }
+        })
+    }
+}
+
+/// The reference dequantizer of `ty`, or None for types without one (Q8_1, integer types...).
+pub fn reference_fn(ty: GgmlType) -> Option<DequantFn> {
+    use GgmlType::*;
+    fn f<B: Block>() -> DequantFn {
+        dequantize_blocks::<B>
+    }
+    Some(match ty {
+        F32 => f::<float::F32Le>(),
+        F16 => f::<block::F16Le>(),
+        BF16 => f::<float::Bf16Le>(),
+        Q4_0 => f::<legacy::BlockQ4_0>(),
+        Q4_1 => f::<legacy::BlockQ4_1>(),
+        Q5_0 => f::<legacy::BlockQ5_0>(),
+        Q5_1 => f::<legacy::BlockQ5_1>(),
+        Q8_0 => f::<legacy::BlockQ8_0>(),
+        IQ4_NL => f::<legacy::BlockIq4Nl>(),
+        Q2_K => f::<kquants::BlockQ2K>(),
+        Q3_K => f::<kquants::BlockQ3K>(),
+        Q4_K => f::<kquants::BlockQ4K>(),
+        Q5_K => f::<kquants::BlockQ5K>(),
+        Q6_K => f::<kquants::BlockQ6K>(),
+        Q8_K => f::<kquants::BlockQ8K>(),
+        IQ2_XXS => f::<iquants::BlockIq2Xxs>(),
+        IQ2_XS => f::<iquants::BlockIq2Xs>(),
+        IQ2_S => f::<iquants::BlockIq2S>(),
+        IQ3_XXS => f::<iquants::BlockIq3Xxs>(),
+        IQ3_S => f::<iquants::BlockIq3S>(),
+        IQ1_S => f::<iquants::BlockIq1S>(),
+        IQ1_M => f::<iquants::BlockIq1M>(),
+        IQ4_XS => f::<iquants::BlockIq4Xs>(),
+        _ => return None,
+    })
+}
+
+/// The fastest dequantizer of `ty` at or below tier `isa`, with the tier it belongs to.
+pub fn dequant_fn(ty: GgmlType, isa: Isa) -> Option<(DequantFn, Isa)> {
+    let isa = isa.min(Isa::detected());
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        if let Some(f) = avx2::dequant_fn(ty) {
+            return Some((f, Isa::Avx2));
+        }
+    }
+    reference_fn(ty).map(|f| (f, Isa::Scalar))
+}
+
+/// Below this many output elements one thread does the whole tensor.
+const PARALLEL_MIN_ELEMS: usize = 1 << 18;
+/// Elements per parallel task (a multiple of every block size).
+const CHUNK_ELEMS: usize = 1 << 16;
+
+/// Dequantizes `src` (whole blocks of `ty`) into `dst` with the given tier, splitting large
+/// tensors over the rayon pool.
+pub fn dequantize_with(ty: GgmlType, src: &[u8], dst: &mut [f32], isa: Isa) -> Result<()> {
+    let (kernel, _) = dequant_fn(ty, isa).ok_or_else(|| Error::Unsupported(format!("{ty}: no dequantization")))?;
+    let (be, bb) = (ty.block_elems(), ty.block_bytes());
+    if src.len() % bb != 0 || src.len() / bb * be != dst.len() {
+        return Err(Error::invalid(format!(
+            "{ty}: {} bytes of input (blocks of {bb} bytes, {be} elements) do not match {} outputs",
+            src.len(),
+            dst.len()
+        )));
+    }
+    if dst.len() < PARALLEL_MIN_ELEMS {
+        kernel(src, dst);
+    } else {
+        let chunk_blocks = CHUNK_ELEMS / be;
+        src.par_chunks(chunk_blocks * bb)
+            .zip(dst.par_chunks_mut(chunk_blocks * be))
+            .for_each(|(s, d)| kernel(s, d));
+    }
+    Ok(())
+}
+
+/// Dequantizes with the active tier.
+pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    dequantize_with(ty, src, dst, Isa::active())
+}
+
+#[cfg(test)]
+mod tests;
