@@ -327,14 +327,15 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
         let type_id = c.u32(&|| what("type"))?;
         let ty = GgmlType::from_id(type_id)
             .ok_or_else(|| Error::gguf(type_at, format!("{} {type_id} is not a known ggml type", what("type"))))?;
-        let row_bytes = ty.row_bytes(dims[0]).ok_or_else(|| {
-            Error::gguf(
+        if dims[0] % ty.block_elems() as u64 != 0 {
+            return Err(Error::gguf(
                 dims_at + 4,
                 format!("{}: row length {} is not a multiple of the {ty} block size {}", what("dims"), dims[0], ty.block_elems()),
-            )
-        })?;
-        let nbytes = row_bytes
-            .checked_mul(n_elements / dims[0])
+            ));
+        }
+        let nbytes = ty
+            .row_bytes(dims[0])
+            .and_then(|row| row.checked_mul(n_elements / dims[0]))
             .ok_or_else(|| Error::gguf(dims_at, format!("{}: byte size overflows 64 bits", what("dims"))))?;
         let offset_at = c.pos as u64;
         let offset = c.u64(&|| what("offset"))?;

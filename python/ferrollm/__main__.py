@@ -1,0 +1,5 @@
+import sys
+
+from ferrollm.cli import main
+
+sys.exit(main())

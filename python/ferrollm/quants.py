@@ -1,0 +1,62 @@
+"""Block types of GGUF and their dequantization (Rust kernels chosen at run time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ferrollm import _core
+
+
+@dataclass(frozen=True)
+class QuantType:
+    name: str
+    id: int
+    block_elems: int
+    block_bytes: int
+    can_dequantize: bool
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.block_bytes / self.block_elems
+
+
+TYPES: dict[str, QuantType] = {row[0]: QuantType(*row) for row in _core.type_table()}
+TYPES_BY_ID: dict[int, QuantType] = {t.id: t for t in TYPES.values()}
+
+
+def quant_type(name: str) -> QuantType:
+    try:
+        return TYPES[name.upper()]
+    except KeyError:
+        raise ValueError(f"unknown tensor type {name!r}; known: {', '.join(TYPES)}") from None
+
+
+def as_bytes(data) -> np.ndarray:
+    """A flat uint8 view of bytes-like or array data (no copy when already contiguous)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+
+
+def dequantize(data, type_name: str, isa: str | None = None) -> np.ndarray:
+    """Dequantize raw blocks of ``type_name`` to a flat float32 array.
+
+    ``isa`` forces a kernel tier ("scalar", "avx2"); default is the best the CPU supports
+    (lowered by the ``FERROLLM_ISA`` environment variable).
+    """
+    return _core.dequantize(as_bytes(data), quant_type(type_name).name, isa)
+
+
+def kernel_isa(type_name: str, isa: str | None = None) -> str | None:
+    """The kernel tier that :func:`dequantize` uses for ``type_name``."""
+    return _core.kernel_isa(quant_type(type_name).name, isa)
+
+
+def isa_detected() -> str:
+    return _core.isa_detected()
+
+
+def isa_active() -> str:
+    return _core.isa_active()
