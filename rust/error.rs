@@ -29,7 +29,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn gguf(offset: u64, message: impl Into<String>) -> Self {
-        Error::Gguf { offset, message: message.into() }
+        Error::Gguf {
+            offset,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -40,13 +40,14 @@ def as_bytes(data) -> np.ndarray:
     return np.ascontiguousarray(data).view(np.uint8).reshape(-1)
 
 
-def dequantize(data, type_name: str, isa: str | None = None) -> np.ndarray:
-    """Dequantize raw blocks of ``type_name`` to a flat float32 array.
+def dequantize(data, type_name: str, isa: str | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Dequantize raw blocks of ``type_name`` to a flat float32 array (``out`` if given: a
+    contiguous float32 array of the right length, filled in place).
 
     ``isa`` forces a kernel tier ("scalar", "avx2"); default is the best the CPU supports
     (lowered by the ``FERROLLM_ISA`` environment variable).
     """
-    return _core.dequantize(as_bytes(data), quant_type(type_name).name, isa)
+    return _core.dequantize(as_bytes(data), quant_type(type_name).name, isa, out)
 
 
 def kernel_isa(type_name: str, isa: str | None = None) -> str | None:

@@ -75,12 +75,18 @@ impl GgufFile {
     /// Memory-maps and validates `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io_err = |source| Error::Io { path: path.display().to_string(), source };
+        let io_err = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         if len < 24 {
             // Also avoids mapping an empty file, which mmap refuses.
-            return Err(Error::gguf(0, format!("file is {len} bytes, too small for a GGUF header (24 bytes)")));
+            return Err(Error::gguf(
+                0,
+                format!("file is {len} bytes, too small for a GGUF header (24 bytes)"),
+            ));
         }
         // SAFETY: the map is read-only. Another process truncating the file while it is mapped
         // would fault on access; that is the accepted contract of every mmap-based loader.
@@ -94,8 +100,18 @@ impl GgufFile {
 
     fn parse(storage: Storage) -> Result<GgufFile> {
         let header = parse_header(&storage)?;
-        let key_index = header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-        let tensor_index = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let key_index = header
+            .metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+        let tensor_index = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(GgufFile {
             storage,
             version: header.version,
@@ -154,7 +170,11 @@ impl<'a> Cursor<'a> {
         if n > self.remaining() {
             return Err(Error::gguf(
                 self.pos as u64,
-                format!("{}: needs {n} bytes but the file ends {} bytes later", what(), self.remaining()),
+                format!(
+                    "{}: needs {n} bytes but the file ends {} bytes later",
+                    what(),
+                    self.remaining()
+                ),
             ));
         }
         let start = self.pos;
@@ -163,7 +183,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N]> {
-        Ok(self.take(N as u64, what)?.try_into().expect("take returned N bytes"))
+        Ok(self
+            .take(N as u64, what)?
+            .try_into()
+            .expect("take returned N bytes"))
     }
 
     fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32> {
@@ -198,18 +221,27 @@ impl<'a> Cursor<'a> {
         if len > self.remaining() {
             return Err(Error::gguf(
                 at,
-                format!("{}: string length {len} exceeds the {} bytes left in the file", what(), self.remaining()),
+                format!(
+                    "{}: string length {len} exceeds the {} bytes left in the file",
+                    what(),
+                    self.remaining()
+                ),
             ));
         }
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| Error::gguf(at + 8, format!("{}: string is not valid UTF-8 ({e})", what())))
+        String::from_utf8(bytes.to_vec()).map_err(|e| {
+            Error::gguf(
+                at + 8,
+                format!("{}: string is not valid UTF-8 ({e})", what()),
+            )
+        })
     }
 
     fn value_type(&mut self, what: &dyn Fn() -> String) -> Result<ValueType> {
         let at = self.pos as u64;
         let id = self.u32(what)?;
-        ValueType::from_id(id).ok_or_else(|| Error::gguf(at, format!("{}: unknown value type {id}", what())))
+        ValueType::from_id(id)
+            .ok_or_else(|| Error::gguf(at, format!("{}: unknown value type {id}", what())))
     }
 
     fn value(&mut self, ty: ValueType, depth: u32, what: &dyn Fn() -> String) -> Result<Value> {
@@ -229,17 +261,27 @@ impl<'a> Cursor<'a> {
                 match self.array::<1>(what)?[0] {
                     0 => Value::Bool(false),
                     1 => Value::Bool(true),
-                    b => return Err(Error::gguf(at, format!("{}: bool byte is {b}, not 0 or 1", what()))),
+                    b => {
+                        return Err(Error::gguf(
+                            at,
+                            format!("{}: bool byte is {b}, not 0 or 1", what()),
+                        ));
+                    }
                 }
             }
             ValueType::String => Value::String(self.string(what)?),
             ValueType::Array => {
                 let at = self.pos as u64;
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(Error::gguf(at, format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH}", what())));
+                    return Err(Error::gguf(
+                        at,
+                        format!("{}: arrays nested deeper than {MAX_ARRAY_DEPTH}", what()),
+                    ));
                 }
                 let elem = self.value_type(&|| format!("{} (array element type)", what()))?;
-                let n = self.count(elem.min_encoded_size(), &|| format!("{} (array length)", what()))?;
+                let n = self.count(elem.min_encoded_size(), &|| {
+                    format!("{} (array length)", what())
+                })?;
                 let mut values = Vec::with_capacity(n as usize);
                 for i in 0..n {
                     values.push(self.value(elem, depth + 1, &|| format!("{}[{i}]", what()))?);
@@ -254,16 +296,29 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
     let mut c = Cursor { buf, pos: 0 };
     let magic = c.array::<4>(&|| "magic".into())?;
     if &magic != GGUF_MAGIC {
-        return Err(Error::gguf(0, format!("bad magic {magic:02x?}, expected \"GGUF\"; not a GGUF file")));
+        return Err(Error::gguf(
+            0,
+            format!("bad magic {magic:02x?}, expected \"GGUF\"; not a GGUF file"),
+        ));
     }
     let version = c.u32(&|| "version".into())?;
     match version {
         2 | 3 => {}
-        1 => return Err(Error::gguf(4, "GGUF version 1 is not supported (32-bit counts); convert the file again")),
+        1 => {
+            return Err(Error::gguf(
+                4,
+                "GGUF version 1 is not supported (32-bit counts); convert the file again",
+            ));
+        }
         v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
             return Err(Error::gguf(4, "big-endian GGUF files are not supported"));
         }
-        v => return Err(Error::gguf(4, format!("unsupported GGUF version {v} (supported: 2, 3)"))),
+        v => {
+            return Err(Error::gguf(
+                4,
+                format!("unsupported GGUF version {v} (supported: 2, 3)"),
+            ));
+        }
     }
     // Smallest tensor info: name length (8) + n_dims (4) + one dim (8) + type (4) + offset (8).
     let n_tensors = c.count(32, &|| "tensor count".into())?;
@@ -276,7 +331,10 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
         let key_at = c.pos as u64;
         let key = c.string(&|| format!("metadata key #{i}"))?;
         if !keys.insert(key.clone()) {
-            return Err(Error::gguf(key_at, format!("metadata key #{i} '{key}' is duplicated")));
+            return Err(Error::gguf(
+                key_at,
+                format!("metadata key #{i} '{key}' is duplicated"),
+            ));
         }
         let what = || format!("metadata '{key}'");
         let ty = c.value_type(&what)?;
@@ -290,7 +348,10 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
         Some((_, v)) => {
             return Err(Error::gguf(
                 c.pos as u64,
-                format!("metadata 'general.alignment' must be a u32 power of two, found {} {v}", v.type_name()),
+                format!(
+                    "metadata 'general.alignment' must be a u32 power of two, found {} {v}",
+                    v.type_name()
+                ),
             ));
         }
     };
@@ -302,13 +363,19 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
         let at = c.pos as u64;
         let name = c.string(&|| format!("tensor #{i} name"))?;
         if !names.insert(name.clone()) {
-            return Err(Error::gguf(at, format!("tensor #{i} name '{name}' is duplicated")));
+            return Err(Error::gguf(
+                at,
+                format!("tensor #{i} name '{name}' is duplicated"),
+            ));
         }
         let what = |field: &str| format!("tensor '{name}' {field}");
         let dims_at = c.pos as u64;
         let n_dims = c.u32(&|| what("n_dims"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(Error::gguf(dims_at, format!("{} is {n_dims}, must be 1..={MAX_DIMS}", what("n_dims"))));
+            return Err(Error::gguf(
+                dims_at,
+                format!("{} is {n_dims}, must be 1..={MAX_DIMS}", what("n_dims")),
+            ));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         let mut n_elements: u64 = 1;
@@ -316,36 +383,68 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
             let dim_at = c.pos as u64;
             let dim = c.u64(&|| what(&format!("dim {d}")))?;
             if dim == 0 {
-                return Err(Error::gguf(dim_at, format!("{} is 0", what(&format!("dim {d}")))));
+                return Err(Error::gguf(
+                    dim_at,
+                    format!("{} is 0", what(&format!("dim {d}"))),
+                ));
             }
-            n_elements = n_elements.checked_mul(dim).filter(|&n| n <= i64::MAX as u64).ok_or_else(|| {
-                Error::gguf(dim_at, format!("{}: product of dimensions overflows 63 bits", what("dims")))
-            })?;
+            n_elements = n_elements
+                .checked_mul(dim)
+                .filter(|&n| n <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    Error::gguf(
+                        dim_at,
+                        format!("{}: product of dimensions overflows 63 bits", what("dims")),
+                    )
+                })?;
             dims.push(dim);
         }
         let type_at = c.pos as u64;
         let type_id = c.u32(&|| what("type"))?;
-        let ty = GgmlType::from_id(type_id)
-            .ok_or_else(|| Error::gguf(type_at, format!("{} {type_id} is not a known ggml type", what("type"))))?;
+        let ty = GgmlType::from_id(type_id).ok_or_else(|| {
+            Error::gguf(
+                type_at,
+                format!("{} {type_id} is not a known ggml type", what("type")),
+            )
+        })?;
         if dims[0] % ty.block_elems() as u64 != 0 {
             return Err(Error::gguf(
                 dims_at + 4,
-                format!("{}: row length {} is not a multiple of the {ty} block size {}", what("dims"), dims[0], ty.block_elems()),
+                format!(
+                    "{}: row length {} is not a multiple of the {ty} block size {}",
+                    what("dims"),
+                    dims[0],
+                    ty.block_elems()
+                ),
             ));
         }
         let nbytes = ty
             .row_bytes(dims[0])
             .and_then(|row| row.checked_mul(n_elements / dims[0]))
-            .ok_or_else(|| Error::gguf(dims_at, format!("{}: byte size overflows 64 bits", what("dims"))))?;
+            .ok_or_else(|| {
+                Error::gguf(
+                    dims_at,
+                    format!("{}: byte size overflows 64 bits", what("dims")),
+                )
+            })?;
         let offset_at = c.pos as u64;
         let offset = c.u64(&|| what("offset"))?;
         if offset % alignment != 0 {
             return Err(Error::gguf(
                 offset_at,
-                format!("{} {offset} is not a multiple of the alignment {alignment}", what("offset")),
+                format!(
+                    "{} {offset} is not a multiple of the alignment {alignment}",
+                    what("offset")
+                ),
             ));
         }
-        infos.push(TensorInfo { name, dims, ty, offset, nbytes });
+        infos.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            nbytes,
+        });
         at_of_info.push(offset_at);
     }
 
@@ -353,11 +452,20 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
     let data_offset = header_end.div_ceil(alignment) * alignment;
     let file_len = buf.len() as u64;
     if !infos.is_empty() && data_offset > file_len {
-        return Err(Error::gguf(header_end, format!("data section starts at {data_offset}, past the end of the {file_len}-byte file")));
+        return Err(Error::gguf(
+            header_end,
+            format!(
+                "data section starts at {data_offset}, past the end of the {file_len}-byte file"
+            ),
+        ));
     }
     let data_len = file_len.saturating_sub(data_offset);
     for (info, &at) in infos.iter().zip(&at_of_info) {
-        if info.offset.checked_add(info.nbytes).is_none_or(|end| end > data_len) {
+        if info
+            .offset
+            .checked_add(info.nbytes)
+            .is_none_or(|end| end > data_len)
+        {
             return Err(Error::gguf(
                 at,
                 format!(
@@ -376,9 +484,18 @@ fn parse_header(buf: &[u8]) -> Result<Header> {
         if a.offset + a.nbytes > b.offset {
             return Err(Error::gguf(
                 at_of_info[pair[1]],
-                format!("tensor '{}' at offset {} overlaps tensor '{}' [{}, +{})", b.name, b.offset, a.name, a.offset, a.nbytes),
+                format!(
+                    "tensor '{}' at offset {} overlaps tensor '{}' [{}, +{})",
+                    b.name, b.offset, a.name, a.offset, a.nbytes
+                ),
             ));
         }
     }
-    Ok(Header { version, metadata, tensors: infos, alignment, data_offset })
+    Ok(Header {
+        version,
+        metadata,
+        tensors: infos,
+        alignment,
+        data_offset,
+    })
 }

@@ -20,13 +20,24 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn nbytes(&self) -> Result<u64> {
-        let bad = || Error::invalid(format!("tensor '{}': bad shape {:?} for {}", self.name, self.dims, self.ty));
+        let bad = || {
+            Error::invalid(format!(
+                "tensor '{}': bad shape {:?} for {}",
+                self.name, self.dims, self.ty
+            ))
+        };
         let (&row, rest) = self.dims.split_first().ok_or_else(bad)?;
         if self.dims.len() > 4 || self.dims.contains(&0) {
             return Err(bad());
         }
-        let rows = rest.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(bad)?;
-        self.ty.row_bytes(row).and_then(|b| b.checked_mul(rows)).ok_or_else(bad)
+        let rows = rest
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(bad)?;
+        self.ty
+            .row_bytes(row)
+            .and_then(|b| b.checked_mul(rows))
+            .ok_or_else(bad)
     }
 }
 
@@ -102,7 +113,11 @@ impl<W: Write> GgufWriter<W> {
             if key == "general.alignment" {
                 match value {
                     Value::U32(a) if a.is_power_of_two() => alignment = *a as u64,
-                    _ => return Err(Error::invalid("general.alignment must be a u32 power of two")),
+                    _ => {
+                        return Err(Error::invalid(
+                            "general.alignment must be a u32 power of two",
+                        ));
+                    }
                 }
             }
         }
@@ -110,7 +125,10 @@ impl<W: Write> GgufWriter<W> {
         let mut sizes = Vec::with_capacity(specs.len());
         for spec in &specs {
             if !names.insert(spec.name.as_str()) {
-                return Err(Error::invalid(format!("tensor '{}' given twice", spec.name)));
+                return Err(Error::invalid(format!(
+                    "tensor '{}' given twice",
+                    spec.name
+                )));
             }
             sizes.push(spec.nbytes()?);
         }
@@ -118,18 +136,22 @@ impl<W: Write> GgufWriter<W> {
         let mut pos = 0u64;
         out.write_all(b"GGUF").map_err(io)?;
         out.write_all(&3u32.to_le_bytes()).map_err(io)?;
-        out.write_all(&(specs.len() as u64).to_le_bytes()).map_err(io)?;
-        out.write_all(&(metadata.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&(specs.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        out.write_all(&(metadata.len() as u64).to_le_bytes())
+            .map_err(io)?;
         pos += 24;
         for (key, value) in metadata {
             pos += write_string(&mut out, key).map_err(io)?;
-            out.write_all(&(value.value_type() as u32).to_le_bytes()).map_err(io)?;
+            out.write_all(&(value.value_type() as u32).to_le_bytes())
+                .map_err(io)?;
             pos += 4 + write_value(&mut out, value).map_err(io)?;
         }
         let mut offset = 0u64;
         for (spec, &size) in specs.iter().zip(&sizes) {
             pos += write_string(&mut out, &spec.name).map_err(io)?;
-            out.write_all(&(spec.dims.len() as u32).to_le_bytes()).map_err(io)?;
+            out.write_all(&(spec.dims.len() as u32).to_le_bytes())
+                .map_err(io)?;
             for d in &spec.dims {
                 out.write_all(&d.to_le_bytes()).map_err(io)?;
             }
@@ -138,7 +160,14 @@ impl<W: Write> GgufWriter<W> {
             pos += 4 + 8 * spec.dims.len() as u64 + 4 + 8;
             offset = (offset + size).div_ceil(alignment) * alignment;
         }
-        let mut writer = GgufWriter { out, alignment, specs, sizes, next: 0, written: pos };
+        let mut writer = GgufWriter {
+            out,
+            alignment,
+            specs,
+            sizes,
+            next: 0,
+            written: pos,
+        };
         writer.pad()?;
         Ok(writer)
     }
@@ -146,7 +175,9 @@ impl<W: Write> GgufWriter<W> {
     fn pad(&mut self) -> Result<()> {
         let target = self.written.div_ceil(self.alignment) * self.alignment;
         let zeros = vec![0u8; (target - self.written) as usize];
-        self.out.write_all(&zeros).map_err(|e| Error::invalid(format!("writing GGUF padding: {e}")))?;
+        self.out
+            .write_all(&zeros)
+            .map_err(|e| Error::invalid(format!("writing GGUF padding: {e}")))?;
         self.written = target;
         Ok(())
     }
@@ -185,7 +216,9 @@ impl<W: Write> GgufWriter<W> {
                 self.specs[self.next].name
             )));
         }
-        self.out.flush().map_err(|e| Error::invalid(format!("flushing GGUF file: {e}")))?;
+        self.out
+            .flush()
+            .map_err(|e| Error::invalid(format!("flushing GGUF file: {e}")))?;
         Ok(self.out)
     }
 }

@@ -37,6 +37,9 @@ impl From<Error> for PyErr {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("GGUFError", py.get_type::<GGUFError>())?;
-    m.add("UnsupportedTypeError", py.get_type::<UnsupportedTypeError>())?;
+    m.add(
+        "UnsupportedTypeError",
+        py.get_type::<UnsupportedTypeError>(),
+    )?;
     Ok(())
 }

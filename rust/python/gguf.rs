@@ -37,7 +37,10 @@ fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
         Value::Bool(x) => x.into_pyobject(py)?.to_owned().into_any(),
         Value::String(s) => s.into_pyobject(py)?.into_any(),
         Value::Array(_, values) => {
-            let items = values.iter().map(|item| value_to_py(py, item)).collect::<PyResult<Vec<_>>>()?;
+            let items = values
+                .iter()
+                .map(|item| value_to_py(py, item))
+                .collect::<PyResult<Vec<_>>>()?;
             PyList::new(py, items)?.into_any()
         }
     })
@@ -45,20 +48,30 @@ fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 
 /// Builds a value of the named type ("u32", "str", "array[f32]", "array[array[u8]]", ...).
 fn value_from_py(obj: &Bound<'_, PyAny>, type_name: &str, key: &str) -> PyResult<Value> {
-    if let Some(inner) = type_name.strip_prefix("array[").and_then(|s| s.strip_suffix(']')) {
-        let elem = ValueType::from_name(inner.split('[').next().unwrap_or(inner))
-            .ok_or_else(|| PyValueError::new_err(format!("metadata '{key}': unknown type '{type_name}'")))?;
+    if let Some(inner) = type_name
+        .strip_prefix("array[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        let elem =
+            ValueType::from_name(inner.split('[').next().unwrap_or(inner)).ok_or_else(|| {
+                PyValueError::new_err(format!("metadata '{key}': unknown type '{type_name}'"))
+            })?;
         let items = obj
             .try_iter()
-            .map_err(|_| PyTypeError::new_err(format!("metadata '{key}': {type_name} needs a sequence")))?
+            .map_err(|_| {
+                PyTypeError::new_err(format!("metadata '{key}': {type_name} needs a sequence"))
+            })?
             .map(|item| value_from_py(&item?, inner, key))
             .collect::<PyResult<Vec<_>>>()?;
         return Ok(Value::Array(elem, items));
     }
     let ty = ValueType::from_name(type_name)
         .filter(|t| *t != ValueType::Array)
-        .ok_or_else(|| PyValueError::new_err(format!("metadata '{key}': unknown type '{type_name}'")))?;
-    let bad = |e: PyErr| PyValueError::new_err(format!("metadata '{key}': not a valid {type_name}: {e}"));
+        .ok_or_else(|| {
+            PyValueError::new_err(format!("metadata '{key}': unknown type '{type_name}'"))
+        })?;
+    let bad =
+        |e: PyErr| PyValueError::new_err(format!("metadata '{key}': not a valid {type_name}: {e}"));
     Ok(match ty {
         ValueType::U8 => Value::U8(obj.extract().map_err(bad)?),
         ValueType::I8 => Value::I8(obj.extract().map_err(bad)?),
@@ -78,9 +91,9 @@ fn value_from_py(obj: &Bound<'_, PyAny>, type_name: &str, key: &str) -> PyResult
 
 impl PyGgufFile {
     fn info(&self, name: &str) -> PyResult<&crate::gguf::TensorInfo> {
-        self.file
-            .tensor(name)
-            .ok_or_else(|| PyKeyError::new_err(format!("no tensor named '{name}' in {}", self.path)))
+        self.file.tensor(name).ok_or_else(|| {
+            PyKeyError::new_err(format!("no tensor named '{name}' in {}", self.path))
+        })
     }
 }
 
@@ -90,7 +103,10 @@ impl PyGgufFile {
     fn open(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
         let display = path.display().to_string();
         let file = py.detach(|| GgufFile::open(&path))?;
-        Ok(PyGgufFile { file: Arc::new(file), path: display })
+        Ok(PyGgufFile {
+            file: Arc::new(file),
+            path: display,
+        })
     }
 
     #[getter]
@@ -141,7 +157,15 @@ impl PyGgufFile {
         self.file
             .tensors
             .iter()
-            .map(|t| (t.name.clone(), t.dims.clone(), t.ty.name(), t.offset, t.nbytes))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.dims.clone(),
+                    t.ty.name(),
+                    t.offset,
+                    t.nbytes,
+                )
+            })
             .collect()
     }
 
@@ -169,8 +193,16 @@ impl PyGgufFile {
             quant::dequantize(info.ty, file.tensor_data(&info), &mut out)?;
             Ok(out)
         })?;
-        let shape: Vec<usize> = self.info(name)?.dims.iter().rev().map(|&d| d as usize).collect();
-        PyArray1::from_vec(py, out).reshape(shape).map(|a| a.into_any())
+        let shape: Vec<usize> = self
+            .info(name)?
+            .dims
+            .iter()
+            .rev()
+            .map(|&d| d as usize)
+            .collect();
+        PyArray1::from_vec(py, out)
+            .reshape(shape)
+            .map(|a| a.into_any())
     }
 
     fn __repr__(&self) -> String {
@@ -199,14 +231,26 @@ fn write_gguf(
         .collect::<PyResult<Vec<_>>>()?;
     let specs = tensors
         .iter()
-        .map(|(name, dims, ty, _)| Ok(TensorSpec { name: name.clone(), dims: dims.clone(), ty: parse_type(ty)? }))
+        .map(|(name, dims, ty, _)| {
+            Ok(TensorSpec {
+                name: name.clone(),
+                dims: dims.clone(),
+                ty: parse_type(ty)?,
+            })
+        })
         .collect::<PyResult<Vec<_>>>()?;
-    let data = tensors.iter().map(|t| t.3.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let data = tensors
+        .iter()
+        .map(|t| t.3.as_slice())
+        .collect::<Result<Vec<_>, _>>()?;
     py.detach(|| {
         // Written beside the target and renamed into place: a failure never leaves a
         // half-written file under the requested name (or destroys an existing one).
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let io = |source| Error::Io { path: tmp.display().to_string(), source };
+        let io = |source| Error::Io {
+            path: tmp.display().to_string(),
+            source,
+        };
         let result = (|| -> Result<(), Error> {
             let file = File::create(&tmp).map_err(io)?;
             let mut writer = GgufWriter::new(BufWriter::new(file), &kv, specs)?;
@@ -214,7 +258,10 @@ fn write_gguf(
                 writer.write_tensor(bytes)?;
             }
             writer.finish()?;
-            std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.display().to_string(), source })
+            std::fs::rename(&tmp, &path).map_err(|source| Error::Io {
+                path: path.display().to_string(),
+                source,
+            })
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);

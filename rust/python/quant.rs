@@ -1,6 +1,6 @@
 //! Block types and dequantization for Python.
 
-use numpy::{PyArray1, PyReadonlyArray1};
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -8,26 +8,32 @@ use crate::gguf::GgmlType;
 use crate::quant::{self, Isa};
 
 pub fn parse_type(name: &str) -> PyResult<GgmlType> {
-    GgmlType::from_name(name).ok_or_else(|| PyValueError::new_err(format!("unknown tensor type '{name}'")))
+    GgmlType::from_name(name)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown tensor type '{name}'")))
 }
 
 fn parse_isa(name: Option<&str>) -> PyResult<Isa> {
     match name {
         None => Ok(Isa::active()),
-        Some(n) => Isa::from_name(n)
-            .ok_or_else(|| PyValueError::new_err(format!("unknown instruction set '{n}' (scalar, avx2, avx512)"))),
+        Some(n) => Isa::from_name(n).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "unknown instruction set '{n}' (scalar, avx2, avx512)"
+            ))
+        }),
     }
 }
 
-/// Dequantizes raw blocks of `type_name` into a new float32 array (one dimension). `isa`
-/// picks a lower kernel tier ("scalar", "avx2") for tests and benchmarks.
+/// Dequantizes raw blocks of `type_name` into a float32 array (one dimension): a new one, or
+/// `out` when given (no allocation; its length must match). `isa` picks a lower kernel tier
+/// ("scalar", "avx2") for tests and benchmarks.
 #[pyfunction]
-#[pyo3(signature = (data, type_name, isa = None))]
+#[pyo3(signature = (data, type_name, isa = None, out = None))]
 fn dequantize<'py>(
     py: Python<'py>,
     data: PyReadonlyArray1<'py, u8>,
     type_name: &str,
     isa: Option<&str>,
+    out: Option<Bound<'py, PyArray1<f32>>>,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let ty = parse_type(type_name)?;
     let isa = parse_isa(isa)?;
@@ -40,11 +46,29 @@ fn dequantize<'py>(
         )));
     }
     let n = src.len() / bb * ty.block_elems();
-    let out = py.detach(|| {
-        let mut out = vec![0f32; n];
-        quant::dequantize_with(ty, src, &mut out, isa).map(|_| out)
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    match out {
+        Some(out) => {
+            {
+                let mut guard = out.try_readwrite()?;
+                let dst = guard.as_slice_mut()?;
+                if dst.len() != n {
+                    return Err(PyValueError::new_err(format!(
+                        "out has {} elements, the data holds {n}",
+                        dst.len()
+                    )));
+                }
+                py.detach(|| quant::dequantize_with(ty, src, dst, isa))?;
+            }
+            Ok(out)
+        }
+        None => {
+            let out = py.detach(|| {
+                let mut out = vec![0f32; n];
+                quant::dequantize_with(ty, src, &mut out, isa).map(|_| out)
+            })?;
+            Ok(PyArray1::from_vec(py, out))
+        }
+    }
 }
 
 /// The kernel tier `dequantize` uses for `type_name` under `isa` (default: the active one).
@@ -60,7 +84,15 @@ fn kernel_isa(type_name: &str, isa: Option<&str>) -> PyResult<Option<&'static st
 fn type_table() -> Vec<(&'static str, u32, usize, usize, bool)> {
     GgmlType::ALL
         .iter()
-        .map(|&t| (t.name(), t.id(), t.block_elems(), t.block_bytes(), quant::reference_fn(t).is_some()))
+        .map(|&t| {
+            (
+                t.name(),
+                t.id(),
+                t.block_elems(),
+                t.block_bytes(),
+                quant::reference_fn(t).is_some(),
+            )
+        })
         .collect()
 }
 

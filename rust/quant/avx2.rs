@@ -38,9 +38,24 @@ unsafe fn store16<const OFFSET: bool>(out: *mut f32, q: __m128i, scale: __m256, 
 
 /// Writes 32 elements: the first 16 with (scale0, offset0), the next 16 with (scale1, offset1).
 #[inline(always)]
-unsafe fn store32<const OFFSET: bool>(out: *mut f32, q: __m256i, scales: [f32; 2], offsets: [f32; 2]) {
-    store16::<OFFSET>(out, _mm256_castsi256_si128(q), _mm256_set1_ps(scales[0]), _mm256_set1_ps(offsets[0]));
-    store16::<OFFSET>(out.add(16), _mm256_extracti128_si256(q, 1), _mm256_set1_ps(scales[1]), _mm256_set1_ps(offsets[1]));
+unsafe fn store32<const OFFSET: bool>(
+    out: *mut f32,
+    q: __m256i,
+    scales: [f32; 2],
+    offsets: [f32; 2],
+) {
+    store16::<OFFSET>(
+        out,
+        _mm256_castsi256_si128(q),
+        _mm256_set1_ps(scales[0]),
+        _mm256_set1_ps(offsets[0]),
+    );
+    store16::<OFFSET>(
+        out.add(16),
+        _mm256_extracti128_si256(q, 1),
+        _mm256_set1_ps(scales[1]),
+        _mm256_set1_ps(offsets[1]),
+    );
 }
 
 /// Low nibbles of 16 bytes in the low lane, high nibbles in the high lane: a 4-bit block's
@@ -59,7 +74,12 @@ unsafe fn nibbles32(qs: *const u8) -> __m256i {
 unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
-        _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303),
+        _mm256_setr_epi64x(
+            0,
+            0x0101010101010101,
+            0x0202020202020202,
+            0x0303030303030303,
+        ),
     );
     let select = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
     _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select)
@@ -131,7 +151,12 @@ unsafe fn iq4_nl(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq4Nl] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(32)) {
         let d = b.d.to_f32();
-        store32::<false>(out.as_mut_ptr(), iq4nl_lookup(nibbles32(b.qs.as_ptr())), [d, d], [0.0; 2]);
+        store32::<false>(
+            out.as_mut_ptr(),
+            iq4nl_lookup(nibbles32(b.qs.as_ptr())),
+            [d, d],
+            [0.0; 2],
+        );
     }
 }
 
@@ -157,7 +182,8 @@ unsafe fn q2_k(src: &[u8], dst: &mut [f32]) {
         for g in 0..2 {
             let qs = _mm256_loadu_si256(b.qs.as_ptr().add(32 * g) as *const __m256i);
             for j in 0..4 {
-                let q = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)), three);
+                let q =
+                    _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)), three);
                 let s = 8 * g + 2 * j;
                 let (s0, s1) = (b.scales[s], b.scales[s + 1]);
                 let scales = [d * (s0 & 0xF) as f32, d * (s1 & 0xF) as f32];
@@ -191,12 +217,16 @@ unsafe fn q3_k(src: &[u8], dst: &mut [f32]) {
         for g in 0..2 {
             let qs = _mm256_loadu_si256(b.qs.as_ptr().add(32 * g) as *const __m256i);
             for j in 0..4 {
-                let low = _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)), three);
+                let low =
+                    _mm256_and_si256(_mm256_srl_epi16(qs, _mm_cvtsi32_si128(2 * j as i32)), three);
                 let bit = _mm256_set1_epi8(1 << (4 * g + j));
                 let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hmask, bit), _mm256_setzero_si256());
                 let q = _mm256_sub_epi8(low, _mm256_and_si256(clear, four));
                 let s = 8 * g + 2 * j;
-                let scales = [d * q3k_scale(&b.scales, s) as f32, d * q3k_scale(&b.scales, s + 1) as f32];
+                let scales = [
+                    d * q3k_scale(&b.scales, s) as f32,
+                    d * q3k_scale(&b.scales, s + 1) as f32,
+                ];
                 store32::<false>(out.as_mut_ptr().add(128 * g + 32 * j), q, scales, [0.0; 2]);
             }
         }
@@ -206,16 +236,30 @@ unsafe fn q3_k(src: &[u8], dst: &mut [f32]) {
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q4_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ4K] = bytemuck::cast_slice(src);
-    q45_k(blocks.iter().map(|b| (b.d, b.dmin, &b.scales, &b.qs, None)), dst)
+    q45_k(
+        blocks.iter().map(|b| (b.d, b.dmin, &b.scales, &b.qs, None)),
+        dst,
+    )
 }
 
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q5_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ5K] = bytemuck::cast_slice(src);
-    q45_k(blocks.iter().map(|b| (b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh))), dst)
+    q45_k(
+        blocks
+            .iter()
+            .map(|b| (b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh))),
+        dst,
+    )
 }
 
-type Q45Parts<'a> = (F16Le, F16Le, &'a [u8; 12], &'a [u8; 128], Option<&'a [u8; 32]>);
+type Q45Parts<'a> = (
+    F16Le,
+    F16Le,
+    &'a [u8; 12],
+    &'a [u8; 128],
+    Option<&'a [u8; 32]>,
+);
 
 /// Q4_K and Q5_K share scales, mins and nibble order; Q5_K adds a fifth bit from `qh`.
 #[inline(always)]
@@ -228,7 +272,10 @@ unsafe fn q45_k<'a>(blocks: impl Iterator<Item = Q45Parts<'a>>, dst: &mut [f32])
             let bytes = _mm256_loadu_si256(qs.as_ptr().add(32 * g) as *const __m256i);
             for h in 0..2 {
                 let sub = 2 * g + h;
-                let mut q = _mm256_and_si256(_mm256_srl_epi16(bytes, _mm_cvtsi32_si128(4 * h as i32)), mask);
+                let mut q = _mm256_and_si256(
+                    _mm256_srl_epi16(bytes, _mm_cvtsi32_si128(4 * h as i32)),
+                    mask,
+                );
                 if let Some(qh) = qh {
                     let bit = _mm256_set1_epi8(1 << sub);
                     let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
@@ -245,15 +292,24 @@ unsafe fn q45_k<'a>(blocks: impl Iterator<Item = Q45Parts<'a>>, dst: &mut [f32])
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn q6_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ6K] = bytemuck::cast_slice(src);
-    let (mask4, mask2, off) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    let (mask4, mask2, off) = (
+        _mm256_set1_epi8(0x0F),
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(32),
+    );
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d.to_f32();
         for g in 0..2 {
             let qh = _mm256_loadu_si256(b.qh.as_ptr().add(32 * g) as *const __m256i);
             for j in 0..4 {
-                let ql = _mm256_loadu_si256(b.ql.as_ptr().add(64 * g + 32 * (j % 2)) as *const __m256i);
-                let low = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (j / 2) as i32)), mask4);
-                let high = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)), mask2);
+                let ql =
+                    _mm256_loadu_si256(b.ql.as_ptr().add(64 * g + 32 * (j % 2)) as *const __m256i);
+                let low = _mm256_and_si256(
+                    _mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (j / 2) as i32)),
+                    mask4,
+                );
+                let high =
+                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)), mask2);
                 let q = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(high, 4)), off);
                 let s = 8 * g + 2 * j;
                 let scales = [d * b.scales[s] as f32, d * b.scales[s + 1] as f32];
@@ -267,7 +323,10 @@ unsafe fn q6_k(src: &[u8], dst: &mut [f32]) {
 #[inline(always)]
 unsafe fn sign_mask8(signs: u8) -> __m256 {
     let select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    let set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(signs as i32), select), select);
+    let set = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(signs as i32), select),
+        select,
+    );
     _mm256_castsi256_ps(_mm256_and_si256(set, _mm256_set1_epi32(i32::MIN)))
 }
 
@@ -310,7 +369,12 @@ unsafe fn iq2_xs(src: &[u8], dst: &mut [f32]) {
             let q = u16_le(b.qs[e]);
             let db = _mm256_set1_ps(d * (0.5 + nibble(&b.scales, e / 2) as f32) * 0.25);
             let row = IQ2XS_GRID[(q & 511) as usize];
-            store_signed_grid8(out.as_mut_ptr().add(8 * e), db, row, KSIGNS_IQ2XS[(q >> 9) as usize]);
+            store_signed_grid8(
+                out.as_mut_ptr().add(8 * e),
+                db,
+                row,
+                KSIGNS_IQ2XS[(q >> 9) as usize],
+            );
         }
     }
 }
@@ -340,7 +404,8 @@ unsafe fn iq3_xxs(src: &[u8], dst: &mut [f32]) {
             for k in 0..4 {
                 let signs = KSIGNS_IQ2XS[((aux >> (7 * k)) & 127) as usize];
                 let q = &b.qs[8 * ib + 2 * k..];
-                let row = IQ3XXS_GRID[q[0] as usize] as u64 | ((IQ3XXS_GRID[q[1] as usize] as u64) << 32);
+                let row =
+                    IQ3XXS_GRID[q[0] as usize] as u64 | ((IQ3XXS_GRID[q[1] as usize] as u64) << 32);
                 store_signed_grid8(out.as_mut_ptr().add(32 * ib + 8 * k), db, row, signs);
             }
         }
@@ -376,10 +441,19 @@ unsafe fn iq1_s(src: &[u8], dst: &mut [f32]) {
         for ib in 0..8 {
             let qh = u16_le(b.qh[ib]);
             let dl = _mm256_set1_ps(d * (2 * ((qh >> 12) & 7) + 1) as f32);
-            let delta = _mm256_set1_ps(if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA });
+            let delta = _mm256_set1_ps(if qh & 0x8000 != 0 {
+                -IQ1S_DELTA
+            } else {
+                IQ1S_DELTA
+            });
             for k in 0..4 {
                 let idx = b.qs[4 * ib + k] as usize | ((((qh >> (3 * k)) & 7) as usize) << 8);
-                store_iq1_grid8(out.as_mut_ptr().add(32 * ib + 8 * k), dl, IQ1S_GRID[idx], delta);
+                store_iq1_grid8(
+                    out.as_mut_ptr().add(32 * ib + 8 * k),
+                    dl,
+                    IQ1S_GRID[idx],
+                    delta,
+                );
             }
         }
     }
@@ -408,7 +482,10 @@ unsafe fn f16(src: &[u8], dst: &mut [f32]) {
     let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
     let mut i = 0;
     while i + 8 <= n {
-        _mm256_storeu_ps(o.add(i), _mm256_cvtph_ps(_mm_loadu_si128(s.add(2 * i) as *const __m128i)));
+        _mm256_storeu_ps(
+            o.add(i),
+            _mm256_cvtph_ps(_mm_loadu_si128(s.add(2 * i) as *const __m128i)),
+        );
         i += 8;
     }
     for j in i..n {

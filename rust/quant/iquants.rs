@@ -43,7 +43,12 @@ impl Block for BlockIq2Xxs {
             let db = d * (0.5 + (aux >> 28) as f32) * 0.25;
             for k in 0..4 {
                 let signs = KSIGNS_IQ2XS[((aux >> (7 * k)) & 127) as usize];
-                signed_grid8(&mut chunk[8 * k..], db, IQ2XXS_GRID[grid_idx[k] as usize], signs);
+                signed_grid8(
+                    &mut chunk[8 * k..],
+                    db,
+                    IQ2XXS_GRID[grid_idx[k] as usize],
+                    signs,
+                );
             }
         }
     }
@@ -73,7 +78,12 @@ impl Block for BlockIq2Xs {
         for (e, chunk) in out.chunks_exact_mut(8).enumerate() {
             let q = u16_le(self.qs[e]);
             let db = d * (0.5 + nibble_scale(&self.scales, e / 2) as f32) * 0.25;
-            signed_grid8(chunk, db, IQ2XS_GRID[(q & 511) as usize], KSIGNS_IQ2XS[(q >> 9) as usize]);
+            signed_grid8(
+                chunk,
+                db,
+                IQ2XS_GRID[(q & 511) as usize],
+                KSIGNS_IQ2XS[(q >> 9) as usize],
+            );
         }
     }
 }
@@ -161,7 +171,9 @@ impl Block for BlockIq3S {
         let d = self.d.to_f32();
         for (e, chunk) in out.chunks_exact_mut(8).enumerate() {
             let db = d * (1 + 2 * nibble_scale(&self.scales, e / 4)) as f32;
-            let index = |g: usize| self.qs[g] as usize | ((((self.qh[g / 8] >> (g % 8)) & 1) as usize) << 8);
+            let index = |g: usize| {
+                self.qs[g] as usize | ((((self.qh[g / 8] >> (g % 8)) & 1) as usize) << 8)
+            };
             let rows = [IQ3S_GRID[index(2 * e)], IQ3S_GRID[index(2 * e + 1)]];
             signed_grid4x2(chunk, db, rows, self.signs[e]);
         }
@@ -198,7 +210,11 @@ impl Block for BlockIq1S {
         for (ib, chunk) in out.chunks_exact_mut(32).enumerate() {
             let qh = u16_le(self.qh[ib]);
             let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
-            let delta = if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+            let delta = if qh & 0x8000 != 0 {
+                -IQ1S_DELTA
+            } else {
+                IQ1S_DELTA
+            };
             for k in 0..4 {
                 let idx = self.qs[4 * ib + k] as usize | ((((qh >> (3 * k)) & 7) as usize) << 8);
                 iq1_grid8(&mut chunk[8 * k..], dl, IQ1S_GRID[idx], delta);
@@ -221,7 +237,8 @@ assert_block_size!(BlockIq1M, 56);
 impl BlockIq1M {
     pub fn d(&self) -> f32 {
         let sc = self.scales.map(u16_le);
-        let bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000);
+        let bits =
+            (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000);
         half::f16::from_bits(bits).to_f32()
     }
 }

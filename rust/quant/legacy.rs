@@ -12,7 +12,11 @@ pub const QK: usize = 32;
 
 #[inline(always)]
 fn nibble(qs: &[u8; 16], j: usize) -> u8 {
-    if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 }
+    if j < 16 {
+        qs[j] & 0x0F
+    } else {
+        qs[j - 16] >> 4
+    }
 }
 
 /// 4.5 bits per weight: x = d * (q - 8).

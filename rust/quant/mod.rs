@@ -1,7 +1,7 @@
 //! Block types of GGUF and their dequantization, with run-time selection of the SIMD kernels.
 //!
 //! Three tiers per type, as in ggml: the reference (`Block::dequantize`, plain scalar code), and
-//! SIMD kernels per instruction set (`avx2`), all bit-identical to the reference. `Isa::active()`
+//! SIMD kernels per instruction set (`avx2`, `avx512`), all bit-identical to the reference. `Isa::active()`
 //! is detected once; `FERROLLM_ISA=scalar` (or `avx2`) forces a lower tier.
 
 pub mod block;
@@ -13,6 +13,8 @@ pub mod legacy;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use std::sync::OnceLock;
 
@@ -43,7 +45,9 @@ impl Isa {
     }
 
     pub fn from_name(name: &str) -> Option<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().find(|i| i.name() == name.to_ascii_lowercase())
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .find(|i| i.name() == name.to_ascii_lowercase())
     }
 
     /// The best tier this CPU supports.
@@ -75,7 +79,11 @@ impl Isa {
         static ACTIVE: OnceLock<Isa> = OnceLock::new();
         *ACTIVE.get_or_init(|| {
             let detected = Isa::detected();
-            match std::env::var("FERROLLM_ISA").ok().as_deref().and_then(Isa::from_name) {
+            match std::env::var("FERROLLM_ISA")
+                .ok()
+                .as_deref()
+                .and_then(Isa::from_name)
+            {
                 Some(forced) => forced.min(detected),
                 None => detected,
             }
@@ -121,6 +129,12 @@ pub fn reference_fn(ty: GgmlType) -> Option<DequantFn> {
 pub fn dequant_fn(ty: GgmlType, isa: Isa) -> Option<(DequantFn, Isa)> {
     let isa = isa.min(Isa::detected());
     #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512 {
+        if let Some(f) = avx512::dequant_fn(ty) {
+            return Some((f, Isa::Avx512));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
         if let Some(f) = avx2::dequant_fn(ty) {
             return Some((f, Isa::Avx2));
@@ -137,7 +151,8 @@ const CHUNK_ELEMS: usize = 1 << 16;
 /// Dequantizes `src` (whole blocks of `ty`) into `dst` with the given tier, splitting large
 /// tensors over the rayon pool.
 pub fn dequantize_with(ty: GgmlType, src: &[u8], dst: &mut [f32], isa: Isa) -> Result<()> {
-    let (kernel, _) = dequant_fn(ty, isa).ok_or_else(|| Error::Unsupported(format!("{ty}: no dequantization")))?;
+    let (kernel, _) = dequant_fn(ty, isa)
+        .ok_or_else(|| Error::Unsupported(format!("{ty}: no dequantization")))?;
     let (be, bb) = (ty.block_elems(), ty.block_bytes());
     if src.len() % bb != 0 || src.len() / bb * be != dst.len() {
         return Err(Error::invalid(format!(

@@ -33,7 +33,12 @@ fn check_tier(ty: GgmlType, isa: Isa) {
         reference(&src, &mut want);
         kernel(&src, &mut got);
         for i in 0..n {
-            assert!(same(want[i], got[i]), "{ty} {isa:?} element {i}: reference {} kernel {}", want[i], got[i]);
+            assert!(
+                same(want[i], got[i]),
+                "{ty} {isa:?} element {i}: reference {} kernel {}",
+                want[i],
+                got[i]
+            );
         }
     }
 }
