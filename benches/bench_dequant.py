@@ -42,16 +42,16 @@ def main() -> int:
     args = p.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # before the Rust pool starts
 
-    import numpy as np
-
     import ferrollm
+    import numpy as np
     from ferrollm.quants import quant_type
     from ferrollm.synthetic import random_blocks
 
     gq = None
     if not args.no_numpy:
         try:
-            from gguf import GGMLQuantizationType, quants as gq
+            from gguf import GGMLQuantizationType
+            from gguf import quants as gq
         except ImportError:
             print("gguf not installed: skipping the numpy reference", file=sys.stderr)
 
@@ -67,13 +67,22 @@ def main() -> int:
         blocks = random_blocks(qt.name, n_blocks, rng).reshape(-1)
         out_gb = n_blocks * qt.block_elems * 4 / 1e9
         row = {}
-        out = np.empty(n_blocks * qt.block_elems, np.float32)  # preallocated: time the kernel, not page faults
+        out = np.empty(
+            n_blocks * qt.block_elems, np.float32
+        )  # preallocated: time the kernel, not page faults
         for label, isa in [("scalar", "scalar"), ("simd", simd)]:
-            run = lambda: ferrollm.dequantize(blocks, qt.name, isa=isa, out=out)  # noqa: E731
+
+            def run(blocks=blocks, name=qt.name, isa=isa, out=out):
+                ferrollm.dequantize(blocks, name, isa=isa, out=out)
+
             row[label] = out_gb / median_seconds(run, args.reps)
         if gq is not None:
             qtype = GGMLQuantizationType[qt.name]
-            row["numpy"] = out_gb / median_seconds(lambda: gq.dequantize(blocks, qtype), max(1, args.reps // 3))
+
+            def run_numpy(blocks=blocks, qtype=qtype):
+                gq.dequantize(blocks, qtype)
+
+            row["numpy"] = out_gb / median_seconds(run_numpy, max(1, args.reps // 3))
         tier = ferrollm.quants.kernel_isa(qt.name)
         np_text = f"{row['numpy']:8.2f}" if "numpy" in row else f"{'-':>8}"
         print(f"{qt.name:<8} {qt.bits_per_weight:5.2f} {row['scalar']:8.2f} {row['simd']:8.2f} {tier:>7} "

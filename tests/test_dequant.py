@@ -8,17 +8,16 @@ do (multiply then add/subtract, never fused), and the SIMD kernels keep that ord
 
 from __future__ import annotations
 
+import ferrollm
 import numpy as np
 import pytest
+from ferrollm.quants import TYPES, quant_type
+from ferrollm.synthetic import n_scale_fields, random_blocks, set_scales
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ferrollm
-from ferrollm.quants import TYPES, quant_type
-from ferrollm.synthetic import n_scale_fields, random_blocks, set_scales
-
 gguf = pytest.importorskip("gguf")
-from gguf import GGMLQuantizationType, quants  # noqa: E402
+from gguf import GGMLQuantizationType, quants
 
 QUANTIZED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
              "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS"]  # fmt: skip
@@ -61,7 +60,9 @@ def check(type_name: str, blocks: np.ndarray) -> None:
     for tier in TIERS:
         got = ferrollm.dequantize(blocks, type_name, isa=tier)
         assert got.dtype == np.float32 and got.shape == want.shape
-        bad = np.flatnonzero(~((got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))))
+        bad = np.flatnonzero(
+            ~((got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want)))
+        )
         assert bad.size == 0, (
             f"{type_name} [{tier}]: {bad.size} elements differ, first #{bad[0]}: got {got[bad[0]]!r} want {want[bad[0]]!r}"
         )

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 import ferrollm
+import pytest
 from gguf_bytes import GGUFBytes, Tensor, valid_file
 
 
@@ -84,7 +83,9 @@ def test_absurd_string_length(tmp_path):
     data, at = g.build()
     pos = at["kv:general.architecture:value"]
     bad = data[:pos] + (2**62).to_bytes(8, "little") + data[pos + 8 :]
-    expect_error(tmp_path, bad, "metadata 'general.architecture'.*string length 4611686018427387904 exceeds", pos)
+    expect_error(
+        tmp_path, bad, "metadata 'general.architecture'.*string length 4611686018427387904 exceeds", pos
+    )
 
 
 def test_absurd_key_length(tmp_path):
@@ -215,14 +216,18 @@ def test_row_not_a_multiple_of_the_block(tmp_path):
     g = valid_file()
     g.tensors[1].dims = [48]
     data, at = g.build()
-    expect_error(tmp_path, data, "row length 48 is not a multiple of the Q4_0 block size 32", at["t:b:n_dims"] + 4)
+    expect_error(
+        tmp_path, data, "row length 48 is not a multiple of the Q4_0 block size 32", at["t:b:n_dims"] + 4
+    )
 
 
 def test_misaligned_offset(tmp_path):
     g = valid_file()
     g.tensors[1].offset = 40
     data, at = g.build()
-    expect_error(tmp_path, data, "tensor 'b' offset 40 is not a multiple of the alignment 32", at["t:b:offset"])
+    expect_error(
+        tmp_path, data, "tensor 'b' offset 40 is not a multiple of the alignment 32", at["t:b:offset"]
+    )
 
 
 def test_tensor_outside_the_data_section(tmp_path):
@@ -238,7 +243,7 @@ def test_tensor_outside_the_data_section(tmp_path):
 def test_overlapping_tensors(tmp_path):
     g = valid_file()
     g.tensors.append(Tensor("c", [8], 0, 0))  # F32 x8 at offset 0, inside 'a'
-    data, at = g.build()
+    data, _ = g.build()
     expect_error(tmp_path, data, "tensor '(c|a)' at offset 0 overlaps tensor '(a|c)'")
 
 

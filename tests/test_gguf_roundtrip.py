@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import math
 
+import ferrollm
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-import ferrollm
 from ferrollm.gguf import GGUFWriter, write_gguf
 from ferrollm.quants import quant_type
 from ferrollm.synthetic import DEMO_TYPES, random_blocks
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 INT_RANGES = {"u8": (0, 2**8 - 1), "i8": (-(2**7), 2**7 - 1), "u16": (0, 2**16 - 1), "i16": (-(2**15), 2**15 - 1),
               "u32": (0, 2**32 - 1), "i32": (-(2**31), 2**31 - 1), "u64": (0, 2**64 - 1), "i64": (-(2**63), 2**63 - 1)}  # fmt: skip
@@ -120,9 +119,17 @@ def assert_same_value(got, want, type_name: str):
 
 def test_inferred_types(tmp_path):
     path = tmp_path / "infer.gguf"
-    write_gguf(path, {"i": 7, "big": 2**40, "f": 0.5, "s": "x", "b": True, "toks": ["a", "b"], "ids": [1, 2**33]})
+    write_gguf(
+        path, {"i": 7, "big": 2**40, "f": 0.5, "s": "x", "b": True, "toks": ["a", "b"], "ids": [1, 2**33]}
+    )
     assert ferrollm.gguf.open(path).metadata_types == {
-        "i": "i32", "big": "i64", "f": "f32", "s": "str", "b": "bool", "toks": "array[str]", "ids": "array[i64]"
+        "i": "i32",
+        "big": "i64",
+        "f": "f32",
+        "s": "str",
+        "b": "bool",
+        "toks": "array[str]",
+        "ids": "array[i64]",
     }
 
 

@@ -1,7 +1,7 @@
 """The ``ferrollm`` command line.
 
-    ferrollm info FILE           metadata, tensors and the kernels this CPU will use
-    ferrollm synth OUT.gguf      write a small GGUF of random valid blocks of every type
+ferrollm info FILE           metadata, tensors and the kernels this CPU will use
+ferrollm synth OUT.gguf      write a small GGUF of random valid blocks of every type
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     shown = f.tensors if args.all or len(f.tensors) <= 40 else f.tensors[:40]
     for t in shown:
         kernel = quants.kernel_isa(t.type) or "-"
-        print(f"  {t.name:<40} {t.type:<8} {str(list(t.shape)):<24} {_size(t.nbytes):>11}  {kernel}")
+        print(f"  {t.name:<40} {t.type:<8} {list(t.shape)!s:<24} {_size(t.nbytes):>11}  {kernel}")
     if len(shown) < len(f.tensors):
         print(f"  ... {len(f.tensors) - len(shown)} more (--all shows them)")
     return 0

@@ -13,9 +13,10 @@ message names the field and its byte offset.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ class GGUFFile:
         """The tensor as float32, numpy shape (reversed ggml shape)."""
         return self._file.dequantize(name)
 
-    def __enter__(self) -> GGUFFile:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -91,7 +92,7 @@ class GGUFFile:
         return repr(self._file)
 
 
-def open(path: str | os.PathLike) -> GGUFFile:  # noqa: A001 - mirrors the builtin on purpose
+def open(path: str | os.PathLike) -> GGUFFile:
     return GGUFFile(path)
 
 
@@ -136,7 +137,7 @@ class GGUFWriter:
         if alignment is not None:
             self.add("general.alignment", alignment, "u32")
 
-    def add(self, key: str, value: Any, type: str | None = None) -> None:  # noqa: A002
+    def add(self, key: str, value: Any, type: str | None = None) -> None:
         if key in self._metadata:
             raise ValueError(f"metadata key {key!r} added twice")
         self._metadata[key] = (type or infer_type(value), value)
@@ -145,7 +146,7 @@ class GGUFWriter:
         self,
         name: str,
         data: np.ndarray | bytes,
-        type: str | None = None,  # noqa: A002
+        type: str | None = None,
         shape: Sequence[int] | None = None,
     ) -> None:
         if type is None:
