@@ -9,3 +9,6 @@ pub use reader::{GgufFile, TensorInfo};
 pub use types::{GgmlType, QK_K};
 pub use value::{Value, ValueType};
 pub use writer::{GgufWriter, TensorSpec};
+
+#[cfg(test)]
+mod tests;
