@@ -83,6 +83,28 @@ pub fn k4_scale_min(scales: &[u8; 12], j: usize) -> (u8, u8) {
     }
 }
 
+/// Q4_K and Q5_K share scales, mins and nibble order; Q5_K adds a fifth bit from `qh`.
+fn dequantize_q45k(
+    d: F16Le,
+    dmin: F16Le,
+    scales: &[u8; 12],
+    qs: &[u8; 128],
+    qh: Option<&[u8; 32]>,
+    out: &mut [f32],
+) {
+    let (d, dmin) = (d.to_f32(), dmin.to_f32());
+    for (sub, chunk) in out.chunks_exact_mut(32).enumerate() {
+        let (sc, m) = k4_scale_min(scales, sub);
+        let (dl, ml) = (d * sc as f32, dmin * m as f32);
+        let (g, h) = (sub / 2, sub % 2);
+        for (l, y) in chunk.iter_mut().enumerate() {
+            let high = qh.map_or(0, |qh| ((qh[l] >> sub) & 1) << 4);
+            let q = ((qs[32 * g + l] >> (4 * h)) & 0xF) | high;
+            *y = dl * q as f32 - ml;
+        }
+    }
+}
+
 /// 4.5 bits per weight. 8 sub-blocks of 32 with 6-bit scales and mins: x = d*sc*q - dmin*m.
 /// Element `64 g + 32 h + l` is nibble h of `qs[32 g + l]`.
 #[repr(C)]
@@ -99,16 +121,7 @@ impl Block for BlockQ4K {
     const TYPE: GgmlType = GgmlType::Q4_K;
     const ELEMS: usize = QK_K;
     fn dequantize(&self, out: &mut [f32]) {
-        let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
-        for (sub, chunk) in out.chunks_exact_mut(32).enumerate() {
-            let (sc, m) = k4_scale_min(&self.scales, sub);
-            let (dl, ml) = (d * sc as f32, dmin * m as f32);
-            let (g, h) = (sub / 2, sub % 2);
-            for (l, y) in chunk.iter_mut().enumerate() {
-                let q = (self.qs[32 * g + l] >> (4 * h)) & 0xF;
-                *y = dl * q as f32 - ml;
-            }
-        }
+        dequantize_q45k(self.d, self.dmin, &self.scales, &self.qs, None, out);
     }
 }
 
@@ -128,16 +141,14 @@ impl Block for BlockQ5K {
     const TYPE: GgmlType = GgmlType::Q5_K;
     const ELEMS: usize = QK_K;
     fn dequantize(&self, out: &mut [f32]) {
-        let (d, dmin) = (self.d.to_f32(), self.dmin.to_f32());
-        for (sub, chunk) in out.chunks_exact_mut(32).enumerate() {
-            let (sc, m) = k4_scale_min(&self.scales, sub);
-            let (dl, ml) = (d * sc as f32, dmin * m as f32);
-            let (g, h) = (sub / 2, sub % 2);
-            for (l, y) in chunk.iter_mut().enumerate() {
-                let q = ((self.qs[32 * g + l] >> (4 * h)) & 0xF) | (((self.qh[l] >> sub) & 1) << 4);
-                *y = dl * q as f32 - ml;
-            }
-        }
+        dequantize_q45k(
+            self.d,
+            self.dmin,
+            &self.scales,
+            &self.qs,
+            Some(&self.qh),
+            out,
+        );
     }
 }
 
