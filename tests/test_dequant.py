@@ -45,7 +45,7 @@ finite_f16 = st.floats(width=16, allow_nan=False, allow_infinity=False)
 @st.composite
 def blocks_of(draw, type_name: str) -> np.ndarray:
     qt = quant_type(type_name)
-    n_blocks = draw(st.integers(1, 6))
+    n_blocks = draw(st.integers(1, 4))
     raw = draw(st.binary(min_size=n_blocks * qt.block_bytes, max_size=n_blocks * qt.block_bytes))
     blocks = np.frombuffer(raw, dtype=np.uint8).reshape(n_blocks, qt.block_bytes).copy()
     if type_name not in FLOATS:
@@ -114,3 +114,13 @@ def test_wrong_length_is_a_value_error():
         ferrollm.dequantize(np.zeros(18, np.uint8), "Q4_9")
     with pytest.raises(ferrollm.UnsupportedTypeError, match="TQ1_0"):
         ferrollm.dequantize(np.zeros(54, np.uint8), "TQ1_0")
+
+
+def test_environment_variable_forces_the_scalar_path():
+    import subprocess
+    import sys
+
+    code = "import ferrollm; print(ferrollm.quants.isa_active(), ferrollm.quants.kernel_isa('Q4_K'))"
+    env = {**__import__("os").environ, "FERROLLM_ISA": "scalar"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["scalar", "scalar"]

@@ -208,3 +208,17 @@ def test_we_read_gguf_py_files(tmp_path):
     assert f.tensor("w").shape == (512, 2) and f.tensor("w").type == "Q6_K"
     want = gguf.quants.dequantize(blocks.reshape(2, -1), gguf.GGMLQuantizationType.Q6_K)
     assert np.array_equal(f.dequantize("w"), want)
+
+
+def test_tensor_view_is_zero_copy_and_outlives_the_file_object(tmp_path):
+    path = tmp_path / "v.gguf"
+    ferrollm.synthetic.write_synthetic_gguf(path, types=["Q4_K"])
+    f = ferrollm.gguf.open(path)
+    view = f.tensor_bytes("synthetic.q4_k.weight")
+    copy = np.array(view)
+    assert not view.flags.writeable and not view.flags.owndata
+    del f
+    import gc
+
+    gc.collect()
+    assert np.array_equal(view, copy)  # the map stays alive through the view's base
