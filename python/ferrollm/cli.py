@@ -33,7 +33,9 @@ def _size(n: int) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     f = gguf.open(args.file)
     print(f"file      {f.path}  ({_size(f.file_size)}, GGUF v{f.version}, alignment {f.alignment})")
-    print(f"cpu       kernels: {quants.isa_active()} (detected: {quants.isa_detected()})")
+    print(
+        f"cpu       {quants.isa_detected()} detected, {quants.isa_active()} allowed; kernel per tensor type below"
+    )
     print(f"\nmetadata  {len(f.metadata)} keys")
     types = f.metadata_types
     for key, value in f.metadata.items():
