@@ -50,6 +50,13 @@ def dequantize(data, type_name: str, isa: str | None = None, out: np.ndarray | N
     return _core.dequantize(as_bytes(data), quant_type(type_name).name, isa, out)
 
 
+def quantize(x, type_name: str) -> np.ndarray:
+    """Quantize float values (a whole number of blocks) to raw blocks of ``type_name`` with the
+    reference round-to-nearest quantizer (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_K so far)."""
+    values = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    return _core.quantize(values, quant_type(type_name).name)
+
+
 def kernel_isa(type_name: str, isa: str | None = None) -> str | None:
     """The kernel tier that :func:`dequantize` uses for ``type_name``."""
     return _core.kernel_isa(quant_type(type_name).name, isa)

@@ -71,6 +71,23 @@ fn dequantize<'py>(
     }
 }
 
+/// Quantizes float32 values (whole blocks) to raw blocks of `type_name` with the reference
+/// round-to-nearest quantizer.
+#[pyfunction]
+fn quantize<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f32>,
+    type_name: &str,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let ty = parse_type(type_name)?;
+    let values = x.as_slice()?;
+    let out = py.detach(|| {
+        let mut out = Vec::with_capacity(values.len() / ty.block_elems() * ty.block_bytes());
+        quant::quantize::quantize(ty, values, &mut out).map(|_| out)
+    })?;
+    Ok(PyArray1::from_vec(py, out))
+}
+
 /// The kernel tier `dequantize` uses for `type_name` under `isa` (default: the active one).
 #[pyfunction]
 #[pyo3(signature = (type_name, isa = None))]
@@ -109,6 +126,7 @@ fn isa_active() -> &'static str {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(kernel_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(type_table, m)?)?;
     m.add_function(wrap_pyfunction!(isa_detected, m)?)?;
     m.add_function(wrap_pyfunction!(isa_active, m)?)?;

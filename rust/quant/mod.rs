@@ -14,6 +14,7 @@ pub mod grids;
 pub mod iquants;
 pub mod kquants;
 pub mod legacy;
+pub mod quantize;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
