@@ -140,7 +140,7 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
                 .expect("exact chunk"))));
         }
     }
-    if x.len() % ty.block_elems() != 0 {
+    if !x.len().is_multiple_of(ty.block_elems()) {
         return Err(Error::invalid(format!(
             "{ty}: {} values is not a whole number of {}-element blocks",
             x.len(),
