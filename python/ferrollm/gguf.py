@@ -68,11 +68,15 @@ class GGUFFile:
     def tensors(self) -> list[TensorInfo]:
         return [TensorInfo(n, tuple(s), t, o, b) for n, s, t, o, b in self._file.tensor_infos()]
 
+    @cached_property
+    def _tensors_by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
     def tensor(self, name: str) -> TensorInfo:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyError(f"no tensor named {name!r} in {self.path}")
+        try:
+            return self._tensors_by_name[name]
+        except KeyError:
+            raise KeyError(f"no tensor named {name!r} in {self.path}") from None
 
     def tensor_bytes(self, name: str) -> np.ndarray:
         """Raw bytes of a tensor as a read-only uint8 view (zero-copy)."""

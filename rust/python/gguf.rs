@@ -187,19 +187,13 @@ impl PyGgufFile {
     /// The tensor dequantized to float32, shaped as numpy orders it (reversed ggml dims).
     fn dequantize<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
         let info = self.info(name)?.clone();
+        let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         let file = Arc::clone(&self.file);
         let out = py.detach(move || -> Result<Vec<f32>, Error> {
             let mut out = vec![0f32; info.n_elements() as usize];
             quant::dequantize(info.ty, file.tensor_data(&info), &mut out)?;
             Ok(out)
         })?;
-        let shape: Vec<usize> = self
-            .info(name)?
-            .dims
-            .iter()
-            .rev()
-            .map(|&d| d as usize)
-            .collect();
         PyArray1::from_vec(py, out)
             .reshape(shape)
             .map(|a| a.into_any())

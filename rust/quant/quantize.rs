@@ -41,10 +41,31 @@ fn high_bits(q: &[u8; QK]) -> [u8; 4] {
     bits.to_le_bytes()
 }
 
-pub fn quantize_q4_0(x: &[f32; QK]) -> BlockQ4_0 {
-    let d = signed_absmax(x) / -8.0;
+/// Symmetric quants (Q4_0, Q5_0): d = extreme / -half, so the extreme value maps to level 0;
+/// q = x / d + half, rounded by truncating after adding 0.5 (as ggml does).
+fn symmetric_quants(x: &[f32; QK], half: f32, max_q: u8) -> (f32, [u8; QK]) {
+    let d = signed_absmax(x) / -half;
     let id = inverse(d);
-    let q: [u8; QK] = std::array::from_fn(|j| ((x[j] * id + 8.5) as u8).min(15));
+    (
+        d,
+        std::array::from_fn(|j| ((x[j] * id + (half + 0.5)) as u8).min(max_q)),
+    )
+}
+
+/// Affine quants (Q4_1, Q5_1): x = min + d * q with q in 0..=max_q.
+fn affine_quants(x: &[f32; QK], max_q: u8) -> (f32, f32, [u8; QK]) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / max_q as f32;
+    let id = inverse(d);
+    (
+        d,
+        min,
+        std::array::from_fn(|j| (((x[j] - min) * id + 0.5) as u8).min(max_q)),
+    )
+}
+
+pub fn quantize_q4_0(x: &[f32; QK]) -> BlockQ4_0 {
+    let (d, q) = symmetric_quants(x, 8.0, 15);
     BlockQ4_0 {
         d: F16Le::from_f32(d),
         qs: pack_nibbles(&q),
@@ -52,10 +73,7 @@ pub fn quantize_q4_0(x: &[f32; QK]) -> BlockQ4_0 {
 }
 
 pub fn quantize_q4_1(x: &[f32; QK]) -> BlockQ4_1 {
-    let (min, max) = min_max(x);
-    let d = (max - min) / 15.0;
-    let id = inverse(d);
-    let q: [u8; QK] = std::array::from_fn(|j| (((x[j] - min) * id + 0.5) as u8).min(15));
+    let (d, min, q) = affine_quants(x, 15);
     BlockQ4_1 {
         d: F16Le::from_f32(d),
         m: F16Le::from_f32(min),
@@ -64,28 +82,22 @@ pub fn quantize_q4_1(x: &[f32; QK]) -> BlockQ4_1 {
 }
 
 pub fn quantize_q5_0(x: &[f32; QK]) -> BlockQ5_0 {
-    let d = signed_absmax(x) / -16.0;
-    let id = inverse(d);
-    let q: [u8; QK] = std::array::from_fn(|j| ((x[j] * id + 16.5) as u8).min(31));
-    let low = q.map(|v| v & 0xF);
+    let (d, q) = symmetric_quants(x, 16.0, 31);
     BlockQ5_0 {
         d: F16Le::from_f32(d),
         qh: high_bits(&q),
-        qs: pack_nibbles(&low),
+        qs: pack_nibbles(&q.map(|v| v & 0xF)),
     }
 }
 
 pub fn quantize_q5_1(x: &[f32; QK]) -> BlockQ5_1 {
-    let (min, max) = min_max(x);
-    let d = (max - min) / 31.0;
-    let id = inverse(d);
-    let q: [u8; QK] = std::array::from_fn(|j| (((x[j] - min) * id + 0.5) as u8).min(31));
-    let low = q.map(|v| v & 0xF);
+    let (d, min, q) = affine_quants(x, 31);
+    let qs = pack_nibbles(&q.map(|v| v & 0xF));
     BlockQ5_1 {
         d: F16Le::from_f32(d),
         m: F16Le::from_f32(min),
         qh: high_bits(&q),
-        qs: pack_nibbles(&low),
+        qs,
     }
 }
 
