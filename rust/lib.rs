@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod matmul;
 pub mod quant;
 
 #[cfg(feature = "python")]

@@ -61,7 +61,7 @@ unsafe fn store32<const OFFSET: bool>(
 /// Low nibbles of 16 bytes in the low lane, high nibbles in the high lane: a 4-bit block's
 /// 32 elements in order.
 #[inline(always)]
-unsafe fn nibbles32(qs: *const u8) -> __m256i {
+pub(crate) unsafe fn nibbles32(qs: *const u8) -> __m256i {
     let bytes = _mm_loadu_si128(qs as *const __m128i);
     let mask = _mm_set1_epi8(0x0F);
     let lo = _mm_and_si128(bytes, mask);
@@ -71,7 +71,7 @@ unsafe fn nibbles32(qs: *const u8) -> __m256i {
 
 /// Byte i of the result is 0xFF where bit i of `bits` is set.
 #[inline(always)]
-unsafe fn bits_to_bytes(bits: u32) -> __m256i {
+pub(crate) unsafe fn bits_to_bytes(bits: u32) -> __m256i {
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
         _mm256_setr_epi64x(
@@ -141,7 +141,7 @@ unsafe fn q8_0(src: &[u8], dst: &mut [f32]) {
 
 /// Looks up 32 4-bit indices in the IQ4_NL codebook.
 #[inline(always)]
-unsafe fn iq4nl_lookup(idx: __m256i) -> __m256i {
+pub(crate) unsafe fn iq4nl_lookup(idx: __m256i) -> __m256i {
     let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
     _mm256_shuffle_epi8(_mm256_set_m128i(table, table), idx)
 }

@@ -17,7 +17,7 @@ pub mod legacy;
 pub mod quantize;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 
 use std::sync::OnceLock;
 
@@ -175,4 +175,4 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,0 +1,225 @@
+//! Quantized matrix products: `y = W x` with W a weight matrix in any GGUF block type, stored
+//! as in the file (rows of `cols` elements, row-major, no repacking: the file stays mmapped and
+//! memory is not doubled).
+//!
+//! As in llama.cpp, activations are quantized on the fly to the weight type's companion type
+//! (Q8_0 for the 32-element types, Q8_K for the K- and IQ-types; float weights keep float
+//! activations) and the dot products run on integers with per-block scales. Each weight type has
+//! a reference kernel (`scalar`, built on the integer forms of `unpack`) and SIMD kernels
+//! (`avx2`: AVX2, and the same code with AVX-512 VNNI's `vpdpbusd` where present), picked once
+//! at run time like the dequantizers.
+
+mod pool;
+pub mod scalar;
+pub mod unpack;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+pub use pool::{Pool, physical_cores};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
+use crate::quant::iquants::*;
+use crate::quant::kquants::*;
+use crate::quant::legacy::*;
+use crate::quant::{Isa, quantize};
+
+/// One weight row (whole blocks) against one activation row of the companion type.
+pub type VecDotFn = fn(w: &[u8], a: &[u8]) -> f32;
+
+/// The type activations are converted to before a dot product with weights of `ty`.
+pub fn activation_type(ty: GgmlType) -> Option<GgmlType> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 | F16 | BF16 => F32,
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL => Q8_0,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S
+        | IQ1_M | IQ4_XS => Q8_K,
+        _ => return None,
+    })
+}
+
+/// The reference dot product for weights of `ty`.
+pub fn reference_dot(ty: GgmlType) -> Option<VecDotFn> {
+    use GgmlType::*;
+    use scalar::{dot_q8_0, dot_q8_k};
+    Some(match ty {
+        F32 => scalar::dot_f32,
+        F16 => scalar::dot_f16,
+        BF16 => scalar::dot_bf16,
+        Q4_0 => dot_q8_0::<BlockQ4_0>,
+        Q4_1 => dot_q8_0::<BlockQ4_1>,
+        Q5_0 => dot_q8_0::<BlockQ5_0>,
+        Q5_1 => dot_q8_0::<BlockQ5_1>,
+        Q8_0 => dot_q8_0::<BlockQ8_0>,
+        IQ4_NL => dot_q8_0::<BlockIq4Nl>,
+        Q2_K => dot_q8_k::<BlockQ2K>,
+        Q3_K => dot_q8_k::<BlockQ3K>,
+        Q4_K => dot_q8_k::<BlockQ4K>,
+        Q5_K => dot_q8_k::<BlockQ5K>,
+        Q6_K => dot_q8_k::<BlockQ6K>,
+        IQ2_XXS => dot_q8_k::<BlockIq2Xxs>,
+        IQ2_XS => dot_q8_k::<BlockIq2Xs>,
+        IQ2_S => dot_q8_k::<BlockIq2S>,
+        IQ3_XXS => dot_q8_k::<BlockIq3Xxs>,
+        IQ3_S => dot_q8_k::<BlockIq3S>,
+        IQ1_S => dot_q8_k::<BlockIq1S>,
+        IQ1_M => dot_q8_k::<BlockIq1M>,
+        IQ4_XS => dot_q8_k::<BlockIq4Xs>,
+        _ => return None,
+    })
+}
+
+/// The fastest dot product for `ty` at or below tier `isa`, with the tier it belongs to.
+pub fn dot_fn(ty: GgmlType, isa: Isa) -> Option<(VecDotFn, Isa)> {
+    let isa = isa.min(Isa::detected());
+    #[cfg(target_arch = "x86_64")]
+    if let Some(found) = avx2::dot_fn(ty, isa) {
+        return Some(found);
+    }
+    reference_dot(ty).map(|f| (f, Isa::Scalar))
+}
+
+/// Converts activation rows `x` (whole rows of `cols`) to `act_ty`, replacing `out`'s contents
+/// (its capacity is reused, so steady-state calls do not allocate).
+pub fn quantize_activations(act_ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    if act_ty == GgmlType::F32 {
+        out.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+        return Ok(());
+    }
+    quantize::quantize(act_ty, x, out)
+}
+
+/// A weight matrix as stored in a GGUF file: `rows` rows of `cols` elements of type `ty`.
+#[derive(Clone, Copy)]
+pub struct QMatrix<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
+        if activation_type(ty).is_none() {
+            return Err(Error::Unsupported(format!(
+                "{ty}: no matrix product for this type"
+            )));
+        }
+        let (be, bb) = (ty.block_elems(), ty.block_bytes());
+        if cols == 0 || rows == 0 || !cols.is_multiple_of(be) {
+            return Err(Error::invalid(format!(
+                "{ty}: a {rows}x{cols} matrix needs nonzero rows and a row length that is a \
+                 multiple of {be}"
+            )));
+        }
+        let want = rows.checked_mul(cols / be * bb);
+        if want != Some(data.len()) {
+            return Err(Error::invalid(format!(
+                "{ty}: a {rows}x{cols} matrix takes {} bytes, got {}",
+                rows * (cols / be * bb),
+                data.len()
+            )));
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_elems() * self.ty.block_bytes()
+    }
+
+    fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// Rows handled together by one task of a product: small enough that their weights stay in
+/// L1/L2 while all activation rows pass over them.
+const ROW_TILE: usize = 16;
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `y[t][r] = sum_c W[r][c] * x[t][c]` for `n` activation rows `x` (n x cols, row-major) into
+/// `y` (n x rows). `scratch` holds the quantized activations between calls.
+pub fn matmul(
+    pool: &Pool,
+    w: &QMatrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut Vec<u8>,
+    isa: Isa,
+) -> Result<()> {
+    let n = x.len() / w.cols;
+    if n == 0 || x.len() != n * w.cols || y.len() != n * w.rows {
+        return Err(Error::invalid(format!(
+            "matrix {}x{}: {} inputs and {} outputs are not whole rows of the same count",
+            w.rows,
+            w.cols,
+            x.len(),
+            y.len()
+        )));
+    }
+    let act_ty = activation_type(w.ty).expect("checked in QMatrix::new");
+    let (dot, _) = dot_fn(w.ty, isa).expect("every matrix type has a dot product");
+    quantize_activations(act_ty, x, scratch)?;
+    let act_row_bytes = w.cols / act_ty.block_elems() * act_ty.block_bytes();
+    let acts: &[u8] = scratch;
+
+    // Tasks are tiles of rows; enough of them that the pool balances uneven progress.
+    let tiles = w.rows.div_ceil(ROW_TILE);
+    let tiles_per_task = tiles.div_ceil(pool.threads() * 4).max(1);
+    let n_tasks = tiles.div_ceil(tiles_per_task);
+    let out = SharedOut(y.as_mut_ptr());
+    let rows = w.rows;
+    pool.run(n_tasks, |task| {
+        let out = out;
+        let first = task * tiles_per_task * ROW_TILE;
+        let last = ((task + 1) * tiles_per_task * ROW_TILE).min(rows);
+        for tile in (first..last).step_by(ROW_TILE) {
+            let tile_end = (tile + ROW_TILE).min(last);
+            for (t, a) in acts.chunks_exact(act_row_bytes).enumerate() {
+                for r in tile..tile_end {
+                    // SAFETY: each (t, r) is written by exactly one task, and t < n, r < rows.
+                    unsafe { *out.0.add(t * rows + r) = dot(w.row(r), a) };
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `y = W x` for one activation row (decode).
+pub fn matvec(
+    pool: &Pool,
+    w: &QMatrix,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut Vec<u8>,
+    isa: Isa,
+) -> Result<()> {
+    if x.len() != w.cols || y.len() != w.rows {
+        return Err(Error::invalid(format!(
+            "matrix {}x{}: got {} inputs and {} outputs",
+            w.rows,
+            w.cols,
+            x.len(),
+            y.len()
+        )));
+    }
+    matmul(pool, w, x, y, scratch, isa)
+}
+
+#[cfg(test)]
+mod tests;

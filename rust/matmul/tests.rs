@@ -1,0 +1,154 @@
+//! Every SIMD dot product against the reference, and the products against dequantize-then-
+//! multiply in f64, on random blocks (scales kept finite) and random activations.
+
+use super::*;
+use crate::quant::tests::random_bytes;
+
+/// Byte offsets of the f16 scale fields in a block of `ty`.
+fn f16_fields(ty: GgmlType) -> &'static [usize] {
+    use GgmlType::*;
+    match ty {
+        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
+        Q2_K => &[80, 82],
+        Q3_K => &[108],
+        Q6_K => &[208],
+        IQ1_M => &[54], // the high byte of the last scale word holds the f16's top nibble
+        _ => &[0],
+    }
+}
+
+/// Random blocks of `ty` with every f16 scale below 2 in magnitude (exponent bit 14 cleared).
+pub(crate) fn random_weights(ty: GgmlType, seed: u64, n_blocks: usize) -> Vec<u8> {
+    let bb = ty.block_bytes();
+    if matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        let x = random_floats(seed, n_blocks);
+        let mut out = Vec::new();
+        for v in x {
+            match ty {
+                GgmlType::F32 => out.extend(v.to_le_bytes()),
+                GgmlType::F16 => out.extend(half::f16::from_f32(v).to_le_bytes()),
+                _ => out.extend(half::bf16::from_f32(v).to_le_bytes()),
+            }
+        }
+        return out;
+    }
+    let mut bytes = random_bytes(seed, n_blocks * bb);
+    for block in bytes.chunks_exact_mut(bb) {
+        for &f in f16_fields(ty) {
+            block[f + 1] &= 0xBF;
+        }
+    }
+    bytes
+}
+
+pub(crate) fn random_floats(seed: u64, n: usize) -> Vec<f32> {
+    random_bytes(seed ^ 0xABCD, 2 * n)
+        .chunks_exact(2)
+        .map(|b| (u16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0) - 1.0)
+        .collect()
+}
+
+const DOT_TYPES: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::IQ4_NL,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::IQ4_XS,
+];
+
+/// (dot of dequantized weights and dequantized activations in f64, sum of |products|).
+fn exact_dot(ty: GgmlType, w: &[u8], act_ty: GgmlType, a: &[u8], n: usize) -> (f64, f64) {
+    let mut wf = vec![0f32; n];
+    crate::quant::dequantize_with(ty, w, &mut wf, Isa::Scalar).unwrap();
+    let af: Vec<f32> = if act_ty == GgmlType::F32 {
+        a.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else {
+        let mut v = vec![0f32; n];
+        crate::quant::dequantize_with(act_ty, a, &mut v, Isa::Scalar).unwrap();
+        v
+    };
+    let dot = wf.iter().zip(&af).map(|(&w, &x)| w as f64 * x as f64).sum();
+    let mag = wf.iter().zip(&af).map(|(&w, &x)| (w as f64 * x as f64).abs()).sum();
+    (dot, mag)
+}
+
+#[test]
+fn every_tier_matches_the_exact_dot_product() {
+    for &ty in DOT_TYPES {
+        let act_ty = activation_type(ty).unwrap();
+        let reference = reference_dot(ty).unwrap();
+        for (seed, n_blocks) in [(1u64, 1usize), (2, 3), (3, 16)] {
+            let n = n_blocks * ty.block_elems().max(256);
+            let w = random_weights(ty, seed + 100 * ty.id() as u64, n / ty.block_elems());
+            let x = random_floats(seed, n);
+            let mut a = Vec::new();
+            quantize_activations(act_ty, &x, &mut a).unwrap();
+            let (exact, mag) = exact_dot(ty, &w, act_ty, &a, n);
+            let tol = 1e-5 * mag + 1e-6;
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                let (dot, tier) = dot_fn(ty, isa).unwrap();
+                let got = dot(&w, &a) as f64;
+                assert!(
+                    (got - exact).abs() <= tol,
+                    "{ty} {tier:?} seed {seed}: got {got}, exact {exact}, tolerance {tol}"
+                );
+                let r = reference(&w, &a) as f64;
+                assert!((got - r).abs() <= tol, "{ty} {tier:?}: {got} vs reference {r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_rows_and_threads() {
+    let pool = Pool::new(Some(3)).unwrap();
+    let ty = GgmlType::Q4_K;
+    let (rows, cols, n) = (37, 512, 5);
+    let w = random_weights(ty, 7, rows * cols / 256);
+    let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+    let x = random_floats(9, n * cols);
+    let mut y = vec![0f32; n * rows];
+    let mut scratch = Vec::new();
+    matmul(&pool, &m, &x, &mut y, &mut scratch, Isa::active()).unwrap();
+    let mut a = Vec::new();
+    for t in 0..n {
+        quantize_activations(GgmlType::Q8_K, &x[t * cols..(t + 1) * cols], &mut a).unwrap();
+        for r in 0..rows {
+            let want = reference_dot(ty).unwrap()(m.row(r), &a);
+            let got = y[t * rows + r];
+            assert!((want - got).abs() <= 1e-4 * want.abs().max(1.0), "{t},{r}");
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    assert!(QMatrix::new(GgmlType::Q4_0, 2, 48, &[0; 100]).is_err());
+    assert!(QMatrix::new(GgmlType::Q4_0, 2, 64, &[0; 71]).is_err());
+    assert!(QMatrix::new(GgmlType::I32, 1, 1, &[0; 4]).is_err());
+    let w = vec![0u8; 2 * 36];
+    let m = QMatrix::new(GgmlType::Q4_0, 2, 64, &w).unwrap();
+    let pool = Pool::new(Some(1)).unwrap();
+    let mut y = vec![0f32; 2];
+    assert!(matvec(&pool, &m, &[0.0; 63], &mut y, &mut Vec::new(), Isa::Scalar).is_err());
+    assert!(Pool::new(Some(0)).is_err());
+}

@@ -1,0 +1,363 @@
+//! The integer form of every weight block: what the dot products multiply. A 32-element block
+//! is `w = d * q + m`; a 256-element super-block is `w = d * scale[i/16] * q + dmin * min[i/16]`
+//! with small integers `q`, `scale`, `min`. The scalar reference dot product works on these
+//! forms, and so states exactly the arithmetic every SIMD kernel must reproduce.
+//!
+//! Scale factors are folded so that all quants are integers: IQ2 scales `(0.5 + s) / 4` become
+//! `(2 s + 1)` with `d / 8`, and IQ1's `+-1/8` shift becomes `q = 8 g +- 1` with `d / 8`.
+
+use crate::gguf::QK_K;
+use crate::quant::block::{u16_le, u32_le};
+use crate::quant::grids::*;
+use crate::quant::iquants::*;
+use crate::quant::kquants::*;
+use crate::quant::legacy::*;
+
+/// A 32-element block as integers: `w[j] = d * q[j] + m`.
+#[derive(Clone, Copy, Debug)]
+pub struct Int32Block {
+    pub q: [i8; QK],
+    pub d: f32,
+    pub m: f32,
+}
+
+/// A 256-element super-block as integers: `w[i] = d * scales[i/16] * q[i] + dmin * mins[i/16]`.
+#[derive(Clone, Copy, Debug)]
+pub struct IntSuperBlock {
+    pub q: [i8; QK_K],
+    pub scales: [i16; QK_K / 16],
+    pub mins: [i16; QK_K / 16],
+    pub d: f32,
+    pub dmin: f32,
+}
+
+impl Default for IntSuperBlock {
+    fn default() -> Self {
+        IntSuperBlock {
+            q: [0; QK_K],
+            scales: [0; QK_K / 16],
+            mins: [0; QK_K / 16],
+            d: 0.0,
+            dmin: 0.0,
+        }
+    }
+}
+
+/// Blocks of 32 that pair with Q8_0 activations.
+pub trait Unpack32 {
+    fn unpack(&self) -> Int32Block;
+}
+
+/// Super-blocks of 256 that pair with Q8_K activations.
+pub trait UnpackK {
+    fn unpack(&self, out: &mut IntSuperBlock);
+}
+
+fn nibble(qs: &[u8; 16], j: usize) -> u8 {
+    if j < 16 {
+        qs[j] & 0xF
+    } else {
+        qs[j - 16] >> 4
+    }
+}
+
+fn fifth_bit(qh: [u8; 4], j: usize) -> u8 {
+    (((u32::from_le_bytes(qh) >> j) & 1) << 4) as u8
+}
+
+impl Unpack32 for BlockQ4_0 {
+    fn unpack(&self) -> Int32Block {
+        Int32Block {
+            q: std::array::from_fn(|j| nibble(&self.qs, j) as i8 - 8),
+            d: self.d.to_f32(),
+            m: 0.0,
+        }
+    }
+}
+
+impl Unpack32 for BlockQ4_1 {
+    fn unpack(&self) -> Int32Block {
+        Int32Block {
+            q: std::array::from_fn(|j| nibble(&self.qs, j) as i8),
+            d: self.d.to_f32(),
+            m: self.m.to_f32(),
+        }
+    }
+}
+
+impl Unpack32 for BlockQ5_0 {
+    fn unpack(&self) -> Int32Block {
+        Int32Block {
+            q: std::array::from_fn(|j| (nibble(&self.qs, j) | fifth_bit(self.qh, j)) as i8 - 16),
+            d: self.d.to_f32(),
+            m: 0.0,
+        }
+    }
+}
+
+impl Unpack32 for BlockQ5_1 {
+    fn unpack(&self) -> Int32Block {
+        Int32Block {
+            q: std::array::from_fn(|j| (nibble(&self.qs, j) | fifth_bit(self.qh, j)) as i8),
+            d: self.d.to_f32(),
+            m: self.m.to_f32(),
+        }
+    }
+}
+
+impl Unpack32 for BlockQ8_0 {
+    fn unpack(&self) -> Int32Block {
+        Int32Block {
+            q: self.qs,
+            d: self.d.to_f32(),
+            m: 0.0,
+        }
+    }
+}
+
+impl Unpack32 for BlockIq4Nl {
+    fn unpack(&self) -> Int32Block {
+        Int32Block {
+            q: std::array::from_fn(|j| KVALUES_IQ4NL[nibble(&self.qs, j) as usize]),
+            d: self.d.to_f32(),
+            m: 0.0,
+        }
+    }
+}
+
+impl UnpackK for BlockQ2K {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for (i, q) in out.q.iter_mut().enumerate() {
+            let (g, j, l) = (i / 128, (i / 32) % 4, i % 32);
+            *q = ((self.qs[32 * g + l] >> (2 * j)) & 3) as i8;
+        }
+        for (s, &sc) in self.scales.iter().enumerate() {
+            out.scales[s] = (sc & 0xF) as i16;
+            out.mins[s] = (sc >> 4) as i16;
+        }
+        out.d = self.d.to_f32();
+        out.dmin = -self.dmin.to_f32();
+    }
+}
+
+impl UnpackK for BlockQ3K {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for (i, q) in out.q.iter_mut().enumerate() {
+            let (g, j, l) = (i / 128, (i / 32) % 4, i % 32);
+            let low = ((self.qs[32 * g + l] >> (2 * j)) & 3) as i8;
+            let high_clear = (self.hmask[l] >> (i / 32)) & 1 == 0;
+            *q = low - if high_clear { 4 } else { 0 };
+        }
+        for s in 0..16 {
+            out.scales[s] = q3k_scale(&self.scales, s) as i16;
+        }
+        out.mins = [0; 16];
+        out.d = self.d.to_f32();
+        out.dmin = 0.0;
+    }
+}
+
+fn unpack_q45k(
+    scales: &[u8; 12],
+    qs: &[u8; 128],
+    qh: Option<&[u8; 32]>,
+    out: &mut IntSuperBlock,
+) {
+    for (i, q) in out.q.iter_mut().enumerate() {
+        let (sub, l) = (i / 32, i % 32);
+        let high = qh.map_or(0, |qh| ((qh[l] >> sub) & 1) << 4);
+        *q = (((qs[32 * (sub / 2) + l] >> (4 * (sub % 2))) & 0xF) | high) as i8;
+    }
+    for sub in 0..8 {
+        let (sc, m) = k4_scale_min(scales, sub);
+        out.scales[2 * sub..2 * sub + 2].fill(sc as i16);
+        out.mins[2 * sub..2 * sub + 2].fill(m as i16);
+    }
+}
+
+impl UnpackK for BlockQ4K {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        unpack_q45k(&self.scales, &self.qs, None, out);
+        out.d = self.d.to_f32();
+        out.dmin = -self.dmin.to_f32();
+    }
+}
+
+impl UnpackK for BlockQ5K {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        unpack_q45k(&self.scales, &self.qs, Some(&self.qh), out);
+        out.d = self.d.to_f32();
+        out.dmin = -self.dmin.to_f32();
+    }
+}
+
+impl UnpackK for BlockQ6K {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for (i, q) in out.q.iter_mut().enumerate() {
+            let (g, j, l) = (i / 128, (i / 32) % 4, i % 32);
+            let low = (self.ql[64 * g + 32 * (j % 2) + l] >> (4 * (j / 2))) & 0xF;
+            let high = (self.qh[32 * g + l] >> (2 * j)) & 3;
+            *q = (low | (high << 4)) as i8 - 32;
+        }
+        out.scales = self.scales.map(|s| s as i16);
+        out.mins = [0; 16];
+        out.d = self.d.to_f32();
+        out.dmin = 0.0;
+    }
+}
+
+/// The 8 bytes of a packed grid row times the 8 signs (bit k set: negative).
+fn signed_row(q: &mut [i8], row: u64, signs: u8) {
+    for (k, v) in q[..8].iter_mut().enumerate() {
+        let g = ((row >> (8 * k)) & 0xFF) as i8;
+        *v = if signs & (1 << k) != 0 { -g } else { g };
+    }
+}
+
+fn nibble_scale(scales: &[u8], i: usize) -> i16 {
+    ((scales[i / 2] >> (4 * (i % 2))) & 0xF) as i16
+}
+
+impl UnpackK for BlockIq2Xxs {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for ib in 0..8 {
+            let aux = u32_le(&self.qs[8 * ib + 4..]);
+            for k in 0..4 {
+                let signs = KSIGNS_IQ2XS[((aux >> (7 * k)) & 127) as usize];
+                let row = IQ2XXS_GRID[self.qs[8 * ib + k] as usize];
+                signed_row(&mut out.q[32 * ib + 8 * k..], row, signs);
+            }
+            out.scales[2 * ib..2 * ib + 2].fill(2 * (aux >> 28) as i16 + 1);
+        }
+        out.mins = [0; 16];
+        out.d = self.d.to_f32() * 0.125;
+        out.dmin = 0.0;
+    }
+}
+
+impl UnpackK for BlockIq2Xs {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for e in 0..32 {
+            let q = u16_le(self.qs[e]);
+            let row = IQ2XS_GRID[(q & 511) as usize];
+            signed_row(&mut out.q[8 * e..], row, KSIGNS_IQ2XS[(q >> 9) as usize]);
+        }
+        for s in 0..16 {
+            out.scales[s] = 2 * nibble_scale(&self.scales, s) + 1;
+        }
+        out.mins = [0; 16];
+        out.d = self.d.to_f32() * 0.125;
+        out.dmin = 0.0;
+    }
+}
+
+impl UnpackK for BlockIq2S {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for e in 0..32 {
+            let high = ((self.qh[e / 4] >> (2 * (e % 4))) & 3) as usize;
+            let row = IQ2S_GRID[self.qs[e] as usize | (high << 8)];
+            signed_row(&mut out.q[8 * e..], row, self.signs[e]);
+        }
+        for s in 0..16 {
+            out.scales[s] = 2 * nibble_scale(&self.scales, s) + 1;
+        }
+        out.mins = [0; 16];
+        out.d = self.d.to_f32() * 0.125;
+        out.dmin = 0.0;
+    }
+}
+
+fn rows4x2(a: u32, b: u32) -> u64 {
+    a as u64 | ((b as u64) << 32)
+}
+
+impl UnpackK for BlockIq3Xxs {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for ib in 0..8 {
+            let aux = u32_le(&self.scales_signs[4 * ib..]);
+            for k in 0..4 {
+                let signs = KSIGNS_IQ2XS[((aux >> (7 * k)) & 127) as usize];
+                let q = &self.qs[8 * ib + 2 * k..];
+                let row = rows4x2(IQ3XXS_GRID[q[0] as usize], IQ3XXS_GRID[q[1] as usize]);
+                signed_row(&mut out.q[32 * ib + 8 * k..], row, signs);
+            }
+            out.scales[2 * ib..2 * ib + 2].fill(2 * (aux >> 28) as i16 + 1);
+        }
+        out.mins = [0; 16];
+        out.d = self.d.to_f32() * 0.25;
+        out.dmin = 0.0;
+    }
+}
+
+impl UnpackK for BlockIq3S {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        let index =
+            |g: usize| self.qs[g] as usize | ((((self.qh[g / 8] >> (g % 8)) & 1) as usize) << 8);
+        for e in 0..32 {
+            let row = rows4x2(IQ3S_GRID[index(2 * e)], IQ3S_GRID[index(2 * e + 1)]);
+            signed_row(&mut out.q[8 * e..], row, self.signs[e]);
+        }
+        for s in 0..16 {
+            out.scales[s] = 2 * nibble_scale(&self.scales, s / 2) + 1;
+        }
+        out.mins = [0; 16];
+        out.d = self.d.to_f32();
+        out.dmin = 0.0;
+    }
+}
+
+/// IQ1 ternary grid row with the shift folded in: `8 g + 1` or `8 g - 1`.
+fn iq1_row(q: &mut [i8], row: u64, negative_shift: bool) {
+    let shift = if negative_shift { -1 } else { 1 };
+    for (k, v) in q[..8].iter_mut().enumerate() {
+        *v = 8 * ((row >> (8 * k)) & 0xFF) as u8 as i8 + shift;
+    }
+}
+
+impl UnpackK for BlockIq1S {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for ib in 0..8 {
+            let qh = u16_le(self.qh[ib]);
+            for k in 0..4 {
+                let idx = self.qs[4 * ib + k] as usize | ((((qh >> (3 * k)) & 7) as usize) << 8);
+                iq1_row(&mut out.q[32 * ib + 8 * k..], IQ1S_GRID[idx], qh & 0x8000 != 0);
+            }
+            out.scales[2 * ib..2 * ib + 2].fill(2 * ((qh >> 12) & 7) as i16 + 1);
+        }
+        out.mins = [0; 16];
+        out.d = self.d.to_f32() * 0.125;
+        out.dmin = 0.0;
+    }
+}
+
+impl UnpackK for BlockIq1M {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        let sc = self.scales.map(u16_le);
+        for e in 0..32 {
+            let h = (self.qh[e / 2] >> (4 * (e % 2))) & 0xF;
+            let idx = self.qs[e] as usize | (((h & 7) as usize) << 8);
+            iq1_row(&mut out.q[8 * e..], IQ1S_GRID[idx], h & 8 != 0);
+        }
+        for s in 0..16 {
+            out.scales[s] = 2 * ((sc[s / 4] >> (3 * (s % 4))) & 7) as i16 + 1;
+        }
+        out.mins = [0; 16];
+        out.d = self.d() * 0.125;
+        out.dmin = 0.0;
+    }
+}
+
+impl UnpackK for BlockIq4Xs {
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        for ib in 0..8 {
+            let qs: &[u8; 16] = self.qs[16 * ib..16 * ib + 16].try_into().expect("16 bytes");
+            for j in 0..32 {
+                out.q[32 * ib + j] = KVALUES_IQ4NL[nibble(qs, j) as usize];
+            }
+            out.scales[2 * ib..2 * ib + 2].fill(self.scale(ib) as i16);
+        }
+        out.mins = [0; 16];
+        out.d = self.d.to_f32();
+        out.dmin = 0.0;
+    }
+}
