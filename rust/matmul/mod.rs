@@ -9,6 +9,7 @@
 //! (`avx2`: AVX2, and the same code with AVX-512 VNNI's `vpdpbusd` where present), picked once
 //! at run time like the dequantizers.
 
+mod bandwidth;
 mod pool;
 pub mod scalar;
 pub mod unpack;
@@ -16,6 +17,7 @@ pub mod unpack;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
+pub use bandwidth::read_bandwidth;
 pub use pool::{Pool, physical_cores};
 
 use crate::error::{Error, Result};
@@ -151,6 +153,13 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// Taken through a method so that closures capture the whole (Sync) wrapper.
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// `y[t][r] = sum_c W[r][c] * x[t][c]` for `n` activation rows `x` (n x cols, row-major) into
 /// `y` (n x rows). `scratch` holds the quantized activations between calls.
 pub fn matmul(
@@ -184,7 +193,6 @@ pub fn matmul(
     let out = SharedOut(y.as_mut_ptr());
     let rows = w.rows;
     pool.run(n_tasks, |task| {
-        let out = out;
         let first = task * tiles_per_task * ROW_TILE;
         let last = ((task + 1) * tiles_per_task * ROW_TILE).min(rows);
         for tile in (first..last).step_by(ROW_TILE) {
@@ -192,7 +200,7 @@ pub fn matmul(
             for (t, a) in acts.chunks_exact(act_row_bytes).enumerate() {
                 for r in tile..tile_end {
                     // SAFETY: each (t, r) is written by exactly one task, and t < n, r < rows.
-                    unsafe { *out.0.add(t * rows + r) = dot(w.row(r), a) };
+                    unsafe { *out.at(t * rows + r) = dot(w.row(r), a) };
                 }
             }
         }

@@ -17,7 +17,11 @@ pub fn dot_q8_0<B: Unpack32 + Pod>(w: &[u8], a: &[u8]) -> f32 {
     for (wb, ab) in w.iter().zip(a) {
         let u = wb.unpack();
         let da = ab.d.to_f32();
-        let isum: i32 = u.q.iter().zip(&ab.qs).map(|(&q, &x)| q as i32 * x as i32).sum();
+        let isum: i32 =
+            u.q.iter()
+                .zip(&ab.qs)
+                .map(|(&q, &x)| q as i32 * x as i32)
+                .sum();
         let asum: i32 = ab.qs.iter().map(|&x| x as i32).sum();
         sum += u.d * da * isum as f32 + u.m * da * asum as f32;
     }
@@ -66,5 +70,7 @@ pub fn dot_f16(w: &[u8], a: &[u8]) -> f32 {
 }
 
 pub fn dot_bf16(w: &[u8], a: &[u8]) -> f32 {
-    dot_float(w, a, 2, |b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+    dot_float(w, a, 2, |b| {
+        f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
+    })
 }

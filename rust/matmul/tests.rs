@@ -87,7 +87,11 @@ fn exact_dot(ty: GgmlType, w: &[u8], act_ty: GgmlType, a: &[u8], n: usize) -> (f
         v
     };
     let dot = wf.iter().zip(&af).map(|(&w, &x)| w as f64 * x as f64).sum();
-    let mag = wf.iter().zip(&af).map(|(&w, &x)| (w as f64 * x as f64).abs()).sum();
+    let mag = wf
+        .iter()
+        .zip(&af)
+        .map(|(&w, &x)| (w as f64 * x as f64).abs())
+        .sum();
     (dot, mag)
 }
 
@@ -112,7 +116,10 @@ fn every_tier_matches_the_exact_dot_product() {
                     "{ty} {tier:?} seed {seed}: got {got}, exact {exact}, tolerance {tol}"
                 );
                 let r = reference(&w, &a) as f64;
-                assert!((got - r).abs() <= tol, "{ty} {tier:?}: {got} vs reference {r}");
+                assert!(
+                    (got - r).abs() <= tol,
+                    "{ty} {tier:?}: {got} vs reference {r}"
+                );
             }
         }
     }

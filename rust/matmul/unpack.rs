@@ -54,11 +54,7 @@ pub trait UnpackK {
 }
 
 fn nibble(qs: &[u8; 16], j: usize) -> u8 {
-    if j < 16 {
-        qs[j] & 0xF
-    } else {
-        qs[j - 16] >> 4
-    }
+    if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 }
 }
 
 fn fifth_bit(qh: [u8; 4], j: usize) -> u8 {
@@ -157,12 +153,7 @@ impl UnpackK for BlockQ3K {
     }
 }
 
-fn unpack_q45k(
-    scales: &[u8; 12],
-    qs: &[u8; 128],
-    qh: Option<&[u8; 32]>,
-    out: &mut IntSuperBlock,
-) {
+fn unpack_q45k(scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, out: &mut IntSuperBlock) {
     for (i, q) in out.q.iter_mut().enumerate() {
         let (sub, l) = (i / 32, i % 32);
         let high = qh.map_or(0, |qh| ((qh[l] >> sub) & 1) << 4);
@@ -320,7 +311,11 @@ impl UnpackK for BlockIq1S {
             let qh = u16_le(self.qh[ib]);
             for k in 0..4 {
                 let idx = self.qs[4 * ib + k] as usize | ((((qh >> (3 * k)) & 7) as usize) << 8);
-                iq1_row(&mut out.q[32 * ib + 8 * k..], IQ1S_GRID[idx], qh & 0x8000 != 0);
+                iq1_row(
+                    &mut out.q[32 * ib + 8 * k..],
+                    IQ1S_GRID[idx],
+                    qh & 0x8000 != 0,
+                );
             }
             out.scales[2 * ib..2 * ib + 2].fill(2 * ((qh >> 12) & 7) as i16 + 1);
         }

@@ -3,6 +3,7 @@
 
 mod errors;
 mod gguf;
+mod matmul;
 mod quant;
 
 use pyo3::prelude::*;
@@ -14,5 +15,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     gguf::register(m)?;
     quant::register(m)?;
+    matmul::register(m)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ pub fn parse_type(name: &str) -> PyResult<GgmlType> {
         .ok_or_else(|| PyValueError::new_err(format!("unknown tensor type '{name}'")))
 }
 
-fn parse_isa(name: Option<&str>) -> PyResult<Isa> {
+pub fn parse_isa(name: Option<&str>) -> PyResult<Isa> {
     match name {
         None => Ok(Isa::active()),
         Some(n) => Isa::from_name(n).ok_or_else(|| {
