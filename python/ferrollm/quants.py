@@ -52,7 +52,8 @@ def dequantize(data, type_name: str, isa: str | None = None, out: np.ndarray | N
 
 def quantize(x, type_name: str) -> np.ndarray:
     """Quantize float values (a whole number of blocks) to raw blocks of ``type_name`` with the
-    reference round-to-nearest quantizer (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_K so far)."""
+    reference quantizer (llama.cpp's ``quantize_row_*_ref``: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    Q8_K, Q2_K..Q6_K, IQ4_NL, IQ4_XS)."""
     values = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     return _core.quantize(values, quant_type(type_name).name)
 

@@ -1,11 +1,13 @@
-//! Reference quantizers F32 -> block types (round-to-nearest, as ggml's `quantize_row_*_ref`),
-//! the start of the matrix-product layer: Q8_0 and Q8_K are also the activation types the
+//! Reference quantizers F32 -> the 32-element types and Q8_K (round-to-nearest, as ggml's
+//! `quantize_row_*_ref`; the K- and IQ4 types are in `quantize_k`). They start the
+//! matrix-product layer: Q8_0 and Q8_K are also the activation types the
 //! integer dot products consume. Operation order follows ggml so results match gguf-py's
 //! quantizers bit for bit.
 
 use super::block::F16Le;
 use super::kquants::BlockQ8K;
 use super::legacy::*;
+use super::quantize_k;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -166,7 +168,18 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
         GgmlType::Q5_1 => blocks(x, out, quantize_q5_1),
         GgmlType::Q8_0 => blocks(x, out, quantize_q8_0),
         GgmlType::Q8_K => blocks(x, out, quantize_q8_k),
-        _ => return Err(Error::Unsupported(format!("{ty}: no quantizer yet"))),
+        GgmlType::Q2_K => blocks(x, out, quantize_k::quantize_q2_k),
+        GgmlType::Q3_K => blocks(x, out, quantize_k::quantize_q3_k),
+        GgmlType::Q4_K => blocks(x, out, quantize_k::quantize_q4_k),
+        GgmlType::Q5_K => blocks(x, out, quantize_k::quantize_q5_k),
+        GgmlType::Q6_K => blocks(x, out, quantize_k::quantize_q6_k),
+        GgmlType::IQ4_NL => blocks(x, out, quantize_k::quantize_iq4_nl),
+        GgmlType::IQ4_XS => blocks(x, out, quantize_k::quantize_iq4_xs),
+        _ => {
+            return Err(Error::Unsupported(format!(
+                "{ty}: no reference quantizer (IQ1/IQ2/IQ3 types need an importance matrix)"
+            )));
+        }
     }
     Ok(())
 }
