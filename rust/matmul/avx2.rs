@@ -108,11 +108,14 @@ unsafe fn nibbles32(qs: *const u8) -> __m256i {
 /// without this, DRAM-resident Q4_0 ran at a third of the cache-resident speed.
 const PREFETCH_BYTES: usize = 2048;
 
-/// Prefetches the cache line `PREFETCH_BYTES` past `block` (a hint: no fault past the end).
+/// Prefetches the bytes `PREFETCH_BYTES` past `block`, one hint per cache line a block spans
+/// (a hint: no fault past the end of the data).
 #[inline(always)]
 unsafe fn prefetch<B>(block: &B) {
     let p = (block as *const B as *const i8).wrapping_add(PREFETCH_BYTES);
-    _mm_prefetch::<_MM_HINT_T0>(p);
+    for line in 0..std::mem::size_of::<B>().div_ceil(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line));
+    }
 }
 
 #[inline(always)]
@@ -165,7 +168,14 @@ trait Q8_0Weights: bytemuck::Pod {
 
 #[inline(always)]
 unsafe fn hsum_epi32(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    hsum_epi32x4(_mm_add_epi32(
+        _mm256_castsi256_si128(v),
+        _mm256_extracti128_si256(v, 1),
+    ))
+}
+
+#[inline(always)]
+unsafe fn hsum_epi32x4(s: __m128i) -> i32 {
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
     _mm_cvtsi128_si32(s)
@@ -409,6 +419,26 @@ impl Q8KWeights for BlockQ3K {
     }
 }
 
+/// Q4_K / Q5_K's twelve scale bytes unpacked with word operations: the eight 6-bit scales in
+/// the low u64, the eight mins in the high one.
+#[inline(always)]
+fn k4_scales_mins(packed: &[u8; 12]) -> [u32; 4] {
+    const LOW6: u32 = 0x3f3f3f3f;
+    const LOW4: u32 = 0x0f0f0f0f;
+    const LOW2: u32 = 0x03030303;
+    let w = [
+        u32_le(&packed[0..]),
+        u32_le(&packed[4..]),
+        u32_le(&packed[8..]),
+    ];
+    [
+        w[0] & LOW6,
+        (w[2] & LOW4) | (((w[0] >> 6) & LOW2) << 4),
+        w[1] & LOW6,
+        ((w[2] >> 4) & LOW4) | (((w[1] >> 6) & LOW2) << 4),
+    ]
+}
+
 /// Q4_K and Q5_K: eight sub-blocks of 32 with 6-bit scales and mins.
 #[inline(always)]
 unsafe fn q45_k<M: Madd>(
@@ -418,7 +448,16 @@ unsafe fn q45_k<M: Madd>(
     qh: Option<&[u8; 32]>,
     dmin: f32,
 ) -> (__m256i, f32, i32) {
-    let sm: [(u8, u8); 8] = std::array::from_fn(|j| k4_scale_min(scales, j));
+    let sm = k4_scales_mins(scales);
+    let sc = |sub: usize| ((sm[sub / 4] >> (8 * (sub % 4))) & 0xFF) as i16;
+    // The mins against the activation sums of each 32 (adjacent 16-sums added pairwise).
+    let mins = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, sm[3] as i32, sm[2] as i32));
+    let bsums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i);
+    let sums32 = _mm_hadd_epi16(
+        _mm256_castsi256_si128(bsums),
+        _mm256_extracti128_si256(bsums, 1),
+    );
+    let mins_dot = _mm_madd_epi16(mins, sums32);
     let high = qh.map(|qh| load(qh.as_ptr()));
     let mut sums = _mm256_setzero_si256();
     for g in 0..4 {
@@ -429,12 +468,10 @@ unsafe fn q45_k<M: Madd>(
             if let Some(high) = high {
                 q = _mm256_or_si256(q, _mm256_slli_epi16(bit_field(high, sub as u32, 1), 4));
             }
-            let sc = _mm256_set1_epi16(sm[sub].0 as i16);
-            sums = scaled_u8::<M>(sums, q, act(ab, 32 * sub), sc);
+            sums = scaled_u8::<M>(sums, q, act(ab, 32 * sub), _mm256_set1_epi16(sc(sub)));
         }
     }
-    let mins = group_sums(ab, |g| sm[g / 2].1 as i32);
-    (sums, -dmin, mins)
+    (sums, -dmin, hsum_epi32x4(mins_dot))
 }
 
 impl Q8KWeights for BlockQ4K {
