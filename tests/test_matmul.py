@@ -153,3 +153,12 @@ def test_bad_shapes_raise():
         _core.matmul(np.zeros(4, np.uint8), "I32", 1, 1, np.zeros((1, 1), np.float32))
     with pytest.raises(ValueError, match="thread count 0"):
         _core.ThreadPool(0)
+
+
+def test_python_wrapper_accepts_vectors_and_batches():
+    rng = np.random.default_rng(1)
+    w = quants.quantize(rng.standard_normal(3 * 256).astype(np.float32), "Q4_K")
+    x = rng.standard_normal(256).astype(np.float32)
+    y = quants.matmul(w, "Q4_K", 3, 256, x)
+    assert y.shape == (3,)
+    assert np.array_equal(quants.matmul(w, "q4_k", 3, 256, np.stack([x, x]))[1], y)

@@ -69,3 +69,20 @@ def isa_detected() -> str:
 
 def isa_active() -> str:
     return _core.isa_active()
+
+
+ThreadPool = _core.ThreadPool
+
+
+def matmul(
+    weights, type_name: str, rows: int, cols: int, x, isa: str | None = None, pool: ThreadPool | None = None
+) -> np.ndarray:
+    """``x @ W.T`` for a ``rows`` x ``cols`` weight matrix given as raw blocks of ``type_name``
+    (rows of whole blocks, as stored in a GGUF file) and float activations ``x`` of shape
+    (cols,) or (n, cols). Activations are quantized on the fly (Q8_0 or Q8_K) and the integer
+    kernels of tier ``isa`` run on ``pool`` (default: one thread per physical core)."""
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    y = _core.matmul(
+        as_bytes(weights), quant_type(type_name).name, rows, cols, xs.reshape(-1, cols), isa, pool
+    )
+    return y[0] if xs.ndim == 1 else y
