@@ -89,7 +89,12 @@ def test_k_quantizer_properties(type_name):
     @settings(max_examples=60)
     @given(
         st.integers(1, 3).flatmap(
-            lambda k: arrays(np.float32, k * 256, elements=st.floats(-100, 100, width=32))
+            # No float32 subnormals: scaling those by 2^power is not exact.
+            lambda k: arrays(
+                np.float32,
+                k * 256,
+                elements=st.floats(-100, 100, width=32).map(lambda v: v if abs(v) > 1e-30 else 0.0),
+            )
         ),
         st.integers(-6, 6),
     )
@@ -98,15 +103,21 @@ def test_k_quantizer_properties(type_name):
         assert raw.nbytes == x.size // n * ferrollm.quants.quant_type(type_name).block_bytes
         y = dequantize(raw, type_name)
         assert np.all(np.isfinite(y))
+        # f16 super-block scales are about max|x| / 4096 (Q6_K, IQ4_XS): below ~0.1 they are
+        # subnormal and lose precision, as in ggml; the properties hold for normal scales.
+        block_max = np.abs(x).reshape(-1, n).max(axis=1)
         # Never worse than quantizing to all-zeros, block by block (up to the f16 rounding
         # of the scales).
         err = ((x - y).astype(np.float64) ** 2).reshape(-1, n).sum(axis=1)
-        assert np.all(err <= (x.astype(np.float64) ** 2).reshape(-1, n).sum(axis=1) * 1.01 + 1e-12)
+        energy = (x.astype(np.float64) ** 2).reshape(-1, n).sum(axis=1)
+        normal = block_max >= 0.1
+        assert np.all(err[normal] <= energy[normal] * 1.01)
         # Every step is exact under scaling by a power of two: the quants are the same and
-        # the dequantized values scale exactly (f16 scales stay normal in this range).
-        if np.abs(x).max() > 1e-2:
-            scaled = dequantize(quantize(x * np.float32(2.0**power), type_name), type_name)
-            assert np.array_equal(scaled, y * np.float32(2.0**power))
+        # the dequantized values scale exactly (checked where the scales stay normal f16).
+        factor = np.float32(2.0**power)
+        scaled = dequantize(quantize(x * factor, type_name), type_name).reshape(-1, n)
+        wide = block_max * min(1.0, 2.0**power) >= 8
+        assert np.array_equal(scaled[wide], y.reshape(-1, n)[wide] * factor)
 
     run()
 
