@@ -9,9 +9,9 @@
 use crate::gguf::QK_K;
 use crate::quant::block::{u16_le, u32_le};
 use crate::quant::grids::*;
-use crate::quant::iquants::*;
+use crate::quant::iquants::{nibble_scale, *};
 use crate::quant::kquants::*;
-use crate::quant::legacy::*;
+use crate::quant::legacy::{nibble, *};
 
 /// A 32-element block as integers: `w[j] = d * q[j] + m`.
 #[derive(Clone, Copy, Debug)]
@@ -51,10 +51,6 @@ pub trait Unpack32 {
 /// Super-blocks of 256 that pair with Q8_K activations.
 pub trait UnpackK {
     fn unpack(&self, out: &mut IntSuperBlock);
-}
-
-fn nibble(qs: &[u8; 16], j: usize) -> u8 {
-    if j < 16 { qs[j] & 0xF } else { qs[j - 16] >> 4 }
 }
 
 fn fifth_bit(qh: [u8; 4], j: usize) -> u8 {
@@ -205,10 +201,6 @@ fn signed_row(q: &mut [i8], row: u64, signs: u8) {
     }
 }
 
-fn nibble_scale(scales: &[u8], i: usize) -> i16 {
-    ((scales[i / 2] >> (4 * (i % 2))) & 0xF) as i16
-}
-
 impl UnpackK for BlockIq2Xxs {
     fn unpack(&self, out: &mut IntSuperBlock) {
         for ib in 0..8 {
@@ -234,7 +226,7 @@ impl UnpackK for BlockIq2Xs {
             signed_row(&mut out.q[8 * e..], row, KSIGNS_IQ2XS[(q >> 9) as usize]);
         }
         for s in 0..16 {
-            out.scales[s] = 2 * nibble_scale(&self.scales, s) + 1;
+            out.scales[s] = 2 * nibble_scale(&self.scales, s) as i16 + 1;
         }
         out.mins = [0; 16];
         out.d = self.d.to_f32() * 0.125;
@@ -250,7 +242,7 @@ impl UnpackK for BlockIq2S {
             signed_row(&mut out.q[8 * e..], row, self.signs[e]);
         }
         for s in 0..16 {
-            out.scales[s] = 2 * nibble_scale(&self.scales, s) + 1;
+            out.scales[s] = 2 * nibble_scale(&self.scales, s) as i16 + 1;
         }
         out.mins = [0; 16];
         out.d = self.d.to_f32() * 0.125;
@@ -289,7 +281,7 @@ impl UnpackK for BlockIq3S {
             signed_row(&mut out.q[8 * e..], row, self.signs[e]);
         }
         for s in 0..16 {
-            out.scales[s] = 2 * nibble_scale(&self.scales, s / 2) + 1;
+            out.scales[s] = 2 * nibble_scale(&self.scales, s / 2) as i16 + 1;
         }
         out.mins = [0; 16];
         out.d = self.d.to_f32();

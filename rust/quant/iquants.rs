@@ -66,7 +66,7 @@ pub struct BlockIq2Xs {
 assert_block_size!(BlockIq2Xs, 74);
 
 #[inline(always)]
-fn nibble_scale(scales: &[u8], i: usize) -> u8 {
+pub(crate) fn nibble_scale(scales: &[u8], i: usize) -> u8 {
     (scales[i / 2] >> (4 * (i % 2))) & 0xF
 }
 

@@ -11,7 +11,7 @@ use crate::gguf::GgmlType;
 pub const QK: usize = 32;
 
 #[inline(always)]
-fn nibble(qs: &[u8; 16], j: usize) -> u8 {
+pub(crate) fn nibble(qs: &[u8; 16], j: usize) -> u8 {
     if j < 16 {
         qs[j] & 0x0F
     } else {

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, QK_K};
 
 /// The element with the largest magnitude (the first one on ties), sign kept.
-fn signed_absmax(x: &[f32]) -> f32 {
+pub(super) fn signed_absmax(x: &[f32]) -> f32 {
     x.iter()
         .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m })
 }

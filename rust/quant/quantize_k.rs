@@ -8,6 +8,7 @@ use super::grids::KVALUES_IQ4NL;
 use super::iquants::BlockIq4Xs;
 use super::kquants::*;
 use super::legacy::{BlockIq4Nl, QK};
+use super::quantize::signed_absmax;
 use crate::gguf::QK_K;
 
 /// Groups whose largest magnitude is below this are all-zero (ggml's GROUP_MAX_EPS).
@@ -20,14 +21,8 @@ fn nearest_int(x: f32) -> i32 {
 
 /// The element with the largest magnitude (first on ties), and that magnitude.
 fn signed_max(x: &[f32]) -> (f32, f32) {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    (max, amax)
+    let max = signed_absmax(x);
+    (max, max.abs())
 }
 
 /// Symmetric quants in -nmax..nmax-1 (stored + nmax) with a scale searched over 19 candidates
