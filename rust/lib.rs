@@ -3,6 +3,7 @@
 pub mod error;
 pub mod gguf;
 pub mod matmul;
+pub mod model;
 pub mod quant;
 
 #[cfg(feature = "python")]

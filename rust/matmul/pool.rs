@@ -40,6 +40,18 @@ impl Pool {
         self.inner
             .install(|| (0..n_tasks).into_par_iter().for_each(&task));
     }
+
+    /// Runs `f(i, &mut items[i])` for every item on the pool's workers (per-task scratch).
+    pub fn for_each_mut<T: Send>(&self, items: &mut [T], f: impl Fn(usize, &mut T) + Sync + Send) {
+        use rayon::prelude::*;
+        if self.threads == 1 {
+            self.inner
+                .install(|| items.iter_mut().enumerate().for_each(|(i, t)| f(i, t)));
+            return;
+        }
+        self.inner
+            .install(|| items.par_iter_mut().enumerate().for_each(|(i, t)| f(i, t)));
+    }
 }
 
 /// Physical cores (hyper-threads of one core share its execution units, so they add nothing

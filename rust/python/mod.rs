@@ -4,6 +4,7 @@
 mod errors;
 mod gguf;
 mod matmul;
+mod model;
 mod quant;
 
 use pyo3::prelude::*;
@@ -16,5 +17,6 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     gguf::register(m)?;
     quant::register(m)?;
     matmul::register(m)?;
+    model::register(m)?;
     Ok(())
 }

@@ -1,0 +1,111 @@
+//! RoPE and causal grouped-query attention over the KV cache.
+
+use super::kv_cache::KvCache;
+use crate::matmul::{Pool, quantize_activations};
+
+/// Rotary position embedding, llama.cpp's "normal" mode (GGUF `llama` files permute Q/K so
+/// that adjacent pairs rotate): for pair i of the first `n_rot` dims of each head,
+/// theta = pos * freq_scale * base^(-2i/n_rot).
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    head_dim: usize,
+}
+
+impl Rope {
+    pub fn new(n_rot: usize, head_dim: usize, freq_base: f32, freq_scale: f32) -> Rope {
+        let inv_freq = (0..n_rot / 2)
+            .map(|i| {
+                (freq_scale as f64 * (freq_base as f64).powf(-2.0 * i as f64 / n_rot as f64)) as f32
+            })
+            .collect();
+        Rope { inv_freq, head_dim }
+    }
+
+    /// Rotates every head of `row` (heads of `head_dim`, back to back) for position `pos`.
+    pub fn apply(&self, row: &mut [f32], pos: usize) {
+        for head in row.chunks_exact_mut(self.head_dim) {
+            for (i, &f) in self.inv_freq.iter().enumerate() {
+                let (sin, cos) = (pos as f32 * f).sin_cos();
+                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = x0 * cos - x1 * sin;
+                head[2 * i + 1] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+/// One query head's working memory, reused across tokens and calls.
+#[derive(Default)]
+pub struct HeadScratch {
+    scores: Vec<f32>,
+    query: Vec<u8>,
+    v_row: Vec<f32>,
+    /// This head's output for every token of the batch: [n_tokens][head_dim].
+    out: Vec<f32>,
+}
+
+pub struct AttentionShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+}
+
+/// `out[t] = softmax(q_t K^T / sqrt(d)) V` for each head, token t at position `pos0 + t`
+/// seeing positions 0..=pos0+t. `q` is [n][n_head*head_dim]; K/V rows of the batch are
+/// already in the cache.
+pub fn attend(
+    pool: &Pool,
+    shape: &AttentionShape,
+    cache: &KvCache,
+    layer: usize,
+    pos0: usize,
+    q: &[f32],
+    heads: &mut [HeadScratch],
+    out: &mut [f32],
+) {
+    let AttentionShape {
+        n_head,
+        n_head_kv,
+        head_dim,
+    } = *shape;
+    let q_dim = n_head * head_dim;
+    let n = q.len() / q_dim;
+    let group = n_head / n_head_kv;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    pool.for_each_mut(&mut heads[..n_head], |h, s| {
+        let kv_head = h / group;
+        s.out.resize(n * head_dim, 0.0);
+        s.v_row.resize(head_dim, 0.0);
+        for t in 0..n {
+            let n_keys = pos0 + t + 1;
+            let q_head = &q[t * q_dim + h * head_dim..][..head_dim];
+            quantize_activations(cache.k_act, q_head, &mut s.query).expect("whole blocks");
+            s.scores.resize(n_keys, 0.0);
+            let mut max = f32::NEG_INFINITY;
+            for (p, score) in s.scores.iter_mut().enumerate() {
+                *score = (cache.k_dot)(cache.k.head(layer, p, kv_head), &s.query) * scale;
+                max = max.max(*score);
+            }
+            let mut sum = 0.0f32;
+            for score in s.scores.iter_mut() {
+                *score = (*score - max).exp();
+                sum += *score;
+            }
+            let o = &mut s.out[t * head_dim..][..head_dim];
+            o.fill(0.0);
+            for (p, &w) in s.scores.iter().enumerate() {
+                (cache.v_dequant)(cache.v.head(layer, p, kv_head), &mut s.v_row);
+                let w = w / sum;
+                for (acc, v) in o.iter_mut().zip(&s.v_row) {
+                    *acc += w * v;
+                }
+            }
+        }
+    });
+    for (h, s) in heads[..n_head].iter().enumerate() {
+        for t in 0..n {
+            out[t * q_dim + h * head_dim..][..head_dim]
+                .copy_from_slice(&s.out[t * head_dim..][..head_dim]);
+        }
+    }
+}

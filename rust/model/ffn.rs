@@ -1,0 +1,150 @@
+//! The feed-forward blocks: SwiGLU (`down(silu(gate x) * up x)`) and the Mixtral MoE around it.
+//!
+//! MoE dispatch: the router picks each token's top-k experts (softmax over the selected
+//! logits); tokens are then grouped by expert so that each chosen expert's weights stream
+//! from memory once per batch, whatever the number of tokens routed to it.
+
+use super::weights::{ExpertFfn, Tensor};
+use crate::error::Result;
+use crate::matmul::{Pool, matmul};
+use crate::quant::Isa;
+
+#[derive(Default)]
+pub struct FfnScratch {
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    act: Vec<u8>,
+    router_logits: Vec<f32>,
+    /// (expert, token, weight) for every routing choice of the batch.
+    routes: Vec<(u32, u32, f32)>,
+    expert_in: Vec<f32>,
+    expert_out: Vec<f32>,
+}
+
+pub struct FfnContext<'a> {
+    pub pool: &'a Pool,
+    pub file: &'a [u8],
+    pub isa: Isa,
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `out = down(silu(gate x) * up x)` for the rows of `x` (n x n_embd).
+fn swiglu(
+    cx: &FfnContext,
+    e: &ExpertFfn,
+    x: &[f32],
+    out: &mut [f32],
+    gate: &mut Vec<f32>,
+    up: &mut Vec<f32>,
+    act: &mut Vec<u8>,
+) -> Result<()> {
+    let n = x.len() / e.gate.cols;
+    gate.resize(n * e.gate.rows, 0.0);
+    up.resize(n * e.up.rows, 0.0);
+    matmul(cx.pool, &e.gate.mat(cx.file), x, gate, act, cx.isa)?;
+    matmul(cx.pool, &e.up.mat(cx.file), x, up, act, cx.isa)?;
+    for (g, u) in gate.iter_mut().zip(up.iter()) {
+        *g = silu(*g) * u;
+    }
+    matmul(cx.pool, &e.down.mat(cx.file), gate, out, act, cx.isa)
+}
+
+pub fn dense(
+    cx: &FfnContext,
+    e: &ExpertFfn,
+    x: &[f32],
+    out: &mut [f32],
+    s: &mut FfnScratch,
+) -> Result<()> {
+    swiglu(cx, e, x, out, &mut s.gate, &mut s.up, &mut s.act)
+}
+
+/// Top-`k` of `logits` (ties to the lower index) with softmax weights over the selection,
+/// appended to `routes` for `token`.
+fn route(logits: &[f32], k: usize, token: usize, routes: &mut Vec<(u32, u32, f32)>) {
+    let start = routes.len();
+    for (e, &l) in logits.iter().enumerate() {
+        // Insertion into the sorted selection kept at routes[start..]: k is tiny (2..8).
+        let sel = &routes[start..];
+        let at = sel
+            .iter()
+            .position(|&(_, _, sl)| l > sl)
+            .unwrap_or(sel.len());
+        if at < k {
+            if sel.len() == k {
+                routes.pop();
+            }
+            routes.insert(start + at, (e as u32, token as u32, l));
+        }
+    }
+    let max = routes[start].2;
+    let sum: f32 = routes[start..].iter().map(|r| (r.2 - max).exp()).sum();
+    for r in &mut routes[start..] {
+        r.2 = (r.2 - max).exp() / sum;
+    }
+}
+
+pub fn moe(
+    cx: &FfnContext,
+    router: &Tensor,
+    experts: &[ExpertFfn],
+    n_used: usize,
+    x: &[f32],
+    out: &mut [f32],
+    s: &mut FfnScratch,
+) -> Result<()> {
+    let n_embd = router.cols;
+    let n = x.len() / n_embd;
+    let n_expert = experts.len();
+    s.router_logits.resize(n * n_expert, 0.0);
+    matmul(
+        cx.pool,
+        &router.mat(cx.file),
+        x,
+        &mut s.router_logits,
+        &mut s.act,
+        cx.isa,
+    )?;
+    s.routes.clear();
+    for t in 0..n {
+        route(
+            &s.router_logits[t * n_expert..][..n_expert],
+            n_used,
+            t,
+            &mut s.routes,
+        );
+    }
+    s.routes.sort_unstable_by_key(|&(e, t, _)| (e, t));
+    out.fill(0.0);
+    let mut rest = &s.routes[..];
+    while let Some(&(expert, _, _)) = rest.first() {
+        let m = rest.iter().take_while(|r| r.0 == expert).count();
+        let (group, tail) = rest.split_at(m);
+        rest = tail;
+        s.expert_in.clear();
+        for &(_, t, _) in group {
+            s.expert_in
+                .extend_from_slice(&x[t as usize * n_embd..][..n_embd]);
+        }
+        s.expert_out.resize(m * n_embd, 0.0);
+        swiglu(
+            cx,
+            &experts[expert as usize],
+            &s.expert_in,
+            &mut s.expert_out,
+            &mut s.gate,
+            &mut s.up,
+            &mut s.act,
+        )?;
+        for (i, &(_, t, w)) in group.iter().enumerate() {
+            let dst = &mut out[t as usize * n_embd..][..n_embd];
+            for (d, y) in dst.iter_mut().zip(&s.expert_out[i * n_embd..][..n_embd]) {
+                *d += w * y;
+            }
+        }
+    }
+    Ok(())
+}

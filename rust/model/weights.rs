@@ -1,0 +1,253 @@
+//! The model's tensors, located in the memory-mapped file and checked against the config.
+//! Nothing is copied except the small norm vectors: a `Tensor` is a byte range of the map.
+//!
+//! MoE experts come in two layouts (see FORMATS.md): merged 3-D tensors
+//! (`blk.N.ffn_gate_exps.weight`, `ne` = [n_embd, n_ff, n_expert]) and, in files made before
+//! April 2024, one tensor per expert (`blk.N.ffn_gate.E.weight`). Both become the same list of
+//! per-expert matrices, since an expert's slice of a merged tensor is contiguous.
+
+use super::config::Config;
+use crate::error::{Error, Result};
+use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::matmul::{QMatrix, activation_type};
+use crate::quant;
+
+/// A weight matrix: `rows` rows of `cols` elements of `ty` at `start..start+len` in the file.
+#[derive(Clone, Copy, Debug)]
+pub struct Tensor {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl Tensor {
+    /// The matrix view over the file's bytes (shape and length were validated at load).
+    pub fn mat<'a>(&self, file: &'a [u8]) -> QMatrix<'a> {
+        QMatrix {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: &file[self.start..self.start + self.len],
+        }
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.len / self.rows
+    }
+}
+
+pub struct ExpertFfn {
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down: Tensor,
+}
+
+pub enum Ffn {
+    Dense(ExpertFfn),
+    Moe {
+        /// [n_expert rows of n_embd]: the router.
+        router: Tensor,
+        experts: Vec<ExpertFfn>,
+    },
+}
+
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Tensor,
+    pub wk: Tensor,
+    pub wv: Tensor,
+    pub wo: Tensor,
+    pub ffn_norm: Vec<f32>,
+    pub ffn: Ffn,
+}
+
+pub struct Weights {
+    pub n_vocab: usize,
+    pub token_embd: Tensor,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    /// `output.weight`, or the token embedding when the file ties them.
+    pub output: Tensor,
+}
+
+fn info<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo> {
+    file.tensor(name)
+        .ok_or_else(|| Error::invalid(format!("model file lacks tensor '{name}'")))
+}
+
+fn shape_error(t: &TensorInfo, want: &[usize]) -> Error {
+    Error::invalid(format!(
+        "tensor '{}' has shape {:?}, expected {want:?}",
+        t.name, t.dims
+    ))
+}
+
+fn check_dims(t: &TensorInfo, want: &[usize]) -> Result<()> {
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    if dims != want {
+        return Err(shape_error(t, want));
+    }
+    Ok(())
+}
+
+/// A matrix of `rows` x `cols` (ggml dims [cols, rows]), times `count` stacked (3-D) if > 1.
+fn matrices(
+    file: &GgufFile,
+    name: &str,
+    cols: usize,
+    rows: usize,
+    count: usize,
+) -> Result<Vec<Tensor>> {
+    let t = info(file, name)?;
+    let want: Vec<usize> = if count > 1 {
+        vec![cols, rows, count]
+    } else {
+        vec![cols, rows]
+    };
+    check_dims(t, &want)?;
+    if activation_type(t.ty).is_none() {
+        return Err(Error::Unsupported(format!(
+            "{} for tensor '{name}' (no matrix product for this type)",
+            t.ty
+        )));
+    }
+    let data = file.tensor_data(t);
+    let one = data.len() / count;
+    // Validates block divisibility and byte count once.
+    QMatrix::new(t.ty, rows, cols, &data[..one])
+        .map_err(|e| Error::invalid(format!("tensor '{name}': {e}")))?;
+    let base = (file.data_offset + t.offset) as usize;
+    Ok((0..count)
+        .map(|i| Tensor {
+            ty: t.ty,
+            rows,
+            cols,
+            start: base + i * one,
+            len: one,
+        })
+        .collect())
+}
+
+fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Tensor> {
+    Ok(matrices(file, name, cols, rows, 1)?[0])
+}
+
+/// A 1-D tensor (norm weights) dequantized to f32.
+fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = info(file, name)?;
+    check_dims(t, &[len])?;
+    let mut out = vec![0.0; len];
+    quant::dequantize(t.ty, file.tensor_data(t), &mut out)
+        .map_err(|e| Error::invalid(format!("tensor '{name}': {e}")))?;
+    Ok(out)
+}
+
+fn load_ffn(file: &GgufFile, c: &Config, l: usize) -> Result<Ffn> {
+    let (e, f) = (c.n_embd, c.n_ff);
+    if c.n_expert == 0 {
+        return Ok(Ffn::Dense(ExpertFfn {
+            gate: matrix(file, &format!("blk.{l}.ffn_gate.weight"), e, f)?,
+            up: matrix(file, &format!("blk.{l}.ffn_up.weight"), e, f)?,
+            down: matrix(file, &format!("blk.{l}.ffn_down.weight"), f, e)?,
+        }));
+    }
+    let router = matrix(file, &format!("blk.{l}.ffn_gate_inp.weight"), e, c.n_expert)?;
+    let n = c.n_expert;
+    let experts = if file
+        .tensor(&format!("blk.{l}.ffn_gate_exps.weight"))
+        .is_some()
+    {
+        let gate = matrices(file, &format!("blk.{l}.ffn_gate_exps.weight"), e, f, n)?;
+        let up = matrices(file, &format!("blk.{l}.ffn_up_exps.weight"), e, f, n)?;
+        let down = matrices(file, &format!("blk.{l}.ffn_down_exps.weight"), f, e, n)?;
+        (0..n)
+            .map(|i| ExpertFfn {
+                gate: gate[i],
+                up: up[i],
+                down: down[i],
+            })
+            .collect()
+    } else {
+        (0..n)
+            .map(|i| {
+                Ok(ExpertFfn {
+                    gate: matrix(file, &format!("blk.{l}.ffn_gate.{i}.weight"), e, f)?,
+                    up: matrix(file, &format!("blk.{l}.ffn_up.{i}.weight"), e, f)?,
+                    down: matrix(file, &format!("blk.{l}.ffn_down.{i}.weight"), f, e)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    Ok(Ffn::Moe { router, experts })
+}
+
+impl Weights {
+    pub fn load(file: &GgufFile, c: &Config) -> Result<Weights> {
+        let embd = info(file, "token_embd.weight")?;
+        if embd.dims.len() != 2 || embd.dims[0] as usize != c.n_embd || embd.dims[1] == 0 {
+            return Err(shape_error(embd, &[c.n_embd, 0]));
+        }
+        let n_vocab = embd.dims[1] as usize;
+        if quant::dequant_fn(embd.ty, quant::Isa::Scalar).is_none() {
+            return Err(Error::Unsupported(format!(
+                "{} for token_embd.weight",
+                embd.ty
+            )));
+        }
+        let token_embd = matrix(file, "token_embd.weight", c.n_embd, n_vocab)?;
+        let output = match file.tensor("output.weight") {
+            Some(_) => matrix(file, "output.weight", c.n_embd, n_vocab)?,
+            None => token_embd,
+        };
+        let (q, kv) = (c.q_dim(), c.kv_dim());
+        let layers = (0..c.n_layer)
+            .map(|l| {
+                let name = |s: &str| format!("blk.{l}.{s}.weight");
+                Ok(Layer {
+                    attn_norm: vector(file, &name("attn_norm"), c.n_embd)?,
+                    wq: matrix(file, &name("attn_q"), c.n_embd, q)?,
+                    wk: matrix(file, &name("attn_k"), c.n_embd, kv)?,
+                    wv: matrix(file, &name("attn_v"), c.n_embd, kv)?,
+                    wo: matrix(file, &name("attn_output"), q, c.n_embd)?,
+                    ffn_norm: vector(file, &name("ffn_norm"), c.n_embd)?,
+                    ffn: load_ffn(file, c, l)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Weights {
+            n_vocab,
+            token_embd,
+            layers,
+            output_norm: vector(file, "output_norm.weight", c.n_embd)?,
+            output,
+        })
+    }
+
+    /// Every weight tensor's byte range, for prefetching the map with progress.
+    pub fn ranges(&self) -> Vec<(usize, usize)> {
+        let mut out = vec![(self.token_embd.start, self.token_embd.len)];
+        for layer in &self.layers {
+            for t in [layer.wq, layer.wk, layer.wv, layer.wo] {
+                out.push((t.start, t.len));
+            }
+            let experts: &[ExpertFfn] = match &layer.ffn {
+                Ffn::Dense(e) => std::slice::from_ref(e),
+                Ffn::Moe { router, experts } => {
+                    out.push((router.start, router.len));
+                    experts
+                }
+            };
+            for e in experts {
+                for t in [e.gate, e.up, e.down] {
+                    out.push((t.start, t.len));
+                }
+            }
+        }
+        if self.output.start != self.token_embd.start {
+            out.push((self.output.start, self.output.len));
+        }
+        out
+    }
+}

@@ -1,0 +1,160 @@
+//! The transformer for Python: one `eval` call per batch or decoded token, GIL released.
+
+use numpy::{PyArray1, PyArray2, PyArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::quant::parse_type;
+use crate::gguf::Value;
+use crate::model::{Model, ModelParams};
+
+/// A loaded model with its KV cache and thread pool.
+#[pyclass(name = "Model", module = "ferrollm._core")]
+pub struct PyModel {
+    model: Model,
+    logits: Vec<f32>,
+}
+
+/// An override from Python: (full key, "int" | "float" | "bool" | "str", value).
+fn override_value(key: &str, ty: &str, value: &Bound<'_, PyAny>) -> PyResult<Value> {
+    let bad = |e: PyErr| PyValueError::new_err(format!("override {key}={ty}:...: {e}"));
+    Ok(match ty {
+        "int" => Value::I64(value.extract().map_err(bad)?),
+        "float" => Value::F64(value.extract().map_err(bad)?),
+        "bool" => Value::Bool(value.extract().map_err(bad)?),
+        "str" => Value::String(value.extract().map_err(bad)?),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "override {key}: unknown type '{ty}' (int, float, bool, str)"
+            )));
+        }
+    })
+}
+
+#[pymethods]
+impl PyModel {
+    #[new]
+    #[pyo3(signature = (path, n_ctx = 0, n_threads = None, n_batch = 512, type_k = "f16", type_v = "f16", overrides = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        n_ctx: usize,
+        n_threads: Option<usize>,
+        n_batch: usize,
+        type_k: &str,
+        type_v: &str,
+        overrides: Vec<(String, String, Bound<'_, PyAny>)>,
+    ) -> PyResult<Self> {
+        let overrides = overrides
+            .iter()
+            .map(|(k, t, v)| Ok((k.clone(), override_value(k, t, v)?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let params = ModelParams {
+            n_ctx,
+            n_threads,
+            n_batch,
+            type_k: parse_type(type_k)?,
+            type_v: parse_type(type_v)?,
+            overrides,
+        };
+        let model = py.detach(|| Model::load(path, params))?;
+        Ok(PyModel {
+            model,
+            logits: Vec::new(),
+        })
+    }
+
+    /// Runs `tokens` after the cached positions; returns float32 logits, one row per token
+    /// when `logits_all`, else one row for the last token.
+    #[pyo3(signature = (tokens, logits_all = false))]
+    fn eval<'py>(
+        &mut self,
+        py: Python<'py>,
+        tokens: Vec<u32>,
+        logits_all: bool,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let (model, logits) = (&mut self.model, &mut self.logits);
+        py.detach(|| model.eval(&tokens, logits_all, logits))?;
+        let n_vocab = self.model.n_vocab();
+        PyArray1::from_slice(py, &self.logits).reshape([self.logits.len() / n_vocab, n_vocab])
+    }
+
+    /// Keeps the first `n` cached positions and forgets the rest.
+    fn truncate(&mut self, n: usize) -> PyResult<()> {
+        Ok(self.model.truncate(n)?)
+    }
+
+    /// Reads every page of the weights (so that decoding does not fault them in), one tensor
+    /// per call: returns the bytes read by call `index`, or None past the last tensor.
+    fn prefetch(&self, py: Python<'_>, index: usize) -> Option<usize> {
+        let (start, len) = *self.model.weight_ranges().get(index)?;
+        let bytes = &self.model.file().bytes()[start..start + len];
+        py.detach(|| {
+            let sum = bytes
+                .iter()
+                .step_by(4096)
+                .fold(0u8, |a, &b| a.wrapping_add(b));
+            std::hint::black_box(sum);
+        });
+        Some(len)
+    }
+
+    fn n_tensors(&self) -> usize {
+        self.model.weight_ranges().len()
+    }
+
+    #[getter]
+    fn n_past(&self) -> usize {
+        self.model.n_past()
+    }
+    #[getter]
+    fn n_ctx(&self) -> usize {
+        self.model.n_ctx()
+    }
+    #[getter]
+    fn n_vocab(&self) -> usize {
+        self.model.n_vocab()
+    }
+    #[getter]
+    fn n_threads(&self) -> usize {
+        self.model.n_threads()
+    }
+    #[getter]
+    fn kv_cache_bytes(&self) -> usize {
+        self.model.kv_cache_bytes()
+    }
+
+    /// Hyper-parameters after overrides, and the KV cache types.
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.model.config;
+        let d = PyDict::new(py);
+        d.set_item("arch", &c.arch)?;
+        for (k, v) in [
+            ("n_ctx_train", c.n_ctx_train),
+            ("n_embd", c.n_embd),
+            ("n_layer", c.n_layer),
+            ("n_ff", c.n_ff),
+            ("n_head", c.n_head),
+            ("n_head_kv", c.n_head_kv),
+            ("head_dim", c.head_dim),
+            ("n_rot", c.n_rot),
+            ("n_expert", c.n_expert),
+            ("n_expert_used", c.n_expert_used),
+        ] {
+            d.set_item(k, v)?;
+        }
+        d.set_item("rms_eps", c.rms_eps)?;
+        d.set_item("rope_freq_base", c.rope_freq_base)?;
+        d.set_item("rope_freq_scale", c.rope_freq_scale)?;
+        let (tk, tv) = self.model.kv_types();
+        d.set_item("type_k", tk.name())?;
+        d.set_item("type_v", tv.name())?;
+        Ok(d)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()
+}
