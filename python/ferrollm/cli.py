@@ -1,7 +1,10 @@
 """The ``ferrollm`` command line.
 
-ferrollm info FILE           metadata, tensors and the kernels this CPU will use
-ferrollm synth OUT.gguf      write a small GGUF of random valid blocks of every type
+ferrollm run -m FILE -p PROMPT   generate, streaming to the terminal (llama.cpp's options)
+ferrollm chat -m FILE            interactive chat with the model's template
+ferrollm info FILE               hardware, metadata, tensors and the kernels this CPU will use
+ferrollm synth OUT.gguf          write a small GGUF of random valid blocks of every type
+ferrollm synth-model OUT.gguf    write a small random-weight llama/Mixtral model
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ import argparse
 import sys
 from collections import Counter
 
-from ferrollm import GGUFError, __version__, gguf, quants
+from ferrollm import GGUFError, __version__, gguf, hardware, quants
+from ferrollm.chat import BUILTIN_FORMATS
+from ferrollm.llama import Llama, parse_override
 from ferrollm.synthetic import DEMO_TYPES, write_synthetic_gguf
+from ferrollm.synthetic_model import ModelSpec, write_model
 
 
 def _short(value, limit: int = 60) -> str:
@@ -32,6 +38,9 @@ def _size(n: int) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     f = gguf.open(args.file)
+    hw = hardware.detect()
+    print(f"cpu       {hw.cpu}: {hw.physical_cores} physical cores ({hw.logical_cpus} logical)")
+    print(f"memory    {_size(hw.ram_total)} total, {_size(hw.ram_available)} available")
     print(f"file      {f.path}  ({_size(f.file_size)}, GGUF v{f.version}, alignment {f.alignment})")
     print(
         f"cpu       {quants.isa_detected()} detected, {quants.isa_active()} allowed; kernel per tensor type below"
@@ -62,6 +71,106 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_model(args: argparse.Namespace) -> Llama:
+    overrides = dict(parse_override(o) for o in args.override_kv or [])
+    n_ctx = args.ctx_size
+    if n_ctx is None:
+        trained = gguf.open(args.model).metadata.get("llama.context_length", 4096)
+        n_ctx = min(4096, int(trained))
+    return Llama(
+        args.model,
+        n_ctx=n_ctx,
+        n_threads=args.threads,
+        n_batch=args.batch_size,
+        seed=args.seed if args.seed >= 0 else 0xFFFFFFFF,
+        kv_overrides=overrides,
+        type_k=args.cache_type_k,
+        type_v=args.cache_type_v,
+        chat_format=getattr(args, "chat_format", None),
+        verbose=True,
+        progress=not args.no_progress,
+    )
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return {
+        "temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+        "repeat_penalty": args.repeat_penalty, "max_tokens": args.n_predict if args.n_predict > 0 else None,
+    }  # fmt: skip
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    llm = _open_model(args)
+    prompt = args.prompt.replace("\\n", "\n") if args.escape else args.prompt
+    print(prompt, end="", flush=True)
+    for chunk in llm.create_completion(
+        prompt, stream=True, stop=args.reverse_prompt or None, **_sampling(args)
+    ):
+        print(chunk["choices"][0]["text"], end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = _open_model(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("ferrollm chat: type a message, Ctrl-D or /exit to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return 0
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        messages.append({"role": "user", "content": line})
+        answer = ""
+        for chunk in llm.create_chat_completion(messages, stream=True, **_sampling(args)):
+            piece = chunk["choices"][0]["delta"].get("content", "")
+            answer += piece
+            print(piece, end="", flush=True)
+        print()
+        messages.append({"role": "assistant", "content": answer.strip()})
+
+
+def cmd_synth_model(args: argparse.Namespace) -> int:
+    spec = ModelSpec(
+        n_vocab=args.vocab, n_embd=args.embd, n_layer=args.layers, n_head=args.heads, n_head_kv=args.kv_heads,
+        n_ff=args.ff, n_expert=args.experts, n_expert_used=min(2, args.experts), weight_type=args.type.upper(),
+        n_ctx_train=args.ctx, seed=args.seed,
+    )  # fmt: skip
+    write_model(args.out, spec)
+    kind = f"MoE {args.experts} experts" if args.experts else "dense"
+    print(f"wrote {args.out}: random-weight llama model, {kind}, {args.layers} layers, {spec.weight_type}")
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's main/llama-cli options, same spellings."""
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument(
+        "-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until EOS or full context)"
+    )
+    p.add_argument(
+        "-c", "--ctx-size", type=int, default=None, help="context length (default: min(4096, trained))"
+    )
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt tokens per forward pass")
+    p.add_argument("--temp", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("-s", "--seed", type=int, default=-1, help="-1: random")
+    p.add_argument("--override-kv", action="append", metavar="KEY=TYPE:VALUE",
+                   help="e.g. llama.expert_used_count=int:3 (repeatable)")  # fmt: skip
+    p.add_argument("-ctk", "--cache-type-k", default="f16", choices=["f16", "q8_0", "q4_0"])
+    p.add_argument("-ctv", "--cache-type-v", default="f16", choices=["f16", "q8_0", "q4_0"])
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="accepted and ignored (CPU only)")
+    p.add_argument("--color", action="store_true", help="accepted and ignored")
+    p.add_argument("--no-progress", action="store_true", help="no loading bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferrollm", description="Quantized LLMs on the CPU.")
     p.add_argument("--version", action="version", version=f"ferrollm {__version__}")
@@ -79,6 +188,35 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--row-len", type=int, default=256)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=cmd_synth)
+
+    run = sub.add_parser("run", help="generate text from a prompt (llama.cpp's main)")
+    _model_options(run)
+    run.add_argument("-p", "--prompt", required=True)
+    run.add_argument(
+        "-e", "--escape", action="store_true", default=True, help="turn \\n in the prompt into newlines"
+    )
+    run.add_argument("-r", "--reverse-prompt", action="append", help="stop at this string (repeatable)")
+    run.set_defaults(run=cmd_run)
+
+    chat = sub.add_parser("chat", help="interactive chat using the model's chat template")
+    _model_options(chat)
+    chat.add_argument("--chat-format", choices=sorted(BUILTIN_FORMATS), help="instead of the file's template")
+    chat.add_argument("--system", help="system message")
+    chat.set_defaults(run=cmd_chat)
+
+    sm = sub.add_parser("synth-model", help="write a small random-weight llama/Mixtral GGUF")
+    sm.add_argument("out")
+    sm.add_argument("--type", default="Q8_0", help="weight type (default Q8_0)")
+    sm.add_argument("--experts", type=int, default=0, help="0: dense; else a Mixtral-style MoE")
+    sm.add_argument("--layers", type=int, default=2)
+    sm.add_argument("--embd", type=int, default=256)
+    sm.add_argument("--ff", type=int, default=512)
+    sm.add_argument("--heads", type=int, default=8)
+    sm.add_argument("--kv-heads", type=int, default=2)
+    sm.add_argument("--vocab", type=int, default=512)
+    sm.add_argument("--ctx", type=int, default=2048)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.set_defaults(run=cmd_synth_model)
     return p
 
 
@@ -86,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (GGUFError, ValueError, OSError) as e:
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except (GGUFError, ValueError, OSError, RuntimeError) as e:
         print(f"ferrollm: error: {e}", file=sys.stderr)
         return 1
 

@@ -145,16 +145,15 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
             matrix(p + "ffn_down.weight", s.n_embd, s.n_ff)
             continue
         matrix(p + "ffn_gate_inp.weight", s.n_expert, s.n_embd, std=1.0, type_name="F32")
-        if s.expert_layout == "split":
-            for e in range(s.n_expert):
-                matrix(f"{p}ffn_gate.{e}.weight", s.n_ff, s.n_embd)
-                matrix(f"{p}ffn_up.{e}.weight", s.n_ff, s.n_embd)
-                matrix(f"{p}ffn_down.{e}.weight", s.n_embd, s.n_ff)
-            continue
-        for kind, rows, cols in (("gate", s.n_ff, s.n_embd), ("up", s.n_ff, s.n_embd), ("down", s.n_embd, s.n_ff)):
+        # Drawn in the same order for both layouts, so the two files hold the same experts.
+        kinds = (("gate", s.n_ff, s.n_embd), ("up", s.n_ff, s.n_embd), ("down", s.n_embd, s.n_ff))
+        for kind, rows, cols in kinds:
             parts = [_weight(rng, rows, cols, s.weight_type, cols**-0.5) for _ in range(s.n_expert)]
-            data, t, _ = parts[0]
-            if t is None:  # float arrays: stack to (n_expert, rows, cols)
+            t = parts[0][1]
+            if s.expert_layout == "split":
+                for e, part in enumerate(parts):
+                    w.add_tensor(f"{p}ffn_{kind}.{e}.weight", *part)
+            elif t is None:  # float arrays: stack to (n_expert, rows, cols)
                 w.add_tensor(f"{p}ffn_{kind}_exps.weight", np.stack([d for d, _, _ in parts]))
             else:
                 stacked = np.concatenate([np.asarray(d).reshape(-1) for d, _, _ in parts])

@@ -53,6 +53,7 @@ pub struct AttentionShape {
 /// `out[t] = softmax(q_t K^T / sqrt(d)) V` for each head, token t at position `pos0 + t`
 /// seeing positions 0..=pos0+t. `q` is [n][n_head*head_dim]; K/V rows of the batch are
 /// already in the cache.
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
     pool: &Pool,
     shape: &AttentionShape,

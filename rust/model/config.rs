@@ -155,7 +155,7 @@ impl Config {
             Some(Value::String(t)) if t == "none" => 1.0,
             Some(Value::String(t)) if t == "linear" => {
                 let factor = keys.float("rope.scaling.factor")?.unwrap_or(1.0);
-                if !(factor > 0.0) {
+                if factor.is_nan() || factor <= 0.0 {
                     return Err(Error::invalid(format!("bad rope.scaling.factor {factor}")));
                 }
                 1.0 / factor

@@ -1,0 +1,531 @@
+"""``ferrollm.Llama``: the llama-cpp-python API over ferrollm's engine.
+
+A script written for llama-cpp-python runs after swapping the import::
+
+    from ferrollm import Llama
+    llm = Llama(model_path="model.gguf", n_ctx=4096)
+    llm("Q: Name the planets. A:", max_tokens=32, stop=["Q:"])
+    llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}])
+
+Results have llama-cpp-python's (OpenAI-style) dict shapes; ``stream=True`` yields chunks.
+The forward pass, KV cache and expert dispatch run in Rust (one call per decoded token, GIL
+released); this layer tokenizes, samples, stops and streams.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from typing_extensions import Self
+
+from ferrollm import _core, gguf
+from ferrollm.chat import ChatPrompt, chat_formatter, render
+from ferrollm.sampler import Sampler, SamplingParams
+from ferrollm.tokenizer import Tokenizer
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF
+
+# llama-cpp-python constructor arguments that have no meaning on a CPU-only, mmap-only engine;
+# accepted so that scripts run unchanged.
+IGNORED_PARAMS = {
+    "n_gpu_layers", "split_mode", "main_gpu", "tensor_split", "rpc_servers", "vocab_only_", "use_mmap",
+    "use_mlock", "n_ubatch", "n_threads_batch", "rope_scaling_type", "pooling_type", "yarn_ext_factor",
+    "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "embedding", "offload_kqv",
+    "flash_attn", "last_n_tokens_size", "lora_base", "lora_scale", "lora_path", "numa", "chat_handler",
+    "draft_model", "tokenizer", "spm_infill", "no_perf", "op_offload", "swa_full", "mul_mat_q",
+}  # fmt: skip
+
+# llama-cpp-python passes cache types as ggml type ids.
+_GGML_TYPE_IDS = {0: "F32", 1: "F16", 2: "Q4_0", 8: "Q8_0"}
+
+
+def _kv_type(value: int | str | None) -> str:
+    if value is None:
+        return "F16"
+    if isinstance(value, int):
+        if value not in _GGML_TYPE_IDS:
+            raise ValueError(f"KV cache type id {value} is not supported (f16=1, q8_0=8, q4_0=2)")
+        return _GGML_TYPE_IDS[value]
+    return str(value).upper()
+
+
+def override_triples(
+    kv_overrides: Mapping[str, bool | int | float | str] | None,
+) -> list[tuple[str, str, Any]]:
+    out = []
+    for key, value in (kv_overrides or {}).items():
+        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value))
+        if kind is None:
+            raise TypeError(f"override {key}: value {value!r} is not a bool, int, float or str")
+        out.append((key, kind, value))
+    return out
+
+
+def parse_override(text: str) -> tuple[str, bool | int | float | str]:
+    """llama.cpp's ``--override-kv KEY=TYPE:VALUE`` (TYPE: int, float, bool, str)."""
+    key, eq, rest = text.partition("=")
+    kind, colon, value = rest.partition(":")
+    if not (eq and colon and key):
+        raise ValueError(f"override {text!r} is not KEY=TYPE:VALUE (e.g. llama.expert_used_count=int:3)")
+    try:
+        if kind == "int":
+            return key, int(value)
+        if kind == "float":
+            return key, float(value)
+        if kind == "bool":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(value)
+            return key, value.lower() == "true"
+        if kind == "str":
+            return key, value
+    except ValueError:
+        raise ValueError(f"override {text!r}: {value!r} is not a valid {kind}") from None
+    raise ValueError(f"override {text!r}: unknown type {kind!r} (int, float, bool, str)")
+
+
+class Llama:
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        n_ctx: int = 512,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        seed: int = LLAMA_DEFAULT_SEED,
+        kv_overrides: Mapping[str, bool | int | float | str] | None = None,
+        type_k: int | str | None = None,
+        type_v: int | str | None = None,
+        chat_format: str | None = None,
+        logits_all: bool = False,
+        vocab_only: bool = False,
+        verbose: bool = True,
+        progress: bool = False,
+        **kwargs: Any,
+    ):
+        unknown = set(kwargs) - IGNORED_PARAMS
+        if unknown:
+            raise TypeError(f"Llama() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        t0 = time.perf_counter()
+        self.model_path = os.fspath(model_path)
+        self.verbose = verbose
+        self._file = gguf.open(self.model_path)
+        self.metadata: dict[str, Any] = self._file.metadata
+        self.tokenizer_ = Tokenizer(self.metadata)
+        self._formatter = chat_formatter(chat_format, self.tokenizer_.chat_template)
+        self.chat_format = chat_format
+        self._model: _core.Model | None = None
+        self.logits_all = logits_all
+        if not vocab_only:
+            self._model = _core.Model(
+                self.model_path,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_batch=n_batch,
+                type_k=_kv_type(type_k),
+                type_v=_kv_type(type_v),
+                overrides=override_triples(kv_overrides),
+            )
+            if progress:
+                self._prefetch_with_progress()
+        self._seed = seed
+        self._rng_seed = None if seed == LLAMA_DEFAULT_SEED else seed
+        self._sampler_rng = np.random.default_rng(self._rng_seed)
+        self.input_ids: list[int] = []
+        self._scores: list[np.ndarray] = []
+        self.load_seconds = time.perf_counter() - t0
+        self.last_timings: dict[str, float] = {}
+        if verbose and self._model is not None:
+            c = self._model.config()
+            experts = f", {c['n_expert_used']} of {c['n_expert']} experts" if c["n_expert"] else ""
+            print(
+                f"ferrollm: {os.path.basename(self.model_path)}: {c['n_layer']} layers, "
+                f"embedding {c['n_embd']}{experts}; context {self.n_ctx()}, KV cache "
+                f"{c['type_k']}/{c['type_v']} {self._model.kv_cache_bytes / 2**20:.1f} MiB; "
+                f"{self._model.n_threads} threads, {_core.isa_active()} kernels; loaded in "
+                f"{self.load_seconds:.2f} s",
+                file=sys.stderr,
+            )
+        if verbose and kwargs.get("n_gpu_layers"):
+            print("ferrollm: n_gpu_layers ignored: ferrollm runs on the CPU", file=sys.stderr)
+
+    def _prefetch_with_progress(self) -> None:
+        """Reads the weights once so that the first tokens do not wait on page faults,
+        drawing a bar on stderr (llama.cpp's loading dots)."""
+        assert self._model is not None
+        n = self._model.n_tensors()
+        total = sum(t.nbytes for t in self._file.tensors)
+        done = 0
+        for i in range(n):
+            done += self._model.prefetch(i) or 0
+            frac = min(done / total, 1.0) if total else 1.0
+            bar = "#" * int(frac * 40)
+            print(f"\rloading [{bar:<40}] {frac * 100:5.1f}%", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+
+    # -- llama-cpp-python's small accessors ---------------------------------------------------
+
+    def _engine(self) -> _core.Model:
+        if self._model is None:
+            raise RuntimeError("this Llama was opened with vocab_only=True: it can only tokenize")
+        return self._model
+
+    def n_ctx(self) -> int:
+        return self._model.n_ctx if self._model else 0
+
+    def n_vocab(self) -> int:
+        return self.tokenizer_.n_vocab
+
+    def n_embd(self) -> int:
+        return self._engine().config()["n_embd"]
+
+    def token_bos(self) -> int:
+        return self.tokenizer_.bos_id
+
+    def token_eos(self) -> int:
+        return self.tokenizer_.eos_id
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Logits so far: one row per evaluated token with ``logits_all``, else the last row."""
+        if not self._scores:
+            return np.zeros((0, self.n_vocab()), dtype=np.float32)
+        return np.concatenate(self._scores)
+
+    @property
+    def eval_logits(self) -> list[list[float]]:
+        return [list(map(float, row)) for row in self.scores]
+
+    def last_logits(self) -> np.ndarray:
+        if not self._scores:
+            raise RuntimeError("nothing has been evaluated yet")
+        return self._scores[-1][-1]
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="ignore")
+        return self.tokenizer_.encode(text, add_bos=add_bos and self.tokenizer_.add_bos, special=special)
+
+    def detokenize(
+        self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
+    ) -> bytes:
+        return self.tokenizer_.detokenize(tokens, special=special)
+
+    def reset(self) -> None:
+        self.input_ids = []
+        self._scores = []
+        if self._model is not None:
+            self._model.truncate(0)
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Runs ``tokens`` after the cached ones and keeps their logits."""
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            return
+        logits = self._engine().eval(tokens, logits_all=self.logits_all)
+        self.input_ids.extend(tokens)
+        if self.logits_all:
+            self._scores.append(logits)
+        else:
+            self._scores = [logits]
+
+    def _prefill(self, prompt: list[int]) -> None:
+        """Evaluates ``prompt``, reusing the longest cached prefix (the last prompt token is
+        always run again so that its logits are fresh)."""
+        engine = self._engine()
+        if len(prompt) > self.n_ctx():
+            raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx()}")
+        keep = 0
+        if not self.logits_all:  # every row of `scores` must then come from this prompt
+            keep = next((i for i, (a, b) in enumerate(zip(self.input_ids, prompt[:-1])) if a != b), None)
+            keep = min(len(self.input_ids), len(prompt) - 1) if keep is None else keep
+        engine.truncate(keep)
+        self.input_ids = self.input_ids[:keep]
+        self._scores = []
+        self.eval(prompt[keep:])
+
+    def _sampler(self, params: SamplingParams, seed: int | None) -> Sampler:
+        sampler = Sampler(params)
+        sampler.rng = np.random.default_rng(seed) if seed is not None else self._sampler_rng
+        return sampler
+
+    def generate(
+        self,
+        tokens: Sequence[int],
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        logit_bias: Mapping[int, float] | None = None,
+        seed: int | None = None,
+        reset: bool = True,
+        **_: Any,
+    ) -> Iterator[int]:
+        """Yields sampled tokens forever (until the context is full); the caller stops it."""
+        params = SamplingParams(
+            temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+            logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()},
+        )  # fmt: skip
+        sampler = self._sampler(params, seed)
+        self._prefill(list(tokens))
+        while True:
+            token = sampler.sample(self.last_logits(), self.input_ids)
+            yield token
+            if self.n_tokens >= self.n_ctx():
+                return
+            self.eval([token])
+
+    # -- completions ---------------------------------------------------------------------------
+
+    def _completion_stream(
+        self,
+        prompt_tokens: list[int],
+        max_tokens: int | None,
+        stop: Sequence[str],
+        params: dict[str, Any],
+        extra_stop_ids: Sequence[int] = (),
+    ) -> Iterator[tuple[str, str | None, int]]:
+        """Yields (text piece, finish_reason, completion token count); the last item carries
+        the finish reason. Text that could be the start of a stop string is held back."""
+        if len(prompt_tokens) >= self.n_ctx():
+            raise ValueError(
+                f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self.n_ctx()}"
+            )
+        budget = self.n_ctx() - len(prompt_tokens)
+        if max_tokens is not None and max_tokens > 0:
+            budget = min(budget, max_tokens)
+        decoder = self.tokenizer_.stream_decoder()
+        text, sent, n_out = "", 0, 0
+        finish = "length"
+        t0 = time.perf_counter()
+        t_first = None
+        stop_ids = {self.token_eos(), *extra_stop_ids}
+        gen = self.generate(prompt_tokens, **params)
+        try:
+            for token in gen:
+                if t_first is None:
+                    t_first = time.perf_counter()
+                if token in stop_ids:
+                    finish = "stop"
+                    break
+                n_out += 1
+                text += decoder.push(token)
+                hit = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+                if hit >= 0:
+                    text = text[:hit]
+                    finish = "stop"
+                    break
+                if n_out >= budget:
+                    break
+                hold = max(
+                    (k for s in stop if s for k in range(1, len(s)) if text.endswith(s[:k])), default=0
+                )
+                if len(text) - hold > sent:
+                    yield text[sent : len(text) - hold], None, n_out
+                    sent = len(text) - hold
+        finally:
+            gen.close()
+        text += decoder.flush() if finish == "length" else ""
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
+        self.last_timings = {
+            "prompt_tokens": len(prompt_tokens),
+            "prompt_seconds": t_first - t0,
+            "completion_tokens": n_out,
+            "completion_seconds": t_end - t_first,
+        }
+        if self.verbose:
+            self._print_timings()
+        yield text[sent:], finish, n_out
+
+    def _print_timings(self) -> None:
+        t = self.last_timings
+        p_rate = t["prompt_tokens"] / t["prompt_seconds"] if t["prompt_seconds"] else 0.0
+        e_rate = t["completion_tokens"] / t["completion_seconds"] if t["completion_seconds"] else 0.0
+        print(
+            f"ferrollm: prompt {t['prompt_tokens']} tokens in {t['prompt_seconds']:.2f} s ({p_rate:.1f} tok/s), "
+            f"generated {t['completion_tokens']} tokens in {t['completion_seconds']:.2f} s ({e_rate:.1f} tok/s)",
+            file=sys.stderr,
+        )
+
+    def _prompt_tokens(self, prompt: str | Sequence[int], special: bool = False) -> list[int]:
+        if isinstance(prompt, (list, tuple)):
+            return [int(t) for t in prompt]
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str or a list of token ids, not {type(prompt).__name__}")
+        tokens = self.tokenizer_.encode(prompt, add_bos=False, special=special)
+        if self.tokenizer_.add_bos and (not tokens or tokens[0] != self.token_bos()):
+            tokens.insert(0, self.token_bos())
+        return tokens
+
+    def create_completion(
+        self,
+        prompt: str | Sequence[int],
+        suffix: str | None = None,
+        max_tokens: int | None = 16,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        logprobs: int | None = None,
+        echo: bool = False,
+        stop: str | Sequence[str] | None = None,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        top_k: int = 40,
+        stream: bool = False,
+        seed: int | None = None,
+        logit_bias: Mapping[int, float] | None = None,
+        **_: Any,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        if suffix:
+            raise NotImplementedError("suffix (fill-in-the-middle) is not supported")
+        if logprobs is not None:
+            raise NotImplementedError("logprobs are not supported yet")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        tokens = self._prompt_tokens(prompt)
+        params = {
+            "top_k": top_k, "top_p": top_p, "min_p": min_p, "temp": temperature, "repeat_penalty": repeat_penalty,
+            "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty, "logit_bias": logit_bias,
+            "seed": seed,
+        }  # fmt: skip
+        prefix = prompt if isinstance(prompt, str) else self.detokenize(tokens).decode("utf-8", "replace")
+        pieces = self._completion_stream(tokens, max_tokens, stops, params)
+        meta = {
+            "id": f"cmpl-{uuid.uuid4()}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_path,
+        }
+        if stream:
+            return self._stream_chunks(meta, pieces, prefix if echo else "")
+        text, finish, n_out = "", None, 0
+        for piece, finish, n_out in pieces:
+            text += piece
+        return {
+            **meta,
+            "choices": [
+                {
+                    "text": (prefix if echo else "") + text,
+                    "index": 0,
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(tokens),
+                "completion_tokens": n_out,
+                "total_tokens": len(tokens) + n_out,
+            },
+        }
+
+    @staticmethod
+    def _stream_chunks(
+        meta: dict, pieces: Iterator[tuple[str, str | None, int]], echo: str
+    ) -> Iterator[dict[str, Any]]:
+        if echo:
+            yield {**meta, "choices": [{"text": echo, "index": 0, "logprobs": None, "finish_reason": None}]}
+        for piece, finish, _ in pieces:
+            if piece or finish:
+                yield {
+                    **meta,
+                    "choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": finish}],
+                }
+
+    __call__ = create_completion
+
+    def chat_prompt(self, messages: Sequence[dict]) -> ChatPrompt:
+        bos = self.tokenizer_.tokens[self.token_bos()] if self.token_bos() >= 0 else ""
+        eos = self.tokenizer_.tokens[self.token_eos()] if self.token_eos() >= 0 else ""
+        return render(self._formatter, messages, bos, eos)
+
+    def create_chat_completion(
+        self,
+        messages: Sequence[dict],
+        temperature: float = 0.2,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        min_p: float = 0.05,
+        stream: bool = False,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        max_tokens: int | None = None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_penalty: float = 1.0,
+        logit_bias: Mapping[int, float] | None = None,
+        **_: Any,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        chat = self.chat_prompt(messages)
+        stops = ([stop] if isinstance(stop, str) else list(stop or [])) + chat.stop
+        tokens = self._prompt_tokens(chat.text, special=True)
+        params = {
+            "top_k": top_k, "top_p": top_p, "min_p": min_p, "temp": temperature, "repeat_penalty": repeat_penalty,
+            "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty, "logit_bias": logit_bias,
+            "seed": seed,
+        }  # fmt: skip
+        pieces = self._completion_stream(tokens, max_tokens, stops, params)
+        meta = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": self.model_path}
+        if stream:
+            return self._chat_chunks(meta, pieces)
+        text, finish, n_out = "", None, 0
+        for piece, finish, n_out in pieces:
+            text += piece
+        return {
+            **meta,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text.strip()},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": len(tokens),
+                "completion_tokens": n_out,
+                "total_tokens": len(tokens) + n_out,
+            },
+        }
+
+    @staticmethod
+    def _chat_chunks(meta: dict, pieces: Iterator[tuple[str, str | None, int]]) -> Iterator[dict[str, Any]]:
+        def chunk(delta: dict, finish: str | None) -> dict[str, Any]:
+            return {
+                **meta,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+
+        yield chunk({"role": "assistant"}, None)
+        for piece, finish, _ in pieces:
+            if piece:
+                yield chunk({"content": piece}, None)
+            if finish:
+                yield chunk({}, finish)
+
+    def close(self) -> None:
+        self._model = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

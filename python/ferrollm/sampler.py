@@ -1,0 +1,86 @@
+"""Token sampling from logits (numpy), in llama.cpp's order: logit bias, repetition penalties
+over the last ``penalty_last_n`` tokens, top-k, top-p, min-p, temperature, then a draw from a
+seeded generator. Temperature 0 (or below) is greedy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if self.repeat_penalty <= 0.0:
+            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+        if self.penalty_last_n < -1:
+            raise ValueError(f"penalty_last_n must be >= -1 (-1 = whole context), got {self.penalty_last_n}")
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams | None = None, seed: int | None = None):
+        self.params = params or SamplingParams()
+        self.rng = np.random.default_rng(seed)
+
+    def penalized(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
+        """Logits after bias and repetition penalties (a new float64 array)."""
+        p = self.params
+        z = np.array(logits, dtype=np.float64)
+        for token, bias in p.logit_bias.items():
+            z[int(token)] += bias
+        window = (
+            history if p.penalty_last_n == -1 else history[-p.penalty_last_n :] if p.penalty_last_n else []
+        )
+        if len(window) and (p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty):
+            ids, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
+            seen = z[ids]
+            seen = np.where(seen > 0, seen / p.repeat_penalty, seen * p.repeat_penalty)
+            z[ids] = seen - counts * p.frequency_penalty - p.presence_penalty
+        return z
+
+    def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, probabilities) left after the truncations, most likely first."""
+        p = self.params
+        z = self.penalized(logits, history)
+        order = np.argsort(-z, kind="stable")
+        if p.top_k > 0:
+            order = order[: p.top_k]
+        z = z[order]
+        # Truncations look at the untempered distribution; temperature reshapes what is left.
+        probs = np.exp(z - z[0])
+        probs /= probs.sum()
+        keep = len(z)
+        if p.top_p < 1.0:
+            # The smallest prefix whose mass reaches top_p (at least one token).
+            keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
+        if p.min_p > 0.0:
+            keep = min(keep, int(np.count_nonzero(probs >= p.min_p * probs[0])))
+        order, z = order[:keep], z[:keep]
+        temp = p.temperature if p.temperature > 0 else 1.0
+        final = np.exp((z - z[0]) / temp)
+        return order, final / final.sum()
+
+    def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        if self.params.temperature <= 0:
+            return int(np.argmax(self.penalized(logits, history)))
+        ids, probs = self.candidates(logits, history)
+        return int(ids[self.rng.choice(len(ids), p=probs)])

@@ -1,0 +1,21 @@
+"""Shared helpers of the model tests: cached synthetic model files and agreement measures."""
+
+from __future__ import annotations
+
+import numpy as np
+from ferrollm.synthetic_model import ModelSpec, write_model
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two logit matrices."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def model_file(tmp_path_factory, **spec) -> str:
+    """A synthetic model for ``spec``, written once per test session."""
+    name = "_".join(f"{k}-{v}" for k, v in sorted(spec.items()) if k != "tokenizer") or "default"
+    path = tmp_path_factory.getbasetemp() / f"model_{name}.gguf"
+    if not path.exists():
+        write_model(path, ModelSpec(**spec))
+    return str(path)
