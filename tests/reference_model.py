@@ -18,6 +18,9 @@ class ReferenceModel:
         """``kv_round(k_or_v)`` (optional) rounds cached rows the way a quantized cache would."""
         r = GGUFReader(path)
         self.kv_round = kv_round
+        # Rounds a matrix product's input as an engine's activation quantization does (tests
+        # that isolate that effect set it); identity by default.
+        self.act = lambda x: x
         self.meta = {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.ggml.")}
         self.t = {}
         for t in r.tensors:
@@ -59,8 +62,8 @@ class ReferenceModel:
             merged = self.t.get(f"{p}ffn_{kind}_exps.weight")
             return merged[e] if merged is not None else self.t[f"{p}ffn_{kind}.{e}.weight"]
 
-        g, u = h @ w("gate").T, h @ w("up").T
-        return (g / (1.0 + np.exp(-g)) * u) @ w("down").T
+        g, u = self.act(h) @ w("gate").T, self.act(h) @ w("up").T
+        return self.act(g / (1.0 + np.exp(-g)) * u) @ w("down").T
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Logits (n_tokens x n_vocab) of a whole sequence from position 0."""
@@ -74,6 +77,7 @@ class ReferenceModel:
         for layer in range(self.n_layer):
             p = f"blk.{layer}."
             h = self._norm(x, self.t[p + "attn_norm.weight"])
+            h = self.act(h)
             q = self._rope((h @ self.t[p + "attn_q.weight"].T).reshape(n, self.n_head, hd), pos)
             k = self._rope((h @ self.t[p + "attn_k.weight"].T).reshape(n, self.n_head_kv, hd), pos)
             v = (h @ self.t[p + "attn_v.weight"].T).reshape(n, self.n_head_kv, hd)
@@ -85,7 +89,7 @@ class ReferenceModel:
                 s = q[:, head] @ k[:, head // group].T / np.sqrt(hd) + causal
                 s = np.exp(s - s.max(axis=1, keepdims=True))
                 out[:, head] = (s / s.sum(axis=1, keepdims=True)) @ v[:, head // group]
-            x = x + out.reshape(n, -1) @ self.t[p + "attn_output.weight"].T
+            x = x + self.act(out.reshape(n, -1)) @ self.t[p + "attn_output.weight"].T
             h = self._norm(x, self.t[p + "ffn_norm.weight"])
             if not self.n_expert:
                 x = x + self._expert(p, h, None)
@@ -104,4 +108,4 @@ class ReferenceModel:
                     ffn[t] += we * self._expert(p, h[t : t + 1], int(e))[0]
             x = x + ffn
         out_w = self.t.get("output.weight", self.t["token_embd.weight"])
-        return self._norm(x, self.t["output_norm.weight"]) @ out_w.T
+        return self.act(self._norm(x, self.t["output_norm.weight"])) @ out_w.T

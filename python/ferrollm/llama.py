@@ -302,6 +302,7 @@ class Llama:
     ) -> Iterator[tuple[str, str | None, int]]:
         """Yields (text piece, finish_reason, completion token count); the last item carries
         the finish reason. Text that could be the start of a stop string is held back."""
+        self._engine()
         if len(prompt_tokens) >= self.n_ctx():
             raise ValueError(
                 f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self.n_ctx()}"

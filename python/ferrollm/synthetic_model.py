@@ -144,7 +144,8 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
             matrix(p + "ffn_up.weight", s.n_ff, s.n_embd)
             matrix(p + "ffn_down.weight", s.n_embd, s.n_ff)
             continue
-        matrix(p + "ffn_gate_inp.weight", s.n_expert, s.n_embd, std=1.0, type_name="F32")
+        # Router logits of order 1-5, as in trained Mixtral layers.
+        matrix(p + "ffn_gate_inp.weight", s.n_expert, s.n_embd, std=2.0 * s.n_embd**-0.5, type_name="F32")
         # Drawn in the same order for both layouts, so the two files hold the same experts.
         kinds = (("gate", s.n_ff, s.n_embd), ("up", s.n_ff, s.n_embd), ("down", s.n_embd, s.n_ff))
         for kind, rows, cols in kinds:

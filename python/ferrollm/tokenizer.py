@@ -76,8 +76,8 @@ class Tokenizer:
         if not self.tokens:
             raise TokenizerError("the file has no tokenizer.ggml.tokens")
         n = len(self.tokens)
-        self.scores: list[float] = list(key("scores") or [0.0] * n)
-        self.token_types: list[int] = list(key("token_type") or [NORMAL] * n)
+        self.scores: list[float] = list(key("scores", [0.0] * n))
+        self.token_types: list[int] = list(key("token_type", [NORMAL] * n))
         if len(self.scores) != n or len(self.token_types) != n:
             raise TokenizerError(
                 f"{n} tokens but {len(self.scores)} scores and {len(self.token_types)} token types"
@@ -159,10 +159,8 @@ class Tokenizer:
 
     # -- encoding ------------------------------------------------------------------------------
 
-    def _encode_text(self, text: str, first: bool) -> list[int]:
-        if not text:
-            return []
-        if self.model == "llama" and first and self.add_space_prefix:
+    def _encode_text(self, text: str, space_prefix: bool) -> list[int]:
+        if self.model == "llama" and space_prefix and self.add_space_prefix:
             text = " " + text
         return self._backend.encode(text, add_special_tokens=False).ids
 
@@ -176,15 +174,15 @@ class Tokenizer:
                 raise TokenizerError("this vocabulary has no BOS token")
             ids.append(self.bos_id)
         parts = self._special_re.split(text) if special and self._special_re else [text]
-        first = True
+        # As llama.cpp: text after a special token (or at the start) gets the space prefix.
+        after_special = True
         for i, part in enumerate(parts):
             if i % 2:  # a matched special token
                 ids.append(self._special_ids[part])
-            else:
-                ids.extend(self._encode_text(part, first))
-            first = first and not part
-            if i % 2:
-                first = False
+                after_special = True
+            elif part:
+                ids.extend(self._encode_text(part, after_special))
+                after_special = False
         if self.add_eos and self.eos_id >= 0:
             ids.append(self.eos_id)
         return ids
