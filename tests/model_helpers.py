@@ -6,6 +6,12 @@ import numpy as np
 from ferrollm.synthetic_model import ModelSpec, write_model
 
 
+# MoE positions whose float64 reference routing is a near-tie (gap between the k-th and the next
+# router logit, smallest over layers, below this) may legitimately pick other experts in an
+# engine that rounds activations; tests hold them to a looser bound and require them to be few.
+ROUTER_MARGIN = 0.03
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two logit matrices."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -37,3 +37,40 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     command = next(line for line in ci.splitlines() if line.startswith("pip install"))
     assert command in readme
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ferrollm", *args], capture_output=True, text=True, input=stdin, check=False
+    )
+
+
+def test_synth_model_run_and_chat(tmp_path):
+    model = tmp_path / "moe.gguf"
+    assert _cli("synth-model", str(model), "--experts", "4", "--type", "q4_k").returncode == 0
+    run = _cli("run", "-m", str(model), "-p", "Once upon", "-n", "8", "--seed", "1", "--temp", "0",
+               "--override-kv", "llama.expert_used_count=int:3", "-ctk", "q8_0", "-ngl", "33", "--no-progress")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("Once upon")
+    assert "3 of 4 experts" in run.stderr and "KV cache Q8_0/F16" in run.stderr
+    assert "generated 8 tokens" in run.stderr and "tok/s" in run.stderr
+    chat = _cli(
+        "chat", "-m", str(model), "-n", "4", "--chat-format", "cerebrum", "--no-progress", stdin="hi\n/exit\n"
+    )
+    assert chat.returncode == 0, chat.stderr
+    info = _cli("info", str(model))
+    assert "physical cores" in info.stdout and "llama.expert_count" in info.stdout
+
+
+def test_run_errors_are_clean(tmp_path):
+    model = tmp_path / "dense.gguf"
+    assert _cli("synth-model", str(model), "--ctx", "64").returncode == 0
+    for args, message in [
+        (["-p", "hi", "--override-kv", "llama.bogus=int:1"], "unknown override key 'llama.bogus'"),
+        (["-p", "hi", "--override-kv", "llama.expert_used_count=3"], "KEY=TYPE:VALUE"),
+        (["-p", "hi", "-c", "128"], "exceeds the model's trained context of 64"),
+        (["-p", "a long prompt " * 10, "-c", "8"], "exceed context window of 8"),
+    ]:
+        result = _cli("run", "-m", str(model), "-n", "2", "--no-progress", *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr

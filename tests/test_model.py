@@ -9,7 +9,7 @@ import pytest
 from ferrollm import GGUFError, UnsupportedTypeError, _core
 from ferrollm.gguf import GGUFWriter
 from ferrollm.synthetic_model import ModelSpec, write_model
-from model_helpers import cosines, model_file
+from model_helpers import ROUTER_MARGIN, cosines, model_file
 from reference_model import ReferenceModel
 
 TOKENS = [1, 17, 200, 45, 3, 99, 311, 250, 8, 64, 128, 77, 5, 290, 33, 150]
@@ -23,11 +23,8 @@ WEIGHT_BOUNDS = {"F32": 0.9999, "F16": 0.9999, "Q8_0": 0.999, "Q4_0": 0.999, "Q4
                  "Q6_K": 0.999, "Q2_K": 0.999, "IQ2_XS": 0.995, "IQ3_S": 0.995, "IQ1_S": 0.995}  # fmt: skip
 # KV cache types: bound against the exact reference, and against a reference that rounds its
 # K/V rows as the cache does (then only the query's Q8_0 rounding is left).
-KV_BOUNDS = {"F16": 0.9999, "Q8_0": 0.999, "Q4_0": 0.97}
+KV_BOUNDS = {"F16": 0.9999, "Q8_0": 0.999, "Q4_0": 0.94}  # 4-bit K and V: lossy by design
 KV_ROUNDED_BOUND = 0.999
-# MoE positions whose reference router gap (k-th vs next logit) is below this are skipped:
-# any rounding can legitimately flip their experts.
-ROUTER_MARGIN = 0.25
 
 
 def _reliable(ref: ReferenceModel) -> np.ndarray:

@@ -80,7 +80,7 @@ def test_penalty_window():
     np.testing.assert_allclose(z, [2.0, 1.0])  # only the last token is in the window
 
 
-@pytest.mark.parametrize("bad", [dict(top_p=0.0), dict(top_k=-1), dict(min_p=2.0), dict(repeat_penalty=0.0)])
+@pytest.mark.parametrize("bad", [{"top_p": 0.0}, {"top_k": -1}, {"min_p": 2.0}, {"repeat_penalty": 0.0}])
 def test_bad_parameters(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
