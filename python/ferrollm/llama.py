@@ -416,25 +416,25 @@ class Llama:
         }
         if stream:
             return self._stream_chunks(meta, pieces, prefix if echo else "")
+        text, finish, usage = self._collect(pieces, len(tokens))
+        choice = {
+            "text": (prefix if echo else "") + text,
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+        return {**meta, "choices": [choice], "usage": usage}
+
+    @staticmethod
+    def _collect(
+        pieces: Iterator[tuple[str, str | None, int]], n_prompt: int
+    ) -> tuple[str, str | None, dict]:
+        """Joins a non-streamed result: (text, finish_reason, usage)."""
         text, finish, n_out = "", None, 0
         for piece, finish, n_out in pieces:
             text += piece
-        return {
-            **meta,
-            "choices": [
-                {
-                    "text": (prefix if echo else "") + text,
-                    "index": 0,
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": len(tokens),
-                "completion_tokens": n_out,
-                "total_tokens": len(tokens) + n_out,
-            },
-        }
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+        return text, finish, usage
 
     @staticmethod
     def _stream_chunks(
@@ -485,26 +485,10 @@ class Llama:
         meta = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": self.model_path}
         if stream:
             return self._chat_chunks(meta, pieces)
-        text, finish, n_out = "", None, 0
-        for piece, finish, n_out in pieces:
-            text += piece
-        return {
-            **meta,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text.strip()},
-                    "logprobs": None,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": len(tokens),
-                "completion_tokens": n_out,
-                "total_tokens": len(tokens) + n_out,
-            },
-        }
+        text, finish, usage = self._collect(pieces, len(tokens))
+        message = {"role": "assistant", "content": text.strip()}
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        return {**meta, "object": "chat.completion", "choices": [choice], "usage": usage}
 
     @staticmethod
     def _chat_chunks(meta: dict, pieces: Iterator[tuple[str, str | None, int]]) -> Iterator[dict[str, Any]]:
