@@ -101,7 +101,7 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     llm = _open_model(args)
-    prompt = args.prompt.replace("\\n", "\n") if args.escape else args.prompt
+    prompt = args.prompt.replace("\\n", "\n")  # llama.cpp's -e: always on here
     print(prompt, end="", flush=True)
     for chunk in llm.create_completion(
         prompt, stream=True, stop=args.reverse_prompt or None, **_sampling(args)

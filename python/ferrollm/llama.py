@@ -34,7 +34,7 @@ LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 # llama-cpp-python constructor arguments that have no meaning on a CPU-only, mmap-only engine;
 # accepted so that scripts run unchanged.
 IGNORED_PARAMS = {
-    "n_gpu_layers", "split_mode", "main_gpu", "tensor_split", "rpc_servers", "vocab_only_", "use_mmap",
+    "n_gpu_layers", "split_mode", "main_gpu", "tensor_split", "rpc_servers", "use_mmap",
     "use_mlock", "n_ubatch", "n_threads_batch", "rope_scaling_type", "pooling_type", "yarn_ext_factor",
     "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "embedding", "offload_kqv",
     "flash_attn", "last_n_tokens_size", "lora_base", "lora_scale", "lora_path", "numa", "chat_handler",
@@ -133,9 +133,7 @@ class Llama:
             )
             if progress:
                 self._prefetch_with_progress()
-        self._seed = seed
-        self._rng_seed = None if seed == LLAMA_DEFAULT_SEED else seed
-        self._sampler_rng = np.random.default_rng(self._rng_seed)
+        self._sampler_rng = np.random.default_rng(None if seed == LLAMA_DEFAULT_SEED else seed)
         self.input_ids: list[int] = []
         self._scores: list[np.ndarray] = []
         self.load_seconds = time.perf_counter() - t0
@@ -298,7 +296,6 @@ class Llama:
         max_tokens: int | None,
         stop: Sequence[str],
         params: dict[str, Any],
-        extra_stop_ids: Sequence[int] = (),
     ) -> Iterator[tuple[str, str | None, int]]:
         """Yields (text piece, finish_reason, completion token count); the last item carries
         the finish reason. Text that could be the start of a stop string is held back."""
@@ -315,18 +312,18 @@ class Llama:
         finish = "length"
         t0 = time.perf_counter()
         t_first = None
-        stop_ids = {self.token_eos(), *extra_stop_ids}
         gen = self.generate(prompt_tokens, **params)
         try:
             for token in gen:
                 if t_first is None:
                     t_first = time.perf_counter()
-                if token in stop_ids:
+                if token == self.token_eos():
                     finish = "stop"
                     break
                 n_out += 1
                 text += decoder.push(token)
-                hit = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+                # A stop string cannot start in text already sent: that text was never held.
+                hit = min((i for i in (text.find(s, sent) for s in stop if s) if i >= 0), default=-1)
                 if hit >= 0:
                     text = text[:hit]
                     finish = "stop"

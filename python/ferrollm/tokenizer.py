@@ -94,8 +94,11 @@ class Tokenizer:
         self._merges = list(key("merges") or [])
         self.chat_template: str | None = metadata.get("tokenizer.chat_template")
         self._backend = self._build_spm() if self.model == "llama" else self._build_bpe()
-        specials = [t for t, ty in zip(self.tokens, self.token_types) if ty in (CONTROL, USER_DEFINED) and t]
-        self._special_ids = {t: i for i, t in reversed(list(enumerate(self.tokens))) if t in set(specials)}
+        # Control and user-defined pieces; the first id wins for a duplicated piece.
+        self._special_ids: dict[str, int] = {}
+        for i, (t, ty) in enumerate(zip(self.tokens, self.token_types)):
+            if ty in (CONTROL, USER_DEFINED) and t:
+                self._special_ids.setdefault(t, i)
         # Longest first, so that "<|im_start|>" wins over a shorter prefix.
         pattern = "|".join(re.escape(t) for t in sorted(self._special_ids, key=len, reverse=True))
         self._special_re = re.compile(f"({pattern})") if pattern else None

@@ -76,6 +76,8 @@ pub struct Model {
     /// Positions filled in the KV cache.
     n_past: usize,
     scratch: Scratch,
+    /// Every weight tensor's byte range in the file, for prefetching.
+    weight_ranges: Vec<(usize, usize)>,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -137,6 +139,7 @@ impl Model {
         scratch
             .heads
             .resize_with(config.n_head, HeadScratch::default);
+        let weight_ranges = weights.ranges();
         Ok(Model {
             file,
             config,
@@ -149,6 +152,7 @@ impl Model {
             n_batch: params.n_batch,
             n_past: 0,
             scratch,
+            weight_ranges,
         })
     }
 
@@ -173,8 +177,8 @@ impl Model {
     pub fn file(&self) -> &GgufFile {
         &self.file
     }
-    pub fn weight_ranges(&self) -> Vec<(usize, usize)> {
-        self.weights.ranges()
+    pub fn weight_ranges(&self) -> &[(usize, usize)] {
+        &self.weight_ranges
     }
 
     /// Forgets cached positions from `n` on (to reuse a shared prompt prefix).
@@ -214,9 +218,9 @@ impl Model {
             )));
         }
         logits.clear();
-        let batches: Vec<&[u32]> = tokens.chunks(self.n_batch).collect();
-        for (i, batch) in batches.iter().enumerate() {
-            let want = logits_all || i + 1 == batches.len();
+        let n_batches = tokens.len().div_ceil(self.n_batch);
+        for (i, batch) in tokens.chunks(self.n_batch).enumerate() {
+            let want = logits_all || i + 1 == n_batches;
             self.forward(batch, want.then_some(&mut *logits), logits_all)?;
         }
         Ok(())

@@ -89,7 +89,7 @@ impl PyModel {
     /// Reads every page of the weights (so that decoding does not fault them in), one tensor
     /// per call: returns the bytes read by call `index`, or None past the last tensor.
     fn prefetch(&self, py: Python<'_>, index: usize) -> Option<usize> {
-        let (start, len) = *self.model.weight_ranges().get(index)?;
+        let &(start, len) = self.model.weight_ranges().get(index)?;
         let bytes = &self.model.file().bytes()[start..start + len];
         py.detach(|| {
             let sum = bytes
