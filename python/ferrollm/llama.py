@@ -158,13 +158,20 @@ class Llama:
         assert self._model is not None
         n = self._model.n_tensors()
         total = sum(t.nbytes for t in self._file.tensors)
-        done = 0
+        live = sys.stderr.isatty()  # a log file gets the finished bar only
+        done, shown = 0, -1
         for i in range(n):
             done += self._model.prefetch(i) or 0
-            frac = min(done / total, 1.0) if total else 1.0
-            bar = "#" * int(frac * 40)
-            print(f"\rloading [{bar:<40}] {frac * 100:5.1f}%", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
+            percent = int(100 * min(done / total, 1.0)) if total else 100
+            if live and percent != shown:
+                shown = percent
+                print(
+                    f"\rloading [{'#' * (percent * 40 // 100):<40}] {percent:3d}%",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        print(f"\rloading [{'#' * 40}] 100% ({done / 2**20:.0f} MiB)", file=sys.stderr)
 
     # -- llama-cpp-python's small accessors ---------------------------------------------------
 
@@ -347,9 +354,9 @@ class Llama:
             "completion_tokens": n_out,
             "completion_seconds": t_end - t_first,
         }
-        if self.verbose:
-            self._print_timings()
         yield text[sent:], finish, n_out
+        if self.verbose:  # after the last piece, so the figures follow the text
+            self._print_timings()
 
     def _print_timings(self) -> None:
         t = self.last_timings
