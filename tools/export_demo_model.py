@@ -16,14 +16,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from ferrollm.gguf import GGUFWriter
 from ferrollm.quantize import FILE_TYPE_IDS, keeps_f32, quantize_tensor
 from ferrollm.synthetic_model import METADATA_TYPES
 from ferrollm.tokenizer import sentencepiece_metadata
 
 sys.path.insert(0, str(Path(__file__).parent))
-from build_demo_corpus import mistral_tokenizer_model  # noqa: E402
+from build_demo_corpus import mistral_tokenizer_model
 
 
 def load_shards(ckpt: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -42,8 +41,10 @@ def write_demo_gguf(card: dict, tensors: dict[str, np.ndarray], out: Path, type_
         "general.architecture": ("llama", "str"),
         "general.name": ("ferrollm demo MoE 4x18M (Python stdlib)", "str"),
         "general.description": (
-            "Trained by ferrollm's tools/train_demo_model.py on the Python standard library's source "
-            f"({card['steps']} steps, {card['tokens_seen']:,} tokens, held-out loss {card['heldout_loss']:.3f})",
+            (
+                "Trained by ferrollm's tools/train_demo_model.py on the Python standard library's source "
+                f"({card['steps']} steps, {card['tokens_seen']:,} tokens, held-out loss {card['heldout_loss']:.3f})"
+            ),
             "str",
         ),
         "general.license": ("MIT", "str"),

@@ -82,7 +82,9 @@ class Block(nn.Module):
         std = s.n_embd**-0.5
         self.gate = nn.Parameter(torch.randn(s.n_expert, s.n_ff, s.n_embd) * std)
         self.up = nn.Parameter(torch.randn(s.n_expert, s.n_ff, s.n_embd) * std)
-        self.down = nn.Parameter(torch.randn(s.n_expert, s.n_embd, s.n_ff) * s.n_ff**-0.5 / math.sqrt(2 * s.n_layer))
+        self.down = nn.Parameter(
+            torch.randn(s.n_expert, s.n_embd, s.n_ff) * s.n_ff**-0.5 / math.sqrt(2 * s.n_layer)
+        )
         nn.init.normal_(self.wo.weight, std=std / math.sqrt(2 * s.n_layer))
 
     def attention(self, x, cos, sin):
@@ -143,6 +145,7 @@ class DemoModel(nn.Module):
     def gguf_tensors(self) -> dict[str, np.ndarray]:
         """Weights under their GGUF names, as float32 numpy arrays in numpy (row-major) shape
         (output.weight absent: the head is tied to token_embd)."""
+
         def np32(t):
             return t.detach().float().cpu().numpy()
 
@@ -181,7 +184,9 @@ def evaluate(model, data: np.ndarray, n_ctx: int, device, cos, sin, max_windows:
         w = torch.from_numpy(np.stack(rows).astype(np.int64)).to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits, _ = model(w[:, :-1], cos, sin)
-        losses.append(F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item())
+        losses.append(
+            F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum").item()
+        )
     model.train()
     return sum(losses) / (n * n_ctx)
 
@@ -233,7 +238,9 @@ def main() -> None:
     active = n_params - sum(p.numel() for b in model.blocks for p in (b.gate, b.up, b.down)) * (
         1 - shape.n_expert_used / shape.n_expert
     )
-    print(f"parameters: {n_params:,} ({active:,.0f} active per token); train {train.size:,} tokens", flush=True)
+    print(
+        f"parameters: {n_params:,} ({active:,.0f} active per token); train {train.size:,} tokens", flush=True
+    )
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -249,7 +256,11 @@ def main() -> None:
 
     def train_step(step: int, total: int) -> tuple[float, float]:
         warmup = max(1, total // 50)
-        lr = args.lr * (step / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
+        lr = args.lr * (
+            step / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        )
         lr = max(lr, args.lr * 0.02) if step >= warmup else lr
         for g in opt.param_groups:
             g["lr"] = lr

@@ -1,12 +1,18 @@
 """ferrollm: quantized large language models on the CPU, with a Rust core.
 
-``ferrollm.Llama`` runs llama-family GGUF models (llama-cpp-python's API). The GGUF layer lives in :mod:`ferrollm.gguf`; block types and dequantization in
-:mod:`ferrollm.quants`.
+``ferrollm.Llama`` runs llama-family GGUF models (llama-cpp-python's API);
+``ferrollm.demo_model_path()`` is the small trained Mixtral shipped in the package.
+``perplexity`` / ``kl_divergence`` (:mod:`ferrollm.quality`) measure quantization quality and
+``quantize_file`` (:mod:`ferrollm.quantize`) writes a model in another type. The GGUF layer lives
+in :mod:`ferrollm.gguf`; block types and dequantization in :mod:`ferrollm.quants`.
 """
 
 from ferrollm import gguf, quants
 from ferrollm._core import GGUFError, UnsupportedTypeError, __version__
+from ferrollm.demo import demo_model_path
 from ferrollm.llama import Llama
+from ferrollm.quality import kl_divergence, perplexity
+from ferrollm.quantize import quantize_file
 from ferrollm.quants import dequantize
 from ferrollm.tokenizer import Tokenizer
 
@@ -16,7 +22,11 @@ __all__ = [
     "Tokenizer",
     "UnsupportedTypeError",
     "__version__",
+    "demo_model_path",
     "dequantize",
     "gguf",
+    "kl_divergence",
+    "perplexity",
+    "quantize_file",
     "quants",
 ]

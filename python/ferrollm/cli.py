@@ -1,7 +1,10 @@
 """The ``ferrollm`` command line.
 
-ferrollm run -m FILE -p PROMPT   generate, streaming to the terminal (llama.cpp's options)
-ferrollm chat -m FILE            interactive chat with the model's template
+ferrollm run [-m FILE] -p PROMPT generate, streaming to the terminal (llama.cpp's options;
+                                 without -m: the embedded demo model)
+ferrollm chat [-m FILE]          interactive chat with the model's template
+ferrollm perplexity -f TEXT      perplexity, and KL-divergence against a base (llama-perplexity)
+ferrollm quantize IN OUT TYPE    write a model with every weight matrix in TYPE
 ferrollm info FILE               hardware, metadata, tensors and the kernels this CPU will use
 ferrollm synth OUT.gguf          write a small GGUF of random valid blocks of every type
 ferrollm synth-model OUT.gguf    write a small random-weight llama/Mixtral model
@@ -10,12 +13,15 @@ ferrollm synth-model OUT.gguf    write a small random-weight llama/Mixtral model
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 
-from ferrollm import GGUFError, __version__, gguf, hardware, quants
+from ferrollm import GGUFError, __version__, gguf, hardware, quality, quants
 from ferrollm.chat import BUILTIN_FORMATS
+from ferrollm.demo import demo_model_path
 from ferrollm.llama import Llama, parse_override
+from ferrollm.quantize import WRITABLE_TYPES, quantize_file
 from ferrollm.synthetic import DEMO_TYPES, write_synthetic_gguf
 from ferrollm.synthetic_model import ModelSpec, write_model
 
@@ -106,8 +112,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for chunk in llm.create_completion(
         prompt, stream=True, stop=args.reverse_prompt or None, **_sampling(args)
     ):
-        print(chunk["choices"][0]["text"], end="", flush=True)
-    print()
+        choice = chunk["choices"][0]
+        # The newline goes out with the last piece, before the engine's timing line on stderr.
+        print(choice["text"], end="\n" if choice["finish_reason"] else "", flush=True)
     return 0
 
 
@@ -145,9 +152,82 @@ def cmd_synth_model(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """One status line on stderr, redrawn in place on a terminal; a single final line in a log."""
+
+    def __init__(self, label: str):
+        self.label, self.tty, self.last = label, sys.stderr.isatty(), ""
+
+    def __call__(self, done: int, total: int, value: float) -> None:
+        bar = "#" * (30 * done // total)
+        self.last = f"{self.label} [{bar:<30}] {done}/{total} chunks, {value:.4f}"
+        if self.tty:
+            print("\r" + self.last, end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.last:
+            print(("\r" if self.tty else "") + self.last, file=sys.stderr, flush=True)
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    with open(args.file, encoding="utf-8") as f:
+        text = f.read()
+    common = {"n_threads": args.threads, "n_batch": args.batch_size}
+    if args.kl_divergence:
+        if not args.kl_divergence_base:
+            raise ValueError(
+                "--kl-divergence needs --kl-divergence-base FILE (saved by a run on the base model)"
+            )
+        bar = _Progress("KLD")
+        try:
+            r = quality.kl_divergence(args.model, args.kl_divergence_base, progress=bar, **common)
+        finally:
+            bar.close()
+        print(f"PPL(Q)           = {r.ppl:.4f} +/- {r.ppl_err:.5f}")
+        print(f"PPL(base)        = {r.ppl_base:.4f}")
+        print(f"ln(PPL(Q)/PPL(base)) = {r.ln_ppl_ratio:.6f}")
+        print(f"Mean KLD         = {r.kld_mean:.6f} +/- {r.kld_err:.6f}")
+        print(f"Median KLD       = {r.kld_median:.6f}")
+        print(f"99.0% KLD        = {r.kld_p99:.6f}")
+        print(f"Maximum KLD      = {r.kld_max:.6f}")
+        print(f"Same top p       = {100 * r.top1_agreement:.3f} +/- {100 * r.top1_err:.3f} %")
+        print(f"RMS Δp           = {100 * r.rms_delta_p:.3f} %")
+        print(f"tokens scored    = {r.n_tokens_scored}")
+        return 0
+    bar = _Progress("perplexity")
+    try:
+        r = quality.perplexity(args.model, text, args.ctx_size, args.chunks, save_logprobs=args.kl_divergence_base,
+                               progress=bar, **common)  # fmt: skip
+    finally:
+        bar.close()
+    print(f"Final estimate: PPL = {r.ppl:.4f} +/- {r.ppl_err:.5f} ({r.n_chunks} chunks of {r.n_ctx}, "
+          f"{r.n_tokens_scored} tokens scored)")  # fmt: skip
+    if args.kl_divergence_base:
+        print(f"base log-probabilities saved to {args.kl_divergence_base}", file=sys.stderr)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    def progress(done: int, total: int, name: str) -> None:
+        if sys.stderr.isatty() or done == total:
+            print(f"\rquantizing [{done}/{total}] {name:<40}", end="", file=sys.stderr, flush=True)
+
+    written = quantize_file(args.input, args.output, args.type, progress=None if args.quiet else progress)
+    if not args.quiet:
+        print(file=sys.stderr)
+    counts = Counter(written.values())
+    size = _size(os.path.getsize(args.output))
+    print(f"wrote {args.output}: {size}, " + ", ".join(f"{n} x {t}" for t, n in counts.most_common()))
+    return 0
+
+
+def _model_path_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default=None, help="GGUF file (default: the embedded demo model)")
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     """llama.cpp's main/llama-cli options, same spellings."""
-    p.add_argument("-m", "--model", required=True)
+    _model_path_option(p)
     p.add_argument(
         "-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until EOS or full context)"
     )
@@ -204,6 +284,33 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system message")
     chat.set_defaults(run=cmd_chat)
 
+    ppl = sub.add_parser(
+        "perplexity", help="perplexity of a text; KL-divergence against a base (llama-perplexity)"
+    )
+    _model_path_option(ppl)
+    ppl.add_argument("-f", "--file", required=True, help="text file to score")
+    ppl.add_argument("-c", "--ctx-size", type=int, default=512, help="chunk length in tokens (default 512)")
+    ppl.add_argument("-b", "--batch-size", type=int, default=512)
+    ppl.add_argument("-t", "--threads", type=int, default=None)
+    ppl.add_argument("--chunks", type=int, default=-1, help="score at most this many chunks (-1: all)")
+    ppl.add_argument(
+        "--kl-divergence-base",
+        metavar="FILE",
+        help="without --kl-divergence: save the model's log-probabilities here; with it: compare",
+    )
+    ppl.add_argument(
+        "--kl-divergence", action="store_true", help="compare the model with --kl-divergence-base"
+    )
+    ppl.set_defaults(run=cmd_perplexity)
+
+    qz = sub.add_parser("quantize", help="write a model with every weight matrix in one type (pure)")
+    qz.add_argument("input")
+    qz.add_argument("output")
+    qz.add_argument("type", type=str.upper, choices=WRITABLE_TYPES, metavar="TYPE",
+                    help=f"one of {', '.join(WRITABLE_TYPES)}")  # fmt: skip
+    qz.add_argument("-q", "--quiet", action="store_true")
+    qz.set_defaults(run=cmd_quantize)
+
     sm = sub.add_parser("synth-model", help="write a small random-weight llama/Mixtral GGUF")
     sm.add_argument("out")
     sm.add_argument("--type", default="Q8_0", help="weight type (default Q8_0)")
@@ -222,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "model", "") is None:
+        args.model = demo_model_path()
     try:
         return args.run(args)
     except KeyboardInterrupt:
