@@ -14,7 +14,7 @@ from ferrollm.tokenizer import Tokenizer
 from model_helpers import model_file
 
 pytest.importorskip("gguf")
-from reference_model import ReferenceModel  # noqa: E402
+from reference_model import ReferenceModel
 
 HELDOUT = (Path(__file__).parent / "data" / "heldout.txt").read_text(encoding="utf-8")
 
