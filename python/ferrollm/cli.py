@@ -133,10 +133,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "user", "content": line})
         answer = ""
         for chunk in llm.create_chat_completion(messages, stream=True, **_sampling(args)):
-            piece = chunk["choices"][0]["delta"].get("content", "")
+            choice = chunk["choices"][0]
+            piece = choice["delta"].get("content", "")
             answer += piece
-            print(piece, end="", flush=True)
-        print()
+            print(piece, end="\n" if choice["finish_reason"] else "", flush=True)
         messages.append({"role": "assistant", "content": answer.strip()})
 
 
