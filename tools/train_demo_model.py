@@ -218,6 +218,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=7.0)
     ap.add_argument("--max-epochs", type=float, default=12.0, help="cap on passes over the corpus")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument(
+        "--micro-batch", type=int, default=0, help="sequences per forward (0: 64 on GPU, 4 on CPU)"
+    )
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
@@ -253,6 +256,7 @@ def main() -> None:
     step_fn = torch.compile(model) if args.compile else model
     data = batches(train, args.batch, shape.n_ctx, rng)
     tokens_per_step = args.batch * shape.n_ctx
+    micro = args.micro_batch or (64 if device.type == "cuda" else 4)
 
     def train_step(step: int, total: int) -> tuple[float, float]:
         warmup = max(1, total // 50)
@@ -265,14 +269,20 @@ def main() -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         w = next(data).to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, balance = step_fn(w[:, :-1], cos, sin)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten())
-        (loss + 0.01 * balance).backward()
+        # Micro-batches accumulate into one step (the CPU cannot hold 64 x 512 x 32000 logits).
+        loss_sum = balance_sum = 0.0
+        for part in w.split(micro):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits, balance = step_fn(part[:, :-1], cos, sin)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), part[:, 1:].flatten())
+            share = part.shape[0] / w.shape[0]
+            ((loss + 0.01 * balance) * share).backward()
+            loss_sum += loss.item() * share
+            balance_sum += balance.item() * share
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss.item(), balance.item()
+        return loss_sum, balance_sum
 
     # Steps: given, or as many as the time budget allows at the measured speed (recorded in the
     # card, so `--steps N` reproduces the run). Timing steps run at warm-up learning rate.
