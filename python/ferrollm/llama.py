@@ -15,7 +15,9 @@ released); this layer tokenizes, samples, stops and streams.
 from __future__ import annotations
 
 import os
+import contextlib
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -120,6 +122,11 @@ class Llama:
         self._formatter = chat_formatter(chat_format, self.tokenizer_.chat_template)
         self.chat_format = chat_format
         self._model: _core.Model | None = None
+        self._closed = False
+        self.n_batch = max(1, n_batch)
+        # One evaluation at a time: the engine refuses overlapping calls anyway, and the
+        # Python-side token history must change in step with its cache.
+        self._busy = threading.RLock()
         self.logits_all = logits_all
         if not vocab_only:
             self._model = _core.Model(
@@ -176,6 +183,8 @@ class Llama:
     # -- llama-cpp-python's small accessors ---------------------------------------------------
 
     def _engine(self) -> _core.Model:
+        if self._closed:
+            raise RuntimeError("this Llama is closed")
         if self._model is None:
             raise RuntimeError("this Llama was opened with vocab_only=True: it can only tokenize")
         return self._model
@@ -227,23 +236,51 @@ class Llama:
     ) -> bytes:
         return self.tokenizer_.detokenize(tokens, special=special)
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Refuses a second thread while one evaluates (the same thread may nest)."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this Llama is evaluating in another thread: one call at a time per model")
+        try:
+            yield
+        finally:
+            self._busy.release()
+
     def reset(self) -> None:
-        self.input_ids = []
-        self._scores = []
-        if self._model is not None:
-            self._model.truncate(0)
+        with self._exclusive():
+            self.input_ids = []
+            self._scores = []
+            if self._model is not None:
+                self._model.truncate(0)
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Runs ``tokens`` after the cached ones and keeps their logits."""
         tokens = [int(t) for t in tokens]
         if not tokens:
             return
-        logits = self._engine().eval(tokens, logits_all=self.logits_all)
-        self.input_ids.extend(tokens)
-        if self.logits_all:
-            self._scores.append(logits)
-        else:
-            self._scores = [logits]
+        engine = self._engine()
+        if len(self.input_ids) + len(tokens) > engine.n_ctx:
+            raise ValueError(
+                f"Requested tokens ({len(self.input_ids) + len(tokens)}) exceed context window of {engine.n_ctx}"
+            )
+        with self._exclusive():
+            try:
+                # One engine call per batch, as llama-cpp-python does, so that Ctrl-C lands
+                # between batches.
+                for i in range(0, len(tokens), self.n_batch):
+                    batch = tokens[i : i + self.n_batch]
+                    logits = engine.eval(batch, logits_all=self.logits_all)
+                    self.input_ids.extend(batch)
+                    if self.logits_all:
+                        self._scores.append(logits)
+                    else:
+                        self._scores = [logits]
+            except BaseException:
+                # Interrupted after the engine ran a batch but before it was recorded: forget
+                # that batch, so the history always equals what the cache holds.
+                if engine.n_past > len(self.input_ids):
+                    engine.truncate(len(self.input_ids))
+                raise
 
     def _prefill(self, prompt: list[int]) -> None:
         """Evaluates ``prompt``, reusing the longest cached prefix (the last prompt token is
@@ -251,6 +288,10 @@ class Llama:
         engine = self._engine()
         if len(prompt) > self.n_ctx():
             raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx()}")
+        with self._exclusive():
+            self._prefill_locked(engine, prompt)
+
+    def _prefill_locked(self, engine: _core.Model, prompt: list[int]) -> None:
         keep = 0
         if not self.logits_all:  # every row of `scores` must then come from this prompt
             keep = next((i for i, (a, b) in enumerate(zip(self.input_ids, prompt[:-1])) if a != b), None)
@@ -511,7 +552,11 @@ class Llama:
                 yield chunk({}, finish)
 
     def close(self) -> None:
+        """Releases the weights' map, the KV cache and the threads; later calls are errors."""
+        if self._model is not None:
+            self._model.close()
         self._model = None
+        self._closed = True
 
     def __enter__(self) -> Self:
         return self

@@ -86,12 +86,33 @@ pub fn dot_fn(ty: GgmlType, isa: Isa) -> Option<(VecDotFn, Isa)> {
 /// Converts activation rows `x` (whole rows of `cols`) to `act_ty`, replacing `out`'s contents
 /// (its capacity is reused, so steady-state calls do not allocate).
 pub fn quantize_activations(act_ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
+    // The integer quantizers would turn NaN into 0 and hide it; a NaN or Inf here means the
+    // weights hold one (a corrupt file), so say so instead of computing garbage.
+    if !all_finite(x) {
+        return Err(Error::invalid(
+            "non-finite activations (NaN or Inf): the model's weights hold NaN or Inf values",
+        ));
+    }
     out.clear();
     if act_ty == GgmlType::F32 {
         out.extend(x.iter().flat_map(|v| v.to_le_bytes()));
         return Ok(());
     }
     quantize::quantize(act_ty, x, out)
+}
+
+/// True when no value is NaN or Inf (v * 0 is NaN exactly for those); 16 lanes so that it
+/// vectorizes: about one cycle per 16 values.
+pub fn all_finite(x: &[f32]) -> bool {
+    let mut lanes = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(0f32, |a, &v| a + v * 0.0);
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v * 0.0;
+        }
+    }
+    (lanes.iter().sum::<f32>() + tail) == 0.0
 }
 
 /// A weight matrix as stored in a GGUF file: `rows` rows of `cols` elements of type `ty`.

@@ -1,7 +1,8 @@
 //! RoPE and causal grouped-query attention over the KV cache.
 
 use super::kv_cache::KvCache;
-use crate::matmul::{Pool, quantize_activations};
+use crate::matmul::{Pool, all_finite, quantize_activations};
+use crate::{Error, Result};
 
 /// Rotary position embedding, llama.cpp's "normal" mode (GGUF `llama` files permute Q/K so
 /// that adjacent pairs rotate): for pair i of the first `n_rot` dims of each head,
@@ -63,7 +64,13 @@ pub fn attend(
     q: &[f32],
     heads: &mut [HeadScratch],
     out: &mut [f32],
-) {
+) -> Result<()> {
+    // Checked once here so that quantizing each head's query below cannot fail.
+    if !all_finite(q) {
+        return Err(Error::invalid(
+            "non-finite attention queries (NaN or Inf): the model's weights hold NaN or Inf values",
+        ));
+    }
     let AttentionShape {
         n_head,
         n_head_kv,
@@ -80,7 +87,8 @@ pub fn attend(
         for t in 0..n {
             let n_keys = pos0 + t + 1;
             let q_head = &q[t * q_dim + h * head_dim..][..head_dim];
-            quantize_activations(cache.k_act, q_head, &mut s.query).expect("whole blocks");
+            quantize_activations(cache.k_act, q_head, &mut s.query)
+                .expect("finite (checked above), whole blocks");
             s.scores.resize(n_keys, 0.0);
             let mut max = f32::NEG_INFINITY;
             for (p, score) in s.scores.iter_mut().enumerate() {
@@ -109,4 +117,5 @@ pub fn attend(
                 .copy_from_slice(&s.out[t * head_dim..][..head_dim]);
         }
     }
+    Ok(())
 }

@@ -218,10 +218,30 @@ impl Model {
             )));
         }
         logits.clear();
+        let start = self.n_past;
         let n_batches = tokens.len().div_ceil(self.n_batch);
         for (i, batch) in tokens.chunks(self.n_batch).enumerate() {
             let want = logits_all || i + 1 == n_batches;
-            self.forward(batch, want.then_some(&mut *logits), logits_all)?;
+            if let Err(e) = self.forward(batch, want.then_some(&mut *logits), logits_all) {
+                self.n_past = start; // nothing of a failed call is kept
+                return Err(e);
+            }
+        }
+        // NaN/Inf weights (a corrupt or hostile file) poison everything downstream; refuse
+        // the result and forget these positions rather than hand a sampler non-finite logits.
+        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
+            self.n_past = start;
+            let row = i / n_vocab;
+            let position = if logits_all {
+                start + row
+            } else {
+                start + tokens.len() - 1
+            };
+            return Err(Error::invalid(format!(
+                "the model produced a non-finite logit ({}) at position {position}: the file's \
+                 weights hold NaN or Inf values",
+                logits[i]
+            )));
         }
         Ok(())
     }
@@ -299,7 +319,7 @@ impl Model {
                 &s.q,
                 &mut s.heads,
                 &mut s.attn,
-            );
+            )?;
             matmul(
                 pool,
                 &layer.wo.mat(bytes),

@@ -1,7 +1,7 @@
 //! The transformer for Python: one `eval` call per batch or decoded token, GIL released.
 
 use numpy::{PyArray1, PyArray2, PyArrayMethods};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -12,8 +12,22 @@ use crate::model::{Model, ModelParams};
 /// A loaded model with its KV cache and thread pool.
 #[pyclass(name = "Model", module = "ferrollm._core")]
 pub struct PyModel {
-    model: Model,
+    /// None once closed: the map, cache and threads are released then, and calls are errors.
+    model: Option<Model>,
     logits: Vec<f32>,
+}
+
+impl PyModel {
+    fn model(&self) -> PyResult<&Model> {
+        self.model
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("the model is closed"))
+    }
+    fn model_mut(&mut self) -> PyResult<&mut Model> {
+        self.model
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the model is closed"))
+    }
 }
 
 /// An override from Python: (full key, "int" | "float" | "bool" | "str", value).
@@ -61,7 +75,7 @@ impl PyModel {
         };
         let model = py.detach(|| Model::load(path, params))?;
         Ok(PyModel {
-            model,
+            model: Some(model),
             logits: Vec::new(),
         })
     }
@@ -75,22 +89,40 @@ impl PyModel {
         tokens: Vec<u32>,
         logits_all: bool,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let (model, logits) = (&mut self.model, &mut self.logits);
+        let model = self
+            .model
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the model is closed"))?;
+        let logits = &mut self.logits;
         py.detach(|| model.eval(&tokens, logits_all, logits))?;
-        let n_vocab = self.model.n_vocab();
+        let n_vocab = model.n_vocab();
         PyArray1::from_slice(py, &self.logits).reshape([self.logits.len() / n_vocab, n_vocab])
     }
 
     /// Keeps the first `n` cached positions and forgets the rest.
     fn truncate(&mut self, n: usize) -> PyResult<()> {
-        Ok(self.model.truncate(n)?)
+        Ok(self.model_mut()?.truncate(n)?)
+    }
+
+    /// Releases the weights' map, the KV cache and the threads now; later calls are errors.
+    fn close(&mut self) {
+        self.model = None;
+        self.logits = Vec::new();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.model.is_none()
     }
 
     /// Reads every page of the weights (so that decoding does not fault them in), one tensor
     /// per call: returns the bytes read by call `index`, or None past the last tensor.
-    fn prefetch(&self, py: Python<'_>, index: usize) -> Option<usize> {
-        let &(start, len) = self.model.weight_ranges().get(index)?;
-        let bytes = &self.model.file().bytes()[start..start + len];
+    fn prefetch(&self, py: Python<'_>, index: usize) -> PyResult<Option<usize>> {
+        let model = self.model()?;
+        let Some(&(start, len)) = model.weight_ranges().get(index) else {
+            return Ok(None);
+        };
+        let bytes = &model.file().bytes()[start..start + len];
         py.detach(|| {
             let sum = bytes
                 .iter()
@@ -98,37 +130,38 @@ impl PyModel {
                 .fold(0u8, |a, &b| a.wrapping_add(b));
             std::hint::black_box(sum);
         });
-        Some(len)
+        Ok(Some(len))
     }
 
-    fn n_tensors(&self) -> usize {
-        self.model.weight_ranges().len()
+    fn n_tensors(&self) -> PyResult<usize> {
+        Ok(self.model()?.weight_ranges().len())
     }
 
     #[getter]
-    fn n_past(&self) -> usize {
-        self.model.n_past()
+    fn n_past(&self) -> PyResult<usize> {
+        Ok(self.model()?.n_past())
     }
     #[getter]
-    fn n_ctx(&self) -> usize {
-        self.model.n_ctx()
+    fn n_ctx(&self) -> PyResult<usize> {
+        Ok(self.model()?.n_ctx())
     }
     #[getter]
-    fn n_vocab(&self) -> usize {
-        self.model.n_vocab()
+    fn n_vocab(&self) -> PyResult<usize> {
+        Ok(self.model()?.n_vocab())
     }
     #[getter]
-    fn n_threads(&self) -> usize {
-        self.model.n_threads()
+    fn n_threads(&self) -> PyResult<usize> {
+        Ok(self.model()?.n_threads())
     }
     #[getter]
-    fn kv_cache_bytes(&self) -> usize {
-        self.model.kv_cache_bytes()
+    fn kv_cache_bytes(&self) -> PyResult<usize> {
+        Ok(self.model()?.kv_cache_bytes())
     }
 
     /// Hyper-parameters after overrides, and the KV cache types.
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.model.config;
+        let model = self.model()?;
+        let c = &model.config;
         let d = PyDict::new(py);
         d.set_item("arch", &c.arch)?;
         for (k, v) in [
@@ -148,7 +181,7 @@ impl PyModel {
         d.set_item("rms_eps", c.rms_eps)?;
         d.set_item("rope_freq_base", c.rope_freq_base)?;
         d.set_item("rope_freq_scale", c.rope_freq_scale)?;
-        let (tk, tv) = self.model.kv_types();
+        let (tk, tv) = model.kv_types();
         d.set_item("type_k", tk.name())?;
         d.set_item("type_v", tv.name())?;
         Ok(d)
