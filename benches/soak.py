@@ -101,9 +101,16 @@ def main() -> int:
         path = str(Path(tmp) / "soak.gguf")
         # Small and fast, with a trained context long enough for the run.
         write_model(path, soak_spec(args.ctx))
-        rows = [long_generation(path, args.ctx, args.cache_type_k, args.cache_type_v), cycles(path, args.cycles)]
+        rows = [
+            long_generation(path, args.ctx, args.cache_type_k, args.cache_type_v),
+            cycles(path, args.cycles),
+        ]
     for r in rows:
-        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "rss_growth_samples_mib"}
+        shown = {
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in r.items()
+            if k != "rss_growth_samples_mib"
+        }
         print(json.dumps(shown))
     out = Path(__file__).resolve().parent / "results" / "soak.json"
     out.parent.mkdir(parents=True, exist_ok=True)

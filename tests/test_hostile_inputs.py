@@ -33,7 +33,9 @@ def small_model(tmp_path_factory) -> bytes:
 mutation = st.one_of(
     st.tuples(st.just("flip"), st.integers(0, 10**9), st.integers(1, 255)),
     st.tuples(st.just("truncate"), st.integers(0, 10**9), st.just(0)),
-    st.tuples(st.just("u64"), st.integers(0, 10**9), st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1])),
+    st.tuples(
+        st.just("u64"), st.integers(0, 10**9), st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1])
+    ),
     st.tuples(st.just("insert"), st.integers(0, 10**9), st.integers(0, 255)),
     st.tuples(st.just("delete"), st.integers(0, 10**9), st.integers(1, 64)),
 )
@@ -58,9 +60,7 @@ def mutate(data: bytes, ops) -> bytes:
     return bytes(b)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(mutation, min_size=1, max_size=4))
-def test_mutated_model_files_fail_cleanly(small_model, tmp_path, ops):
+def check_mutated_file(small_model: bytes, tmp_path: Path, ops) -> None:
     """Loader and engine on a mutated real model: a GGUFError/ValueError, or a model that
     evaluates (or refuses to) with a clear error."""
     path = tmp_path / "mutated.gguf"
@@ -77,6 +77,22 @@ def test_mutated_model_files_fail_cleanly(small_model, tmp_path, ops):
     except ValueError as e:
         assert str(e)
     assert llm.n_tokens in (0, 3)
+
+
+SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(ops=st.lists(mutation, min_size=1, max_size=4))
+def test_mutated_model_files_fail_cleanly(small_model, tmp_path, ops):
+    check_mutated_file(small_model, tmp_path, ops)
+
+
+@pytest.mark.slow
+@settings(max_examples=5_000, **SETTINGS)
+@given(ops=st.lists(mutation, min_size=1, max_size=6))
+def test_mutated_model_files_fail_cleanly_long(small_model, tmp_path, ops):
+    check_mutated_file(small_model, tmp_path, ops)
 
 
 def _rss_after_opening(path: Path) -> tuple[int, int, str]:

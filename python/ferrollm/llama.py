@@ -14,8 +14,8 @@ released); this layer tokenizes, samples, stops and streams.
 
 from __future__ import annotations
 
-import os
 import contextlib
+import os
 import sys
 import threading
 import time
