@@ -1,1 +1,111 @@
+//! The engine on tiny F32 models built in memory (no files, so these also run under Miri).
 
+use super::*;
+use crate::gguf::{GgufWriter, TensorSpec};
+
+const VOCAB: usize = 8;
+const EMBD: usize = 32;
+const FF: usize = 32;
+
+/// A one-layer dense llama model of F32 weights from a simple deterministic pattern;
+/// `poison` names a tensor whose first value becomes NaN.
+fn tiny_model(poison: Option<&str>) -> Vec<u8> {
+    let u32v = |v: usize| Value::U32(v as u32);
+    let metadata = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String("llama".into()),
+        ),
+        ("llama.context_length".into(), u32v(16)),
+        ("llama.embedding_length".into(), u32v(EMBD)),
+        ("llama.block_count".into(), u32v(1)),
+        ("llama.feed_forward_length".into(), u32v(FF)),
+        ("llama.attention.head_count".into(), u32v(1)),
+        ("llama.attention.head_count_kv".into(), u32v(1)),
+    ];
+    let shapes: Vec<(&str, Vec<u64>)> = vec![
+        ("token_embd.weight", vec![EMBD as u64, VOCAB as u64]),
+        ("blk.0.attn_norm.weight", vec![EMBD as u64]),
+        ("blk.0.attn_q.weight", vec![EMBD as u64, EMBD as u64]),
+        ("blk.0.attn_k.weight", vec![EMBD as u64, EMBD as u64]),
+        ("blk.0.attn_v.weight", vec![EMBD as u64, EMBD as u64]),
+        ("blk.0.attn_output.weight", vec![EMBD as u64, EMBD as u64]),
+        ("blk.0.ffn_norm.weight", vec![EMBD as u64]),
+        ("blk.0.ffn_gate.weight", vec![EMBD as u64, FF as u64]),
+        ("blk.0.ffn_up.weight", vec![EMBD as u64, FF as u64]),
+        ("blk.0.ffn_down.weight", vec![FF as u64, EMBD as u64]),
+        ("output_norm.weight", vec![EMBD as u64]),
+        ("output.weight", vec![EMBD as u64, VOCAB as u64]),
+    ];
+    let specs = shapes
+        .iter()
+        .map(|(name, dims)| TensorSpec {
+            name: name.to_string(),
+            dims: dims.clone(),
+            ty: GgmlType::F32,
+        })
+        .collect();
+    let mut w = GgufWriter::new(Vec::new(), &metadata, specs).unwrap();
+    for (i, (name, dims)) in shapes.iter().enumerate() {
+        let n: u64 = dims.iter().product();
+        let mut values: Vec<f32> = (0..n)
+            .map(|j| {
+                if dims.len() == 1 {
+                    1.0
+                } else {
+                    (((j as usize * 7 + i * 13) % 17) as f32 - 8.0) / 40.0
+                }
+            })
+            .collect();
+        if poison == Some(*name) {
+            values[0] = f32::NAN;
+        }
+        w.write_tensor(bytemuck::cast_slice(&values)).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+fn load(bytes: Vec<u8>) -> Model {
+    let params = ModelParams {
+        n_ctx: 8,
+        n_threads: Some(1),
+        ..ModelParams::default()
+    };
+    Model::from_file(GgufFile::from_bytes(bytes).unwrap(), params).unwrap()
+}
+
+#[test]
+fn tiny_model_evaluates_and_decodes_like_a_batch() {
+    let mut model = load(tiny_model(None));
+    let (mut batch, mut step) = (Vec::new(), Vec::new());
+    model.eval(&[1, 2, 3], true, &mut batch).unwrap();
+    model.truncate(0).unwrap();
+    for t in [1, 2, 3] {
+        model.eval(&[t], false, &mut step).unwrap();
+    }
+    assert!(batch.iter().all(|x| x.is_finite()));
+    for (a, b) in batch[2 * VOCAB..].iter().zip(&step) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    assert_eq!(model.n_past(), 3);
+}
+
+/// Regression (found by the mutated-file fuzz of tests/test_hostile_inputs.py): NaN weights
+/// made attention panic on quantizing its query. Each poisoned tensor must give an error and
+/// leave the cache as it was.
+#[test]
+fn nan_weights_are_an_error_not_a_panic() {
+    for name in [
+        "token_embd.weight",
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.0.ffn_up.weight",
+        "output.weight",
+    ] {
+        let mut model = load(tiny_model(Some(name)));
+        let mut logits = Vec::new();
+        let err = model.eval(&[0, 1, 2], true, &mut logits).unwrap_err();
+        assert!(err.to_string().contains("NaN or Inf"), "{name}: {err}");
+        assert_eq!(model.n_past(), 0, "{name}");
+    }
+}
