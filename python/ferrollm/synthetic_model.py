@@ -17,11 +17,8 @@ import numpy as np
 
 from ferrollm import quants
 from ferrollm.gguf import GGUFWriter
+from ferrollm.quantize import WRITABLE_TYPES, quantize_tensor
 from ferrollm.synthetic import random_blocks
-
-QUANTIZABLE = {"F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-               "IQ4_NL", "IQ4_XS"}  # fmt: skip
-
 
 # Types llama.cpp insists on for keys whose values would otherwise be inferred as i32/f32.
 METADATA_TYPES = {
@@ -84,12 +81,8 @@ def tiny_vocab(n_vocab: int) -> dict[str, Any]:
 def _weight(rng: np.random.Generator, rows: int, cols: int, type_name: str, std: float):
     """(data, type, ggml shape) for a rows x cols matrix of `type_name`."""
     t = type_name.upper()
-    if t in ("F32", "F16"):
-        w = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
-        return (w if t == "F32" else w.astype(np.float16)), None, None
-    if t in QUANTIZABLE:
-        w = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
-        return quants.quantize(w.reshape(-1), t), t, [cols, rows]
+    if t in WRITABLE_TYPES:
+        return quantize_tensor((rng.standard_normal((rows, cols)) * std).astype(np.float32), t)
     # IQ1-IQ3: random valid blocks, scales set so that the values have RMS `std`.
     qt = quants.quant_type(t)
     n_blocks = rows * cols // qt.block_elems
