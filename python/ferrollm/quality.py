@@ -115,8 +115,8 @@ class Scorer:
         first = self.n_ctx // 2
         for chunk in chunks:
             self.model.truncate(0)
-            logits = np.asarray(self.model.eval(chunk, True))
-            yield log_softmax(logits[first : self.n_ctx - 1]), np.asarray(chunk[first + 1 :])
+            logits = np.asarray(self.model.eval(chunk, logits_from=first))  # rows first..n_ctx-1
+            yield log_softmax(logits[:-1]), np.asarray(chunk[first + 1 :])
 
 
 def _running_ppl(nll_sum: float, count: int) -> float:

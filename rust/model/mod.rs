@@ -198,8 +198,25 @@ impl Model {
     /// Fails before changing anything if the tokens do not fit the context or are not in the
     /// vocabulary.
     pub fn eval(&mut self, tokens: &[u32], logits_all: bool, logits: &mut Vec<f32>) -> Result<()> {
+        let first = if logits_all {
+            0
+        } else {
+            tokens.len().saturating_sub(1)
+        };
+        self.eval_from(tokens, first, logits)
+    }
+
+    /// As `eval`, with the logits of tokens `first..` only (perplexity scores the second half
+    /// of each chunk: the output head, a large share of the work, then runs on half the rows).
+    pub fn eval_from(&mut self, tokens: &[u32], first: usize, logits: &mut Vec<f32>) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::invalid("no tokens to evaluate"));
+        }
+        if first >= tokens.len() {
+            return Err(Error::invalid(format!(
+                "logits from token {first} of {}: past the last one",
+                tokens.len()
+            )));
         }
         let n_ctx = self.cache.n_ctx;
         if self.n_past + tokens.len() > n_ctx {
@@ -219,10 +236,11 @@ impl Model {
         }
         logits.clear();
         let start = self.n_past;
-        let n_batches = tokens.len().div_ceil(self.n_batch);
         for (i, batch) in tokens.chunks(self.n_batch).enumerate() {
-            let want = logits_all || i + 1 == n_batches;
-            if let Err(e) = self.forward(batch, want.then_some(&mut *logits), logits_all) {
+            // Rows of this batch (from `offset` on) whose logits are wanted, if any.
+            let offset = i * self.n_batch;
+            let rows = (first < offset + batch.len()).then(|| first.saturating_sub(offset));
+            if let Err(e) = self.forward(batch, rows.map(|r| (r, &mut *logits))) {
                 self.n_past = start; // nothing of a failed call is kept
                 return Err(e);
             }
@@ -231,12 +249,7 @@ impl Model {
         // the result and forget these positions rather than hand a sampler non-finite logits.
         if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
             self.n_past = start;
-            let row = i / n_vocab;
-            let position = if logits_all {
-                start + row
-            } else {
-                start + tokens.len() - 1
-            };
+            let position = start + first + i / n_vocab;
             return Err(Error::invalid(format!(
                 "the model produced a non-finite logit ({}) at position {position}: the file's \
                  weights hold NaN or Inf values",
@@ -246,7 +259,8 @@ impl Model {
         Ok(())
     }
 
-    fn forward(&mut self, tokens: &[u32], logits: Option<&mut Vec<f32>>, all: bool) -> Result<()> {
+    /// One batch; `logits` = (first row wanted, where to append the logits of rows first..).
+    fn forward(&mut self, tokens: &[u32], logits: Option<(usize, &mut Vec<f32>)>) -> Result<()> {
         let c = &self.config;
         let n = tokens.len();
         let (e, qd, kvd) = (c.n_embd, c.q_dim(), c.kv_dim());
@@ -347,8 +361,8 @@ impl Model {
         }
         self.n_past += n;
 
-        if let Some(logits) = logits {
-            let rows = if all { 0..n } else { n - 1..n };
+        if let Some((first, logits)) = logits {
+            let rows = first..n;
             let m = rows.len();
             rms_norm(
                 &s.x[rows.start * e..],

@@ -109,3 +109,26 @@ fn nan_weights_are_an_error_not_a_panic() {
         assert_eq!(model.n_past(), 0, "{name}");
     }
 }
+
+#[test]
+fn logits_from_a_position_equal_those_rows_of_all_logits() {
+    let params = ModelParams {
+        n_ctx: 8,
+        n_threads: Some(1),
+        n_batch: 2, // rows split over batches
+        ..ModelParams::default()
+    };
+    let mut model =
+        Model::from_file(GgufFile::from_bytes(tiny_model(None)).unwrap(), params).unwrap();
+    let tokens = [1, 2, 3, 4, 5];
+    let (mut all, mut from) = (Vec::new(), Vec::new());
+    model.eval(&tokens, true, &mut all).unwrap();
+    for first in 0..tokens.len() {
+        model.truncate(0).unwrap();
+        model.eval_from(&tokens, first, &mut from).unwrap();
+        assert_eq!(from, all[first * VOCAB..], "first {first}");
+    }
+    model.truncate(0).unwrap();
+    assert!(model.eval_from(&tokens, 5, &mut from).is_err());
+    assert_eq!(model.n_past(), 0);
+}

@@ -81,20 +81,27 @@ impl PyModel {
     }
 
     /// Runs `tokens` after the cached positions; returns float32 logits, one row per token
-    /// when `logits_all`, else one row for the last token.
-    #[pyo3(signature = (tokens, logits_all = false))]
+    /// when `logits_all`, one row per token from index `logits_from` on when that is given,
+    /// else one row for the last token.
+    #[pyo3(signature = (tokens, logits_all = false, logits_from = None))]
     fn eval<'py>(
         &mut self,
         py: Python<'py>,
         tokens: Vec<u32>,
         logits_all: bool,
+        logits_from: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let first = match logits_from {
+            Some(first) => first,
+            None if logits_all => 0,
+            None => tokens.len().saturating_sub(1),
+        };
         let model = self
             .model
             .as_mut()
             .ok_or_else(|| PyRuntimeError::new_err("the model is closed"))?;
         let logits = &mut self.logits;
-        py.detach(|| model.eval(&tokens, logits_all, logits))?;
+        py.detach(|| model.eval_from(&tokens, first, logits))?;
         let n_vocab = model.n_vocab();
         PyArray1::from_slice(py, &self.logits).reshape([self.logits.len() / n_vocab, n_vocab])
     }
