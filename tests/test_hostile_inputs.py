@@ -161,6 +161,18 @@ def test_nan_scales_are_dequantized_without_crash_and_refused_by_the_engine(tmp_
     assert llm.n_tokens == 0 and llm._engine().n_past == 0  # nothing half-kept
 
 
+def test_check_tensors_refuses_nan_weights_at_load(tmp_path):
+    """llama.cpp's --check-tensors: the scan names the tensor and the byte of the bad block."""
+    path = _model_with_nan_scale(tmp_path)
+    with gguf.open(path) as f:
+        where = f.data_offset + f.tensor("blk.0.attn_q.weight").offset
+    with pytest.raises(
+        GGUFError, match=rf"byte {where}: tensor 'blk.0.attn_q.weight' \(Q8_0\) block 0 holds"
+    ):
+        Llama(path, n_ctx=16, check_tensors=True, verbose=False)
+    Llama(demo_model_path(), n_ctx=16, check_tensors=True, verbose=False).eval([1, 2])
+
+
 @pytest.mark.parametrize(
     "call, error",
     [

@@ -95,6 +95,7 @@ def _open_model(args: argparse.Namespace) -> Llama:
         chat_format=getattr(args, "chat_format", None),
         verbose=True,
         progress=not args.no_progress,
+        check_tensors=args.check_tensors,
     )
 
 
@@ -249,6 +250,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="accepted and ignored (CPU only)")
     p.add_argument("--color", action="store_true", help="accepted and ignored")
     p.add_argument("--no-progress", action="store_true", help="no loading bar")
+    p.add_argument("--check-tensors", action="store_true", help="scan every weight for NaN/Inf at load")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,6 +108,7 @@ class Llama:
         vocab_only: bool = False,
         verbose: bool = True,
         progress: bool = False,
+        check_tensors: bool = False,
         **kwargs: Any,
     ):
         unknown = set(kwargs) - IGNORED_PARAMS
@@ -137,6 +138,7 @@ class Llama:
                 type_k=_kv_type(type_k),
                 type_v=_kv_type(type_v),
                 overrides=override_triples(kv_overrides),
+                check_tensors=check_tensors,
             )
             if progress:
                 self._prefetch_with_progress()

@@ -23,6 +23,7 @@ use crate::gguf::{GgmlType, GgufFile, Value};
 use crate::matmul::{Pool, matmul};
 use crate::quant::{DequantFn, Isa, dequant_fn};
 
+#[derive(Clone)]
 pub struct ModelParams {
     /// Context length; 0 takes the model's trained length.
     pub n_ctx: usize,
@@ -33,6 +34,8 @@ pub struct ModelParams {
     pub type_v: GgmlType,
     /// Full metadata keys with their replacement values.
     pub overrides: Vec<(String, Value)>,
+    /// Scan every weight for NaN/Inf at load (reads the whole file once).
+    pub check_tensors: bool,
 }
 
 impl Default for ModelParams {
@@ -44,6 +47,7 @@ impl Default for ModelParams {
             type_k: GgmlType::F16,
             type_v: GgmlType::F16,
             overrides: Vec::new(),
+            check_tensors: false,
         }
     }
 }
@@ -102,6 +106,9 @@ impl Model {
     }
 
     pub fn from_file(file: GgufFile, params: ModelParams) -> Result<Model> {
+        if params.check_tensors {
+            crate::quant::check_tensor_values(&file)?;
+        }
         let config = Config::from_gguf(&file, &params.overrides)?;
         let weights = Weights::load(&file, &config)?;
         let n_ctx = if params.n_ctx == 0 {

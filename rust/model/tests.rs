@@ -132,3 +132,23 @@ fn logits_from_a_position_equal_those_rows_of_all_logits() {
     assert!(model.eval_from(&tokens, 5, &mut from).is_err());
     assert_eq!(model.n_past(), 0);
 }
+
+#[test]
+fn check_tensors_refuses_nan_weights_at_load() {
+    let params = ModelParams {
+        n_ctx: 8,
+        check_tensors: true,
+        ..ModelParams::default()
+    };
+    let file = GgufFile::from_bytes(tiny_model(Some("blk.0.ffn_up.weight"))).unwrap();
+    let Err(err) = Model::from_file(file, params.clone()) else {
+        panic!("a NaN weight passed the check");
+    };
+    assert!(
+        err.to_string()
+            .contains("tensor 'blk.0.ffn_up.weight' (F32) block 0"),
+        "{err}"
+    );
+    let clean = GgufFile::from_bytes(tiny_model(None)).unwrap();
+    assert!(Model::from_file(clean, params).is_ok());
+}

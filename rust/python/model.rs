@@ -49,7 +49,7 @@ fn override_value(key: &str, ty: &str, value: &Bound<'_, PyAny>) -> PyResult<Val
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (path, n_ctx = 0, n_threads = None, n_batch = 512, type_k = "f16", type_v = "f16", overrides = Vec::new()))]
+    #[pyo3(signature = (path, n_ctx = 0, n_threads = None, n_batch = 512, type_k = "f16", type_v = "f16", overrides = Vec::new(), check_tensors = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -60,6 +60,7 @@ impl PyModel {
         type_k: &str,
         type_v: &str,
         overrides: Vec<(String, String, Bound<'_, PyAny>)>,
+        check_tensors: bool,
     ) -> PyResult<Self> {
         let overrides = overrides
             .iter()
@@ -72,6 +73,7 @@ impl PyModel {
             type_k: parse_type(type_k)?,
             type_v: parse_type(type_v)?,
             overrides,
+            check_tensors,
         };
         let model = py.detach(|| Model::load(path, params))?;
         Ok(PyModel {

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::gguf::GgmlType;
+use crate::gguf::{GgmlType, GgufFile};
 use block::{Block, dequantize_blocks};
 
 /// Dequantizes whole blocks: `src` holds n blocks, `dst` n * block_elems floats.
@@ -166,6 +166,37 @@ pub fn dequantize_with(ty: GgmlType, src: &[u8], dst: &mut [f32], isa: Isa) -> R
         src.par_chunks(chunk_blocks * bb)
             .zip(dst.par_chunks_mut(chunk_blocks * be))
             .for_each(|(s, d)| kernel(s, d));
+    }
+    Ok(())
+}
+
+/// Scans every tensor's values for NaN or Inf (llama.cpp's `--check-tensors`): a corrupt or
+/// hostile file is refused at load, with the tensor and byte offset of the first bad block,
+/// instead of failing at the first evaluation that reaches it. Reads the whole file once.
+pub fn check_tensor_values(file: &GgufFile) -> Result<()> {
+    const CHUNK_BLOCKS: usize = 256;
+    let mut values = Vec::new();
+    for info in &file.tensors {
+        let ty = info.ty;
+        let Some((kernel, _)) = dequant_fn(ty, Isa::active()) else {
+            continue; // integer and unsupported types hold no floats to check
+        };
+        let (be, bb) = (ty.block_elems(), ty.block_bytes());
+        let data = file.tensor_data(info);
+        for (i, chunk) in data.chunks(CHUNK_BLOCKS * bb).enumerate() {
+            values.resize(chunk.len() / bb * be, 0.0);
+            kernel(chunk, &mut values);
+            if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+                let block = i * CHUNK_BLOCKS + bad / be;
+                return Err(Error::gguf(
+                    file.data_offset + info.offset + (block * bb) as u64,
+                    format!(
+                        "tensor '{}' ({ty}) block {block} holds a non-finite value ({})",
+                        info.name, values[bad]
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
 }
