@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from ferrollm.gguf import GGUFWriter
 from ferrollm.quantize import FILE_TYPE_IDS, keeps_f32, quantize_tensor
-from ferrollm.synthetic_model import METADATA_TYPES
+from ferrollm.synthetic_model import METADATA_TYPES, ModelSpec, add_llama_hparams
 from ferrollm.tokenizer import sentencepiece_metadata
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,33 +37,20 @@ def load_shards(ckpt: Path) -> tuple[dict, dict[str, np.ndarray]]:
 def write_demo_gguf(card: dict, tensors: dict[str, np.ndarray], out: Path, type_name: str) -> None:
     s = card["shape"]
     w = GGUFWriter(out)
-    md = {
-        "general.architecture": ("llama", "str"),
-        "general.name": ("ferrollm demo MoE 4x18M (Python stdlib)", "str"),
-        "general.description": (
-            (
-                "Trained by ferrollm's tools/train_demo_model.py on the Python standard library's source "
-                f"({card['steps']} steps, {card['tokens_seen']:,} tokens, held-out loss {card['heldout_loss']:.3f})"
-            ),
-            "str",
-        ),
-        "general.license": ("MIT", "str"),
-        "general.file_type": (FILE_TYPE_IDS[type_name.upper()], "u32"),
-        "llama.context_length": (s["n_ctx"], "u32"),
-        "llama.embedding_length": (s["n_embd"], "u32"),
-        "llama.block_count": (s["n_layer"], "u32"),
-        "llama.feed_forward_length": (s["n_ff"], "u32"),
-        "llama.rope.dimension_count": (s["n_embd"] // s["n_head"], "u32"),
-        "llama.attention.head_count": (s["n_head"], "u32"),
-        "llama.attention.head_count_kv": (s["n_head_kv"], "u32"),
-        "llama.attention.layer_norm_rms_epsilon": (s["rms_eps"], "f32"),
-        "llama.rope.freq_base": (s["rope_base"], "f32"),
-        "llama.expert_count": (s["n_expert"], "u32"),
-        "llama.expert_used_count": (s["n_expert_used"], "u32"),
-        "llama.vocab_size": (s["n_vocab"], "u32"),
-    }
-    for key, (value, t) in md.items():
-        w.add(key, value, t)
+    w.add("general.architecture", "llama")
+    w.add("general.name", "ferrollm demo MoE 4x18M (Python stdlib)")
+    w.add(
+        "general.description",
+        "Trained by ferrollm's tools/train_demo_model.py on the Python standard library's source "
+        f"({card['steps']} steps, {card['tokens_seen']:,} tokens, held-out loss {card['heldout_loss']:.3f})",
+    )
+    w.add("general.license", "MIT")
+    w.add("general.file_type", FILE_TYPE_IDS[type_name.upper()], "u32")
+    spec = ModelSpec(n_vocab=s["n_vocab"], n_embd=s["n_embd"], n_layer=s["n_layer"], n_head=s["n_head"],
+                     n_head_kv=s["n_head_kv"], n_ff=s["n_ff"], n_ctx_train=s["n_ctx"], n_expert=s["n_expert"],
+                     n_expert_used=s["n_expert_used"], rope_freq_base=s["rope_base"], rms_eps=s["rms_eps"])  # fmt: skip
+    add_llama_hparams(w, spec)
+    w.add("llama.vocab_size", s["n_vocab"], "u32")
     for key, value in sentencepiece_metadata(mistral_tokenizer_model()).items():
         w.add(key, value, METADATA_TYPES.get(key))
     for name, values in tensors.items():

@@ -122,10 +122,6 @@ class Scorer:
             yield log_softmax(logits[:-1]), np.asarray(chunk[first + 1 :])
 
 
-def _running_ppl(nll_sum: float, count: int) -> float:
-    return math.exp(nll_sum / count)
-
-
 def perplexity(
     model_path: str | os.PathLike,
     text: str,
@@ -141,14 +137,15 @@ def perplexity(
     scorer = Scorer(model_path, n_ctx, n_threads, n_batch)
     chunks = scorer.chunks(text, n_chunks)
     nlls, running = [], []
+    nll_sum, count = 0.0, 0
     writer = _LogprobWriter(save_logprobs, scorer, chunks) if save_logprobs else None
     try:
         for i, (logp, targets) in enumerate(scorer.score(chunks)):
             nlls.append(-logp[np.arange(targets.size), targets].astype(np.float64))
             if writer:
                 writer.write(logp)
-            total = np.concatenate(nlls)
-            running.append(_running_ppl(float(total.sum()), total.size))
+            nll_sum, count = nll_sum + float(nlls[-1].sum()), count + targets.size
+            running.append(math.exp(nll_sum / count))
             if progress:
                 progress(i + 1, len(chunks), running[-1])
     finally:
@@ -156,7 +153,7 @@ def perplexity(
             writer.close()
     nll, nll_err = _mean_err(np.concatenate(nlls))
     ppl = math.exp(nll)
-    return PerplexityResult(ppl, ppl * nll_err, nll, sum(n.size for n in nlls), len(chunks), n_ctx, running)
+    return PerplexityResult(ppl, ppl * nll_err, nll, count, len(chunks), n_ctx, running)
 
 
 class _LogprobWriter:
@@ -216,6 +213,7 @@ def kl_divergence(
     if scorer.model.n_vocab != header["n_vocab"]:
         raise ValueError(f"vocabulary sizes differ: model {scorer.model.n_vocab}, base {header['n_vocab']}")
     klds, nll_q, nll_b, top1, dp = [], [], [], [], []
+    kld_sum, count = 0.0, 0
     for i, (logp, targets) in enumerate(scorer.score(chunks.tolist())):
         lb = base[i].astype(np.float32)
         pb = np.exp(lb)
@@ -225,8 +223,9 @@ def kl_divergence(
         nll_b.append(-lb[idx, targets].astype(np.float64))
         top1.append(lb.argmax(axis=1) == logp.argmax(axis=1))
         dp.append(np.exp(logp[idx, targets].astype(np.float64)) - pb[idx, targets])
+        kld_sum, count = kld_sum + float(klds[-1].sum()), count + targets.size
         if progress:
-            progress(i + 1, len(chunks), float(np.concatenate(klds).mean()))
+            progress(i + 1, len(chunks), kld_sum / count)
     kld = np.concatenate(klds)
     nq, nb = np.concatenate(nll_q), np.concatenate(nll_b)
     agree = np.concatenate(top1).astype(np.float64)

@@ -93,18 +93,13 @@ def _weight(rng: np.random.Generator, rows: int, cols: int, type_name: str, std:
     return blocks, t, [cols, rows]
 
 
-def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
-    rng = np.random.default_rng(spec.seed)
-    s = spec
-    head_dim = s.n_embd // s.n_head
-    w = GGUFWriter(path)
-    w.add("general.architecture", "llama")
-    w.add("general.name", f"ferrollm synthetic {'moe' if s.n_expert else 'dense'} {s.weight_type}")
+def add_llama_hparams(w: GGUFWriter, s: ModelSpec) -> None:
+    """The ``llama.*`` hyper-parameter keys of a model of shape ``s`` (expert keys for MoE)."""
     w.add("llama.context_length", s.n_ctx_train, "u32")
     w.add("llama.embedding_length", s.n_embd, "u32")
     w.add("llama.block_count", s.n_layer, "u32")
     w.add("llama.feed_forward_length", s.n_ff, "u32")
-    w.add("llama.rope.dimension_count", head_dim, "u32")
+    w.add("llama.rope.dimension_count", s.n_embd // s.n_head, "u32")
     w.add("llama.attention.head_count", s.n_head, "u32")
     w.add("llama.attention.head_count_kv", s.n_head_kv, "u32")
     w.add("llama.attention.layer_norm_rms_epsilon", s.rms_eps, "f32")
@@ -112,6 +107,16 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
     if s.n_expert:
         w.add("llama.expert_count", s.n_expert, "u32")
         w.add("llama.expert_used_count", s.n_expert_used, "u32")
+
+
+def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
+    rng = np.random.default_rng(spec.seed)
+    s = spec
+    head_dim = s.n_embd // s.n_head
+    w = GGUFWriter(path)
+    w.add("general.architecture", "llama")
+    w.add("general.name", f"ferrollm synthetic {'moe' if s.n_expert else 'dense'} {s.weight_type}")
+    add_llama_hparams(w, s)
     tok = s.tokenizer if s.tokenizer is not None else tiny_vocab(s.n_vocab)
     for key, value in {**tok, **s.extra_metadata}.items():
         w.add(key, value, METADATA_TYPES.get(key))
