@@ -32,7 +32,7 @@ class GGUFFile:
 def write_gguf(
     path: str | PathLike[str],
     metadata: list[tuple[str, str, Any]],
-    tensors: list[tuple[str, list[int], str, npt.NDArray[np.uint8]]],
+    tensors: list[tuple[str, list[int], str, npt.NDArray[np.uint8], int | None]],
 ) -> None: ...
 def dequantize(
     data: npt.NDArray[np.uint8],
@@ -92,6 +92,7 @@ class Model:
     def eval(
         self, tokens: list[int], logits_all: bool = False, logits_from: int | None = None
     ) -> npt.NDArray[np.float32]: ...
+    def take_profile(self) -> dict[str, float]: ...
     def truncate(self, n: int) -> None: ...
     def close(self) -> None: ...
     @property

@@ -137,7 +137,7 @@ class GGUFWriter:
     def __init__(self, path: str | os.PathLike, alignment: int | None = None):
         self.path = os.fspath(path)
         self._metadata: dict[str, tuple[str, Any]] = {}
-        self._tensors: list[tuple[str, list[int], str, np.ndarray]] = []
+        self._tensors: list[tuple[str, list[int], str, np.ndarray, int | None]] = []
         if alignment is not None:
             self.add("general.alignment", alignment, "u32")
 
@@ -152,7 +152,11 @@ class GGUFWriter:
         data: np.ndarray | bytes,
         type: str | None = None,
         shape: Sequence[int] | None = None,
+        sample_seed: int | None = None,
     ) -> None:
+        """With ``sample_seed``, ``data`` is a pool of whole blocks and the tensor (of any size
+        ``shape`` says) is filled with blocks drawn from it at random, in Rust: how benchmarks
+        write gigabyte models of random valid blocks quickly."""
         if type is None:
             arr = np.asarray(data)
             kinds = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
@@ -161,7 +165,9 @@ class GGUFWriter:
             type, shape = kinds[arr.dtype], list(reversed(arr.shape)) or [1]
         if shape is None:
             raise ValueError(f"tensor {name!r}: raw {type} data needs shape= (ggml order)")
-        self._tensors.append((name, [int(d) for d in shape], quant_type(type).name, as_bytes(data)))
+        self._tensors.append(
+            (name, [int(d) for d in shape], quant_type(type).name, as_bytes(data), sample_seed)
+        )
 
     def write(self) -> None:
         metadata = [(k, t, v) for k, (t, v) in self._metadata.items()]

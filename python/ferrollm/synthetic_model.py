@@ -49,6 +49,61 @@ class ModelSpec:
     # tokenizer.* metadata; None writes a small byte-fallback SentencePiece vocabulary
     tokenizer: dict[str, Any] | None = None
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+    # Types for single tensors by name ("token_embd.weight", "output.weight"), as a real
+    # quantizer leaves them; every other matrix is `weight_type`.
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    # 0: every weight drawn in full. N: matrices of more than N blocks are filled (in Rust)
+    # with blocks drawn at random from a pool of N valid blocks of the same statistics, so
+    # that multi-gigabyte benchmark models are written at disk speed.
+    pool_blocks: int = 0
+
+
+# The benchmark shapes of ../shared/BENCHMARKS.md (random weights; no download).
+SHAPES: dict[str, dict[str, int]] = {
+    "mixtral-shape-4L": dict(n_layer=4, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_expert=8),
+    "mixtral-8x7b": dict(n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_expert=8),
+    "mistral-7b": dict(n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_expert=0),
+    "tiny-moe": dict(n_layer=2, n_embd=256, n_ff=512, n_head=8, n_head_kv=4, n_expert=4),
+}  # fmt: skip
+
+# llama.cpp's quantizer keeps the output head and token embedding at these types when the rest
+# of the model is one of the low-bit types (llama_tensor_get_type): head Q5_K for the 1-3 bit IQ
+# types, else Q6_K (Q8_0 stays Q8_0); embedding Q2_K for IQ1/IQ2, IQ3_S for IQ3.
+_LOW_BIT_HEAD = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"}
+_EMBD_TYPE = {"IQ1_S": "Q2_K", "IQ1_M": "Q2_K", "IQ2_XXS": "Q2_K", "IQ2_XS": "Q2_K",
+              "IQ2_S": "Q2_K", "IQ3_XXS": "IQ3_S", "IQ3_S": "IQ3_S"}  # fmt: skip
+
+
+def quantizer_head_types(weight_type: str) -> dict[str, str]:
+    """The token embedding and output types llama.cpp's quantizer gives a `weight_type` model."""
+    t = weight_type.upper()
+    if t in ("F32", "F16", "BF16"):
+        return {}
+    head = "Q5_K" if t in _LOW_BIT_HEAD else ("Q8_0" if t == "Q8_0" else "Q6_K")
+    return {"output.weight": head, "token_embd.weight": _EMBD_TYPE.get(t, t)}
+
+
+def shape_spec(shape: str, weight_type: str, **overrides: Any) -> ModelSpec:
+    """The ModelSpec of a benchmark shape in `weight_type` (Mistral's 32000-token vocabulary
+    size, 4096 context), with the head and embedding types of a real quantizer."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    fields: dict[str, Any] = dict(
+        n_vocab=32000, n_ctx_train=4096, n_expert_used=2, weight_type=weight_type,
+        tensor_types=quantizer_head_types(weight_type), pool_blocks=1 << 15, rope_freq_base=1e6,
+        tokenizer=mistral_tokenizer(),
+    )  # fmt: skip
+    fields.update(SHAPES[shape])
+    fields.update(overrides)
+    return ModelSpec(**fields)
+
+
+def mistral_tokenizer() -> dict[str, Any]:
+    """Mistral/Mixtral's real 32000-piece tokenizer metadata, from the embedded demo model."""
+    from ferrollm import gguf
+    from ferrollm.demo import demo_model_path
+
+    return {k: v for k, v in gguf.open(demo_model_path()).metadata.items() if k.startswith("tokenizer.")}
 
 
 def tiny_vocab(n_vocab: int) -> dict[str, Any]:
@@ -56,11 +111,18 @@ def tiny_vocab(n_vocab: int) -> dict[str, Any]:
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [2, 3, 3] + [6] * 256
     letters = "etaoinshrdlucmfwypvbgkqjxz"
+    seen = set(tokens)
     i = 0
     while len(tokens) < n_vocab:
         a, b = divmod(i, len(letters))
         piece = "\u2581" + letters[b] if a == 0 else letters[a % len(letters)] + letters[b]
-        if piece not in tokens:
+        if a > len(letters):  # two letters are used up: i in base 26 (3+ letters, unique)
+            piece, k = "", i
+            while k:
+                k, d = divmod(k, len(letters))
+                piece += letters[d]
+        if piece not in seen:
+            seen.add(piece)
             tokens.append(piece)
             types.append(1)
         i += 1
@@ -121,9 +183,32 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
     for key, value in {**tok, **s.extra_metadata}.items():
         w.add(key, value, METADATA_TYPES.get(key))
 
+    pools: dict[tuple[str, int, float], Any] = {}
+
+    def add_matrices(name: str, rows: int, cols: int, std: float, type_name: str, count: int = 1):
+        """`count` rows x cols matrices (stacked: experts) of random weights, in full or, when
+        large, as blocks sampled from a pool of the same type, row length and scale."""
+        qt = quants.quant_type(type_name)
+        shape = [cols, rows] + ([count] if count > 1 else [])
+        if s.pool_blocks and qt.block_bytes > 4 and rows * count * cols // qt.block_elems > s.pool_blocks:
+            key = (qt.name, cols, std)
+            if key not in pools:
+                pool_rows = max(1, s.pool_blocks * qt.block_elems // cols)
+                pools[key] = _weight(rng, pool_rows, cols, qt.name, std)[0]
+            w.add_tensor(name, pools[key], qt.name, shape, sample_seed=int(rng.integers(1, 2**63)))
+            return
+        parts = [_weight(rng, rows, cols, qt.name, std) for _ in range(count)]
+        if count == 1:
+            w.add_tensor(name, *parts[0])
+        elif parts[0][1] is None:  # float arrays: stack to (n_expert, rows, cols)
+            w.add_tensor(name, np.stack([d for d, _, _ in parts]))
+        else:
+            stacked = np.concatenate([np.asarray(d).reshape(-1) for d, _, _ in parts])
+            w.add_tensor(name, stacked, qt.name, shape)
+
     def matrix(name: str, rows: int, cols: int, std: float | None = None, type_name: str | None = None):
-        data, t, shape = _weight(rng, rows, cols, type_name or s.weight_type, std or cols**-0.5)
-        w.add_tensor(name, data, t, shape)
+        t = type_name or s.tensor_types.get(name, s.weight_type)
+        add_matrices(name, rows, cols, std or cols**-0.5, t)
 
     def norm(name: str):
         w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(s.n_embd)).astype(np.float32))
@@ -147,16 +232,12 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
         # Drawn in the same order for both layouts, so the two files hold the same experts.
         kinds = (("gate", s.n_ff, s.n_embd), ("up", s.n_ff, s.n_embd), ("down", s.n_embd, s.n_ff))
         for kind, rows, cols in kinds:
-            parts = [_weight(rng, rows, cols, s.weight_type, cols**-0.5) for _ in range(s.n_expert)]
-            t = parts[0][1]
             if s.expert_layout == "split":
-                for e, part in enumerate(parts):
-                    w.add_tensor(f"{p}ffn_{kind}.{e}.weight", *part)
-            elif t is None:  # float arrays: stack to (n_expert, rows, cols)
-                w.add_tensor(f"{p}ffn_{kind}_exps.weight", np.stack([d for d, _, _ in parts]))
+                for e in range(s.n_expert):
+                    add_matrices(f"{p}ffn_{kind}.{e}.weight", rows, cols, cols**-0.5, s.weight_type)
             else:
-                stacked = np.concatenate([np.asarray(d).reshape(-1) for d, _, _ in parts])
-                w.add_tensor(f"{p}ffn_{kind}_exps.weight", stacked, t, [cols, rows, s.n_expert])
+                name = f"{p}ffn_{kind}_exps.weight"
+                add_matrices(name, rows, cols, cols**-0.5, s.weight_type, count=s.n_expert)
     norm("output_norm.weight")
     if not s.tied_embeddings:
         matrix("output.weight", s.n_vocab, s.n_embd)

@@ -184,10 +184,7 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the next tensor's bytes (tensors go in the order of the specs).
     pub fn write_tensor(&mut self, data: &[u8]) -> Result<()> {
-        let spec = self
-            .specs
-            .get(self.next)
-            .ok_or_else(|| Error::invalid("all tensors were already written"))?;
+        let spec = self.next_spec()?.clone();
         if data.len() as u64 != self.sizes[self.next] {
             return Err(Error::invalid(format!(
                 "tensor '{}' ({} {:?}) needs {} bytes, got {}",
@@ -202,6 +199,55 @@ impl<W: Write> GgufWriter<W> {
             .write_all(data)
             .map_err(|e| Error::invalid(format!("writing tensor '{}': {e}", spec.name)))?;
         self.written += data.len() as u64;
+        self.next += 1;
+        self.pad()
+    }
+
+    fn next_spec(&self) -> Result<&TensorSpec> {
+        self.specs
+            .get(self.next)
+            .ok_or_else(|| Error::invalid("all tensors were already written"))
+    }
+
+    /// Writes the next tensor as blocks drawn at random (xorshift from `seed`) from `pool`,
+    /// which holds whole valid blocks of the tensor's type: a multi-gigabyte tensor of random
+    /// valid blocks at memcpy speed (benchmark models; no gigabytes generated in Python).
+    pub fn write_tensor_sampled(&mut self, pool: &[u8], seed: u64) -> Result<()> {
+        let spec = self.next_spec()?;
+        let block = spec.ty.block_bytes();
+        let size = self.sizes[self.next] as usize;
+        if pool.is_empty() || !pool.len().is_multiple_of(block) {
+            return Err(Error::invalid(format!(
+                "tensor '{}': a pool of {} bytes is not whole {} blocks of {block} bytes",
+                spec.name,
+                pool.len(),
+                spec.ty
+            )));
+        }
+        let n_pool = (pool.len() / block) as u64;
+        let mut state = seed | 1;
+        let mut chunk = Vec::with_capacity((1 << 22) / block * block + block);
+        let mut left = size;
+        while left > 0 {
+            chunk.clear();
+            while chunk.len() < (1 << 22) && chunk.len() < left {
+                // xorshift64*: fast and plenty random for picking blocks.
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let pick = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % n_pool;
+                let at = pick as usize * block;
+                chunk.extend_from_slice(&pool[at..at + block]);
+            }
+            self.out.write_all(&chunk).map_err(|e| {
+                Error::invalid(format!(
+                    "writing tensor '{}': {e}",
+                    self.specs[self.next].name
+                ))
+            })?;
+            left -= chunk.len();
+        }
+        self.written += size as u64;
         self.next += 1;
         self.pad()
     }

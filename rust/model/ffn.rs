@@ -4,6 +4,7 @@
 //! logits); tokens are then grouped by expert so that each chosen expert's weights stream
 //! from memory once per batch, whatever the number of tokens routed to it.
 
+use super::profile::{Component, Profile, Timer};
 use super::weights::{ExpertFfn, Tensor};
 use crate::error::Result;
 use crate::matmul::{Pool, matmul};
@@ -87,6 +88,8 @@ fn route(logits: &[f32], k: usize, token: usize, routes: &mut Vec<(u32, u32, f32
     }
 }
 
+/// `clock` charges the routing to the router; the caller charges the rest to the experts.
+#[allow(clippy::too_many_arguments)]
 pub fn moe(
     cx: &FfnContext,
     router: &Tensor,
@@ -95,6 +98,7 @@ pub fn moe(
     x: &[f32],
     out: &mut [f32],
     s: &mut FfnScratch,
+    clock: (&mut Timer, &mut Profile),
 ) -> Result<()> {
     let n_embd = router.cols;
     let n = x.len() / n_embd;
@@ -118,6 +122,7 @@ pub fn moe(
         );
     }
     s.routes.sort_unstable_by_key(|&(e, t, _)| (e, t));
+    clock.0.lap(clock.1, Component::Router);
     out.fill(0.0);
     let mut rest = &s.routes[..];
     while let Some(&(expert, _, _)) = rest.first() {

@@ -7,12 +7,14 @@ mod attention;
 pub mod config;
 mod ffn;
 pub mod kv_cache;
+pub mod profile;
 pub mod weights;
 
 use std::path::Path;
 
 use attention::{AttentionShape, HeadScratch, Rope, attend};
 use ffn::{FfnContext, FfnScratch};
+use profile::{Component, Profile, Timer};
 use weights::{Ffn, Weights};
 
 pub use config::Config;
@@ -82,6 +84,8 @@ pub struct Model {
     scratch: Scratch,
     /// Every weight tensor's byte range in the file, for prefetching.
     weight_ranges: Vec<(usize, usize)>,
+    /// Time per component since load or the last `take_profile`.
+    profile: Profile,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -160,6 +164,7 @@ impl Model {
             n_past: 0,
             scratch,
             weight_ranges,
+            profile: Profile::default(),
         })
     }
 
@@ -186,6 +191,11 @@ impl Model {
     }
     pub fn weight_ranges(&self) -> &[(usize, usize)] {
         &self.weight_ranges
+    }
+
+    /// The time per component since load or the previous call, and starts over.
+    pub fn take_profile(&mut self) -> Profile {
+        std::mem::take(&mut self.profile)
     }
 
     /// Forgets cached positions from `n` on (to reuse a shared prompt prefix).
@@ -274,6 +284,8 @@ impl Model {
         let bytes = self.file.bytes();
         let s = &mut self.scratch;
         let (pool, isa) = (&self.pool, self.isa);
+        let prof = &mut self.profile;
+        let mut timer = Timer::start();
 
         s.x.resize(n * e, 0.0);
         let embd = &self.weights.token_embd;
@@ -300,6 +312,7 @@ impl Model {
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
+            timer.lap(prof, Component::Embed);
             matmul(
                 pool,
                 &layer.wq.mat(bytes),
@@ -349,9 +362,11 @@ impl Model {
                 &mut s.act,
                 isa,
             )?;
+            timer.lap(prof, Component::Attention);
             add(&mut s.x, &s.proj);
 
             rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
+            timer.lap(prof, Component::Embed);
             match &layer.ffn {
                 Ffn::Dense(f) => ffn::dense(&cx, f, &s.normed, &mut s.proj, &mut s.ffn)?,
                 Ffn::Moe { router, experts } => ffn::moe(
@@ -362,11 +377,15 @@ impl Model {
                     &s.normed,
                     &mut s.proj,
                     &mut s.ffn,
+                    (&mut timer, &mut *prof),
                 )?,
             }
+            timer.lap(prof, Component::Experts);
             add(&mut s.x, &s.proj);
         }
         self.n_past += n;
+        prof.tokens += n as u64;
+        prof.batches += 1;
 
         if let Some((first, logits)) = logits {
             let rows = first..n;
@@ -389,6 +408,7 @@ impl Model {
                 isa,
             )?;
         }
+        timer.lap(prof, Component::Head);
         Ok(())
     }
 }

@@ -211,13 +211,20 @@ impl PyGgufFile {
 }
 
 /// Writes a GGUF v3 file. `metadata`: (key, type name, value) triples; `tensors`: (name, dims
-/// in ggml order, type name, raw bytes as a uint8 array) in file order.
+/// in ggml order, type name, raw bytes as a uint8 array, sample seed) in file order. With a
+/// seed, the bytes are a pool of whole blocks that the tensor is filled from at random.
 #[pyfunction]
 fn write_gguf(
     py: Python<'_>,
     path: std::path::PathBuf,
     metadata: Vec<(String, String, Bound<'_, PyAny>)>,
-    tensors: Vec<(String, Vec<u64>, String, PyReadonlyArray1<'_, u8>)>,
+    tensors: Vec<(
+        String,
+        Vec<u64>,
+        String,
+        PyReadonlyArray1<'_, u8>,
+        Option<u64>,
+    )>,
 ) -> PyResult<()> {
     let kv = metadata
         .iter()
@@ -225,7 +232,7 @@ fn write_gguf(
         .collect::<PyResult<Vec<_>>>()?;
     let specs = tensors
         .iter()
-        .map(|(name, dims, ty, _)| {
+        .map(|(name, dims, ty, _, _)| {
             Ok(TensorSpec {
                 name: name.clone(),
                 dims: dims.clone(),
@@ -235,8 +242,8 @@ fn write_gguf(
         .collect::<PyResult<Vec<_>>>()?;
     let data = tensors
         .iter()
-        .map(|t| t.3.as_slice())
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|t| Ok((t.3.as_slice()?, t.4)))
+        .collect::<PyResult<Vec<_>>>()?;
     py.detach(|| {
         // Written beside the target and renamed into place: a failure never leaves a
         // half-written file under the requested name (or destroys an existing one).
@@ -248,8 +255,11 @@ fn write_gguf(
         let result = (|| -> Result<(), Error> {
             let file = File::create(&tmp).map_err(io)?;
             let mut writer = GgufWriter::new(BufWriter::new(file), &kv, specs)?;
-            for bytes in data {
-                writer.write_tensor(bytes)?;
+            for (bytes, sample_seed) in data {
+                match sample_seed {
+                    None => writer.write_tensor(bytes)?,
+                    Some(seed) => writer.write_tensor_sampled(bytes, seed)?,
+                }
             }
             writer.finish()?;
             std::fs::rename(&tmp, &path).map_err(|source| Error::Io {

@@ -108,6 +108,19 @@ impl PyModel {
         PyArray1::from_slice(py, &self.logits).reshape([self.logits.len() / n_vocab, n_vocab])
     }
 
+    /// Seconds per component of the forward pass (embed_norm, attention, router, experts,
+    /// head) with the tokens and batches evaluated, since load or the previous call.
+    fn take_profile<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let p = self.model_mut()?.take_profile();
+        let d = PyDict::new(py);
+        for (c, name) in crate::model::profile::COMPONENTS {
+            d.set_item(name, p.seconds(c))?;
+        }
+        d.set_item("tokens", p.tokens)?;
+        d.set_item("batches", p.batches)?;
+        Ok(d)
+    }
+
     /// Keeps the first `n` cached positions and forgets the rest.
     fn truncate(&mut self, n: usize) -> PyResult<()> {
         Ok(self.model_mut()?.truncate(n)?)
