@@ -86,9 +86,10 @@ def kv_cache_bytes(path: Path, n_ctx: int) -> int:
 
 
 def vm_hwm_bytes() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 
@@ -96,7 +97,7 @@ def worker(args: argparse.Namespace) -> dict:
     import numpy as np
 
     n_ctx = (args.n_prompt + args.n_gen + 1 + 255) // 256 * 256
-    kw = dict(n_ctx=n_ctx, n_threads=args.threads, n_batch=512, verbose=False)
+    kw = {"n_ctx": n_ctx, "n_threads": args.threads, "n_batch": 512, "verbose": False}
     t0 = time.perf_counter()
     if args.worker == "ferrollm":
         from ferrollm import Llama
@@ -174,7 +175,7 @@ def worker(args: argparse.Namespace) -> dict:
 def run_worker(engine: str, model: Path, args: argparse.Namespace) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", engine, "--model", str(model), "--reps", str(args.reps),
            "--n-prompt", str(args.n_prompt), "--n-gen", str(args.n_gen), "--threads", str(args.threads)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"  {engine} failed (exit {proc.returncode}): {proc.stderr.strip()[-600:]}")
         return None
@@ -262,7 +263,7 @@ def main() -> int:
 
 
 def print_row(row, engines) -> None:
-    qtype, size, touched, limit, results = row
+    qtype, _size, _touched, _limit, results = row
     for e in engines:
         r = results.get(e)
         if r:

@@ -60,10 +60,10 @@ class ModelSpec:
 
 # The benchmark shapes of ../shared/BENCHMARKS.md (random weights; no download).
 SHAPES: dict[str, dict[str, int]] = {
-    "mixtral-shape-4L": dict(n_layer=4, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_expert=8),
-    "mixtral-8x7b": dict(n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_expert=8),
-    "mistral-7b": dict(n_layer=32, n_embd=4096, n_ff=14336, n_head=32, n_head_kv=8, n_expert=0),
-    "tiny-moe": dict(n_layer=2, n_embd=256, n_ff=512, n_head=8, n_head_kv=4, n_expert=4),
+    "mixtral-shape-4L": {"n_layer": 4, "n_embd": 4096, "n_ff": 14336, "n_head": 32, "n_head_kv": 8, "n_expert": 8},
+    "mixtral-8x7b": {"n_layer": 32, "n_embd": 4096, "n_ff": 14336, "n_head": 32, "n_head_kv": 8, "n_expert": 8},
+    "mistral-7b": {"n_layer": 32, "n_embd": 4096, "n_ff": 14336, "n_head": 32, "n_head_kv": 8, "n_expert": 0},
+    "tiny-moe": {"n_layer": 2, "n_embd": 256, "n_ff": 512, "n_head": 8, "n_head_kv": 4, "n_expert": 4},
 }  # fmt: skip
 
 # llama.cpp's quantizer keeps the output head and token embedding at these types when the rest
@@ -88,11 +88,11 @@ def shape_spec(shape: str, weight_type: str, **overrides: Any) -> ModelSpec:
     size, 4096 context), with the head and embedding types of a real quantizer."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
-    fields: dict[str, Any] = dict(
-        n_vocab=32000, n_ctx_train=4096, n_expert_used=2, weight_type=weight_type,
-        tensor_types=quantizer_head_types(weight_type), pool_blocks=1 << 15, rope_freq_base=1e6,
-        tokenizer=mistral_tokenizer(),
-    )  # fmt: skip
+    fields: dict[str, Any] = {
+        "n_vocab": 32000, "n_ctx_train": 4096, "n_expert_used": 2, "weight_type": weight_type,
+        "tensor_types": quantizer_head_types(weight_type), "pool_blocks": 1 << 15, "rope_freq_base": 1e6,
+        "tokenizer": mistral_tokenizer(),
+    }  # fmt: skip
     fields.update(SHAPES[shape])
     fields.update(overrides)
     return ModelSpec(**fields)
