@@ -108,14 +108,22 @@ def test_tied_embeddings(tmp_path_factory):
 @pytest.mark.parametrize("n_batch", [1, 3, 512])
 def test_batches_and_token_by_token_agree(tmp_path_factory, n_batch):
     """Prefill in batches of any size, or one token at a time through the cache, gives the same
-    logits: the batch only changes which rows go through a product together."""
+    logits up to float rounding: batches of 4 or more go through the batched product, whose
+    float sums are ordered differently; a last-bit difference can move one activation across a
+    Q8 rounding boundary in the next layer, hence a tolerance of a few hundredths, not 1e-6
+    (llama.cpp's batched and single-token paths differ the same way)."""
     path = model_file(tmp_path_factory, **_spec("Q4_K", moe=True))
     whole = _core.Model(path, n_ctx=64).eval(TOKENS, logits_all=True)
     model = _core.Model(path, n_ctx=64, n_batch=n_batch)
-    np.testing.assert_allclose(model.eval(TOKENS, logits_all=True), whole, rtol=0, atol=1e-4)
+
+    def agree(got, want):
+        np.testing.assert_allclose(got, want, rtol=0, atol=0.1)
+        assert cosines(got, want).min() > 0.9995
+        assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
+
+    agree(model.eval(TOKENS, logits_all=True), whole)
     model.truncate(5)
-    steps = np.concatenate([model.eval([t]) for t in TOKENS[5:]])
-    np.testing.assert_allclose(steps, whole[5:], rtol=0, atol=1e-4)
+    agree(np.concatenate([model.eval([t]) for t in TOKENS[5:]]), whole[5:])
     assert model.n_past == len(TOKENS)
 
 

@@ -10,6 +10,7 @@
 //! at run time like the dequantizers.
 
 mod bandwidth;
+pub mod gemm;
 mod pool;
 pub mod scalar;
 pub mod unpack;
@@ -164,6 +165,10 @@ impl<'a> QMatrix<'a> {
     }
 }
 
+/// From this many activation rows on, a product unpacks each weight tile once for all of them
+/// (`gemm`) instead of once per row.
+pub const GEMM_MIN_TOKENS: usize = 4;
+
 /// Rows handled together by one task of a product: small enough that their weights stay in
 /// L1/L2 while all activation rows pass over them.
 const ROW_TILE: usize = 16;
@@ -200,6 +205,9 @@ pub fn matmul(
             x.len(),
             y.len()
         )));
+    }
+    if n >= GEMM_MIN_TOKENS && gemm::supported(w.ty, isa.min(Isa::detected())) {
+        return gemm::gemm(pool, w, x, y, scratch);
     }
     let act_ty = activation_type(w.ty).expect("checked in QMatrix::new");
     let (dot, _) = dot_fn(w.ty, isa).expect("every matrix type has a dot product");

@@ -53,6 +53,18 @@ pub trait UnpackK {
     fn unpack(&self, out: &mut IntSuperBlock);
 }
 
+/// The 32 nibbles of a 4-bit block in element order (low nibbles, then high), branch-free so
+/// that it vectorizes (the batched product unpacks every weight through here).
+#[inline(always)]
+fn nibbles(qs: &[u8; 16]) -> [u8; QK] {
+    let mut out = [0u8; QK];
+    for j in 0..16 {
+        out[j] = qs[j] & 0x0F;
+        out[j + 16] = qs[j] >> 4;
+    }
+    out
+}
+
 fn fifth_bit(qh: [u8; 4], j: usize) -> u8 {
     (((u32::from_le_bytes(qh) >> j) & 1) << 4) as u8
 }
@@ -60,7 +72,7 @@ fn fifth_bit(qh: [u8; 4], j: usize) -> u8 {
 impl Unpack32 for BlockQ4_0 {
     fn unpack(&self) -> Int32Block {
         Int32Block {
-            q: std::array::from_fn(|j| nibble(&self.qs, j) as i8 - 8),
+            q: nibbles(&self.qs).map(|n| n as i8 - 8),
             d: self.d.to_f32(),
             m: 0.0,
         }
@@ -70,7 +82,7 @@ impl Unpack32 for BlockQ4_0 {
 impl Unpack32 for BlockQ4_1 {
     fn unpack(&self) -> Int32Block {
         Int32Block {
-            q: std::array::from_fn(|j| nibble(&self.qs, j) as i8),
+            q: nibbles(&self.qs).map(|n| n as i8),
             d: self.d.to_f32(),
             m: self.m.to_f32(),
         }
@@ -80,7 +92,10 @@ impl Unpack32 for BlockQ4_1 {
 impl Unpack32 for BlockQ5_0 {
     fn unpack(&self) -> Int32Block {
         Int32Block {
-            q: std::array::from_fn(|j| (nibble(&self.qs, j) | fifth_bit(self.qh, j)) as i8 - 16),
+            q: {
+                let n = nibbles(&self.qs);
+                std::array::from_fn(|j| (n[j] | fifth_bit(self.qh, j)) as i8 - 16)
+            },
             d: self.d.to_f32(),
             m: 0.0,
         }
@@ -90,7 +105,10 @@ impl Unpack32 for BlockQ5_0 {
 impl Unpack32 for BlockQ5_1 {
     fn unpack(&self) -> Int32Block {
         Int32Block {
-            q: std::array::from_fn(|j| (nibble(&self.qs, j) | fifth_bit(self.qh, j)) as i8),
+            q: {
+                let n = nibbles(&self.qs);
+                std::array::from_fn(|j| (n[j] | fifth_bit(self.qh, j)) as i8)
+            },
             d: self.d.to_f32(),
             m: self.m.to_f32(),
         }
@@ -110,7 +128,7 @@ impl Unpack32 for BlockQ8_0 {
 impl Unpack32 for BlockIq4Nl {
     fn unpack(&self) -> Int32Block {
         Int32Block {
-            q: std::array::from_fn(|j| KVALUES_IQ4NL[nibble(&self.qs, j) as usize]),
+            q: nibbles(&self.qs).map(|n| KVALUES_IQ4NL[n as usize]),
             d: self.d.to_f32(),
             m: 0.0,
         }
@@ -150,10 +168,16 @@ impl UnpackK for BlockQ3K {
 }
 
 fn unpack_q45k(scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, out: &mut IntSuperBlock) {
-    for (i, q) in out.q.iter_mut().enumerate() {
-        let (sub, l) = (i / 32, i % 32);
-        let high = qh.map_or(0, |qh| ((qh[l] >> sub) & 1) << 4);
-        *q = (((qs[32 * (sub / 2) + l] >> (4 * (sub % 2))) & 0xF) | high) as i8;
+    // Sub-blocks 2p and 2p+1 share the bytes qs[32p..32p+32] (low and high nibbles); written
+    // as straight loops over 32 lanes so that they vectorize.
+    let qh = qh.unwrap_or(&[0; 32]);
+    for p in 0..4 {
+        let (lo, hi) = out.q[64 * p..64 * p + 64].split_at_mut(32);
+        for l in 0..32 {
+            let b = qs[32 * p + l];
+            lo[l] = ((b & 0xF) | (((qh[l] >> (2 * p)) & 1) << 4)) as i8;
+            hi[l] = ((b >> 4) | (((qh[l] >> (2 * p + 1)) & 1) << 4)) as i8;
+        }
     }
     for sub in 0..8 {
         let (sc, m) = k4_scale_min(scales, sub);
