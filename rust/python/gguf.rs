@@ -210,6 +210,9 @@ impl PyGgufFile {
     }
 }
 
+/// A tensor to write: name, dims (ggml order), type name, bytes, sample seed.
+type TensorArg<'py> = (String, Vec<u64>, String, PyReadonlyArray1<'py, u8>, Option<u64>);
+
 /// Writes a GGUF v3 file. `metadata`: (key, type name, value) triples; `tensors`: (name, dims
 /// in ggml order, type name, raw bytes as a uint8 array, sample seed) in file order. With a
 /// seed, the bytes are a pool of whole blocks that the tensor is filled from at random.
@@ -218,13 +221,7 @@ fn write_gguf(
     py: Python<'_>,
     path: std::path::PathBuf,
     metadata: Vec<(String, String, Bound<'_, PyAny>)>,
-    tensors: Vec<(
-        String,
-        Vec<u64>,
-        String,
-        PyReadonlyArray1<'_, u8>,
-        Option<u64>,
-    )>,
+    tensors: Vec<TensorArg<'_>>,
 ) -> PyResult<()> {
     let kv = metadata
         .iter()
