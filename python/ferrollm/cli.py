@@ -6,6 +6,7 @@ ferrollm chat [-m FILE]          interactive chat with the model's template
 ferrollm perplexity -f TEXT      perplexity, and KL-divergence against a base (llama-perplexity)
 ferrollm quantize IN OUT TYPE    write a model with every weight matrix in TYPE
 ferrollm info FILE               hardware, metadata, tensors and the kernels this CPU will use
+ferrollm plan FILE [-c CTX]      the RAM a run needs (weights + KV cache + buffers), and whether it fits
 ferrollm synth OUT.gguf          write a small GGUF of random valid blocks of every type
 ferrollm synth-model OUT.gguf    write a small random-weight llama/Mixtral model
 """
@@ -15,15 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections import Counter
 
-from ferrollm import GGUFError, __version__, gguf, hardware, quality, quants
+from ferrollm import GGUFError, __version__, gguf, hardware, plan, quality, quants
 from ferrollm.chat import BUILTIN_FORMATS
 from ferrollm.demo import demo_model_path
 from ferrollm.llama import Llama, parse_override
 from ferrollm.quantize import WRITABLE_TYPES, quantize_file
 from ferrollm.synthetic import DEMO_TYPES, write_synthetic_gguf
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.synthetic_model import SHAPES, ModelSpec, shape_spec, write_model
 
 
 def _short(value, limit: int = 60) -> str:
@@ -110,13 +112,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     llm = _open_model(args)
     prompt = args.prompt.replace("\\n", "\n")  # llama.cpp's -e: always on here
     print(prompt, end="", flush=True)
+    engine = llm._engine()
+    engine.take_profile()  # from here on
+    t_first, n_out = None, 0
     for chunk in llm.create_completion(
         prompt, stream=True, stop=args.reverse_prompt or None, **_sampling(args)
     ):
+        if t_first is None:
+            t_first = time.perf_counter()
+            engine.take_profile()  # the prompt's share ends with the first piece
+        n_out += 1
         choice = chunk["choices"][0]
         # The newline goes out with the last piece, before the engine's timing line on stderr.
         print(choice["text"], end="\n" if choice["finish_reason"] else "", flush=True)
+    if args.profile and t_first is not None and n_out > 1:
+        _print_profile(engine.take_profile(), time.perf_counter() - t_first, n_out - 1)
     return 0
+
+
+def _print_profile(prof: dict, wall: float, n_tokens: int) -> None:
+    """Per decoded token: the engine's components, and the rest (sampling, detokenizing,
+    streaming: the Python side)."""
+    parts = ["attention", "router", "experts", "head", "embed_norm"]
+    engine_s = sum(prof[k] for k in parts)
+    print(f"profile: {n_tokens} decoded tokens, {1e3 * wall / n_tokens:.2f} ms per token", file=sys.stderr)
+    for k in parts:
+        print(f"  {k:<12} {1e3 * prof[k] / n_tokens:8.3f} ms  {100 * prof[k] / wall:5.1f}%", file=sys.stderr)
+    rest = wall - engine_s
+    print(f"  {'python':<12} {1e3 * rest / n_tokens:8.3f} ms  {100 * rest / wall:5.1f}%  (sampling, "
+          "detokenizing, streaming)", file=sys.stderr)  # fmt: skip
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    p = plan.plan(args.file, n_ctx=args.ctx_size, type_k=args.cache_type_k, type_v=args.cache_type_v,
+                  n_batch=args.batch_size, n_threads=args.threads or 2)  # fmt: skip
+    print(p.report())
+    return 0 if p.fits is not False else 1
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -142,6 +173,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_model(args: argparse.Namespace) -> int:
+    if args.shape:
+        spec = shape_spec(args.shape, args.type.upper(), seed=args.seed)
+        write_model(args.out, spec)
+        print(
+            f"wrote {args.out}: random-weight {args.shape}, {spec.weight_type} ({_size(os.path.getsize(args.out))})"
+        )
+        return 0
     spec = ModelSpec(
         n_vocab=args.vocab, n_embd=args.embd, n_layer=args.layers, n_head=args.heads, n_head_kv=args.kv_heads,
         n_ff=args.ff, n_expert=args.experts, n_expert_used=min(2, args.experts), weight_type=args.type.upper(),
@@ -278,7 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
         "-e", "--escape", action="store_true", default=True, help="turn \\n in the prompt into newlines"
     )
     run.add_argument("-r", "--reverse-prompt", action="append", help="stop at this string (repeatable)")
+    run.add_argument("--profile", action="store_true", help="print where each decoded token's time went")
     run.set_defaults(run=cmd_run)
+
+    pl = sub.add_parser("plan", help="the RAM a run needs, and whether it fits this machine")
+    pl.add_argument("file")
+    pl.add_argument(
+        "-c", "--ctx-size", type=int, default=4096, help="context (default 4096; 0: the trained one)"
+    )
+    pl.add_argument("-ctk", "--cache-type-k", default="f16", help="K cache type: f16, q8_0, q4_0")
+    pl.add_argument("-ctv", "--cache-type-v", default="f16", help="V cache type: f16, q8_0, q4_0")
+    pl.add_argument("-b", "--batch-size", type=int, default=512)
+    pl.add_argument("-t", "--threads", type=int, default=None)
+    pl.set_defaults(run=cmd_plan)
 
     chat = sub.add_parser("chat", help="interactive chat using the model's chat template")
     _model_options(chat)
@@ -316,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("synth-model", help="write a small random-weight llama/Mixtral GGUF")
     sm.add_argument("out")
     sm.add_argument("--type", default="Q8_0", help="weight type (default Q8_0)")
+    sm.add_argument(
+        "--shape", choices=sorted(SHAPES), help="a benchmark shape (the other sizes are then ignored)"
+    )
     sm.add_argument("--experts", type=int, default=0, help="0: dense; else a Mixtral-style MoE")
     sm.add_argument("--layers", type=int, default=2)
     sm.add_argument("--embd", type=int, default=256)

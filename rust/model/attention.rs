@@ -45,6 +45,9 @@ pub struct HeadScratch {
     out: Vec<f32>,
 }
 
+/// Query heads per KV head that attention handles (Mixtral/Mistral: 4, Llama-3-70B: 8).
+const MAX_GROUP: usize = 64;
+
 pub struct AttentionShape {
     pub n_head: usize,
     pub n_head_kv: usize,
@@ -79,42 +82,61 @@ pub fn attend(
     let q_dim = n_head * head_dim;
     let n = q.len() / q_dim;
     let group = n_head / n_head_kv;
+    if group > MAX_GROUP {
+        return Err(Error::Unsupported(format!(
+            "{n_head} query heads over {n_head_kv} KV heads: at most {MAX_GROUP} per KV head"
+        )));
+    }
     let scale = 1.0 / (head_dim as f32).sqrt();
-    pool.for_each_mut(&mut heads[..n_head], |h, s| {
-        let kv_head = h / group;
-        s.out.resize(n * head_dim, 0.0);
+    // One task per KV head: the `group` query heads that share it read each cached K row and
+    // dequantize each V row once between them (GQA: 4 query heads per KV head in Mixtral).
+    pool.for_each_mut(&mut heads[..n_head_kv], |kv_head, s| {
+        s.out.resize(group * n * head_dim, 0.0);
         s.v_row.resize(head_dim, 0.0);
         for t in 0..n {
             let n_keys = pos0 + t + 1;
-            let q_head = &q[t * q_dim + h * head_dim..][..head_dim];
-            quantize_activations(cache.k_act, q_head, &mut s.query)
+            let queries = &q[t * q_dim + kv_head * group * head_dim..][..group * head_dim];
+            quantize_activations(cache.k_act, queries, &mut s.query)
                 .expect("finite (checked above), whole blocks");
-            s.scores.resize(n_keys, 0.0);
-            let mut max = f32::NEG_INFINITY;
-            for (p, score) in s.scores.iter_mut().enumerate() {
-                *score = (cache.k_dot)(cache.k.head(layer, p, kv_head), &s.query) * scale;
-                max = max.max(*score);
+            let q_bytes = s.query.len() / group;
+            s.scores.resize(group * n_keys, 0.0);
+            for p in 0..n_keys {
+                let k = cache.k.head(layer, p, kv_head);
+                for j in 0..group {
+                    s.scores[j * n_keys + p] =
+                        (cache.k_dot)(k, &s.query[j * q_bytes..][..q_bytes]) * scale;
+                }
             }
-            let mut sum = 0.0f32;
-            for score in s.scores.iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
+            let mut sums = [0f32; MAX_GROUP];
+            for (j, scores) in s.scores.chunks_exact_mut(n_keys).enumerate() {
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                for score in scores.iter_mut() {
+                    *score = (*score - max).exp();
+                    sums[j] += *score;
+                }
             }
-            let o = &mut s.out[t * head_dim..][..head_dim];
-            o.fill(0.0);
-            for (p, &w) in s.scores.iter().enumerate() {
+            for j in 0..group {
+                s.out[(j * n + t) * head_dim..][..head_dim].fill(0.0);
+            }
+            for p in 0..n_keys {
                 (cache.v_dequant)(cache.v.head(layer, p, kv_head), &mut s.v_row);
-                let w = w / sum;
-                for (acc, v) in o.iter_mut().zip(&s.v_row) {
-                    *acc += w * v;
+                for j in 0..group {
+                    let w = s.scores[j * n_keys + p] / sums[j];
+                    let o = &mut s.out[(j * n + t) * head_dim..][..head_dim];
+                    for (acc, v) in o.iter_mut().zip(&s.v_row) {
+                        *acc += w * v;
+                    }
                 }
             }
         }
     });
-    for (h, s) in heads[..n_head].iter().enumerate() {
-        for t in 0..n {
-            out[t * q_dim + h * head_dim..][..head_dim]
-                .copy_from_slice(&s.out[t * head_dim..][..head_dim]);
+    for (kv_head, s) in heads[..n_head_kv].iter().enumerate() {
+        for j in 0..group {
+            let h = kv_head * group + j;
+            for t in 0..n {
+                out[t * q_dim + h * head_dim..][..head_dim]
+                    .copy_from_slice(&s.out[(j * n + t) * head_dim..][..head_dim]);
+            }
         }
     }
     Ok(())

@@ -211,7 +211,13 @@ impl PyGgufFile {
 }
 
 /// A tensor to write: name, dims (ggml order), type name, bytes, sample seed.
-type TensorArg<'py> = (String, Vec<u64>, String, PyReadonlyArray1<'py, u8>, Option<u64>);
+type TensorArg<'py> = (
+    String,
+    Vec<u64>,
+    String,
+    PyReadonlyArray1<'py, u8>,
+    Option<u64>,
+);
 
 /// Writes a GGUF v3 file. `metadata`: (key, type name, value) triples; `tensors`: (name, dims
 /// in ggml order, type name, raw bytes as a uint8 array, sample seed) in file order. With a
