@@ -120,8 +120,8 @@ pub fn attend(
             }
             for p in 0..n_keys {
                 (cache.v_dequant)(cache.v.head(layer, p, kv_head), &mut s.v_row);
-                for j in 0..group {
-                    let w = s.scores[j * n_keys + p] / sums[j];
+                for (j, &sum) in sums[..group].iter().enumerate() {
+                    let w = s.scores[j * n_keys + p] / sum;
                     let o = &mut s.out[(j * n + t) * head_dim..][..head_dim];
                     for (acc, v) in o.iter_mut().zip(&s.v_row) {
                         *acc += w * v;
