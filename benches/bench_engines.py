@@ -73,15 +73,6 @@ def bytes_per_decoded_token(path: Path) -> int:
     return n
 
 
-def kv_cache_bytes(path: Path, n_ctx: int) -> int:
-    from ferrollm import gguf
-
-    md = gguf.open(path).metadata
-    a = md["general.architecture"]
-    head_dim = md[f"{a}.embedding_length"] // md[f"{a}.attention.head_count"]
-    return 2 * md[f"{a}.block_count"] * n_ctx * md[f"{a}.attention.head_count_kv"] * head_dim * 2
-
-
 # -- the worker: one engine in its own process ---------------------------------------------------
 
 
@@ -101,6 +92,7 @@ def worker(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.worker == "ferrollm":
         from ferrollm import Llama
+        from ferrollm.sampler import Sampler, SamplingParams
 
         llm = Llama(model_path=args.model, **kw)
 
@@ -143,8 +135,6 @@ def worker(args: argparse.Namespace) -> dict:
         if engine is not None:
             profiles.append({**engine.take_profile(), "wall": t_decode})
             # The sampler users get (top-k 40, top-p 0.95, min-p 0.05, temperature 0.8).
-            from ferrollm.sampler import Sampler, SamplingParams
-
             sampler, logits = Sampler(SamplingParams()), last_logits()
             t = time.perf_counter()
             for _ in range(args.n_gen):
@@ -222,6 +212,7 @@ def main() -> int:
 
     import numpy as np
     from ferrollm import _core
+    from ferrollm.plan import plan
 
     buf = np.random.default_rng(0).integers(0, 256, size=1 << 30, dtype=np.uint8)
     bandwidth = _core.read_bandwidth(buf.nbytes, 5, _core.ThreadPool(args.threads))
@@ -240,7 +231,7 @@ def main() -> int:
         for engine, r in results.items():
             if r is None:
                 continue
-            kv = kv_cache_bytes(path, r["n_ctx"])
+            kv = plan(path, n_ctx=r["n_ctx"]).kv_bytes
             common = {"model": args.shape, "qtype": qtype, "threads": args.threads, "engine": engine,
                       "n_prompt": args.n_prompt, "n_gen": args.n_gen}  # fmt: skip
             records += [

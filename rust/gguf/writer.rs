@@ -184,7 +184,7 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the next tensor's bytes (tensors go in the order of the specs).
     pub fn write_tensor(&mut self, data: &[u8]) -> Result<()> {
-        let spec = self.next_spec()?.clone();
+        let spec = self.next_spec()?;
         if data.len() as u64 != self.sizes[self.next] {
             return Err(Error::invalid(format!(
                 "tensor '{}' ({} {:?}) needs {} bytes, got {}",
@@ -195,9 +195,10 @@ impl<W: Write> GgufWriter<W> {
                 data.len()
             )));
         }
+        let name = &self.specs[self.next].name;
         self.out
             .write_all(data)
-            .map_err(|e| Error::invalid(format!("writing tensor '{}': {e}", spec.name)))?;
+            .map_err(|e| Error::invalid(format!("writing tensor '{name}': {e}")))?;
         self.written += data.len() as u64;
         self.next += 1;
         self.pad()
