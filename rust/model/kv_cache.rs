@@ -83,13 +83,13 @@ fn encode_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
         }
         GgmlType::Q8_0 => {
             for (x, d) in src.chunks_exact(32).zip(dst.chunks_exact_mut(34)) {
-                let b = quantize_q8_0(x.try_into().expect("32 elements"));
+                let b = quantize_q8_0(x.try_into().expect("32 elements"), None);
                 d.copy_from_slice(bytemuck::bytes_of(&b));
             }
         }
         GgmlType::Q4_0 => {
             for (x, d) in src.chunks_exact(32).zip(dst.chunks_exact_mut(18)) {
-                let b = quantize_q4_0(x.try_into().expect("32 elements"));
+                let b = quantize_q4_0(x.try_into().expect("32 elements"), None);
                 d.copy_from_slice(bytemuck::bytes_of(&b));
             }
         }

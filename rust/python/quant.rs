@@ -71,20 +71,26 @@ fn dequantize<'py>(
     }
 }
 
-/// Quantizes float32 values (whole blocks) to raw blocks of `type_name` with the reference
-/// round-to-nearest quantizer.
+/// Quantizes float32 values (whole blocks) to raw blocks of `type_name`. Without `imatrix`
+/// the K and legacy types use the reference quantizers; with it (one mean squared activation
+/// per column of rows of `n_per_row` values) every type runs its importance-weighted search.
 #[pyfunction]
+#[pyo3(signature = (x, type_name, n_per_row = None, imatrix = None, threads = 1))]
 fn quantize<'py>(
     py: Python<'py>,
     x: PyReadonlyArray1<'py, f32>,
     type_name: &str,
+    n_per_row: Option<usize>,
+    imatrix: Option<PyReadonlyArray1<'py, f32>>,
+    threads: usize,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
     let ty = parse_type(type_name)?;
     let values = x.as_slice()?;
-    let out = py.detach(|| {
-        let mut out = Vec::with_capacity(values.len() / ty.block_elems() * ty.block_bytes());
-        quant::quantize::quantize(ty, values, &mut out).map(|_| out)
-    })?;
+    let im = imatrix.as_ref().map(|a| a.as_slice()).transpose()?;
+    let n_per_row = n_per_row
+        .or(im.map(<[f32]>::len))
+        .unwrap_or(ty.block_elems());
+    let out = py.detach(|| quant::quantize::quantize_rows(ty, values, n_per_row, im, threads))?;
     Ok(PyArray1::from_vec(py, out))
 }
 

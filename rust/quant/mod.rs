@@ -15,6 +15,7 @@ pub mod iquants;
 pub mod kquants;
 pub mod legacy;
 pub mod quantize;
+pub mod quantize_iq;
 pub mod quantize_k;
 
 #[cfg(target_arch = "x86_64")]

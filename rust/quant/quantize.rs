@@ -7,7 +7,8 @@
 use super::block::F16Le;
 use super::kquants::BlockQ8K;
 use super::legacy::*;
-use super::quantize_k;
+use super::quantize_iq::{self, element_weights};
+use super::quantize_k::{self, make_qkx2_quants, make_qx_quants};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -66,16 +67,37 @@ fn affine_quants(x: &[f32; QK], max_q: u8) -> (f32, f32, [u8; QK]) {
     )
 }
 
-pub fn quantize_q4_0(x: &[f32; QK]) -> BlockQ4_0 {
-    let (d, q) = symmetric_quants(x, 8.0, 15);
+/// Symmetric quants under importance weights: a searched scale (llama.cpp's imatrix path).
+fn weighted_symmetric(x: &[f32; QK], im: &[f32], half: i32) -> (f32, [u8; QK]) {
+    let mut q = [0u8; QK];
+    let d = make_qx_quants(x, &element_weights(x, Some(im)), half, &mut q);
+    (d, q)
+}
+
+/// Affine quants under importance weights: returns (d, min, q) with x ~ d q + min.
+fn weighted_affine(x: &[f32; QK], im: &[f32], max_q: i32) -> (f32, f32, [u8; QK]) {
+    let mut q = [0u8; QK];
+    let w = element_weights(x, Some(im));
+    let (d, neg_min) = make_qkx2_quants(x, &w, max_q, &mut q, -0.9, 0.05, 36, false);
+    (d, -neg_min, q)
+}
+
+pub fn quantize_q4_0(x: &[f32; QK], im: Option<&[f32]>) -> BlockQ4_0 {
+    let (d, q) = match im {
+        None => symmetric_quants(x, 8.0, 15),
+        Some(im) => weighted_symmetric(x, im, 8),
+    };
     BlockQ4_0 {
         d: F16Le::from_f32(d),
         qs: pack_nibbles(&q),
     }
 }
 
-pub fn quantize_q4_1(x: &[f32; QK]) -> BlockQ4_1 {
-    let (d, min, q) = affine_quants(x, 15);
+pub fn quantize_q4_1(x: &[f32; QK], im: Option<&[f32]>) -> BlockQ4_1 {
+    let (d, min, q) = match im {
+        None => affine_quants(x, 15),
+        Some(im) => weighted_affine(x, im, 15),
+    };
     BlockQ4_1 {
         d: F16Le::from_f32(d),
         m: F16Le::from_f32(min),
@@ -83,8 +105,11 @@ pub fn quantize_q4_1(x: &[f32; QK]) -> BlockQ4_1 {
     }
 }
 
-pub fn quantize_q5_0(x: &[f32; QK]) -> BlockQ5_0 {
-    let (d, q) = symmetric_quants(x, 16.0, 31);
+pub fn quantize_q5_0(x: &[f32; QK], im: Option<&[f32]>) -> BlockQ5_0 {
+    let (d, q) = match im {
+        None => symmetric_quants(x, 16.0, 31),
+        Some(im) => weighted_symmetric(x, im, 16),
+    };
     BlockQ5_0 {
         d: F16Le::from_f32(d),
         qh: high_bits(&q),
@@ -92,8 +117,11 @@ pub fn quantize_q5_0(x: &[f32; QK]) -> BlockQ5_0 {
     }
 }
 
-pub fn quantize_q5_1(x: &[f32; QK]) -> BlockQ5_1 {
-    let (d, min, q) = affine_quants(x, 31);
+pub fn quantize_q5_1(x: &[f32; QK], im: Option<&[f32]>) -> BlockQ5_1 {
+    let (d, min, q) = match im {
+        None => affine_quants(x, 31),
+        Some(im) => weighted_affine(x, im, 31),
+    };
     let qs = pack_nibbles(&q.map(|v| v & 0xF));
     BlockQ5_1 {
         d: F16Le::from_f32(d),
@@ -103,7 +131,8 @@ pub fn quantize_q5_1(x: &[f32; QK]) -> BlockQ5_1 {
     }
 }
 
-pub fn quantize_q8_0(x: &[f32; QK]) -> BlockQ8_0 {
+/// Q8_0 ignores the importance matrix, as llama.cpp does: 8 bits leave nothing to trade.
+pub fn quantize_q8_0(x: &[f32; QK], _im: Option<&[f32]>) -> BlockQ8_0 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = inverse(d);
@@ -141,45 +170,124 @@ pub fn quantize_q8_k(x: &[f32; QK_K]) -> BlockQ8K {
     }
 }
 
-/// Quantizes `x` (whole blocks) to `ty`, appending the blocks to `out`.
+/// Quantizes `x` (whole blocks) to `ty` with the reference quantizers (no importance matrix),
+/// appending the blocks to `out`.
 pub fn quantize(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
-    fn blocks<const N: usize, B: bytemuck::Pod>(
-        x: &[f32],
-        out: &mut Vec<u8>,
-        f: fn(&[f32; N]) -> B,
-    ) {
-        for chunk in x.chunks_exact(N) {
-            out.extend_from_slice(bytemuck::bytes_of(&f(chunk
-                .try_into()
-                .expect("exact chunk"))));
-        }
-    }
-    if !x.len().is_multiple_of(ty.block_elems()) {
+    quantize_weighted(ty, x, None, out)
+}
+
+/// Quantizes `x`, rows of `im.len()` values when an importance matrix is given (its columns'
+/// mean squared activations), appending the blocks to `out`. Without one the K and legacy
+/// types use the reference quantizers (bit-identical to ggml's) and the codebook types weigh
+/// every column alike.
+pub fn quantize_weighted(
+    ty: GgmlType,
+    x: &[f32],
+    im: Option<&[f32]>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let n = ty.block_elems();
+    if !x.len().is_multiple_of(n) {
         return Err(Error::invalid(format!(
-            "{ty}: {} values is not a whole number of {}-element blocks",
-            x.len(),
-            ty.block_elems()
+            "{ty}: {} values is not a whole number of {n}-element blocks",
+            x.len()
         )));
     }
+    if let Some(im) = im {
+        if im.is_empty() || !im.len().is_multiple_of(n) || !x.len().is_multiple_of(im.len()) {
+            return Err(Error::invalid(format!(
+                "{ty}: an importance matrix of {} columns does not fit rows of whole {n}-element blocks in {} values",
+                im.len(),
+                x.len()
+            )));
+        }
+        if let Some(bad) = im.iter().find(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "importance matrix holds a non-finite value ({bad})"
+            )));
+        }
+    }
+    // The importance-matrix columns of the block that starts at element `start`.
+    let cols = |start: usize| im.map(|im| &im[start % im.len()..][..n]);
+    fn blocks<'a, const N: usize, B: bytemuck::Pod>(
+        x: &[f32],
+        out: &mut Vec<u8>,
+        cols: &dyn Fn(usize) -> Option<&'a [f32]>,
+        f: fn(&[f32; N], Option<&[f32]>) -> B,
+    ) {
+        for (k, chunk) in x.chunks_exact(N).enumerate() {
+            let block = f(chunk.try_into().expect("exact chunk"), cols(k * N));
+            out.extend_from_slice(bytemuck::bytes_of(&block));
+        }
+    }
     match ty {
-        GgmlType::Q4_0 => blocks(x, out, quantize_q4_0),
-        GgmlType::Q4_1 => blocks(x, out, quantize_q4_1),
-        GgmlType::Q5_0 => blocks(x, out, quantize_q5_0),
-        GgmlType::Q5_1 => blocks(x, out, quantize_q5_1),
-        GgmlType::Q8_0 => blocks(x, out, quantize_q8_0),
-        GgmlType::Q8_K => blocks(x, out, quantize_q8_k),
-        GgmlType::Q2_K => blocks(x, out, quantize_k::quantize_q2_k),
-        GgmlType::Q3_K => blocks(x, out, quantize_k::quantize_q3_k),
-        GgmlType::Q4_K => blocks(x, out, quantize_k::quantize_q4_k),
-        GgmlType::Q5_K => blocks(x, out, quantize_k::quantize_q5_k),
-        GgmlType::Q6_K => blocks(x, out, quantize_k::quantize_q6_k),
-        GgmlType::IQ4_NL => blocks(x, out, quantize_k::quantize_iq4_nl),
-        GgmlType::IQ4_XS => blocks(x, out, quantize_k::quantize_iq4_xs),
+        GgmlType::Q4_0 => blocks(x, out, &cols, quantize_q4_0),
+        GgmlType::Q4_1 => blocks(x, out, &cols, quantize_q4_1),
+        GgmlType::Q5_0 => blocks(x, out, &cols, quantize_q5_0),
+        GgmlType::Q5_1 => blocks(x, out, &cols, quantize_q5_1),
+        GgmlType::Q8_0 => blocks(x, out, &cols, quantize_q8_0),
+        GgmlType::Q8_K => blocks(x, out, &cols, |x, _| quantize_q8_k(x)),
+        GgmlType::Q2_K => blocks(x, out, &cols, quantize_k::quantize_q2_k),
+        GgmlType::Q3_K => blocks(x, out, &cols, quantize_k::quantize_q3_k),
+        GgmlType::Q4_K => blocks(x, out, &cols, quantize_k::quantize_q4_k),
+        GgmlType::Q5_K => blocks(x, out, &cols, quantize_k::quantize_q5_k),
+        GgmlType::Q6_K => blocks(x, out, &cols, quantize_k::quantize_q6_k),
+        GgmlType::IQ4_NL => blocks(x, out, &cols, quantize_k::quantize_iq4_nl),
+        GgmlType::IQ4_XS => blocks(x, out, &cols, quantize_k::quantize_iq4_xs),
+        t if quantize_iq::is_codebook_type(t) => {
+            for (k, chunk) in x.chunks_exact(n).enumerate() {
+                quantize_iq::quantize_block(t, chunk, cols(k * n), out);
+            }
+        }
         _ => {
             return Err(Error::Unsupported(format!(
-                "{ty}: no reference quantizer (IQ1/IQ2/IQ3 types need an importance matrix)"
+                "{ty}: no quantizer for this type"
             )));
         }
     }
     Ok(())
+}
+
+/// `quantize_weighted` over `threads` workers (0: all cores), rows of `n_per_row` values split
+/// between them in order. Returns the blocks of all rows.
+pub fn quantize_rows(
+    ty: GgmlType,
+    x: &[f32],
+    n_per_row: usize,
+    im: Option<&[f32]>,
+    threads: usize,
+) -> Result<Vec<u8>> {
+    use rayon::prelude::*;
+    if n_per_row == 0 || !x.len().is_multiple_of(n_per_row) {
+        return Err(Error::invalid(format!(
+            "{} values are not whole rows of {n_per_row}",
+            x.len()
+        )));
+    }
+    if im.is_some_and(|im| im.len() != n_per_row) {
+        return Err(Error::invalid(format!(
+            "the importance matrix has {} columns, the rows {n_per_row}",
+            im.map_or(0, <[f32]>::len)
+        )));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::invalid(format!("cannot start {threads} quantizer threads: {e}")))?;
+    let rows = x.len() / n_per_row;
+    // A few chunks per thread so that uneven rows (codebook searches vary) even out.
+    let rows_per_chunk = rows.div_ceil(pool.current_num_threads() * 8).max(1);
+    let parts: Vec<Result<Vec<u8>>> = pool.install(|| {
+        x.par_chunks(rows_per_chunk * n_per_row)
+            .map(|chunk| {
+                let mut out = Vec::with_capacity(chunk.len() / ty.block_elems() * ty.block_bytes());
+                quantize_weighted(ty, chunk, im, &mut out).map(|_| out)
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(x.len() / ty.block_elems() * ty.block_bytes());
+    for part in parts {
+        out.extend_from_slice(&part?);
+    }
+    Ok(out)
 }

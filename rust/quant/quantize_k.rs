@@ -9,6 +9,7 @@ use super::iquants::BlockIq4Xs;
 use super::kquants::*;
 use super::legacy::{BlockIq4Nl, QK};
 use super::quantize::signed_absmax;
+use super::quantize_iq::element_weights;
 use crate::gguf::QK_K;
 
 /// Groups whose largest magnitude is below this are all-zero (ggml's GROUP_MAX_EPS).
@@ -26,8 +27,8 @@ fn signed_max(x: &[f32]) -> (f32, f32) {
 }
 
 /// Symmetric quants in -nmax..nmax-1 (stored + nmax) with a scale searched over 19 candidates
-/// around nmax/max, weighting errors by x^2 (ggml's `make_qx_quants`, rmse_type 1).
-fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [u8]) -> f32 {
+/// around nmax/max, weighting errors by `weights` (x^2 in ggml's `make_qx_quants`, rmse_type 1).
+pub(super) fn make_qx_quants(x: &[f32], weights: &[f32], nmax: i32, l_out: &mut [u8]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
         l_out.fill(0);
@@ -35,9 +36,8 @@ fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [u8]) -> f32 {
     }
     let sums = |iscale: f32| {
         let (mut sumlx, mut suml2) = (0f32, 0f32);
-        for &v in x {
+        for (&v, &w) in x.iter().zip(weights) {
             let l = nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
-            let w = v * v;
             sumlx += w * v * l;
             suml2 += w * l * l;
         }
@@ -115,7 +115,7 @@ fn make_q3_quants(x: &[f32], nmax: i32, l_out: &mut [u8]) -> f32 {
 /// Affine quants 0..=nmax: `x ~ scale * l - min`, scale and min fitted by weighted least
 /// squares over nstep + 1 candidate grids (ggml's `make_qkx2_quants`). Returns (scale, min).
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+pub(super) fn make_qkx2_quants(
     x: &[f32],
     weights: &[f32],
     nmax: i32,
@@ -184,6 +184,77 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// Per-element weights of the searches: `reference` (ggml's choice without an importance matrix)
+/// or, given importance-matrix columns, llama.cpp's `im * sqrt(sigma^2 + x^2)`.
+fn weights_or<const N: usize>(
+    x: &[f32],
+    im: Option<&[f32]>,
+    reference: impl Fn(usize) -> f32,
+) -> [f32; N] {
+    match im {
+        Some(_) => {
+            let w = element_weights(x, im);
+            std::array::from_fn(|i| w[i])
+        }
+        None => std::array::from_fn(reference),
+    }
+}
+
+/// Weighted squared error of `x ~ dl * l - ml`, l the nearest of 0..=nmax.
+fn affine_error(x: &[f32], w: &[f32], dl: f32, ml: f32, nmax: i32) -> f32 {
+    if dl == 0.0 {
+        return x
+            .iter()
+            .zip(w)
+            .map(|(&v, &w)| w * (v + ml) * (v + ml))
+            .sum();
+    }
+    x.iter()
+        .zip(w)
+        .map(|(&v, &w)| {
+            let l = nearest_int((v + ml) / dl).clamp(0, nmax) as f32;
+            w * (dl * l - ml - v).powi(2)
+        })
+        .sum()
+}
+
+/// For each group of 16, tries the integer scales next to the rounded one (quants re-chosen in
+/// -nmax..nmax-1 for each) and keeps the one with the lowest weighted error.
+fn refine_symmetric_scales(
+    x: &[f32],
+    w: &[f32],
+    d: f32,
+    q: &mut [i32; 16],
+    range: (i32, i32),
+    nmax: i32,
+) {
+    let err = |j: usize, sc: i32| -> f32 {
+        let dl = d * sc as f32;
+        (16 * j..16 * j + 16)
+            .map(|i| {
+                let l = if dl == 0.0 {
+                    0.0
+                } else {
+                    nearest_int(x[i] / dl).clamp(-nmax, nmax - 1) as f32
+                };
+                w[i] * (x[i] - dl * l).powi(2)
+            })
+            .sum()
+    };
+    for j in 0..16 {
+        let mut best = (err(j, q[j]), q[j]);
+        for sc in [q[j] - 1, q[j] + 1] {
+            if (range.0..=range.1).contains(&sc) {
+                let e = err(j, sc);
+                if e < best.0 {
+                    best = (e, sc);
+                }
+            }
+        }
+        q[j] = best.1;
+    }
+}
+
 /// Packs 2-bit values: byte `32 g + l` of the result holds elements 128g + 32j + l, j = 0..4.
 fn pack_2bit(l: &[u8; QK_K]) -> [u8; QK_K / 4] {
     std::array::from_fn(|i| {
@@ -200,15 +271,18 @@ fn pack_4bit(l: &[u8; QK_K]) -> [u8; QK_K / 2] {
     })
 }
 
-pub fn quantize_q2_k(x: &[f32; QK_K]) -> BlockQ2K {
+pub fn quantize_q2_k(x: &[f32; QK_K], im: Option<&[f32]>) -> BlockQ2K {
     const Q4SCALE: f32 = 15.0;
     let mut l = [0u8; QK_K];
     let (mut scales, mut mins) = ([0f32; 16], [0f32; 16]);
+    let weights: [f32; QK_K] = weights_or(x, im, |i| x[i].abs());
     for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        let weights: [f32; 16] = std::array::from_fn(|i| xs[i].abs());
-        (scales[j], mins[j]) =
-            make_qkx2_quants(xs, &weights, 3, &mut l[16 * j..], -0.5, 0.1, 15, true);
+        let (xs, ws) = (&x[16 * j..16 * j + 16], &weights[16 * j..16 * j + 16]);
+        let lj = &mut l[16 * j..];
+        (scales[j], mins[j]) = match im {
+            None => make_qkx2_quants(xs, ws, 3, lj, -0.5, 0.1, 15, true),
+            Some(_) => make_qkx2_quants(xs, ws, 3, lj, -0.9, 0.05, 36, false),
+        };
     }
     let max_scale = scales.iter().fold(0f32, |m, &s| if s > m { s } else { m });
     let max_min = mins.iter().fold(0f32, |m, &s| if s > m { s } else { m });
@@ -247,12 +321,17 @@ pub fn quantize_q2_k(x: &[f32; QK_K]) -> BlockQ2K {
     }
 }
 
-pub fn quantize_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
+pub fn quantize_q3_k(x: &[f32; QK_K], im: Option<&[f32]>) -> BlockQ3K {
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut amax) = (0f32, 0f32);
+    let weights: [f32; QK_K] = weights_or(x, im, |_| 0.0);
     for j in 0..16 {
-        scales[j] = make_q3_quants(&x[16 * j..16 * j + 16], 4, &mut l[16 * j..16 * j + 16]);
+        let (xs, lj) = (&x[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
+        scales[j] = match im {
+            None => make_q3_quants(xs, 4, lj),
+            Some(_) => make_qx_quants(xs, &weights[16 * j..16 * j + 16], 4, lj),
+        };
         if scales[j].abs() > amax {
             amax = scales[j].abs();
             max_scale = scales[j];
@@ -262,12 +341,17 @@ pub fn quantize_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
     let mut d = F16Le::from_f32(0.0);
     if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
-        for (j, &s) in scales.iter().enumerate() {
-            let v = (nearest_int(iscale * s).clamp(-32, 31) + 32) as u8;
+        d = F16Le::from_f32(1.0 / iscale);
+        let mut q: [i32; 16] =
+            std::array::from_fn(|j| nearest_int(iscale * scales[j]).clamp(-32, 31));
+        if im.is_some() {
+            refine_symmetric_scales(x, &weights, d.to_f32(), &mut q, (-32, 31), 4);
+        }
+        for (j, &q) in q.iter().enumerate() {
+            let v = (q + 32) as u8;
             packed[j % 8] |= (v & 0xF) << (4 * (j / 8));
             packed[8 + j % 4] |= (v >> 4) << (2 * (j / 4));
         }
-        d = F16Le::from_f32(1.0 / iscale);
     }
     for j in 0..16 {
         let dl = d.to_f32() * q3k_scale(&packed, j) as f32;
@@ -297,24 +381,28 @@ pub fn quantize_q3_k(x: &[f32; QK_K]) -> BlockQ3K {
 /// Q4_K and Q5_K: per 32 a (scale, min) fit weighted by rms + |x|, both quantized to 6 bits.
 fn quantize_q45_k(
     x: &[f32; QK_K],
+    im: Option<&[f32]>,
     nmax: i32,
-    rmin: f32,
-    nstep: i32,
+    (rmin, rdelta, nstep): (f32, f32, i32),
 ) -> ([u8; QK_K], [u8; 12], F16Le, F16Le) {
     let mut l = [0u8; QK_K];
     let (mut scales, mut mins) = ([0f32; 8], [0f32; 8]);
+    let imw: Option<[f32; QK_K]> = im.map(|_| weights_or(x, im, |_| 0.0));
     for j in 0..8 {
         let xs = &x[32 * j..32 * j + 32];
         let sum_x2: f32 = xs.iter().map(|v| v * v).sum();
         let av_x = (sum_x2 / 32.0).sqrt();
-        let weights: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
+        let weights: [f32; 32] = match &imw {
+            Some(w) => std::array::from_fn(|i| w[32 * j + i]),
+            None => std::array::from_fn(|i| av_x + xs[i].abs()),
+        };
         (scales[j], mins[j]) = make_qkx2_quants(
             xs,
             &weights,
             nmax,
             &mut l[32 * j..],
             rmin,
-            0.1,
+            rdelta,
             nstep,
             false,
         );
@@ -327,10 +415,41 @@ fn quantize_q45_k(
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls: [u8; 8] =
+        std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
+    let mut lm: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
+    let d = F16Le::from_f32(max_scale / 63.0);
+    let dmin = F16Le::from_f32(max_min / 63.0);
+    if let Some(w) = &imw {
+        // The rounded 6-bit scale and min of each group need not be the best pair: try their
+        // neighbours, quants re-chosen for each (llama.cpp searches these with make_qp_quants).
+        let (d, dmin) = (d.to_f32(), dmin.to_f32());
+        for j in 0..8 {
+            let r = 32 * j..32 * j + 32;
+            let err = |sc: u8, m: u8| {
+                affine_error(
+                    &x[r.clone()],
+                    &w[r.clone()],
+                    d * sc as f32,
+                    dmin * m as f32,
+                    nmax,
+                )
+            };
+            let mut best = (err(ls[j], lm[j]), ls[j], lm[j]);
+            for sc in ls[j].saturating_sub(1)..=(ls[j] + 1).min(63) {
+                for m in lm[j].saturating_sub(1)..=(lm[j] + 1).min(63) {
+                    let e = err(sc, m);
+                    if e < best.0 {
+                        best = (e, sc, m);
+                    }
+                }
+            }
+            (ls[j], lm[j]) = (best.1, best.2);
+        }
+    }
     let mut packed = [0u8; 12];
     for j in 0..8 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
+        let (ls, lm) = (ls[j], lm[j]);
         if j < 4 {
             packed[j] = ls;
             packed[j + 4] = lm;
@@ -340,8 +459,6 @@ fn quantize_q45_k(
             packed[j] |= (lm >> 4) << 6;
         }
     }
-    let d = F16Le::from_f32(max_scale / 63.0);
-    let dmin = F16Le::from_f32(max_min / 63.0);
     for j in 0..8 {
         let (sc, m) = k4_scale_min(&packed, j);
         let dl = d.to_f32() * sc as f32;
@@ -356,8 +473,18 @@ fn quantize_q45_k(
     (l, packed, d, dmin)
 }
 
-pub fn quantize_q4_k(x: &[f32; QK_K]) -> BlockQ4K {
-    let (l, scales, d, dmin) = quantize_q45_k(x, 15, -1.0, 20);
+/// The (rmin, rdelta, nstep) scale search of Q4_K/Q5_K: ggml's without an importance matrix,
+/// llama.cpp's wider one with.
+fn q45_search(im: Option<&[f32]>, reference: (f32, f32, i32)) -> (f32, f32, i32) {
+    if im.is_some() {
+        (-0.9, 0.05, 36)
+    } else {
+        reference
+    }
+}
+
+pub fn quantize_q4_k(x: &[f32; QK_K], im: Option<&[f32]>) -> BlockQ4K {
+    let (l, scales, d, dmin) = quantize_q45_k(x, im, 15, q45_search(im, (-1.0, 0.1, 20)));
     BlockQ4K {
         d,
         dmin,
@@ -366,8 +493,8 @@ pub fn quantize_q4_k(x: &[f32; QK_K]) -> BlockQ4K {
     }
 }
 
-pub fn quantize_q5_k(x: &[f32; QK_K]) -> BlockQ5K {
-    let (l, scales, d, dmin) = quantize_q45_k(x, 31, -0.5, 15);
+pub fn quantize_q5_k(x: &[f32; QK_K], im: Option<&[f32]>) -> BlockQ5K {
+    let (l, scales, d, dmin) = quantize_q45_k(x, im, 31, q45_search(im, (-0.5, 0.1, 15)));
     // The fifth bit of element 32 sub + l goes to bit `sub` of qh[l].
     let mut qh = [0u8; 32];
     for (i, &q) in l.iter().enumerate() {
@@ -382,12 +509,14 @@ pub fn quantize_q5_k(x: &[f32; QK_K]) -> BlockQ5K {
     }
 }
 
-pub fn quantize_q6_k(x: &[f32; QK_K]) -> BlockQ6K {
+pub fn quantize_q6_k(x: &[f32; QK_K], im: Option<&[f32]>) -> BlockQ6K {
     let mut l = [0u8; QK_K];
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs) = (0f32, 0f32);
+    let weights: [f32; QK_K] = weights_or(x, im, |i| x[i] * x[i]);
     for j in 0..16 {
-        scales[j] = make_qx_quants(&x[16 * j..16 * j + 16], 32, &mut l[16 * j..16 * j + 16]);
+        let r = 16 * j..16 * j + 16;
+        scales[j] = make_qx_quants(&x[r.clone()], &weights[r.clone()], 32, &mut l[r]);
         if scales[j].abs() > max_abs {
             max_abs = scales[j].abs();
             max_scale = scales[j];
@@ -403,7 +532,11 @@ pub fn quantize_q6_k(x: &[f32; QK_K]) -> BlockQ6K {
     }
     let iscale = -128.0 / max_scale;
     let d = F16Le::from_f32(1.0 / iscale);
-    let packed: [i8; 16] = std::array::from_fn(|j| nearest_int(iscale * scales[j]).min(127) as i8);
+    let mut q: [i32; 16] = std::array::from_fn(|j| nearest_int(iscale * scales[j]).min(127));
+    if im.is_some() {
+        refine_symmetric_scales(x, &weights, d.to_f32(), &mut q, (-128, 127), 32);
+    }
+    let packed: [i8; 16] = q.map(|q| q as i8);
     for (j, &sc) in packed.iter().enumerate() {
         let dl = d.to_f32() * sc as f32;
         if dl == 0.0 {
@@ -455,7 +588,7 @@ fn best_index(values: &[i8; 16], x: f32) -> u8 {
 const NTRY: i32 = 7;
 
 /// The best scale for one 32-element group against the IQ4_NL codebook (x^2-weighted), or 0.
-fn iq4_group_scale(xb: &[f32]) -> f32 {
+fn iq4_group_scale(xb: &[f32], weights: &[f32]) -> f32 {
     let values = &KVALUES_IQ4NL;
     let (max, amax) = signed_max(xb);
     if amax < GROUP_MAX_EPS {
@@ -463,9 +596,8 @@ fn iq4_group_scale(xb: &[f32]) -> f32 {
     }
     let sums = |id: f32| {
         let (mut sumqx, mut sumq2) = (0f32, 0f32);
-        for &v in xb {
+        for (&v, &w) in xb.iter().zip(weights) {
             let q = values[best_index(values, id * v) as usize] as f32;
-            let w = v * v;
             sumqx += w * q * v;
             sumq2 += w * q * q;
         }
@@ -490,8 +622,9 @@ fn pack_iq4(l: &[u8]) -> [u8; 16] {
     std::array::from_fn(|j| l[j] | (l[j + 16] << 4))
 }
 
-pub fn quantize_iq4_nl(x: &[f32; QK]) -> BlockIq4Nl {
-    let scale = iq4_group_scale(x);
+pub fn quantize_iq4_nl(x: &[f32; QK], im: Option<&[f32]>) -> BlockIq4Nl {
+    let weights: [f32; QK] = weights_or(x, im, |i| x[i] * x[i]);
+    let scale = iq4_group_scale(x, &weights);
     let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
     let l: [u8; QK] = std::array::from_fn(|j| best_index(&KVALUES_IQ4NL, id * x[j]));
     BlockIq4Nl {
@@ -500,8 +633,12 @@ pub fn quantize_iq4_nl(x: &[f32; QK]) -> BlockIq4Nl {
     }
 }
 
-pub fn quantize_iq4_xs(x: &[f32; QK_K]) -> BlockIq4Xs {
-    let scales: [f32; 8] = std::array::from_fn(|ib| iq4_group_scale(&x[32 * ib..32 * ib + 32]));
+pub fn quantize_iq4_xs(x: &[f32; QK_K], im: Option<&[f32]>) -> BlockIq4Xs {
+    let weights: [f32; QK_K] = weights_or(x, im, |i| x[i] * x[i]);
+    let scales: [f32; 8] = std::array::from_fn(|ib| {
+        let r = 32 * ib..32 * ib + 32;
+        iq4_group_scale(&x[r.clone()], &weights[r])
+    });
     let (mut max_scale, mut amax) = (0f32, 0f32);
     for &s in &scales {
         if s.abs() > amax {
