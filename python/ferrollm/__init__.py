@@ -3,30 +3,36 @@
 ``ferrollm.Llama`` runs llama-family GGUF models (llama-cpp-python's API);
 ``ferrollm.demo_model_path()`` is the small trained Mixtral shipped in the package.
 ``perplexity`` / ``kl_divergence`` (:mod:`ferrollm.quality`) measure quantization quality and
-``quantize_file`` (:mod:`ferrollm.quantize`) writes a model in another type. The GGUF layer lives
+``quantize`` (:mod:`ferrollm.quantize`) writes a model in another type or mix, optionally with an
+importance matrix from ``collect_imatrix`` (:mod:`ferrollm.imatrix`), or quantizes one tensor. The GGUF layer lives
 in :mod:`ferrollm.gguf`; block types and dequantization in :mod:`ferrollm.quants`.
 """
 
 from ferrollm import gguf, quants
 from ferrollm._core import GGUFError, UnsupportedTypeError, __version__
 from ferrollm.demo import demo_model_path
+from ferrollm.imatrix import Imatrix
+from ferrollm.imatrix import collect as collect_imatrix
 from ferrollm.llama import Llama
 from ferrollm.quality import kl_divergence, perplexity
-from ferrollm.quantize import quantize_file
+from ferrollm.quantize import quantize, quantize_file
 from ferrollm.quants import dequantize
 from ferrollm.tokenizer import Tokenizer
 
 __all__ = [
     "GGUFError",
+    "Imatrix",
     "Llama",
     "Tokenizer",
     "UnsupportedTypeError",
     "__version__",
+    "collect_imatrix",
     "demo_model_path",
     "dequantize",
     "gguf",
     "kl_divergence",
     "perplexity",
+    "quantize",
     "quantize_file",
     "quants",
 ]

@@ -22,8 +22,10 @@ from collections import Counter
 from ferrollm import GGUFError, __version__, gguf, hardware, plan, quality, quants
 from ferrollm.chat import BUILTIN_FORMATS
 from ferrollm.demo import demo_model_path
+from ferrollm.imatrix import collect as collect_imatrix
 from ferrollm.llama import Llama, parse_override
-from ferrollm.quantize import WRITABLE_TYPES, quantize_file
+from ferrollm.quant_mixes import MIXES
+from ferrollm.quantize import ProgressBar, quantize_file
 from ferrollm.synthetic import DEMO_TYPES, write_synthetic_gguf
 from ferrollm.synthetic_model import SHAPES, ModelSpec, shape_spec, write_model
 
@@ -247,16 +249,31 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    def progress(done: int, total: int, name: str) -> None:
-        if sys.stderr.isatty() or done == total:
-            print(f"\rquantizing [{done}/{total}] {name:<40}", end="", file=sys.stderr, flush=True)
-
-    written = quantize_file(args.input, args.output, args.type, progress=None if args.quiet else progress)
-    if not args.quiet:
-        print(file=sys.stderr)
+    start = time.perf_counter()
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    written = quantize_file(args.input, args.output, args.type, imatrix=args.imatrix, pure=args.pure,
+                            threads=args.threads, progress=bar)  # fmt: skip
     counts = Counter(written.values())
     size = _size(os.path.getsize(args.output))
-    print(f"wrote {args.output}: {size}, " + ", ".join(f"{n} x {t}" for t, n in counts.most_common()))
+    print(f"wrote {args.output}: {size} in {time.perf_counter() - start:.1f} s, "
+          + ", ".join(f"{n} x {t}" for t, n in counts.most_common()))  # fmt: skip
+    return 0
+
+
+def cmd_imatrix(args: argparse.Namespace) -> int:
+    with open(args.file, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    start = time.perf_counter()
+
+    def progress(done: int, total: int, ppl: float) -> None:
+        print(f"[{done}/{total}] {ppl:.4f} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+
+    im, ppl = collect_imatrix(args.model, text, n_ctx=args.ctx_size, n_chunks=args.chunks, n_threads=args.threads,
+                              n_batch=args.batch_size, dataset=os.path.basename(args.file), progress=progress)  # fmt: skip
+    im.save(args.output)
+    tokens = im.chunk_count * im.chunk_size
+    print(f"wrote {args.output}: {len(im.entries)} tensors from {im.chunk_count} chunks ({tokens} tokens), "
+          f"PPL {ppl:.4f}, {time.perf_counter() - start:.1f} s")  # fmt: skip
     return 0
 
 
@@ -355,13 +372,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ppl.set_defaults(run=cmd_perplexity)
 
-    qz = sub.add_parser("quantize", help="write a model with every weight matrix in one type (pure)")
+    qz = sub.add_parser("quantize", help="write a model in another type or named mix (llama-quantize)")
     qz.add_argument("input")
     qz.add_argument("output")
-    qz.add_argument("type", type=str.upper, choices=WRITABLE_TYPES, metavar="TYPE",
-                    help=f"one of {', '.join(WRITABLE_TYPES)}")  # fmt: skip
-    qz.add_argument("-q", "--quiet", action="store_true")
+    qz.add_argument("type", type=str.upper, metavar="TYPE",
+                    help=f"a mix ({', '.join(MIXES)}; Q4_K = Q4_K_M) or, with --pure, a tensor type")  # fmt: skip
+    qz.add_argument("--imatrix", metavar="FILE", help="importance matrix (.dat or .gguf, llama.cpp's or ours)")
+    qz.add_argument("--pure", action="store_true", help="every weight matrix in TYPE (no mix rules)")
+    qz.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
+    qz.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     qz.set_defaults(run=cmd_quantize)
+
+    imx = sub.add_parser("imatrix", help="collect an importance matrix over calibration text (llama-imatrix)")
+    _model_path_option(imx)
+    imx.add_argument("-f", "--file", required=True, help="calibration text")
+    imx.add_argument("-o", "--output", default="imatrix.dat", help="output: .dat (legacy) or .gguf")
+    imx.add_argument("-c", "--ctx-size", type=int, default=512, help="chunk length in tokens (default 512)")
+    imx.add_argument("--chunks", type=int, default=-1, help="use at most this many chunks (-1: all)")
+    imx.add_argument("-b", "--batch-size", type=int, default=512)
+    imx.add_argument("-t", "--threads", type=int, default=None)
+    imx.set_defaults(run=cmd_imatrix)
 
     sm = sub.add_parser("synth-model", help="write a small random-weight llama/Mixtral GGUF")
     sm.add_argument("out")

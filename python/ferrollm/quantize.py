@@ -1,28 +1,32 @@
-"""Quantize whole GGUF models with the reference quantizers (no importance matrix yet).
+"""Quantize GGUF models and single tensors, with or without an importance matrix.
 
-``quantize_file`` is llama.cpp's ``--pure`` quantization: every weight matrix gets the one type
-asked for (token embedding and tied head included), while norms and MoE routers stay F32, as
-llama.cpp keeps them. It is what the quality tools need to put a number on each type.
+``quantize_file`` is llama-quantize: a type or named mix (Q4_K_M, IQ2_M, ...) picks each
+tensor's type by llama.cpp's rules (``quant_mixes``), or with ``pure`` every weight matrix gets
+the one type. Norms and MoE routers stay F32, as llama.cpp keeps them. With an importance
+matrix every type runs its importance-weighted search; the 1-2 bit mixes require one.
+``quantize_tensor`` does one array, for experiments.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import time
 from collections.abc import Callable
 
 import numpy as np
 
-from ferrollm import quants
+from ferrollm import _core, quants
 from ferrollm.gguf import GGUFFile, GGUFWriter
+from ferrollm.imatrix import Imatrix
+from ferrollm.quant_mixes import MIXES, NEEDS_IMATRIX, ModelShape, fallback_type, mix_name, tensor_type
 
-# Types our quantizers can write (F32/F16 are plain conversions).
+# Tensor types our quantizers write (F32/F16 are plain conversions).
 WRITABLE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-                  "IQ4_NL", "IQ4_XS")  # fmt: skip
+                  "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS")  # fmt: skip
 
-# general.file_type (llama.cpp's llama_ftype) of a file quantized to one type; for K types the
-# "_S" mix is the closest named one.
-FILE_TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10,
-                 "Q3_K": 11, "Q4_K": 14, "Q5_K": 16, "Q6_K": 18, "IQ4_NL": 25, "IQ4_XS": 30}  # fmt: skip
+# general.file_type of a --pure file of one tensor type: the mix of that default type.
+_PURE_FILE_TYPE = {"Q3_K": 11, "Q4_K": 14, "Q5_K": 16}
 
 
 def keeps_f32(name: str, numpy_shape: tuple[int, ...]) -> bool:
@@ -31,9 +35,16 @@ def keeps_f32(name: str, numpy_shape: tuple[int, ...]) -> bool:
     return len(numpy_shape) < 2 or "ffn_gate_inp" in name
 
 
-def quantize_tensor(values: np.ndarray, type_name: str) -> tuple[np.ndarray, str | None, list[int] | None]:
+def quantize_tensor(
+    values: np.ndarray,
+    type_name: str,
+    imatrix: np.ndarray | None = None,
+    threads: int | None = None,
+) -> tuple[np.ndarray, str | None, list[int] | None]:
     """(data, type, ggml shape) for ``GGUFWriter.add_tensor``: a float array of numpy shape
-    (..., rows, cols) quantized to ``type_name`` along its rows."""
+    (..., rows, cols) quantized to ``type_name`` along its rows. ``imatrix`` holds the mean
+    squared activation of each column: shape (cols,), or (n_mat, cols) for a stack of n_mat
+    matrices (MoE experts, the leading axis of ``values``)."""
     t = quants.quant_type(type_name).name
     if t not in WRITABLE_TYPES:
         raise ValueError(f"cannot quantize to {t}; writable types: {', '.join(WRITABLE_TYPES)}")
@@ -42,38 +53,161 @@ def quantize_tensor(values: np.ndarray, type_name: str) -> tuple[np.ndarray, str
         return values, None, None
     if t == "F16":
         return values.astype(np.float16), None, None
+    cols = values.shape[-1]
     block = quants.quant_type(t).block_elems
-    if values.shape[-1] % block:
-        raise ValueError(f"rows of {values.shape[-1]} values are not a whole number of {t} blocks ({block})")
-    return quants.quantize(values.reshape(-1), t), t, list(reversed(values.shape))
+    if cols % block:
+        raise ValueError(f"rows of {cols} values are not a whole number of {t} blocks ({block})")
+    shape = list(reversed(values.shape))
+    if imatrix is None:
+        return _core.quantize(values.reshape(-1), t, n_per_row=cols, threads=threads or 0), t, shape
+    im = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1, cols)
+    if im.shape[0] == 1:
+        return _core.quantize(values.reshape(-1), t, imatrix=im[0], threads=threads or 0), t, shape
+    mats = values.reshape(im.shape[0], -1)
+    if mats.shape[1] % cols:
+        raise ValueError(f"an importance matrix of {im.shape[0]} x {cols} does not fit a tensor of {values.shape}")
+    parts = [_core.quantize(m, t, imatrix=i, threads=threads or 0) for m, i in zip(mats, im)]
+    return np.concatenate(parts), t, shape
+
+
+def _model_shape(f: GGUFFile) -> ModelShape:
+    md = f.metadata
+    arch = md.get("general.architecture", "llama")
+    heads = int(md.get(f"{arch}.attention.head_count", 1))
+    kv = int(md.get(f"{arch}.attention.head_count_kv", heads)) or heads
+    names = {t.name for t in f.tensors}
+    return ModelShape(int(md.get(f"{arch}.block_count", 0)), int(md.get(f"{arch}.expert_count", 0)),
+                      heads // kv, "output.weight" not in names)  # fmt: skip
+
+
+def plan_types(src: str | os.PathLike, type_name: str, pure: bool = False, has_imatrix: bool = False) -> dict[str, str]:
+    """{tensor name: type} that ``quantize_file`` would write, without writing anything."""
+    with GGUFFile(src) as f:
+        shape = _model_shape(f)
+        out = {}
+        for info in f.tensors:
+            if keeps_f32(info.name, info.numpy_shape):
+                out[info.name] = "F32"
+                continue
+            if pure:
+                t = quants.quant_type(type_name).name
+            else:
+                t = tensor_type(type_name, info.name, shape, has_imatrix)
+            out[info.name] = fallback_type(t, info.numpy_shape[-1])
+        return out
 
 
 def quantize_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     type_name: str,
+    imatrix: Imatrix | str | os.PathLike | None = None,
+    pure: bool = False,
+    threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, str]:
-    """Write ``dst``: ``src`` with every weight matrix requantized to ``type_name`` (from its
-    dequantized values). Returns {tensor name: type written}."""
-    target = quants.quant_type(type_name).name
-    if target not in FILE_TYPE_IDS:
-        raise ValueError(f"cannot quantize to {target}; writable types: {', '.join(WRITABLE_TYPES)}")
+    """Write ``dst``: ``src`` with every weight matrix requantized (from its dequantized values)
+    to the type ``type_name`` (a tensor type or a named mix) gives it. Returns {tensor name:
+    type written}. ``progress(done_elements, total_elements, tensor name)`` follows the work."""
+    if pure:
+        target = quants.quant_type(type_name).name
+        if target not in WRITABLE_TYPES:
+            raise ValueError(f"cannot quantize to {target}; writable types: {', '.join(WRITABLE_TYPES)}")
+        file_type = _PURE_FILE_TYPE.get(target, MIXES.get(target, (0, target))[0])
+        mix = target
+    else:
+        mix = mix_name(type_name)
+        file_type = MIXES[mix][0]
+    if isinstance(imatrix, (str, os.PathLike)):
+        imatrix = Imatrix.load(imatrix)
+    if imatrix is None and mix in NEEDS_IMATRIX:
+        raise ValueError(
+            f"{mix} needs an importance matrix (--imatrix FILE); make one with "
+            "`ferrollm imatrix -m MODEL -f CALIBRATION.txt -o imatrix.dat`"
+        )
+    types = plan_types(src, type_name, pure, imatrix is not None)
     written: dict[str, str] = {}
     with GGUFFile(src) as f:
-        types = f.metadata_types
+        md_types = f.metadata_types
         writer = GGUFWriter(dst)
         for key, value in f.metadata.items():
-            if key not in ("general.alignment", "general.file_type"):
-                writer.add(key, value, types[key])
-        writer.add("general.file_type", FILE_TYPE_IDS[target], "u32")
-        tensors = f.tensors
-        for i, info in enumerate(tensors):
+            if key not in ("general.alignment", "general.file_type") and not key.startswith("quantize."):
+                writer.add(key, value, md_types[key])
+        writer.add("general.file_type", file_type, "u32")
+        if imatrix is not None:
+            writer.add("quantize.imatrix.entries_count", len(imatrix.entries), "i32")
+            writer.add("quantize.imatrix.chunks_count", imatrix.chunk_count, "i32")
+            if imatrix.datasets:
+                writer.add("quantize.imatrix.dataset", imatrix.datasets[-1], "str")
+        total = sum(info.n_elements for info in f.tensors)
+        done = 0
+        for info in f.tensors:
+            t = types[info.name]
             values = f.dequantize(info.name).reshape(info.numpy_shape)
-            t = "F32" if keeps_f32(info.name, info.numpy_shape) else target
-            writer.add_tensor(info.name, *quantize_tensor(values, t))
+            im = None
+            if imatrix is not None and t not in ("F32", "F16"):
+                n_mat = int(np.prod(info.numpy_shape[:-2])) if len(info.numpy_shape) > 2 else 1
+                im = imatrix.for_tensor(info.name, n_mat, info.numpy_shape[-1])
+            writer.add_tensor(info.name, *quantize_tensor(values, t, im, threads))
             written[info.name] = t
+            done += info.n_elements
             if progress:
-                progress(i + 1, len(tensors), info.name)
+                progress(done, total, info.name)
         writer.write()
     return written
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr: elements done, rate, the tensor being written."""
+
+    def __init__(self, stream, width: int = 30):
+        self.stream, self.width, self.start = stream, width, time.perf_counter()
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        frac = done / total if total else 1.0
+        fill = int(self.width * frac)
+        secs = time.perf_counter() - self.start
+        label = re.sub(r"\.weight$", "", name)[:32]
+        self.stream.write(f"\r[{'#' * fill}{'.' * (self.width - fill)}] {100 * frac:5.1f}% {secs:6.1f}s {label:<32}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+class QuantizedTensor:
+    """One quantized tensor: raw blocks with their type and numpy shape."""
+
+    def __init__(self, data: np.ndarray, type_name: str, shape: tuple[int, ...]):
+        self.data, self.type, self.shape = data, type_name, shape
+
+    def dequantize(self) -> np.ndarray:
+        if self.type in ("F32", "F16"):
+            return np.asarray(self.data, np.float32).reshape(self.shape)
+        return quants.dequantize(self.data, self.type).reshape(self.shape)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * np.asarray(self.data).nbytes / int(np.prod(self.shape))
+
+    def __repr__(self) -> str:
+        return f"QuantizedTensor({self.type}, shape={self.shape}, {self.bits_per_weight:.4f} bpw)"
+
+
+def quantize(src, dst_or_type, type_name: str | None = None, *, imatrix=None, pure: bool = False,
+             threads: int | None = None, progress: Callable[[int, int, str], None] | None = None):  # fmt: skip
+    """Quantize a model file or one tensor.
+
+    - ``quantize("in.gguf", "out.gguf", "Q4_K_M", imatrix="imatrix.dat")`` writes a file as
+      ``ferrollm quantize`` does and returns {tensor name: type}.
+    - ``quantize(array, "IQ2_XS", imatrix=column_importance)`` quantizes one float array along
+      its last axis and returns a :class:`QuantizedTensor` (``.dequantize()`` to measure the
+      error). ``imatrix`` is each column's mean squared activation: (cols,) or (n_mat, cols).
+    """
+    if isinstance(src, np.ndarray):
+        if type_name is not None:
+            raise TypeError("quantize(array, type): give the type second, no output path")
+        data, t, _ = quantize_tensor(src, dst_or_type, imatrix, threads)
+        return QuantizedTensor(data, t or quants.quant_type(dst_or_type).name, tuple(src.shape))
+    if type_name is None:
+        raise TypeError("quantize(src, dst, type): the type is missing")
+    return quantize_file(src, dst_or_type, type_name, imatrix=imatrix, pure=pure, threads=threads, progress=progress)

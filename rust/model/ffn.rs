@@ -4,6 +4,7 @@
 //! logits); tokens are then grouped by expert so that each chosen expert's weights stream
 //! from memory once per batch, whatever the number of tokens routed to it.
 
+use super::imatrix::{Input, LayerRecorder};
 use super::profile::{Component, Profile, Timer};
 use super::weights::{ExpertFfn, Tensor};
 use crate::error::Result;
@@ -26,6 +27,8 @@ pub struct FfnContext<'a> {
     pub pool: &'a Pool,
     pub file: &'a [u8],
     pub isa: Isa,
+    /// Where input activations go while an importance matrix is collected.
+    pub rec: Option<LayerRecorder<'a>>,
 }
 
 fn silu(x: f32) -> f32 {
@@ -33,9 +36,11 @@ fn silu(x: f32) -> f32 {
 }
 
 /// `out = down(silu(gate x) * up x)` for the rows of `x` (n x n_embd).
+#[allow(clippy::too_many_arguments)]
 fn swiglu(
     cx: &FfnContext,
     e: &ExpertFfn,
+    expert: usize,
     x: &[f32],
     out: &mut [f32],
     gate: &mut Vec<f32>,
@@ -43,12 +48,18 @@ fn swiglu(
     act: &mut Vec<u8>,
 ) -> Result<()> {
     let n = x.len() / e.gate.cols;
+    if let Some(r) = cx.rec {
+        r.record(Input::GateUp, expert, x);
+    }
     gate.resize(n * e.gate.rows, 0.0);
     up.resize(n * e.up.rows, 0.0);
     matmul(cx.pool, &e.gate.mat(cx.file), x, gate, act, cx.isa)?;
     matmul(cx.pool, &e.up.mat(cx.file), x, up, act, cx.isa)?;
     for (g, u) in gate.iter_mut().zip(up.iter()) {
         *g = silu(*g) * u;
+    }
+    if let Some(r) = cx.rec {
+        r.record(Input::Down, expert, gate);
     }
     matmul(cx.pool, &e.down.mat(cx.file), gate, out, act, cx.isa)
 }
@@ -60,7 +71,7 @@ pub fn dense(
     out: &mut [f32],
     s: &mut FfnScratch,
 ) -> Result<()> {
-    swiglu(cx, e, x, out, &mut s.gate, &mut s.up, &mut s.act)
+    swiglu(cx, e, 0, x, out, &mut s.gate, &mut s.up, &mut s.act)
 }
 
 /// Top-`k` of `logits` (ties to the lower index) with softmax weights over the selection,
@@ -104,6 +115,9 @@ pub fn moe(
     let n = x.len() / n_embd;
     let n_expert = experts.len();
     s.router_logits.resize(n * n_expert, 0.0);
+    if let Some(r) = cx.rec {
+        r.record(Input::Router, 0, x);
+    }
     matmul(
         cx.pool,
         &router.mat(cx.file),
@@ -138,6 +152,7 @@ pub fn moe(
         swiglu(
             cx,
             &experts[expert as usize],
+            expert as usize,
             &s.expert_in,
             &mut s.expert_out,
             &mut s.gate,

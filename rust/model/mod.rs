@@ -6,6 +6,7 @@
 mod attention;
 pub mod config;
 mod ffn;
+pub mod imatrix;
 pub mod kv_cache;
 pub mod profile;
 pub mod weights;
@@ -14,6 +15,7 @@ use std::path::Path;
 
 use attention::{AttentionShape, HeadScratch, Rope, attend};
 use ffn::{FfnContext, FfnScratch};
+use imatrix::{ActivationStats, Input, LayerRecorder, StatEntry};
 use profile::{Component, Profile, Timer};
 use weights::{Ffn, Weights};
 
@@ -86,6 +88,8 @@ pub struct Model {
     weight_ranges: Vec<(usize, usize)>,
     /// Time per component since load or the last `take_profile`.
     profile: Profile,
+    /// Input activation statistics, while an importance matrix is being collected.
+    stats: Option<ActivationStats>,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -165,6 +169,7 @@ impl Model {
             scratch,
             weight_ranges,
             profile: Profile::default(),
+            stats: None,
         })
     }
 
@@ -196,6 +201,19 @@ impl Model {
     /// The time per component since load or the previous call, and starts over.
     pub fn take_profile(&mut self) -> Profile {
         std::mem::take(&mut self.profile)
+    }
+
+    /// Starts (or restarts) collecting input activation statistics for an importance matrix.
+    pub fn start_activation_stats(&mut self) {
+        let file = &self.file;
+        self.stats = Some(ActivationStats::new(&self.config, &self.weights, |name| {
+            file.tensor(name).is_some()
+        }));
+    }
+
+    /// The statistics collected since `start_activation_stats`, which stops collecting.
+    pub fn take_activation_stats(&mut self) -> Option<Vec<StatEntry>> {
+        self.stats.take().map(ActivationStats::into_entries)
     }
 
     /// Forgets cached positions from `n` on (to reuse a shared prompt prefix).
@@ -304,15 +322,20 @@ impl Model {
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
         };
-        let cx = FfnContext {
-            pool,
-            file: bytes,
-            isa,
-        };
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
+            let rec = self.stats.as_ref().map(|stats| LayerRecorder { stats, layer: l });
+            let cx = FfnContext {
+                pool,
+                file: bytes,
+                isa,
+                rec,
+            };
             rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
             timer.lap(prof, Component::Embed);
+            if let Some(r) = rec {
+                r.record(Input::Qkv, 0, &s.normed);
+            }
             matmul(
                 pool,
                 &layer.wq.mat(bytes),
@@ -354,6 +377,9 @@ impl Model {
                 &mut s.heads,
                 &mut s.attn,
             )?;
+            if let Some(r) = rec {
+                r.record(Input::AttnOutput, 0, &s.attn);
+            }
             matmul(
                 pool,
                 &layer.wo.mat(bytes),

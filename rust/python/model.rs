@@ -121,6 +121,44 @@ impl PyModel {
         Ok(d)
     }
 
+    /// Starts collecting input activation statistics (for an importance matrix) on every
+    /// following `eval`, discarding any collected before.
+    fn start_activation_stats(&mut self) -> PyResult<()> {
+        self.model_mut()?.start_activation_stats();
+        Ok(())
+    }
+
+    /// The statistics since `start_activation_stats` (which stops collecting): a list of
+    /// (tensor names, columns, sums of squares float64[n_mat * columns], rows uint64[n_mat]).
+    #[allow(clippy::type_complexity)]
+    fn take_activation_stats<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<
+        Vec<(
+            Vec<String>,
+            usize,
+            Bound<'py, PyArray1<f64>>,
+            Bound<'py, PyArray1<u64>>,
+        )>,
+    > {
+        let entries = self
+            .model_mut()?
+            .take_activation_stats()
+            .ok_or_else(|| PyRuntimeError::new_err("start_activation_stats was not called"))?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                (
+                    e.names,
+                    e.cols,
+                    PyArray1::from_vec(py, e.sums),
+                    PyArray1::from_vec(py, e.counts),
+                )
+            })
+            .collect())
+    }
+
     /// Keeps the first `n` cached positions and forgets the rest.
     fn truncate(&mut self, n: usize) -> PyResult<()> {
         Ok(self.model_mut()?.truncate(n)?)
