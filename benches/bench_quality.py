@@ -65,7 +65,7 @@ def main() -> None:
         for t in types:
             path = os.path.join(tmp, f"{t}.gguf")
             t1 = time.time()
-            quantize_file(args.base, path, t)
+            quantize_file(args.base, path, t, pure=True)
             q_seconds = time.time() - t1
             k = kl_divergence(path, base_lp)
             row = {"bench": "quality", "model": "ferrollm-demo", "qtype": t, "engine": "ferrollm",

@@ -252,7 +252,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     bar = None if args.quiet else ProgressBar(sys.stderr)
     written = quantize_file(args.input, args.output, args.type, imatrix=args.imatrix, pure=args.pure,
-                            threads=args.threads, progress=bar)  # fmt: skip
+                            threads=args.threads, progress=bar, token_embedding_type=args.token_embedding_type,
+                            output_tensor_type=args.output_tensor_type)  # fmt: skip
     counts = Counter(written.values())
     size = _size(os.path.getsize(args.output))
     print(f"wrote {args.output}: {size} in {time.perf_counter() - start:.1f} s, "
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"a mix ({', '.join(MIXES)}; Q4_K = Q4_K_M) or, with --pure, a tensor type")  # fmt: skip
     qz.add_argument("--imatrix", metavar="FILE", help="importance matrix (.dat or .gguf, llama.cpp's or ours)")
     qz.add_argument("--pure", action="store_true", help="every weight matrix in TYPE (no mix rules)")
+    qz.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight")
+    qz.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight")
     qz.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
     qz.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     qz.set_defaults(run=cmd_quantize)

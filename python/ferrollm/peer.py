@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from ferrollm import quants
 from ferrollm.imatrix import Imatrix
 from ferrollm.quant_mixes import MIXES, mix_name
 
@@ -44,7 +45,8 @@ def _library() -> ctypes.CDLL:
 
 
 def peer_quantize(src: str | os.PathLike, dst: str | os.PathLike, type_name: str, imatrix: Imatrix | None = None,
-                  pure: bool = False, threads: int = 0) -> None:  # fmt: skip
+                  pure: bool = False, threads: int = 0, token_embedding_type: str | None = None,
+                  output_tensor_type: str | None = None) -> None:  # fmt: skip
     """Quantize ``src`` to ``dst`` with llama.cpp's ``llama_model_quantize``."""
     lib = _library()
     params = lib.llama_model_quantize_default_params()
@@ -52,6 +54,10 @@ def peer_quantize(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
     params.allow_requantize = True
     params.pure = pure
     params.nthread = threads
+    if token_embedding_type:
+        params.token_embedding_type = quants.quant_type(token_embedding_type).id
+    if output_tensor_type:
+        params.output_tensor_type = quants.quant_type(output_tensor_type).id
     keep = []  # the arrays must outlive the call
     if imatrix is not None:
         records = (_ImatrixData * (len(imatrix.entries) + 1))()

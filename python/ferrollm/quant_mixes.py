@@ -27,8 +27,15 @@ MIXES: dict[str, tuple[int, str]] = {
 # llama-quantize's short names.
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
-# Mixes whose default type is unusable without an importance matrix (llama.cpp refuses them).
-NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S")
+# Tensor types unusable without an importance matrix: llama.cpp refuses to write them without
+# one (except for the token embedding and the head, which no imatrix covers).
+NEEDS_IMATRIX = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS")
+
+
+def needs_imatrix(mix: str, name: str, tensor_type: str) -> bool:
+    if name in ("token_embd.weight", "output.weight"):
+        return False
+    return tensor_type in NEEDS_IMATRIX or (tensor_type == "Q2_K" and mix == "Q2_K_S")
 
 _LOW_BIT = ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")
 

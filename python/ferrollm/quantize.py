@@ -19,7 +19,7 @@ import numpy as np
 from ferrollm import _core, quants
 from ferrollm.gguf import GGUFFile, GGUFWriter
 from ferrollm.imatrix import Imatrix
-from ferrollm.quant_mixes import MIXES, NEEDS_IMATRIX, ModelShape, fallback_type, mix_name, tensor_type
+from ferrollm.quant_mixes import MIXES, ModelShape, fallback_type, mix_name, needs_imatrix, tensor_type
 
 # Tensor types our quantizers write (F32/F16 are plain conversions).
 WRITABLE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -80,8 +80,10 @@ def _model_shape(f: GGUFFile) -> ModelShape:
                       heads // kv, "output.weight" not in names)  # fmt: skip
 
 
-def plan_types(src: str | os.PathLike, type_name: str, pure: bool = False, has_imatrix: bool = False) -> dict[str, str]:
+def plan_types(src: str | os.PathLike, type_name: str, pure: bool = False, has_imatrix: bool = False,
+               token_embedding_type: str | None = None, output_tensor_type: str | None = None) -> dict[str, str]:  # fmt: skip
     """{tensor name: type} that ``quantize_file`` would write, without writing anything."""
+    overrides = {"token_embd.weight": token_embedding_type, "output.weight": output_tensor_type}
     with GGUFFile(src) as f:
         shape = _model_shape(f)
         out = {}
@@ -93,6 +95,8 @@ def plan_types(src: str | os.PathLike, type_name: str, pure: bool = False, has_i
                 t = quants.quant_type(type_name).name
             else:
                 t = tensor_type(type_name, info.name, shape, has_imatrix)
+            if overrides.get(info.name):
+                t = quants.quant_type(overrides[info.name]).name
             out[info.name] = fallback_type(t, info.numpy_shape[-1])
         return out
 
@@ -105,10 +109,14 @@ def quantize_file(
     pure: bool = False,
     threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    token_embedding_type: str | None = None,
+    output_tensor_type: str | None = None,
 ) -> dict[str, str]:
     """Write ``dst``: ``src`` with every weight matrix requantized (from its dequantized values)
-    to the type ``type_name`` (a tensor type or a named mix) gives it. Returns {tensor name:
-    type written}. ``progress(done_elements, total_elements, tensor name)`` follows the work."""
+    to the type ``type_name`` (a tensor type or a named mix) gives it; the two ``*_type``
+    arguments override the token embedding's and the head's (llama-quantize's options).
+    Returns {tensor name: type written}. ``progress(done_elements, total_elements, tensor
+    name)`` follows the work."""
     if pure:
         target = quants.quant_type(type_name).name
         if target not in WRITABLE_TYPES:
@@ -120,12 +128,13 @@ def quantize_file(
         file_type = MIXES[mix][0]
     if isinstance(imatrix, (str, os.PathLike)):
         imatrix = Imatrix.load(imatrix)
-    if imatrix is None and mix in NEEDS_IMATRIX:
+    types = plan_types(src, type_name, pure, imatrix is not None, token_embedding_type, output_tensor_type)
+    missing = [n for n, t in types.items() if imatrix is None and needs_imatrix(mix, n, t)]
+    if missing:
         raise ValueError(
-            f"{mix} needs an importance matrix (--imatrix FILE); make one with "
-            "`ferrollm imatrix -m MODEL -f CALIBRATION.txt -o imatrix.dat`"
+            f"{mix} needs an importance matrix for {missing[0]} ({types[missing[0]]}; --imatrix FILE): without "
+            "one 1-3 bit codebooks are garbage. Make one with `ferrollm imatrix -m MODEL -f CALIBRATION.txt`"
         )
-    types = plan_types(src, type_name, pure, imatrix is not None)
     written: dict[str, str] = {}
     with GGUFFile(src) as f:
         md_types = f.metadata_types

@@ -98,7 +98,11 @@ impl ActivationStats {
                         if file_has(&name("ffn_gate_exps")) {
                             let names = vec![name("ffn_gate_exps"), name("ffn_up_exps")];
                             let gate_up = single(add(names, c.n_embd, n));
-                            (router, gate_up, single(add(vec![name("ffn_down_exps")], c.n_ff, n)))
+                            (
+                                router,
+                                gate_up,
+                                single(add(vec![name("ffn_down_exps")], c.n_ff, n)),
+                            )
                         } else {
                             let per = |s: &str, i: usize| format!("blk.{l}.{s}.{i}.weight");
                             // One entry per expert, consecutive.

@@ -324,7 +324,10 @@ impl Model {
         };
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let rec = self.stats.as_ref().map(|stats| LayerRecorder { stats, layer: l });
+            let rec = self
+                .stats
+                .as_ref()
+                .map(|stats| LayerRecorder { stats, layer: l });
             let cx = FfnContext {
                 pool,
                 file: bytes,

@@ -16,7 +16,8 @@
 //!    when it lowers the error (then refined twice: re-assign, re-fit);
 //! 3. the sub-block scales are rounded to their integers under several candidate `d`, the
 //!    codewords chosen again for the scale actually stored, and the `d` with the lowest block
-//!    error wins. (llama.cpp rounds the scales without choosing the codewords again.)
+//!    error wins (llama.cpp rounds the scales without choosing the codewords again);
+//! 4. `d` is raised to undo half of the shrinkage least squares leaves (see there).
 
 use std::sync::OnceLock;
 
@@ -427,7 +428,36 @@ fn search_block(spec: &Spec, x: &[f32], w: &[f32]) -> Codes {
             codes = trial;
         }
     }
+    // 4. Undo half of the least-squares shrinkage. The error-optimal scale leaves the block with
+    // less energy than the weights (gain sum w t xhat / sum w t^2 of 0.85 at IQ1_S), and layer
+    // after layer that costs more than the error it saves: scaling d by gain^-1/2 measured
+    // mean KLD 0.970 -> 0.872 (IQ1_S), 0.2275 -> 0.2250 (IQ2_XS), unchanged at IQ3_XXS on the
+    // demo model; the full gain^-1 was no better.
+    let (tx, tt) = gain_sums(spec, &codes, &t, w);
+    if tx > 0.0 {
+        codes.d = half::f16::from_f32(codes.d * (tt / tx).sqrt()).to_f32();
+    }
     codes
+}
+
+/// (sum w t xhat, sum w t^2) of a block's reconstruction, xhat in the targets' sign convention.
+fn gain_sums(spec: &Spec, c: &Codes, t: &[f32], w: &[f32]) -> (f32, f32) {
+    let dim = spec.book.dim;
+    let (mut tx, mut tt) = (0f32, 0f32);
+    for (i, (&ti, &wi)) in t.iter().zip(w).enumerate() {
+        let s = c.d * spec.c * (2 * c.ls[i / spec.sub] + 1) as f32;
+        let mut v = spec.book.values[c.index[i / dim] as usize][i % dim];
+        if spec.signs == Signs::Shift {
+            v += if c.shift_neg[i / 8] {
+                -IQ1_SHIFT
+            } else {
+                IQ1_SHIFT
+            };
+        }
+        tx += wi * ti * s * v;
+        tt += wi * ti * ti;
+    }
+    (tx, tt)
 }
 
 fn pack_iq2_xxs(c: &Codes) -> BlockIq2Xxs {
