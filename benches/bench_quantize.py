@@ -87,7 +87,9 @@ def main() -> None:
         base_lp = os.path.join(tmp, "base.logp")
         base = perplexity(args.base, HELDOUT.read_text(encoding="utf-8"), args.ctx_size, args.chunks,
                           save_logprobs=base_lp)  # fmt: skip
-        print(f"base {os.path.basename(args.base)}: PPL {base.ppl:.4f} ({base.n_tokens_scored} tokens scored)")
+        print(
+            f"base {os.path.basename(args.base)}: PPL {base.ppl:.4f} ({base.n_tokens_scored} tokens scored)"
+        )
         print("| type | engine | bpw | quantize s | PPL | mean KLD | 99% KLD | top-1 % |")
         print("|---|---|---|---|---|---|---|---|")
         for t in types:
@@ -100,7 +102,9 @@ def main() -> None:
                     quantize_file(args.base, path, t, imatrix=im, pure=pure, threads=args.threads,
                                   token_embedding_type=embd)  # fmt: skip
                 else:
-                    peer_quantize(args.base, path, t, im, pure=pure, threads=args.threads, token_embedding_type=embd)
+                    peer_quantize(
+                        args.base, path, t, im, pure=pure, threads=args.threads, token_embedding_type=embd
+                    )
                 seconds = time.perf_counter() - start
                 k = kl_divergence(path, base_lp)
                 row = {"qtype": t, "pure": pure, "engine": engine, "bpw": weight_bits(path), "quantize_s": seconds,

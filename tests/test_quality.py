@@ -83,7 +83,7 @@ def test_kld_of_a_model_against_itself_is_zero(base_logprobs):
 def test_kld_grows_as_bits_shrink(base_logprobs, tmp_path):
     results = {}
     for t in ("Q6_K", "Q4_0", "Q2_K"):
-        quantize_file(demo_model_path(), tmp_path / f"{t}.gguf", t)
+        quantize_file(demo_model_path(), tmp_path / f"{t}.gguf", t, pure=True)
         results[t] = kl_divergence(tmp_path / f"{t}.gguf", base_logprobs[0])
     q6, q4, q2 = results["Q6_K"], results["Q4_0"], results["Q2_K"]
     assert 0 < q6.kld_mean < q4.kld_mean < q2.kld_mean

@@ -52,8 +52,8 @@ def test_q8_k_round_trip(x):
 def test_quantize_rejects_partial_blocks_and_unknown_types():
     with pytest.raises(ValueError, match="whole number of 32-element blocks"):
         quantize(np.zeros(31, np.float32), "Q8_0")
-    with pytest.raises(ferrollm.UnsupportedTypeError, match="IQ2_XS: no reference quantizer"):
-        quantize(np.zeros(256, np.float32), "IQ2_XS")
+    with pytest.raises(ferrollm.UnsupportedTypeError, match="TQ1_0: no quantizer"):
+        quantize(np.zeros(256, np.float32), "TQ1_0")
 
 
 # K- and IQ4 quantizers: no package has them as an oracle, so their properties are tested.

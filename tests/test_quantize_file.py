@@ -1,4 +1,4 @@
-"""Whole-file quantization (llama.cpp's --pure): every matrix in one type, norms and routers F32."""
+"""Whole-file quantization with --pure: every matrix in one type, norms and routers F32."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ferrollm.quantize import WRITABLE_TYPES, quantize_file, quantize_tensor
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q5_K", "IQ4_NL"])
 def test_every_matrix_gets_the_type_and_values_survive(tmp_path, type_name):
     out = tmp_path / "q.gguf"
-    written = quantize_file(demo_model_path(), out, type_name)
+    written = quantize_file(demo_model_path(), out, type_name, pure=True)
     with gguf.open(demo_model_path()) as src, gguf.open(out) as dst:
         assert dst.metadata["tokenizer.ggml.tokens"] == src.metadata["tokenizer.ggml.tokens"]
         for info in dst.tensors:
@@ -24,9 +24,11 @@ def test_every_matrix_gets_the_type_and_values_survive(tmp_path, type_name):
 
 
 def test_unwritable_types_and_bad_rows_are_errors(tmp_path):
-    with pytest.raises(ValueError, match="cannot quantize to IQ2_XS"):
-        quantize_file(demo_model_path(), tmp_path / "x.gguf", "IQ2_XS")
+    with pytest.raises(ValueError, match="cannot quantize to TQ1_0"):
+        quantize_file(demo_model_path(), tmp_path / "x.gguf", "TQ1_0", pure=True)
     with pytest.raises(ValueError, match="unknown tensor type"):
+        quantize_file(demo_model_path(), tmp_path / "x.gguf", "Q9_9", pure=True)
+    with pytest.raises(ValueError, match="unknown quantization type or mix"):
         quantize_file(demo_model_path(), tmp_path / "x.gguf", "Q9_9")
     with pytest.raises(ValueError, match="not a whole number of Q4_K blocks"):
         quantize_tensor(np.zeros((2, 100), np.float32), "Q4_K")
@@ -34,5 +36,5 @@ def test_unwritable_types_and_bad_rows_are_errors(tmp_path):
 
 
 def test_cli_quantize(tmp_path, capsys):
-    assert main(["quantize", demo_model_path(), str(tmp_path / "q.gguf"), "q8_0", "-q"]) == 0
+    assert main(["quantize", demo_model_path(), str(tmp_path / "q.gguf"), "q8_0", "--pure", "-q"]) == 0
     assert "x Q8_0" in capsys.readouterr().out

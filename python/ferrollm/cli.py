@@ -267,7 +267,9 @@ def cmd_imatrix(args: argparse.Namespace) -> int:
     start = time.perf_counter()
 
     def progress(done: int, total: int, ppl: float) -> None:
-        print(f"[{done}/{total}] {ppl:.4f} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[{done}/{total}] {ppl:.4f} ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True
+        )
 
     im, ppl = collect_imatrix(args.model, text, n_ctx=args.ctx_size, n_chunks=args.chunks, n_threads=args.threads,
                               n_batch=args.batch_size, dataset=os.path.basename(args.file), progress=progress)  # fmt: skip
@@ -378,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("output")
     qz.add_argument("type", type=str.upper, metavar="TYPE",
                     help=f"a mix ({', '.join(MIXES)}; Q4_K = Q4_K_M) or, with --pure, a tensor type")  # fmt: skip
-    qz.add_argument("--imatrix", metavar="FILE", help="importance matrix (.dat or .gguf, llama.cpp's or ours)")
+    qz.add_argument(
+        "--imatrix", metavar="FILE", help="importance matrix (.dat or .gguf, llama.cpp's or ours)"
+    )
     qz.add_argument("--pure", action="store_true", help="every weight matrix in TYPE (no mix rules)")
     qz.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight")
     qz.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight")

@@ -19,7 +19,11 @@ from ferrollm.quant_mixes import MIXES, mix_name
 
 
 class _ImatrixData(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("data", ctypes.POINTER(ctypes.c_float)), ("size", ctypes.c_size_t)]
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("data", ctypes.POINTER(ctypes.c_float)),
+        ("size", ctypes.c_size_t),
+    ]
 
 
 class _QuantizeParams(ctypes.Structure):  # llama.h's llama_model_quantize_params (0.3.36)
@@ -64,7 +68,9 @@ def peer_quantize(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
         for i, (name, entry) in enumerate(sorted(imatrix.entries.items())):
             values = np.ascontiguousarray(entry.mean_squares().reshape(-1), np.float32)
             keep.append(values)
-            records[i] = _ImatrixData(name.encode(), values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), values.size)
+            records[i] = _ImatrixData(
+                name.encode(), values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), values.size
+            )
         records[len(imatrix.entries)] = _ImatrixData(None, None, 0)
         keep.append(records)
         params.imatrix = ctypes.cast(records, ctypes.c_void_p)

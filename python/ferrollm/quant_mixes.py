@@ -37,6 +37,7 @@ def needs_imatrix(mix: str, name: str, tensor_type: str) -> bool:
         return False
     return tensor_type in NEEDS_IMATRIX or (tensor_type == "Q2_K" and mix == "Q2_K_S")
 
+
 _LOW_BIT = ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")
 
 
@@ -156,7 +157,9 @@ def tensor_type(mix: str, name: str, shape: ModelShape, has_imatrix: bool) -> st
             bumped = ("Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S",
                       "IQ3_M", "IQ4_XS")  # fmt: skip
             return "Q5_K" if mix in bumped else t
-        return {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(mix, t)
+        return {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(
+            mix, t
+        )
     if kind in ("ffn_gate", "ffn_up") and mix == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
         return "IQ3_XXS"
     return t

@@ -63,9 +63,11 @@ def quantize_tensor(
     im = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1, cols)
     if im.shape[0] == 1:
         return _core.quantize(values.reshape(-1), t, imatrix=im[0], threads=threads or 0), t, shape
+    if int(np.prod(values.shape[:-2])) != im.shape[0]:
+        raise ValueError(
+            f"an importance matrix of {im.shape[0]} x {cols} does not fit a tensor of {values.shape}"
+        )
     mats = values.reshape(im.shape[0], -1)
-    if mats.shape[1] % cols:
-        raise ValueError(f"an importance matrix of {im.shape[0]} x {cols} does not fit a tensor of {values.shape}")
     parts = [_core.quantize(m, t, imatrix=i, threads=threads or 0) for m, i in zip(mats, im)]
     return np.concatenate(parts), t, shape
 
@@ -177,7 +179,9 @@ class ProgressBar:
         fill = int(self.width * frac)
         secs = time.perf_counter() - self.start
         label = re.sub(r"\.weight$", "", name)[:32]
-        self.stream.write(f"\r[{'#' * fill}{'.' * (self.width - fill)}] {100 * frac:5.1f}% {secs:6.1f}s {label:<32}")
+        self.stream.write(
+            f"\r[{'#' * fill}{'.' * (self.width - fill)}] {100 * frac:5.1f}% {secs:6.1f}s {label:<32}"
+        )
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()
@@ -219,4 +223,6 @@ def quantize(src, dst_or_type, type_name: str | None = None, *, imatrix=None, pu
         return QuantizedTensor(data, t or quants.quant_type(dst_or_type).name, tuple(src.shape))
     if type_name is None:
         raise TypeError("quantize(src, dst, type): the type is missing")
-    return quantize_file(src, dst_or_type, type_name, imatrix=imatrix, pure=pure, threads=threads, progress=progress)
+    return quantize_file(
+        src, dst_or_type, type_name, imatrix=imatrix, pure=pure, threads=threads, progress=progress
+    )

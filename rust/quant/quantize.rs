@@ -258,6 +258,13 @@ pub fn quantize_rows(
     threads: usize,
 ) -> Result<Vec<u8>> {
     use rayon::prelude::*;
+    let block = ty.block_elems();
+    if !x.len().is_multiple_of(block) {
+        return Err(Error::invalid(format!(
+            "{ty}: {} values is not a whole number of {block}-element blocks",
+            x.len()
+        )));
+    }
     if n_per_row == 0 || !x.len().is_multiple_of(n_per_row) {
         return Err(Error::invalid(format!(
             "{} values are not whole rows of {n_per_row}",

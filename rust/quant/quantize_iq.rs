@@ -317,10 +317,10 @@ fn best_sub_scale(spec: &Spec, t: &[f32], w: &[f32]) -> f32 {
     };
     let mut best = (0f32, 0f32);
     for k in -8..=8 {
-        if let Some((s, score)) = fit(tmax / top * (1.0 + 0.04 * k as f32)) {
-            if score > best.1 {
-                best = (s, score);
-            }
+        if let Some((s, score)) = fit(tmax / top * (1.0 + 0.04 * k as f32))
+            && score > best.1
+        {
+            best = (s, score);
         }
     }
     for _ in 0..2 {

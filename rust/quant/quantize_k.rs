@@ -241,9 +241,9 @@ fn refine_symmetric_scales(
             })
             .sum()
     };
-    for j in 0..16 {
-        let mut best = (err(j, q[j]), q[j]);
-        for sc in [q[j] - 1, q[j] + 1] {
+    for (j, qj) in q.iter_mut().enumerate() {
+        let mut best = (err(j, *qj), *qj);
+        for sc in [*qj - 1, *qj + 1] {
             if (range.0..=range.1).contains(&sc) {
                 let e = err(j, sc);
                 if e < best.0 {
@@ -251,7 +251,7 @@ fn refine_symmetric_scales(
                 }
             }
         }
-        q[j] = best.1;
+        *qj = best.1;
     }
 }
 
@@ -514,12 +514,12 @@ pub fn quantize_q6_k(x: &[f32; QK_K], im: Option<&[f32]>) -> BlockQ6K {
     let mut scales = [0f32; 16];
     let (mut max_scale, mut max_abs) = (0f32, 0f32);
     let weights: [f32; QK_K] = weights_or(x, im, |i| x[i] * x[i]);
-    for j in 0..16 {
+    for (j, scale) in scales.iter_mut().enumerate() {
         let r = 16 * j..16 * j + 16;
-        scales[j] = make_qx_quants(&x[r.clone()], &weights[r.clone()], 32, &mut l[r]);
-        if scales[j].abs() > max_abs {
-            max_abs = scales[j].abs();
-            max_scale = scales[j];
+        *scale = make_qx_quants(&x[r.clone()], &weights[r.clone()], 32, &mut l[r]);
+        if scale.abs() > max_abs {
+            max_abs = scale.abs();
+            max_scale = *scale;
         }
     }
     if max_abs < GROUP_MAX_EPS {
