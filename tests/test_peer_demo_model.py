@@ -70,7 +70,9 @@ def calibration_imatrix():
     return collect_imatrix(demo_model_path(), HELDOUT[:60000], n_ctx=256, n_chunks=6)[0]
 
 
-@pytest.mark.parametrize("mix", ["Q4_K_M", "Q5_K_M", "Q3_K_M", "IQ2_XS", "IQ2_M", "IQ3_XS", "IQ3_M", "IQ1_M"])
+@pytest.mark.parametrize(
+    "mix", ["Q4_K_M", "Q5_K_M", "Q3_K_M", "IQ2_XXS", "IQ2_XS", "IQ2_M", "IQ3_XS", "IQ3_M", "IQ1_S", "IQ1_M"]
+)
 def test_llama_cpp_takes_our_imatrix_and_picks_the_same_types(tmp_path, calibration_imatrix, mix):
     """llama.cpp's quantizer accepts our importance matrix (the 1-2 bit mixes refuse to run
     without an entry of the right size for every matrix), writes the tensor types our mix
