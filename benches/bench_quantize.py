@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ferrollm import collect_imatrix, demo_model_path, gguf, kl_divergence, perplexity, quantize_file
+from bench_quality import weight_bits  # benches/ is on sys.path when run as a script
+from ferrollm import collect_imatrix, demo_model_path, kl_divergence, perplexity, quantize_file
 from ferrollm.imatrix import Imatrix
 from ferrollm.peer import peer_quantize
 
@@ -54,12 +55,6 @@ def calibration_text(max_chars: int) -> str:
         if size >= max_chars:
             break
     return "\n".join(parts)
-
-
-def weight_bits(path: str) -> float:
-    with gguf.open(path) as f:
-        mats = [t for t in f.tensors if len(t.shape) >= 2 and "gate_inp" not in t.name]
-        return 8 * sum(t.nbytes for t in mats) / sum(t.n_elements for t in mats)
 
 
 def main() -> None:

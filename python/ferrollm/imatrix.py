@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ferrollm import gguf
-from ferrollm.quality import Scorer
+from ferrollm.quality import Scorer, score_perplexity
 
 
 @dataclass
@@ -165,16 +165,11 @@ def collect(
     scorer = Scorer(model_path, n_ctx, n_threads, n_batch)
     chunks = scorer.chunks(text, n_chunks)
     scorer.model.start_activation_stats()
-    nll, count = 0.0, 0
-    for i, (logp, targets) in enumerate(scorer.score(chunks)):
-        nll -= float(logp[np.arange(targets.size), targets].astype(np.float64).sum())
-        count += targets.size
-        if progress:
-            progress(i + 1, len(chunks), math.exp(nll / count))
+    result = score_perplexity(scorer, chunks, progress=progress)
     entries = {}
     for names, cols, sums, counts in scorer.model.take_activation_stats():
         n_mat = counts.size
         entry = ImatrixEntry(np.asarray(sums).reshape(n_mat, cols), np.asarray(counts, np.float64))
         for name in names:
             entries[name] = entry
-    return Imatrix(entries, len(chunks), n_ctx, [dataset] if dataset else []), math.exp(nll / max(count, 1))
+    return Imatrix(entries, len(chunks), n_ctx, [dataset] if dataset else []), result.ppl

@@ -9,6 +9,7 @@ loading an imatrix file; ``peer_quantize`` builds that array from an :class:`Ima
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 import numpy as np
@@ -37,6 +38,7 @@ class _QuantizeParams(ctypes.Structure):  # llama.h's llama_model_quantize_param
     ]  # fmt: skip
 
 
+@functools.cache
 def _library() -> ctypes.CDLL:
     import llama_cpp  # the peer: imported only here
 

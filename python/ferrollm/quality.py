@@ -135,7 +135,17 @@ def perplexity(
     """Perplexity of ``text`` under the model; with ``save_logprobs`` the base log-probabilities
     for a later ``kl_divergence`` are written too."""
     scorer = Scorer(model_path, n_ctx, n_threads, n_batch)
-    chunks = scorer.chunks(text, n_chunks)
+    return score_perplexity(scorer, scorer.chunks(text, n_chunks), save_logprobs, progress)
+
+
+def score_perplexity(
+    scorer: Scorer,
+    chunks: list[list[int]],
+    save_logprobs: str | os.PathLike | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> PerplexityResult:
+    """``perplexity`` over chunks already cut, with a scorer the caller may have set up (the
+    importance-matrix collection turns on activation statistics first)."""
     nlls, running = [], []
     nll_sum, count = 0.0, 0
     writer = _LogprobWriter(save_logprobs, scorer, chunks) if save_logprobs else None
@@ -153,7 +163,7 @@ def perplexity(
             writer.close()
     nll, nll_err = _mean_err(np.concatenate(nlls))
     ppl = math.exp(nll)
-    return PerplexityResult(ppl, ppl * nll_err, nll, count, len(chunks), n_ctx, running)
+    return PerplexityResult(ppl, ppl * nll_err, nll, count, len(chunks), scorer.n_ctx, running)
 
 
 class _LogprobWriter:

@@ -85,22 +85,27 @@ def _model_shape(f: GGUFFile) -> ModelShape:
 def plan_types(src: str | os.PathLike, type_name: str, pure: bool = False, has_imatrix: bool = False,
                token_embedding_type: str | None = None, output_tensor_type: str | None = None) -> dict[str, str]:  # fmt: skip
     """{tensor name: type} that ``quantize_file`` would write, without writing anything."""
-    overrides = {"token_embd.weight": token_embedding_type, "output.weight": output_tensor_type}
     with GGUFFile(src) as f:
-        shape = _model_shape(f)
-        out = {}
-        for info in f.tensors:
-            if keeps_f32(info.name, info.numpy_shape):
-                out[info.name] = "F32"
-                continue
-            if pure:
-                t = quants.quant_type(type_name).name
-            else:
-                t = tensor_type(type_name, info.name, shape, has_imatrix)
-            if overrides.get(info.name):
-                t = quants.quant_type(overrides[info.name]).name
-            out[info.name] = fallback_type(t, info.numpy_shape[-1])
-        return out
+        return _plan(f, type_name, pure, has_imatrix, token_embedding_type, output_tensor_type)
+
+
+def _plan(f: GGUFFile, type_name: str, pure: bool, has_imatrix: bool, token_embedding_type: str | None,
+          output_tensor_type: str | None) -> dict[str, str]:  # fmt: skip
+    overrides = {"token_embd.weight": token_embedding_type, "output.weight": output_tensor_type}
+    shape = _model_shape(f)
+    out = {}
+    for info in f.tensors:
+        if keeps_f32(info.name, info.numpy_shape):
+            out[info.name] = "F32"
+            continue
+        if pure:
+            t = quants.quant_type(type_name).name
+        else:
+            t = tensor_type(type_name, info.name, shape, has_imatrix)
+        if overrides.get(info.name):
+            t = quants.quant_type(overrides[info.name]).name
+        out[info.name] = fallback_type(t, info.numpy_shape[-1])
+    return out
 
 
 def quantize_file(
@@ -130,15 +135,15 @@ def quantize_file(
         file_type = MIXES[mix][0]
     if isinstance(imatrix, (str, os.PathLike)):
         imatrix = Imatrix.load(imatrix)
-    types = plan_types(src, type_name, pure, imatrix is not None, token_embedding_type, output_tensor_type)
-    missing = [n for n, t in types.items() if imatrix is None and needs_imatrix(mix, n, t)]
-    if missing:
-        raise ValueError(
-            f"{mix} needs an importance matrix for {missing[0]} ({types[missing[0]]}; --imatrix FILE): without "
-            "one 1-3 bit codebooks are garbage. Make one with `ferrollm imatrix -m MODEL -f CALIBRATION.txt`"
-        )
-    written: dict[str, str] = {}
     with GGUFFile(src) as f:
+        types = _plan(f, type_name, pure, imatrix is not None, token_embedding_type, output_tensor_type)
+        missing = [n for n, t in types.items() if imatrix is None and needs_imatrix(mix, n, t)]
+        if missing:
+            raise ValueError(
+                f"{mix} needs an importance matrix for {missing[0]} ({types[missing[0]]}; --imatrix FILE): without "
+                "one 1-3 bit codebooks are garbage. Make one with `ferrollm imatrix -m MODEL -f CALIBRATION.txt`"
+            )
+        written: dict[str, str] = {}
         md_types = f.metadata_types
         writer = GGUFWriter(dst)
         for key, value in f.metadata.items():

@@ -277,21 +277,34 @@ pub fn quantize_rows(
             im.map_or(0, <[f32]>::len)
         )));
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| Error::invalid(format!("cannot start {threads} quantizer threads: {e}")))?;
+    // 0 threads: rayon's global pool (all cores), rather than a new pool per tensor.
+    let pool = match threads {
+        0 => None,
+        n => Some(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| Error::invalid(format!("cannot start {n} quantizer threads: {e}")))?,
+        ),
+    };
     let rows = x.len() / n_per_row;
+    let n_threads = pool
+        .as_ref()
+        .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
     // A few chunks per thread so that uneven rows (codebook searches vary) even out.
-    let rows_per_chunk = rows.div_ceil(pool.current_num_threads() * 8).max(1);
-    let parts: Vec<Result<Vec<u8>>> = pool.install(|| {
+    let rows_per_chunk = rows.div_ceil(n_threads * 8).max(1);
+    let run = || -> Vec<Result<Vec<u8>>> {
         x.par_chunks(rows_per_chunk * n_per_row)
             .map(|chunk| {
                 let mut out = Vec::with_capacity(chunk.len() / ty.block_elems() * ty.block_bytes());
                 quantize_weighted(ty, chunk, im, &mut out).map(|_| out)
             })
             .collect()
-    });
+    };
+    let parts = match &pool {
+        Some(p) => p.install(run),
+        None => run(),
+    };
     let mut out = Vec::with_capacity(x.len() / ty.block_elems() * ty.block_bytes());
     for part in parts {
         out.extend_from_slice(&part?);

@@ -192,18 +192,13 @@ struct Spec {
 fn spec(ty: GgmlType) -> Spec {
     let (sub, max_ls, c, signs, shift_len) = match ty {
         GgmlType::IQ2_XXS => (32, 15, 0.125, Signs::EvenParity, 0),
-        GgmlType::IQ2_XS | GgmlType::IQ2_S => (16, 15, 0.125, Signs::Free, 0),
+        GgmlType::IQ2_XS => (16, 15, 0.125, Signs::EvenParity, 0),
+        GgmlType::IQ2_S => (16, 15, 0.125, Signs::Free, 0),
         GgmlType::IQ3_XXS => (32, 15, 0.25, Signs::EvenParity, 0),
         GgmlType::IQ3_S => (32, 15, 1.0, Signs::Free, 0),
         GgmlType::IQ1_S => (32, 7, 1.0, Signs::Shift, 32),
         GgmlType::IQ1_M => (16, 7, 1.0, Signs::Shift, 8),
         _ => unreachable!("not a codebook type: {ty}"),
-    };
-    // IQ2_XS keeps 7 sign bits per 8 like IQ2_XXS; only IQ2_S and IQ3_S have free signs.
-    let signs = if ty == GgmlType::IQ2_XS {
-        Signs::EvenParity
-    } else {
-        signs
     };
     Spec {
         book: book(ty),
@@ -460,15 +455,22 @@ fn gain_sums(spec: &Spec, c: &Codes, t: &[f32], w: &[f32]) -> (f32, f32) {
     (tx, tt)
 }
 
+/// The u32 of 32-element group `ib` in IQ2_XXS and IQ3_XXS: four 7-bit sign patterns (the
+/// eighth bit is their parity) and the 4-bit scale on top.
+fn scale_signs_word(c: &Codes, ib: usize) -> [u8; 4] {
+    let signs = (0..4).fold(0u32, |w, k| {
+        w | ((c.signs[4 * ib + k] & 127) as u32) << (7 * k)
+    });
+    (signs | (c.ls[ib] as u32) << 28).to_le_bytes()
+}
+
 fn pack_iq2_xxs(c: &Codes) -> BlockIq2Xxs {
     let mut qs = [0u8; QK_K / 4];
     for ib in 0..8 {
-        let mut aux = (c.ls[ib] as u32) << 28;
         for k in 0..4 {
             qs[8 * ib + k] = c.index[4 * ib + k] as u8;
-            aux |= ((c.signs[4 * ib + k] & 127) as u32) << (7 * k);
         }
-        qs[8 * ib + 4..8 * ib + 8].copy_from_slice(&aux.to_le_bytes());
+        qs[8 * ib + 4..8 * ib + 8].copy_from_slice(&scale_signs_word(c, ib));
     }
     BlockIq2Xxs {
         d: F16Le::from_f32(c.d),
@@ -506,11 +508,7 @@ fn pack_iq2_s(c: &Codes) -> BlockIq2S {
 fn pack_iq3_xxs(c: &Codes) -> BlockIq3Xxs {
     let mut scales_signs = [0u8; QK_K / 8];
     for ib in 0..8 {
-        let mut aux = (c.ls[ib] as u32) << 28;
-        for k in 0..4 {
-            aux |= ((c.signs[4 * ib + k] & 127) as u32) << (7 * k);
-        }
-        scales_signs[4 * ib..4 * ib + 4].copy_from_slice(&aux.to_le_bytes());
+        scales_signs[4 * ib..4 * ib + 4].copy_from_slice(&scale_signs_word(c, ib));
     }
     BlockIq3Xxs {
         d: F16Le::from_f32(c.d),
