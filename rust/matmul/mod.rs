@@ -17,6 +17,8 @@ pub mod unpack;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 pub use bandwidth::read_bandwidth;
 pub use pool::{Pool, physical_cores};
@@ -77,6 +79,13 @@ pub fn reference_dot(ty: GgmlType) -> Option<VecDotFn> {
 /// The fastest dot product for `ty` at or below tier `isa`, with the tier it belongs to.
 pub fn dot_fn(ty: GgmlType, isa: Isa) -> Option<(VecDotFn, Isa)> {
     let isa = isa.min(Isa::detected());
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512
+        && avx512::detected()
+        && let Some(f) = avx512::table(ty)
+    {
+        return Some((f, Isa::Avx512));
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(found) = avx2::dot_fn(ty, isa) {
         return Some(found);
