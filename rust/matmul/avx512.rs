@@ -24,18 +24,87 @@
 use std::arch::x86_64::*;
 
 use super::VecDotFn;
+use super::gemm::{PanelForm, RowUnpackFn};
 use crate::gguf::GgmlType;
 use crate::quant::block::F16Le;
 use crate::quant::grids::*;
 use crate::quant::iquants::*;
 use crate::quant::kquants::BlockQ8K;
 
+/// A super-block taken apart into four 64-element spans: unsigned values `q`, negated where the
+/// span's `signs` has a bit (IQ2/IQ3), and 16 per-16-element group scales in i16 lanes.
+pub(super) struct Spans {
+    q: [__m512i; 4],
+    signs: [u64; 4],
+    groups: __m256i,
+}
+
 /// A 256-element codebook super-block in the 512-bit kernels.
 trait ZmmBlock: bytemuck::Pod {
-    /// i32 lanes whose total is the super-block's integer dot product with `ab`.
-    unsafe fn block(&self, ab: &BlockQ8K) -> __m512i;
-    /// The float factor of that integer sum (before the activation's scale).
+    /// What `q` holds beyond the value where signs are not used (IQ1 stores value + 9 so that
+    /// it is unsigned); 0 for the types whose signs are in `Spans::signs`.
+    const OFFSET: i16 = 0;
+    unsafe fn spans(&self) -> Spans;
+    /// The float factor of the integer sums (before the activation's scale).
     unsafe fn scale(&self) -> f32;
+}
+
+/// i32 lanes whose total is the super-block's integer dot product with `ab`.
+#[inline(always)]
+unsafe fn block_dot<B: ZmmBlock>(wb: &B, ab: &BlockQ8K) -> __m512i {
+    let s = wb.spans();
+    let mut acc = _mm512_setzero_si512();
+    for c in 0..4 {
+        let scales = span_scales(s.groups, c);
+        acc = if B::OFFSET == 0 {
+            signed_span(acc, s.q[c], s.signs[c], act64(ab, c), scales)
+        } else {
+            _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(s.q[c], act64(ab, c)), scales)
+        };
+    }
+    if B::OFFSET != 0 {
+        // Take the offset back: OFFSET * sum over groups of scale * (group's activation sum).
+        let bsums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i);
+        let scaled = _mm256_mullo_epi16(s.groups, _mm256_set1_epi16(B::OFFSET));
+        acc = _mm512_sub_epi32(
+            acc,
+            _mm512_zextsi256_si512(_mm256_madd_epi16(bsums, scaled)),
+        );
+    }
+    acc
+}
+
+/// One weight row in the batched product's form (see `gemm`): per element the value as a signed
+/// byte, per group of `G` (16 or 32) elements the float scale `sd`. The codebook types have no
+/// group offsets: `m` is left alone.
+#[inline(always)]
+unsafe fn unpack_row<B: ZmmBlock, const G: usize>(
+    row: &[u8],
+    q: &mut [u8],
+    sd: &mut [f32],
+    _m: &mut [f32],
+) {
+    let blocks: &[B] = bytemuck::cast_slice(row);
+    for (b, block) in blocks.iter().enumerate() {
+        let s = block.spans();
+        for k in 0..4 {
+            let v = if B::OFFSET == 0 {
+                _mm512_mask_sub_epi8(s.q[k], s.signs[k], _mm512_setzero_si512(), s.q[k])
+            } else {
+                _mm512_sub_epi8(s.q[k], _mm512_set1_epi8(B::OFFSET as i8))
+            };
+            _mm512_storeu_si512(q.as_mut_ptr().add(256 * b + 64 * k) as *mut __m512i, v);
+        }
+        let g = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(s.groups));
+        let g = _mm512_mul_ps(g, _mm512_set1_ps(block.scale()));
+        if G == 16 {
+            _mm512_storeu_ps(sd.as_mut_ptr().add(16 * b), g);
+        } else {
+            // Groups of 32: the two halves share a scale.
+            let even = _mm512_maskz_compress_ps(0x5555, g);
+            _mm256_storeu_ps(sd.as_mut_ptr().add(8 * b), _mm512_castps512_ps256(even));
+        }
+    }
 }
 
 #[inline(always)]
@@ -57,7 +126,7 @@ unsafe fn dot<B: ZmmBlock>(w: &[u8], a: &[u8]) -> f32 {
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line));
         }
         let factor = _mm512_set1_ps(wb.scale() * f32::from_le_bytes(ab.d));
-        acc = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(wb.block(ab)), acc);
+        acc = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(block_dot(wb, ab)), acc);
     }
     _mm512_reduce_add_ps(acc)
 }
@@ -179,7 +248,7 @@ unsafe fn span_indices(idx16: __m512i) -> [__m256i; 4] {
 
 impl ZmmBlock for BlockIq2Xxs {
     #[inline(always)]
-    unsafe fn block(&self, ab: &BlockQ8K) -> __m512i {
+    unsafe fn spans(&self) -> Spans {
         // 16 words: even ones hold 4 grid indices, odd ones 4 sign fields and the scale.
         let words = _mm512_loadu_si512(self.qs.as_ptr() as *const __m512i);
         static ODD: [u32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -214,12 +283,11 @@ impl ZmmBlock for BlockIq2Xxs {
         ];
         let signs = packed_signs(aux);
         let groups = groups_from_u32(odd(_mm256_srli_epi32(aux, 28)));
-        let mut acc = _mm512_setzero_si512();
+        let mut q = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
-            let q = gather8(&IQ2XXS_GRID, idx[c]);
-            acc = signed_span(acc, q, signs[c], act64(ab, c), span_scales(groups, c));
+            q[c] = gather8(&IQ2XXS_GRID, idx[c]);
         }
-        acc
+        Spans { q, signs, groups }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -229,7 +297,7 @@ impl ZmmBlock for BlockIq2Xxs {
 
 impl ZmmBlock for BlockIq2Xs {
     #[inline(always)]
-    unsafe fn block(&self, ab: &BlockQ8K) -> __m512i {
+    unsafe fn spans(&self) -> Spans {
         let qs = _mm512_loadu_si512(self.qs.as_ptr() as *const __m512i);
         let idx = span_indices(_mm512_and_si512(qs, _mm512_set1_epi16(511)));
         // 7 sign bits per u16, parity as the 8th, narrowed to one byte per 8 elements.
@@ -238,12 +306,11 @@ impl ZmmBlock for BlockIq2Xs {
         let s8 = _mm512_or_si512(s7, _mm512_slli_epi16(parity, 7));
         let signs: [u64; 4] = std::mem::transmute(_mm512_cvtepi16_epi8(s8));
         let groups = odd_nibble_scales(&self.scales);
-        let mut acc = _mm512_setzero_si512();
+        let mut q = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
-            let q = gather8(&IQ2XS_GRID, idx[c]);
-            acc = signed_span(acc, q, signs[c], act64(ab, c), span_scales(groups, c));
+            q[c] = gather8(&IQ2XS_GRID, idx[c]);
         }
-        acc
+        Spans { q, signs, groups }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -293,7 +360,7 @@ static SHIFT_4_BY_2: [u16; 32] = lane_shift_table(4, 2);
 
 impl ZmmBlock for BlockIq2S {
     #[inline(always)]
-    unsafe fn block(&self, ab: &BlockQ8K) -> __m512i {
+    unsafe fn spans(&self) -> Spans {
         // Index e = qs[e] | bits 2 (e % 4).. of qh[e / 4] << 8.
         let low = _mm512_cvtepu8_epi16(_mm256_loadu_si256(self.qs.as_ptr() as *const __m256i));
         let qh = spread_bytes(_mm_loadl_epi64(self.qh.as_ptr() as *const __m128i), 4);
@@ -305,12 +372,11 @@ impl ZmmBlock for BlockIq2S {
         let signs: [u64; 4] =
             std::mem::transmute(_mm256_loadu_si256(self.signs.as_ptr() as *const __m256i));
         let groups = odd_nibble_scales(&self.scales);
-        let mut acc = _mm512_setzero_si512();
+        let mut q = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
-            let q = gather8(&IQ2S_GRID, idx[c]);
-            acc = signed_span(acc, q, signs[c], act64(ab, c), span_scales(groups, c));
+            q[c] = gather8(&IQ2S_GRID, idx[c]);
         }
-        acc
+        Spans { q, signs, groups }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -320,19 +386,18 @@ impl ZmmBlock for BlockIq2S {
 
 impl ZmmBlock for BlockIq3Xxs {
     #[inline(always)]
-    unsafe fn block(&self, ab: &BlockQ8K) -> __m512i {
+    unsafe fn spans(&self) -> Spans {
         let aux = _mm256_loadu_si256(self.scales_signs.as_ptr() as *const __m256i);
         let signs = packed_signs(aux);
         let groups = groups_from_u32(odd(_mm256_srli_epi32(aux, 28)));
-        let mut acc = _mm512_setzero_si512();
+        let mut q = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
             let idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(
                 self.qs.as_ptr().add(16 * c) as *const __m128i
             ));
-            let q = gather16(&IQ3XXS_GRID, idx);
-            acc = signed_span(acc, q, signs[c], act64(ab, c), span_scales(groups, c));
+            q[c] = gather16(&IQ3XXS_GRID, idx);
         }
-        acc
+        Spans { q, signs, groups }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -342,7 +407,7 @@ impl ZmmBlock for BlockIq3Xxs {
 
 impl ZmmBlock for BlockIq3S {
     #[inline(always)]
-    unsafe fn block(&self, ab: &BlockQ8K) -> __m512i {
+    unsafe fn spans(&self) -> Spans {
         let signs: [u64; 4] =
             std::mem::transmute(_mm256_loadu_si256(self.signs.as_ptr() as *const __m256i));
         // Eight 4-bit scales, one per 32 elements.
@@ -352,17 +417,16 @@ impl ZmmBlock for BlockIq3S {
             _mm256_set1_epi32(0xF),
         );
         let groups = groups_from_u32(odd(s));
-        let mut acc = _mm512_setzero_si512();
+        let mut q = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
             let low = _mm512_cvtepu8_epi32(_mm_loadu_si128(
                 self.qs.as_ptr().add(16 * c) as *const __m128i
             ));
             let high = u16::from_le_bytes([self.qh[2 * c], self.qh[2 * c + 1]]);
             let idx = _mm512_mask_or_epi32(low, high, low, _mm512_set1_epi32(256));
-            let q = gather16(&IQ3S_GRID, idx);
-            acc = signed_span(acc, q, signs[c], act64(ab, c), span_scales(groups, c));
+            q[c] = gather16(&IQ3S_GRID, idx);
         }
-        acc
+        Spans { q, signs, groups }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -380,14 +444,6 @@ unsafe fn iq1_unsigned(rows: __m512i, positive: u8) -> __m512i {
     _mm512_add_epi8(g8, _mm512_maskz_mov_epi64(positive, _mm512_set1_epi8(2)))
 }
 
-/// The +9 of `iq1_unsigned` taken back: 9 * sum over groups of scale * (group's activation sum).
-#[inline(always)]
-unsafe fn iq1_offset(acc: __m512i, groups: __m256i, ab: &BlockQ8K) -> __m512i {
-    let bsums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i);
-    let nine = _mm256_mullo_epi16(groups, _mm256_set1_epi16(9));
-    _mm512_sub_epi32(acc, _mm512_zextsi256_si512(_mm256_madd_epi16(bsums, nine)))
-}
-
 /// Spans' grid rows at indices `qs[e] | high[e] << 8` (high in u16 lanes, 3 bits).
 #[inline(always)]
 unsafe fn iq1_indices(qs: &[u8; 32], high: __m512i) -> [__m256i; 4] {
@@ -397,8 +453,9 @@ unsafe fn iq1_indices(qs: &[u8; 32], high: __m512i) -> [__m256i; 4] {
 }
 
 impl ZmmBlock for BlockIq1S {
+    const OFFSET: i16 = 9;
     #[inline(always)]
-    unsafe fn block(&self, ab: &BlockQ8K) -> __m512i {
+    unsafe fn spans(&self) -> Spans {
         // qh[ib]: three index bits per row (bits 0..12), the scale (12..15), the shift sign (15).
         let qh = _mm_loadu_si128(self.qh.as_ptr() as *const __m128i);
         static QH_WORDS: [u16; 32] = {
@@ -422,16 +479,18 @@ impl ZmmBlock for BlockIq1S {
         )));
         // One bit per group of 32 whose shift is +1, then one per row.
         let negative = _mm_movepi16_mask(qh) as u32;
-        let mut acc = _mm512_setzero_si512();
+        let mut q = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
             let pair = !(negative >> (2 * c));
             let positive =
                 (if pair & 1 != 0 { 0x0F } else { 0 }) | (if pair & 2 != 0 { 0xF0 } else { 0 });
-            let q = iq1_unsigned(gather8(&IQ1S_GRID, idx[c]), positive);
-            let pairs = _mm512_maddubs_epi16(q, act64(ab, c));
-            acc = _mm512_dpwssd_epi32(acc, pairs, span_scales(groups, c));
+            q[c] = iq1_unsigned(gather8(&IQ1S_GRID, idx[c]), positive);
         }
-        iq1_offset(acc, groups, ab)
+        Spans {
+            q,
+            signs: [0; 4],
+            groups,
+        }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -440,8 +499,9 @@ impl ZmmBlock for BlockIq1S {
 }
 
 impl ZmmBlock for BlockIq1M {
+    const OFFSET: i16 = 9;
     #[inline(always)]
-    unsafe fn block(&self, ab: &BlockQ8K) -> __m512i {
+    unsafe fn spans(&self) -> Spans {
         // One nibble per row: three index bits and the shift sign.
         let qh = spread_bytes(_mm_loadu_si128(self.qh.as_ptr() as *const __m128i), 2);
         let nib = _mm512_srlv_epi16(qh, load_table(&SHIFT_4_BY_2));
@@ -457,14 +517,16 @@ impl ZmmBlock for BlockIq1M {
         let shifts = _mm256_setr_epi16(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
         let s = _mm256_and_si256(_mm256_srlv_epi16(per_group, shifts), _mm256_set1_epi16(7));
         let groups = _mm256_add_epi16(_mm256_add_epi16(s, s), _mm256_set1_epi16(1));
-        let mut acc = _mm512_setzero_si512();
+        let mut q = [_mm512_setzero_si512(); 4];
         for c in 0..4 {
             let positive = !((negative >> (8 * c)) as u8);
-            let q = iq1_unsigned(gather8(&IQ1S_GRID, idx[c]), positive);
-            let pairs = _mm512_maddubs_epi16(q, act64(ab, c));
-            acc = _mm512_dpwssd_epi32(acc, pairs, span_scales(groups, c));
+            q[c] = iq1_unsigned(gather8(&IQ1S_GRID, idx[c]), positive);
         }
-        iq1_offset(acc, groups, ab)
+        Spans {
+            q,
+            signs: [0; 4],
+            groups,
+        }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -488,7 +550,7 @@ pub(super) fn detected() -> bool {
 }
 
 macro_rules! kernels {
-    ($($ty:ident => $block:ty),*) => {
+    ($($ty:ident => $block:ty, $group:literal),*) => {
         /// The 512-bit kernel for `ty`, if it has one; only call when `detected()`.
         pub(super) fn table(ty: GgmlType) -> Option<VecDotFn> {
             $(
@@ -503,10 +565,32 @@ macro_rules! kernels {
                 _ => None,
             }
         }
+
+        /// How `ty` enters the batched product with the 512-bit unpacker, where the CPU has
+        /// the features.
+        pub(super) fn panel_form(ty: GgmlType) -> Option<PanelForm> {
+            if !detected() {
+                return None;
+            }
+            $(
+                #[allow(non_snake_case)]
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
+                unsafe fn $ty(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]) {
+                    unpack_row::<$block, $group>(row, q, sd, m)
+                }
+            )*
+            let form = |unpack: RowUnpackFn, group| PanelForm { unpack, group, offset: false };
+            match ty {
+                $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group)),)*
+                _ => None,
+            }
+        }
     };
 }
 
+// Each type with its scale grain (elements per scale) for the batched product.
 kernels!(
-    IQ2_XXS => BlockIq2Xxs, IQ2_XS => BlockIq2Xs, IQ2_S => BlockIq2S,
-    IQ3_XXS => BlockIq3Xxs, IQ3_S => BlockIq3S, IQ1_S => BlockIq1S, IQ1_M => BlockIq1M
+    IQ2_XXS => BlockIq2Xxs, 32, IQ2_XS => BlockIq2Xs, 16, IQ2_S => BlockIq2S, 16,
+    IQ3_XXS => BlockIq3Xxs, 32, IQ3_S => BlockIq3S, 32, IQ1_S => BlockIq1S, 32,
+    IQ1_M => BlockIq1M, 16
 );

@@ -2,15 +2,18 @@
 //! quantized weight type through one integer kernel.
 //!
 //! The per-row dot kernels unpack a weight block once per (row, token): a 512-token prefill
-//! unpacks every weight 512 times. Here each task unpacks a tile of 16 weight rows once, into a
-//! panel in L2 that every token of the batch then streams over:
+//! unpacks every weight 512 times. Here each task unpacks a tile of 16 weight rows once, in
+//! element order, into a panel in L2 that every token of the batch then streams over:
 //!
-//! - every type becomes the same integer form (`unpack`): groups of 16 elements with
-//!   `w = S * q + M` (S, M floats per row and group, q small integers), stored as unsigned
-//!   bytes `q + 128`, interleaved 4 bytes per row so that one 512-bit `vpdpbusd` with the
-//!   token's 4 activation bytes broadcast yields 16 rows' partial sums with no horizontal adds;
-//! - per token and group, activations are Q8 bytes with a scale `a` and their sum `s`, and
-//!   `sum(w x) = a * (S * sum((q + 128) x) + (M - 128 S) * s)`.
+//! - every type becomes the same integer form: per element a signed byte `v`, per group of G
+//!   elements (the type's scale grain: 16 or 32) the float scale `sd` of the values and, for the
+//!   types that have one, the group's offset `m` (the K-quants' mins, Q4_1's m);
+//! - activations are Q8 bytes plus 128 (unsigned), interleaved 16 tokens by 4 bytes, so that
+//!   one 512-bit `vpdpbusd` with 4 weight bytes broadcast from memory adds 16 tokens' partial
+//!   sums (no transposes, no horizontal adds; the weight side needs no reordering at all);
+//! - per token and row: `sum(w x) = sum_blocks a * (sum_groups sd * sum((x + 128) v) - k)
+//!   + sum_groups m * a * sum(x)`, with `a` the activation block's scale and the row constant
+//!   `k = 128 * sum_groups sd * sum(v)` taking the 128 back; the integer sums are exact.
 //!
 //! The weights stay in the file (the panel is a per-thread scratch of one tile, not a copy of
 //! the model). Needs AVX-512 VNNI; elsewhere, and for float weights, `matmul` keeps using the
@@ -29,163 +32,207 @@ use crate::quant::{Isa, block::F16Le};
 
 use super::Pool;
 
-/// Weight rows per tile: one 512-bit vector of i32 lanes.
+/// Weight rows per tile (one task).
 pub const TILE_ROWS: usize = 16;
-/// Elements per scale group (the finest grain any type has).
-const GROUP: usize = 16;
-/// Tokens that share one pass over a group's weights (accumulators in registers).
-const TOKEN_BLOCK: usize = 4;
+/// Tokens per vector of the kernel.
+const BAND: usize = 16;
+/// Weight rows whose accumulators the kernel keeps in registers at once.
+const PASS_ROWS: usize = 8;
 
-/// One weight row in integer form: `q` (cols), and per group of 16, `s` and `m`.
-type RowUnpackFn = fn(row: &[u8], q: &mut [i8], s: &mut [f32], m: &mut [f32]);
+/// One weight row in the panel's form: `q` (cols signed bytes), and per group `sd` and `m`.
+pub(super) type RowUnpackFn = fn(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]);
+
+/// How a type enters the batched product.
+#[derive(Clone, Copy)]
+pub(super) struct PanelForm {
+    pub unpack: RowUnpackFn,
+    /// Elements per scale group: 16 or 32.
+    pub group: usize,
+    /// Whether groups have an offset `m` besides the scale.
+    pub offset: bool,
+}
 
 fn unpack_row_32<B: Unpack32 + bytemuck::Pod>(
     row: &[u8],
-    q: &mut [i8],
-    s: &mut [f32],
+    q: &mut [u8],
+    sd: &mut [f32],
     m: &mut [f32],
 ) {
     let blocks: &[B] = bytemuck::cast_slice(row);
     for (b, block) in blocks.iter().enumerate() {
         let u = block.unpack();
-        q[32 * b..32 * b + 32].copy_from_slice(&u.q);
-        s[2 * b..2 * b + 2].fill(u.d);
-        m[2 * b..2 * b + 2].fill(u.m);
+        for (d, &v) in q[32 * b..32 * b + 32].iter_mut().zip(&u.q) {
+            *d = v as u8;
+        }
+        sd[b] = u.d;
+        m[b] = u.m;
     }
 }
 
-fn unpack_row_k<B: UnpackK + bytemuck::Pod>(
+/// Super-blocks through their integer form, with groups of `G` elements (for G = 32, the two
+/// 16-element halves of a group share their scale and min).
+fn unpack_row_k<B: UnpackK + bytemuck::Pod, const G: usize>(
     row: &[u8],
-    q: &mut [i8],
-    s: &mut [f32],
+    q: &mut [u8],
+    sd: &mut [f32],
     m: &mut [f32],
 ) {
     let blocks: &[B] = bytemuck::cast_slice(row);
     let mut u = IntSuperBlock::default();
+    let per_block = QK_K / G;
     for (b, block) in blocks.iter().enumerate() {
         block.unpack(&mut u);
-        q[QK_K * b..QK_K * (b + 1)].copy_from_slice(&u.q);
-        for g in 0..QK_K / GROUP {
-            s[16 * b + g] = u.d * u.scales[g] as f32;
-            m[16 * b + g] = u.dmin * u.mins[g] as f32;
+        for (d, &v) in q[QK_K * b..QK_K * (b + 1)].iter_mut().zip(&u.q) {
+            *d = v as u8;
+        }
+        for g in 0..per_block {
+            let half = g * G / 16;
+            sd[per_block * b + g] = u.d * u.scales[half] as f32;
+            m[per_block * b + g] = u.dmin * u.mins[half] as f32;
         }
     }
 }
 
-fn row_unpacker(ty: GgmlType) -> Option<RowUnpackFn> {
+fn panel_form(ty: GgmlType) -> Option<PanelForm> {
     use GgmlType::*;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(form) = super::avx512::panel_form(ty) {
+        return Some(form);
+    }
+    let form = |unpack: RowUnpackFn, group, offset| PanelForm {
+        unpack,
+        group,
+        offset,
+    };
     Some(match ty {
-        Q4_0 => unpack_row_32::<BlockQ4_0>,
-        Q4_1 => unpack_row_32::<BlockQ4_1>,
-        Q5_0 => unpack_row_32::<BlockQ5_0>,
-        Q5_1 => unpack_row_32::<BlockQ5_1>,
-        Q8_0 => unpack_row_32::<BlockQ8_0>,
-        IQ4_NL => unpack_row_32::<BlockIq4Nl>,
-        Q2_K => unpack_row_k::<BlockQ2K>,
-        Q3_K => unpack_row_k::<BlockQ3K>,
-        Q4_K => unpack_row_k::<BlockQ4K>,
-        Q5_K => unpack_row_k::<BlockQ5K>,
-        Q6_K => unpack_row_k::<BlockQ6K>,
-        IQ2_XXS => unpack_row_k::<BlockIq2Xxs>,
-        IQ2_XS => unpack_row_k::<BlockIq2Xs>,
-        IQ2_S => unpack_row_k::<BlockIq2S>,
-        IQ3_XXS => unpack_row_k::<BlockIq3Xxs>,
-        IQ3_S => unpack_row_k::<BlockIq3S>,
-        IQ1_S => unpack_row_k::<BlockIq1S>,
-        IQ1_M => unpack_row_k::<BlockIq1M>,
-        IQ4_XS => unpack_row_k::<BlockIq4Xs>,
+        Q4_0 => form(unpack_row_32::<BlockQ4_0>, 32, false),
+        Q4_1 => form(unpack_row_32::<BlockQ4_1>, 32, true),
+        Q5_0 => form(unpack_row_32::<BlockQ5_0>, 32, false),
+        Q5_1 => form(unpack_row_32::<BlockQ5_1>, 32, true),
+        Q8_0 => form(unpack_row_32::<BlockQ8_0>, 32, false),
+        IQ4_NL => form(unpack_row_32::<BlockIq4Nl>, 32, false),
+        Q2_K => form(unpack_row_k::<BlockQ2K, 16>, 16, true),
+        Q3_K => form(unpack_row_k::<BlockQ3K, 16>, 16, false),
+        Q4_K => form(unpack_row_k::<BlockQ4K, 32>, 32, true),
+        Q5_K => form(unpack_row_k::<BlockQ5K, 32>, 32, true),
+        Q6_K => form(unpack_row_k::<BlockQ6K, 16>, 16, false),
+        IQ2_XXS => form(unpack_row_k::<BlockIq2Xxs, 32>, 32, false),
+        IQ2_XS => form(unpack_row_k::<BlockIq2Xs, 16>, 16, false),
+        IQ2_S => form(unpack_row_k::<BlockIq2S, 16>, 16, false),
+        IQ3_XXS => form(unpack_row_k::<BlockIq3Xxs, 32>, 32, false),
+        IQ3_S => form(unpack_row_k::<BlockIq3S, 32>, 32, false),
+        IQ1_S => form(unpack_row_k::<BlockIq1S, 32>, 32, false),
+        IQ1_M => form(unpack_row_k::<BlockIq1M, 16>, 16, false),
+        IQ4_XS => form(unpack_row_k::<BlockIq4Xs, 32>, 32, false),
         _ => return None,
     })
 }
 
-/// A tile of 16 weight rows in kernel order. For group g: `q[g]` is 256 bytes laid out
-/// [4 quads][16 rows][4 bytes]; `s[g]`, `c[g]` hold S and M - 128 S for the 16 rows.
+/// A tile of 16 weight rows: row r's bytes at `q[r * cols..]`, its group terms at
+/// `sd[r * groups..]` and `m[r * groups..]`, its constants `k` per activation block at
+/// `k[r * blocks..]` (rows past the matrix's end are zeros).
 #[derive(Default)]
 struct Panel {
     q: Vec<u8>,
-    s: Vec<f32>,
-    c: Vec<f32>,
-    // one row's integer form, before interleaving
-    row_q: Vec<i8>,
-    row_s: Vec<f32>,
-    row_m: Vec<f32>,
+    sd: Vec<f32>,
+    m: Vec<f32>,
+    k: Vec<f32>,
+    /// One row's values summed in eights.
+    sums: Vec<i32>,
 }
 
 impl Panel {
-    /// Fills the panel from rows `first..first + 16` of `w` (rows past the end are zeros).
-    fn fill(&mut self, w: &QMatrix, unpack: RowUnpackFn, first: usize) {
-        let (cols, groups) = (w.cols, w.cols / GROUP);
-        self.q.resize(cols * TILE_ROWS, 128);
-        self.s.resize(groups * TILE_ROWS, 0.0);
-        self.c.resize(groups * TILE_ROWS, 0.0);
-        self.row_q.resize(cols, 0);
-        self.row_s.resize(groups, 0.0);
-        self.row_m.resize(groups, 0.0);
+    fn fill(&mut self, w: &QMatrix, s: &Shape, unpack: RowUnpackFn, first: usize) {
+        let (cols, group, groups) = (w.cols, s.group, w.cols / s.group);
+        let blocks = groups / s.per_block;
+        self.k.resize(blocks * TILE_ROWS, 0.0);
+        self.q.resize(cols * TILE_ROWS, 0);
+        self.sd.resize(groups * TILE_ROWS, 0.0);
+        self.m.resize(groups * TILE_ROWS, 0.0);
         for r in 0..TILE_ROWS {
+            let (sd, m) = (
+                &mut self.sd[r * groups..][..groups],
+                &mut self.m[r * groups..][..groups],
+            );
+            let k = &mut self.k[r * blocks..][..blocks];
             if first + r >= w.rows {
-                for g in 0..groups {
-                    self.s[g * TILE_ROWS + r] = 0.0;
-                    self.c[g * TILE_ROWS + r] = 0.0;
-                }
+                sd.fill(0.0);
+                m.fill(0.0);
+                k.fill(0.0);
                 continue;
             }
-            unpack(
-                w.row(first + r),
-                &mut self.row_q,
-                &mut self.row_s,
-                &mut self.row_m,
-            );
-            for g in 0..groups {
-                let (s, m) = (self.row_s[g], self.row_m[g]);
-                self.s[g * TILE_ROWS + r] = s;
-                self.c[g * TILE_ROWS + r] = m - 128.0 * s;
-                let src: &[u8] = bytemuck::cast_slice(&self.row_q[g * GROUP..][..GROUP]);
-                let dst = &mut self.q[g * GROUP * TILE_ROWS..][..GROUP * TILE_ROWS];
-                for quad in 0..4 {
-                    // q + 128 as a byte is q's bits with the top one flipped.
-                    let four = u32::from_le_bytes(src[4 * quad..4 * quad + 4].try_into().unwrap());
-                    let at = quad * 64 + r * 4;
-                    dst[at..at + 4].copy_from_slice(&(four ^ 0x8080_8080).to_le_bytes());
-                }
+            let q = &mut self.q[r * cols..][..cols];
+            unpack(w.row(first + r), q, sd, m);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the panel is only built where avx512::detected() holds (supported()).
+            unsafe {
+                avx512::eighth_sums(q, &mut self.sums)
+            };
+            // Sums of 8 values, then per group and block: k = 128 * sum_g sd_g * sum(v).
+            let per_group = group / 8;
+            for (b, k) in k.iter_mut().enumerate() {
+                *k = (0..s.per_block)
+                    .map(|gb| {
+                        let g = b * s.per_block + gb;
+                        let sum: i32 = self.sums[g * per_group..][..per_group].iter().sum();
+                        128.0 * sd[g] * sum as f32
+                    })
+                    .sum();
             }
         }
     }
 }
 
-/// Activation rows as Q8 bytes with, per group of 16, the scale `a` and `a * sum(bytes)`.
+/// Activation rows in bands of 16 tokens: `x[band][col / 4][token][col % 4]` as Q8 bytes plus
+/// 128; per band and activation block the 16 scales `a`; per band and group the 16
+/// `a * sum(Q8 bytes)` (zeros for the tokens past n).
 #[derive(Default)]
 struct Acts {
-    x: Vec<i8>,
+    x: Vec<u8>,
     a: Vec<f32>,
     as_: Vec<f32>,
 }
 
 impl Acts {
-    fn fill(&mut self, act_ty: GgmlType, quantized: &[u8], n: usize, cols: usize) {
-        let groups = cols / GROUP;
-        self.x.resize(n * cols, 0);
-        self.a.resize(n * groups, 0.0);
-        self.as_.resize(n * groups, 0.0);
+    fn fill(&mut self, act_ty: GgmlType, quantized: &[u8], n: usize, cols: usize, group: usize) {
+        let bands = n.div_ceil(BAND);
         let (block_elems, block_bytes) = (act_ty.block_elems(), act_ty.block_bytes());
-        for (i, block) in quantized.chunks_exact(block_bytes).enumerate() {
-            let (scale, qs): (f32, &[u8]) = if act_ty == GgmlType::Q8_0 {
-                (
-                    F16Le([block[0], block[1]]).to_f32(),
-                    &block[2..2 + block_elems],
-                )
-            } else {
-                let b: &BlockQ8K = bytemuck::from_bytes(block);
-                (f32::from_le_bytes(b.d), bytemuck::cast_slice(&b.qs))
-            };
-            let x = &mut self.x[i * block_elems..][..block_elems];
-            for (d, &v) in x.iter_mut().zip(qs) {
-                *d = v as i8;
-            }
-            for (g, chunk) in x.chunks_exact(GROUP).enumerate() {
-                let sum: i32 = chunk.iter().map(|&v| v as i32).sum();
-                let at = i * block_elems / GROUP + g;
-                self.a[at] = scale;
-                self.as_[at] = scale * sum as f32;
+        let (blocks, groups) = (cols / block_elems, cols / group);
+        self.x.clear();
+        self.x.resize(bands * BAND * cols, 128);
+        self.a.clear();
+        self.a.resize(bands * blocks * BAND, 0.0);
+        self.as_.clear();
+        self.as_.resize(bands * groups * BAND, 0.0);
+        let row_bytes = blocks * block_bytes;
+        for t in 0..n {
+            let (band, lane) = (t / BAND, t % BAND);
+            let x = &mut self.x[band * BAND * cols..][..BAND * cols];
+            for (i, block) in quantized[t * row_bytes..][..row_bytes]
+                .chunks_exact(block_bytes)
+                .enumerate()
+            {
+                let (scale, qs): (f32, &[u8]) = if act_ty == GgmlType::Q8_0 {
+                    (
+                        F16Le([block[0], block[1]]).to_f32(),
+                        &block[2..2 + block_elems],
+                    )
+                } else {
+                    let b: &BlockQ8K = bytemuck::from_bytes(block);
+                    (f32::from_le_bytes(b.d), bytemuck::cast_slice(&b.qs))
+                };
+                self.a[(band * blocks + i) * BAND + lane] = scale;
+                let col0 = i * block_elems;
+                for (k, four) in qs.chunks_exact(4).enumerate() {
+                    let at = ((col0 / 4 + k) * BAND + lane) * 4;
+                    for (d, &v) in x[at..at + 4].iter_mut().zip(four) {
+                        *d = v ^ 0x80;
+                    }
+                }
+                for (g, chunk) in qs.chunks_exact(group).enumerate() {
+                    let sum: i32 = chunk.iter().map(|&v| v as i8 as i32).sum();
+                    self.as_[(band * groups + col0 / group + g) * BAND + lane] = scale * sum as f32;
+                }
             }
         }
     }
@@ -200,7 +247,7 @@ thread_local! {
 pub fn supported(ty: GgmlType, isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        isa >= Isa::Avx512 && avx512::detected() && row_unpacker(ty).is_some()
+        isa >= Isa::Avx512 && avx512::detected() && panel_form(ty).is_some()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -220,21 +267,31 @@ pub fn gemm(
 ) -> Result<()> {
     let n = x.len() / w.cols;
     let act_ty = activation_type(w.ty).expect("checked in QMatrix::new");
-    let unpack = row_unpacker(w.ty).expect("checked by supported()");
+    let form = panel_form(w.ty).expect("checked by supported()");
+    let (group, per_block) = (form.group, act_ty.block_elems() / form.group);
     quantize_activations(act_ty, x, scratch)?;
     ACTS.with_borrow_mut(|acts| {
-        acts.fill(act_ty, scratch, n, w.cols);
+        acts.fill(act_ty, scratch, n, w.cols, group);
         let acts = &*acts;
         let tiles = w.rows.div_ceil(TILE_ROWS);
         let out = SharedOut(y.as_mut_ptr());
         pool.run(tiles, |tile| {
             PANEL.with_borrow_mut(|panel| {
-                panel.fill(w, unpack, tile * TILE_ROWS);
-                let valid = (w.rows - tile * TILE_ROWS).min(TILE_ROWS);
+                let first = tile * TILE_ROWS;
+                let shape = Shape {
+                    n,
+                    cols: w.cols,
+                    rows: w.rows,
+                    group,
+                    per_block,
+                    offset: form.offset,
+                };
+                panel.fill(w, &shape, form.unpack, first);
+                let valid = (w.rows - first).min(TILE_ROWS);
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: supported() checked the CPU; each task writes its own rows.
                 unsafe {
-                    avx512::tile(panel, acts, n, w.cols, out, w.rows, tile * TILE_ROWS, valid)
+                    avx512::tile(panel, acts, &shape, out, first, valid)
                 };
             })
         });
@@ -242,12 +299,22 @@ pub fn gemm(
     Ok(())
 }
 
+/// The sizes the kernel walks.
+struct Shape {
+    n: usize,
+    cols: usize,
+    rows: usize,
+    group: usize,
+    per_block: usize,
+    offset: bool,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     #![allow(unsafe_op_in_unsafe_fn)]
     use std::arch::x86_64::*;
 
-    use super::{Acts, GROUP, Panel, SharedOut, TILE_ROWS, TOKEN_BLOCK};
+    use super::{Acts, BAND, PASS_ROWS, Panel, Shape, SharedOut};
 
     pub fn detected() -> bool {
         is_x86_feature_detected!("avx512f")
@@ -255,79 +322,123 @@ mod avx512 {
             && is_x86_feature_detected!("avx512vnni")
     }
 
-    /// All tokens against one panel: blocks of `TOKEN_BLOCK` tokens, then the rest one by one.
+    /// `sums[j]` = the sum of the 8 signed bytes `q[8 j..8 j + 8]` (q.len() a multiple of 8).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tile(
-        panel: &Panel,
-        acts: &Acts,
-        n: usize,
-        cols: usize,
-        out: SharedOut,
-        rows: usize,
-        first_row: usize,
-        valid: usize,
-    ) {
-        let mut t = 0;
-        while t + TOKEN_BLOCK <= n {
-            tokens::<TOKEN_BLOCK>(panel, acts, t, cols, out, rows, first_row, valid);
-            t += TOKEN_BLOCK;
+    pub unsafe fn eighth_sums(q: &[u8], sums: &mut Vec<i32>) {
+        sums.resize(q.len() / 8, 0);
+        let chunks = q.chunks_exact(64);
+        let tail = chunks.remainder();
+        for (j, eight) in tail.chunks_exact(8).enumerate() {
+            sums[(q.len() - tail.len()) / 8 + j] = eight.iter().map(|&v| v as i8 as i32).sum();
         }
-        while t < n {
-            tokens::<1>(panel, acts, t, cols, out, rows, first_row, valid);
-            t += 1;
+        for (j, chunk) in chunks.enumerate() {
+            // |v + 128 - 0| summed in eights (vpsadbw), less the 8 * 128 added.
+            let v = _mm512_xor_si512(
+                _mm512_loadu_si512(chunk.as_ptr() as *const __m512i),
+                _mm512_set1_epi8(-128),
+            );
+            let s = _mm512_sub_epi64(
+                _mm512_sad_epu8(v, _mm512_setzero_si512()),
+                _mm512_set1_epi64(1024),
+            );
+            _mm256_storeu_si256(
+                sums.as_mut_ptr().add(8 * j) as *mut __m256i,
+                _mm512_cvtepi64_epi32(s),
+            );
         }
     }
 
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tokens<const T: usize>(
+    /// Every band of tokens against the panel's rows, `PASS_ROWS` rows at a time.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn tile(
         panel: &Panel,
         acts: &Acts,
-        t0: usize,
-        cols: usize,
+        s: &Shape,
         out: SharedOut,
-        rows: usize,
         first_row: usize,
         valid: usize,
     ) {
-        let groups = cols / GROUP;
-        let mut acc = [_mm512_setzero_ps(); T];
-        let xq = acts.x.as_ptr();
-        for g in 0..groups {
-            let wq = panel.q.as_ptr().add(g * GROUP * TILE_ROWS) as *const __m512i;
-            let w = [
-                _mm512_loadu_si512(wq),
-                _mm512_loadu_si512(wq.add(1)),
-                _mm512_loadu_si512(wq.add(2)),
-                _mm512_loadu_si512(wq.add(3)),
-            ];
-            let s = _mm512_loadu_ps(panel.s.as_ptr().add(g * TILE_ROWS));
-            let c = _mm512_loadu_ps(panel.c.as_ptr().add(g * TILE_ROWS));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let t = t0 + i;
-                let x = xq.add(t * cols + g * GROUP) as *const i32;
-                let mut isum = _mm512_setzero_si512();
-                for (quad, wv) in w.iter().enumerate() {
-                    let xb = _mm512_set1_epi32(x.add(quad).read_unaligned());
-                    isum = _mm512_dpbusd_epi32(isum, *wv, xb);
+        for band in 0..s.n.div_ceil(BAND) {
+            let mut r = 0;
+            while r < valid {
+                let sums = match (s.group, s.offset) {
+                    (32, false) => pass::<8, false>(panel, acts, s, band, r),
+                    (32, true) => pass::<8, true>(panel, acts, s, band, r),
+                    (_, false) => pass::<4, false>(panel, acts, s, band, r),
+                    (_, true) => pass::<4, true>(panel, acts, s, band, r),
+                };
+                // Scatter the token-major vectors into y[t][row].
+                let tokens = (s.n - band * BAND).min(BAND);
+                for (i, v) in sums.iter().enumerate().take(valid - r) {
+                    let mut lanes = [0f32; BAND];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
+                    for (t, &value) in lanes.iter().enumerate().take(tokens) {
+                        *out.at((band * BAND + t) * s.rows + first_row + r + i) = value;
+                    }
                 }
-                let at = t * groups + g;
-                let a = _mm512_set1_ps(*acts.a.get_unchecked(at));
-                let as_ = _mm512_set1_ps(*acts.as_.get_unchecked(at));
-                let scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), a);
-                *acc = _mm512_fmadd_ps(s, scaled, *acc);
-                *acc = _mm512_fmadd_ps(c, as_, *acc);
+                r += PASS_ROWS;
             }
         }
-        let mask: __mmask16 = if valid == TILE_ROWS {
-            0xFFFF
-        } else {
-            (1u16 << valid) - 1
-        };
-        for (i, acc) in acc.iter().enumerate() {
-            let dst = out.at((t0 + i) * rows + first_row);
-            _mm512_mask_storeu_ps(dst, mask, *acc);
+    }
+
+    /// Rows `r0..r0 + PASS_ROWS` of the panel against one band: per row, 16 tokens' sums.
+    /// `QUADS` is the group size in 4-byte steps; `OFFSET` whether groups have an offset.
+    #[inline(always)]
+    unsafe fn pass<const QUADS: usize, const OFFSET: bool>(
+        panel: &Panel,
+        acts: &Acts,
+        s: &Shape,
+        band: usize,
+        r0: usize,
+    ) -> [__m512; PASS_ROWS] {
+        let groups = s.cols / s.group;
+        let blocks = groups / s.per_block;
+        let x = acts.x.as_ptr().add(band * BAND * s.cols) as *const __m512i;
+        let a = acts.a.as_ptr().add(band * blocks * BAND);
+        let as_ = acts.as_.as_ptr().add(band * groups * BAND);
+
+        let wq: [*const u8; PASS_ROWS] =
+            std::array::from_fn(|i| panel.q.as_ptr().add((r0 + i) * s.cols));
+        let sd: [*const f32; PASS_ROWS] =
+            std::array::from_fn(|i| panel.sd.as_ptr().add((r0 + i) * groups));
+        let m: [*const f32; PASS_ROWS] =
+            std::array::from_fn(|i| panel.m.as_ptr().add((r0 + i) * groups));
+        let k: [*const f32; PASS_ROWS] =
+            std::array::from_fn(|i| panel.k.as_ptr().add((r0 + i) * blocks));
+        let mut acc = [_mm512_setzero_ps(); PASS_ROWS];
+        for b in 0..blocks {
+            let mut block_acc = [_mm512_setzero_ps(); PASS_ROWS];
+            for gb in 0..s.per_block {
+                let g = b * s.per_block + gb;
+                let mut isum = [_mm512_setzero_si512(); PASS_ROWS];
+                for k in 0..QUADS {
+                    let quad = g * QUADS + k;
+                    let xv = _mm512_loadu_si512(x.add(quad));
+                    for i in 0..PASS_ROWS {
+                        let wv = (wq[i].add(4 * quad) as *const i32).read_unaligned();
+                        isum[i] = _mm512_dpbusd_epi32(isum[i], xv, _mm512_set1_epi32(wv));
+                    }
+                }
+                for i in 0..PASS_ROWS {
+                    block_acc[i] = _mm512_fmadd_ps(
+                        _mm512_set1_ps(*sd[i].add(g)),
+                        _mm512_cvtepi32_ps(isum[i]),
+                        block_acc[i],
+                    );
+                }
+                if OFFSET {
+                    let asv = _mm512_loadu_ps(as_.add(g * BAND));
+                    for i in 0..PASS_ROWS {
+                        acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*m[i].add(g)), asv, acc[i]);
+                    }
+                }
+            }
+            let av = _mm512_loadu_ps(a.add(b * BAND));
+            for i in 0..PASS_ROWS {
+                let row_sum = _mm512_sub_ps(block_acc[i], _mm512_set1_ps(*k[i].add(b)));
+                acc[i] = _mm512_fmadd_ps(row_sum, av, acc[i]);
+            }
         }
+        acc
     }
 }

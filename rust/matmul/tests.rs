@@ -159,3 +159,46 @@ fn bad_shapes_are_errors() {
     assert!(matvec(&pool, &m, &[0.0; 63], &mut y, &mut Vec::new(), Isa::Scalar).is_err());
     assert!(Pool::new(Some(0)).is_err());
 }
+
+#[test]
+fn the_batched_product_matches_the_per_row_kernels() {
+    // Token counts across bands (16 tokens each) and a ragged last tile of rows.
+    let pool = Pool::new(Some(2)).unwrap();
+    for &ty in DOT_TYPES {
+        if !gemm::supported(ty, Isa::detected()) {
+            continue;
+        }
+        // cols: the 32-element types also at one block (rows shorter than a vector).
+        for cols in [ty.block_elems().max(256) * 2, ty.block_elems().max(32)] {
+            check_batched(&pool, ty, 37, cols);
+        }
+    }
+}
+
+fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize) {
+    {
+        let w = random_weights(ty, 7 + ty.id() as u64, rows * cols / ty.block_elems());
+        let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+        let dot = reference_dot(ty).unwrap();
+        let act_ty = activation_type(ty).unwrap();
+        for n in [4usize, 17, 33] {
+            let x = random_floats(11 + n as u64, n * cols);
+            let mut y = vec![0f32; n * rows];
+            let mut scratch = Vec::new();
+            gemm::gemm(pool, &m, &x, &mut y, &mut scratch).unwrap();
+            for t in 0..n {
+                let mut a = Vec::new();
+                quantize_activations(act_ty, &x[t * cols..][..cols], &mut a).unwrap();
+                for r in 0..rows {
+                    let want = dot(m.row(r), &a);
+                    let (_, mag) = exact_dot(ty, m.row(r), act_ty, &a, cols);
+                    let got = y[t * rows + r];
+                    assert!(
+                        ((got - want) as f64).abs() <= 1e-5 * mag + 1e-6,
+                        "{ty} n {n} token {t} row {r}: gemm {got}, per-row {want}"
+                    );
+                }
+            }
+        }
+    }
+}
