@@ -243,11 +243,19 @@ thread_local! {
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
 }
 
+/// The features of the `vpdpbusd` kernel (AVX-512 F/BW with VNNI).
+#[cfg(target_arch = "x86_64")]
+fn vnni_detected() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
 /// Whether `gemm` can run `ty` on this CPU at tier `isa`.
 pub fn supported(ty: GgmlType, isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        isa >= Isa::Avx512 && avx512::detected() && panel_form(ty).is_some()
+        isa >= Isa::Avx512 && vnni_detected() && panel_form(ty).is_some()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -299,6 +307,26 @@ pub fn gemm(
     Ok(())
 }
 
+/// Writes a block of row-major sums (`sums[r][t]`: up to `valid` rows, 16 tokens of `band`)
+/// into `y[t][first_row + r]`, token by token so that each token's row is written in one run.
+fn store_transposed(
+    sums: &[[f32; BAND]],
+    s: &Shape,
+    out: SharedOut,
+    band: usize,
+    first_row: usize,
+    valid: usize,
+) {
+    let valid = valid.min(sums.len());
+    for t in 0..(s.n - band * BAND).min(BAND) {
+        let base = (band * BAND + t) * s.rows + first_row;
+        for (r, row) in sums[..valid].iter().enumerate() {
+            // SAFETY: t < n and first_row + r < rows: inside y; rows are this task's own.
+            unsafe { *out.at(base + r) = row[t] };
+        }
+    }
+}
+
 /// The sizes the kernel walks.
 struct Shape {
     n: usize,
@@ -315,12 +343,6 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Acts, BAND, PASS_ROWS, Panel, Shape, SharedOut};
-
-    pub fn detected() -> bool {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-    }
 
     /// `sums[j]` = the sum of the 8 signed bytes `q[8 j..8 j + 8]` (q.len() a multiple of 8).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -367,15 +389,11 @@ mod avx512 {
                     (_, false) => pass::<4, false>(panel, acts, s, band, r),
                     (_, true) => pass::<4, true>(panel, acts, s, band, r),
                 };
-                // Scatter the token-major vectors into y[t][row].
-                let tokens = (s.n - band * BAND).min(BAND);
-                for (i, v) in sums.iter().enumerate().take(valid - r) {
-                    let mut lanes = [0f32; BAND];
-                    _mm512_storeu_ps(lanes.as_mut_ptr(), *v);
-                    for (t, &value) in lanes.iter().enumerate().take(tokens) {
-                        *out.at((band * BAND + t) * s.rows + first_row + r + i) = value;
-                    }
+                let mut rows = [[0f32; BAND]; PASS_ROWS];
+                for (row, v) in rows.iter_mut().zip(&sums) {
+                    _mm512_storeu_ps(row.as_mut_ptr(), *v);
                 }
+                super::store_transposed(&rows, s, out, band, first_row + r, valid - r);
                 r += PASS_ROWS;
             }
         }

@@ -16,6 +16,8 @@ pub mod scalar;
 pub mod unpack;
 
 #[cfg(target_arch = "x86_64")]
+mod act_quant;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -106,6 +108,15 @@ pub fn quantize_activations(act_ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
     out.clear();
     if act_ty == GgmlType::F32 {
         out.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Isa::active() >= Isa::Avx512
+        && act_quant::detected()
+        && x.len().is_multiple_of(act_ty.block_elems())
+        // SAFETY: the features were detected; x holds whole blocks.
+        && unsafe { act_quant::quantize(act_ty, x, out) }
+    {
         return Ok(());
     }
     quantize::quantize(act_ty, x, out)

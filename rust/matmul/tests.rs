@@ -202,3 +202,24 @@ fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize) {
         }
     }
 }
+
+#[test]
+fn activation_quantizers_match_the_reference_bit_for_bit() {
+    // Ties (x / d = k + 1/2), zeros, a negative extreme, and random rows.
+    let mut rows: Vec<Vec<f32>> = vec![vec![0.0; 512], random_floats(3, 512)];
+    let mut ties: Vec<f32> = (0..512).map(|i| (i % 255) as f32 - 127.0 + 0.5).collect();
+    ties[7] = -127.0;
+    rows.push(ties);
+    let mut neg = random_floats(4, 512);
+    neg[300] = -5.0;
+    rows.push(neg);
+    for ty in [GgmlType::Q8_0, GgmlType::Q8_K] {
+        for x in &rows {
+            let mut fast = Vec::new();
+            quantize_activations(ty, x, &mut fast).unwrap();
+            let mut reference = Vec::new();
+            quantize::quantize(ty, x, &mut reference).unwrap();
+            assert_eq!(fast, reference, "{ty}");
+        }
+    }
+}
