@@ -4,6 +4,13 @@ peak RSS, the bandwidth limit, and where ferrollm's time goes.
     python benches/bench_engines.py            # mixtral-shape-4L, the six target types
     python benches/bench_engines.py --quick    # Q4_0 and IQ2_XS, 2 repetitions: a few minutes
     python benches/bench_engines.py --shape mixtral-8x7b --types IQ2_XS --reps 1
+    python benches/bench_engines.py --types Q4_K --deep 8192   # decode 64 tokens after 8192
+
+Hygiene: the peer's build is printed (`llama_print_system_info`) and refused when it lacks a
+SIMD feature this CPU has (AVX512, AVX512_VNNI, AVX512_VBMI: a peer built without native
+flags is slowed, and the ratio would flatter us); the CPU time of every other process is
+measured during each engine's run (from /proc/stat, less the worker's own), and a run where
+other processes used more than 5% of a core is flagged NOT QUIET in the table and the JSON.
 
 The models (random valid blocks in the shapes of ../shared/BENCHMARKS.md, head and embedding
 typed as llama.cpp's quantizer leaves them) are written once into --models-dir (default
@@ -13,7 +20,9 @@ Each engine runs in its own process (so that its peak RSS is its own): load, one
 round, then --reps rounds of [prefill a --n-prompt token prompt from an empty cache; decode
 --n-gen tokens greedily after it]; figures are medians. Both engines get the same file, the
 same prompt, 2 threads, n_ctx = n_prompt + n_gen rounded up to 256, n_batch 512, F16 KV cache,
-and the same greedy loop (eval one token, argmax of its logits in numpy).
+and the same greedy loop (eval one token, argmax of its logits in numpy). With --deep N: K cache
+q8_0, V cache f16, one prefill of N tokens (timed), 8 warm-up tokens, then --reps rounds of
+--n-gen decoded tokens deep in the context.
 
 The peer is llama.cpp through llama-cpp-python (install: see README, "Benchmarks"). Writes
 benches/results/engines.json (records as in ../shared/BENCHMARKS.md).
@@ -31,7 +40,10 @@ import sys
 import time
 from pathlib import Path
 
-TARGET_TYPES = ["Q4_0", "Q4_K", "Q8_0", "IQ2_XS", "IQ3_XXS", "IQ4_XS"]
+TARGET_TYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S",
+                "Q4_0", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "IQ4_NL", "IQ4_XS"]  # fmt: skip
+# Other processes may use this much of a core (on average) before a run is flagged.
+QUIET = 0.05
 QUICK_TYPES = ["Q4_0", "IQ2_XS"]
 ENGINES = ["ferrollm", "llama.cpp"]
 
@@ -87,8 +99,13 @@ def vm_hwm_bytes() -> int:
 def worker(args: argparse.Namespace) -> dict:
     import numpy as np
 
-    n_ctx = (args.n_prompt + args.n_gen + 1 + 255) // 256 * 256
+    if args.deep:
+        n_ctx = (args.deep + 8 + args.reps * args.n_gen + 1 + 255) // 256 * 256
+    else:
+        n_ctx = (args.n_prompt + args.n_gen + 1 + 255) // 256 * 256
     kw = {"n_ctx": n_ctx, "n_threads": args.threads, "n_batch": 512, "verbose": False}
+    if args.deep:  # K q8_0, V f16 (llama.cpp's GGML_TYPE_Q8_0 is 8)
+        kw["type_k"] = "q8_0" if args.worker == "ferrollm" else 8
     t0 = time.perf_counter()
     if args.worker == "ferrollm":
         from ferrollm import Llama
@@ -110,6 +127,8 @@ def worker(args: argparse.Namespace) -> dict:
 
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
+    if args.deep:
+        return deep_worker(args, llm, last_logits, load_s, n_ctx, rng)
     prompt = [1] + rng.integers(3, 32000, args.n_prompt - 1).tolist()
     engine = getattr(llm, "_model", None) if args.worker == "ferrollm" else None
     prefill, decode, profiles, sampling = [], [], [], []
@@ -162,14 +181,73 @@ def worker(args: argparse.Namespace) -> dict:
     return out
 
 
+def deep_worker(args, llm, last_logits, load_s: float, n_ctx: int, rng) -> dict:
+    """Decode after args.deep cached tokens: one timed prefill, 8 warm-up tokens, then rounds."""
+    import numpy as np
+
+    prompt = [1] + rng.integers(3, 32000, args.deep - 1).tolist()
+    t = time.perf_counter()
+    for start in range(0, len(prompt), 512):
+        llm.eval(prompt[start : start + 512])
+    prefill = args.deep / (time.perf_counter() - t)
+    token = int(np.argmax(last_logits()))
+    for _ in range(8):
+        llm.eval([token])
+        token = int(np.argmax(last_logits()))
+    decode = []
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        for _ in range(args.n_gen):
+            llm.eval([token])
+            token = int(np.argmax(last_logits()))
+        decode.append(args.n_gen / (time.perf_counter() - t))
+    return {"engine": args.worker, "load_s": load_s, "prefill_tok_s": prefill, "prefill_all": [prefill],
+            "decode_tok_s": statistics.median(decode), "decode_all": decode,
+            "peak_rss_bytes": vm_hwm_bytes(), "n_ctx": n_ctx}  # fmt: skip
+
+
+def busy_jiffies() -> int:
+    """CPU time (clock ticks) all processes have spent, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # less idle and iowait
+
+
 def run_worker(engine: str, model: Path, args: argparse.Namespace) -> dict | None:
+    """Runs one engine in its own process; adds `foreign_cpu` (cores' worth of CPU that other
+    processes used while it ran)."""
+    import resource
+
     cmd = [sys.executable, __file__, "--worker", engine, "--model", str(model), "--reps", str(args.reps),
-           "--n-prompt", str(args.n_prompt), "--n-gen", str(args.n_gen), "--threads", str(args.threads)]  # fmt: skip
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+           "--n-prompt", str(args.n_prompt), "--n-gen", str(args.n_gen), "--threads", str(args.threads),
+           "--deep", str(args.deep)]  # fmt: skip
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # numpy's idle BLAS threads spin on our cores
+    hz = os.sysconf("SC_CLK_TCK")
+    own0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, t0 = busy_jiffies(), time.perf_counter()
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+    busy1, wall = busy_jiffies(), time.perf_counter() - t0
+    own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         print(f"  {engine} failed (exit {proc.returncode}): {proc.stderr.strip()[-600:]}")
         return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
+    result["foreign_cpu"] = max(0.0, ((busy1 - busy0) / hz - own) / wall)
+    return result
+
+
+def peer_build_problem() -> str | None:
+    """Why the installed peer's build would slow it on this CPU, or None: a SIMD feature the
+    CPU has that llama.cpp was built without."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    print(f"peer build: {info.strip()}")
+    flags = open("/proc/cpuinfo").read().split("flags", 1)[-1].split("\n", 1)[0].split()
+    wanted = {"avx512f": "AVX512", "avx512_vnni": "AVX512_VNNI", "avx512vbmi": "AVX512_VBMI", "avx2": "AVX2"}
+    missing = [name for flag, name in wanted.items() if flag in flags and f"{name} = 1" not in info]
+    return f"llama.cpp was built without {', '.join(missing)}" if missing else None
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -192,6 +270,8 @@ def main() -> int:
     p.add_argument("--n-prompt", type=int, default=512)
     p.add_argument("--n-gen", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--deep", type=int, default=0, help="decode after this many cached tokens (K q8_0)")
+    p.add_argument("--allow-slow-peer", action="store_true", help="measure a peer built without native SIMD")
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--models-dir")
     p.add_argument("--delete-models", action="store_true", help="remove each model after its run")
@@ -209,6 +289,14 @@ def main() -> int:
     if "llama.cpp" in engines and not peer_available():
         print("llama-cpp-python is not installed: measuring ferrollm alone (see README, Benchmarks)")
         engines.remove("llama.cpp")
+    peer_problem = peer_build_problem() if "llama.cpp" in engines else None
+    if peer_problem and not args.allow_slow_peer:
+        print(f"refusing the peer: {peer_problem}; rebuild it with native flags (README, Benchmarks) "
+              "or pass --allow-slow-peer")  # fmt: skip
+        return 2
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"WARNING: load average {load:.2f} before the run: the machine is not idle")
 
     import numpy as np
     from ferrollm import _core
@@ -233,7 +321,16 @@ def main() -> int:
                 continue
             kv = plan(path, n_ctx=r["n_ctx"]).kv_bytes
             common = {"model": args.shape, "qtype": qtype, "threads": args.threads, "engine": engine,
-                      "n_prompt": args.n_prompt, "n_gen": args.n_gen}  # fmt: skip
+                      "n_prompt": args.deep or args.n_prompt, "n_gen": args.n_gen,
+                      "foreign_cpu": round(r["foreign_cpu"], 3), "quiet": r["foreign_cpu"] <= QUIET,
+                      "peer_build_ok": peer_problem is None}  # fmt: skip
+            if args.deep:
+                records += [
+                    {"bench": "decode_deep", **common, "n_cached": args.deep, "type_k": "q8_0", "type_v": "f16",
+                     "tok_s": round(r["decode_tok_s"], 3), "all": r["decode_all"]},
+                    {"bench": "prefill_deep", **common, "tok_s": round(r["prefill_tok_s"], 3)},
+                ]  # fmt: skip
+                continue
             records += [
                 {"bench": "decode", **common, "tok_s": round(r["decode_tok_s"], 3),
                  "bandwidth_limit_tok_s": round(limit, 3), "bytes_per_token": touched,
@@ -258,8 +355,9 @@ def print_row(row, engines) -> None:
     for e in engines:
         r = results.get(e)
         if r:
+            noisy = "" if r["foreign_cpu"] <= QUIET else f"  NOT QUIET: other processes used {r['foreign_cpu']:.2f} cores"
             print(f"  {qtype:<8} {e:<10} decode {r['decode_tok_s']:7.2f} tok/s  prefill {r['prefill_tok_s']:7.2f} "
-                  f"tok/s  peak RSS {r['peak_rss_bytes'] / 2**20:7.0f} MiB  (load {r['load_s']:.1f} s)")  # fmt: skip
+                  f"tok/s  peak RSS {r['peak_rss_bytes'] / 2**20:7.0f} MiB  (load {r['load_s']:.1f} s){noisy}")  # fmt: skip
 
 
 def print_table(rows, engines) -> None:
@@ -269,7 +367,7 @@ def print_table(rows, engines) -> None:
     head += (
         f" {'peer':>7} {'ratio':>6} {'prefill':>8} {'peer':>7} {'ratio':>6} {'RSS MiB':>8} {'peer':>7}"
         if peer
-        else " {'prefill':>8} {'RSS MiB':>8}"
+        else f" {'prefill':>8} {'RSS MiB':>8}"
     )
     print(head)
     for qtype, size, touched, limit, results in rows:
@@ -286,6 +384,8 @@ def print_table(rows, engines) -> None:
                      f" {f['peak_rss_bytes'] / 2**20:8.0f} {g['peak_rss_bytes'] / 2**20:7.0f}")  # fmt: skip
         else:
             line += f" {f['prefill_tok_s']:8.2f} {f['peak_rss_bytes'] / 2**20:8.0f}"
+        if any(r["foreign_cpu"] > QUIET for r in results.values() if r):
+            line += "  NOT QUIET"
         print(line)
     print("\nferrollm decode, ms per token by component (Python = wall - engine - greedy argmax loop):")
     keys = ("attention", "router", "experts", "head", "embed_norm", "python", "sampler", "wall")

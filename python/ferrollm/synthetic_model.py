@@ -85,11 +85,12 @@ def quantizer_head_types(weight_type: str) -> dict[str, str]:
 
 def shape_spec(shape: str, weight_type: str, **overrides: Any) -> ModelSpec:
     """The ModelSpec of a benchmark shape in `weight_type` (Mistral's 32000-token vocabulary
-    size, 4096 context), with the head and embedding types of a real quantizer."""
+    size, Mixtral's 32768-token trained context so that deep-context runs are in range), with the
+    head and embedding types of a real quantizer."""
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
     fields: dict[str, Any] = {
-        "n_vocab": 32000, "n_ctx_train": 4096, "n_expert_used": 2, "weight_type": weight_type,
+        "n_vocab": 32000, "n_ctx_train": 32768, "n_expert_used": 2, "weight_type": weight_type,
         "tensor_types": quantizer_head_types(weight_type), "pool_blocks": 1 << 15, "rope_freq_base": 1e6,
         "tokenizer": mistral_tokenizer(),
     }  # fmt: skip
