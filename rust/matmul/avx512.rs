@@ -25,11 +25,121 @@ use std::arch::x86_64::*;
 
 use super::VecDotFn;
 use super::gemm::{PanelForm, RowUnpackFn};
+use super::unpack::Unpack32;
 use crate::gguf::GgmlType;
 use crate::quant::block::F16Le;
 use crate::quant::grids::*;
 use crate::quant::iquants::*;
 use crate::quant::kquants::BlockQ8K;
+use crate::quant::legacy::{BlockIq4Nl, BlockQ4_0, BlockQ8_0};
+
+// ---- 32-element blocks against Q8_0, two blocks per vector -----------------------------------
+
+/// A 32-element weight type: the i32 sums (8 lanes per block) of two blocks' quants times
+/// their activations.
+trait ZmmPair: bytemuck::Pod + Unpack32 {
+    unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i;
+    fn d(&self) -> F16Le;
+}
+
+/// Two blocks' 16 bytes of packed nibbles as their 64 quants in element order (each block's low
+/// nibbles, then its high nibbles).
+#[inline(always)]
+unsafe fn nibbles64(a: &[u8; 16], b: &[u8; 16]) -> __m512i {
+    let lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(a.as_ptr() as *const __m128i));
+    let hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.as_ptr() as *const __m128i));
+    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    let shifted = _mm512_srlv_epi64(both, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
+    _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F))
+}
+
+/// Two blocks' 32 activations each as one vector.
+#[inline(always)]
+unsafe fn act_pair(a: &[BlockQ8_0; 2]) -> __m512i {
+    let lo = _mm256_loadu_si256(a[0].qs.as_ptr() as *const __m256i);
+    let hi = _mm256_loadu_si256(a[1].qs.as_ptr() as *const __m256i);
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// Signed quants times signed activations: |q| against the activations negated where q < 0.
+#[inline(always)]
+unsafe fn signed_sums(q: __m512i, x: __m512i) -> __m512i {
+    let negative = _mm512_movepi8_mask(q);
+    let xs = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);
+    _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(q), xs)
+}
+
+impl ZmmPair for BlockQ4_0 {
+    #[inline(always)]
+    unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
+        // (q - 8) x = q x - 8 x: the unsigned nibbles go straight into vpdpbusd.
+        let q = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nibbles64(&w[0].qs, &w[1].qs), x);
+        let eight = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), x);
+        _mm512_sub_epi32(q, eight)
+    }
+    fn d(&self) -> F16Le {
+        self.d
+    }
+}
+
+impl ZmmPair for BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
+        signed_sums(act_pair(w), x)
+    }
+    fn d(&self) -> F16Le {
+        self.d
+    }
+}
+
+impl ZmmPair for BlockIq4Nl {
+    #[inline(always)]
+    unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
+        let table =
+            _mm512_broadcast_i32x4(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+        let q = _mm512_shuffle_epi8(table, nibbles64(&w[0].qs, &w[1].qs));
+        signed_sums(q, x)
+    }
+    fn d(&self) -> F16Le {
+        self.d
+    }
+}
+
+#[inline(always)]
+unsafe fn dot_pairs<B: ZmmPair>(w: &[u8], a: &[u8]) -> f32 {
+    let w: &[B] = bytemuck::cast_slice(w);
+    let a: &[BlockQ8_0] = bytemuck::cast_slice(a);
+    let table = super::avx2::f16_table();
+    let scale = |wb: &B, ab: &BlockQ8_0| {
+        table[u16::from_le_bytes(wb.d().0) as usize] * table[u16::from_le_bytes(ab.d.0) as usize]
+    };
+    let mut acc = _mm512_setzero_ps();
+    let pairs = w.len() / 2;
+    for i in 0..pairs {
+        let (wp, ap): (&[B; 2], &[BlockQ8_0; 2]) = (
+            w[2 * i..2 * i + 2].try_into().unwrap_unchecked(),
+            a[2 * i..2 * i + 2].try_into().unwrap_unchecked(),
+        );
+        let p = (wp as *const [B; 2] as *const i8).wrapping_add(PREFETCH_BYTES);
+        _mm_prefetch::<_MM_HINT_T0>(p);
+        let sums = B::pair_sums(wp, act_pair(ap));
+        let s = _mm512_insertf32x8::<1>(
+            _mm512_set1_ps(scale(&wp[0], &ap[0])),
+            _mm256_set1_ps(scale(&wp[1], &ap[1])),
+        );
+        acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(sums), acc);
+    }
+    let mut total = _mm512_reduce_add_ps(acc);
+    if w.len() % 2 == 1 {
+        // An odd last block: the reference arithmetic.
+        let last = w.len() - 1;
+        total += super::scalar::dot_q8_0::<B>(
+            bytemuck::bytes_of(&w[last]),
+            bytemuck::bytes_of(&a[last]),
+        );
+    }
+    total
+}
 
 /// A super-block taken apart into four 64-element spans: unsigned values `q`, negated where the
 /// span's `signs` has a bit (IQ2/IQ3), and 16 per-16-element group scales in i16 lanes.
@@ -562,7 +672,7 @@ macro_rules! kernels {
             )*
             match ty {
                 $(GgmlType::$ty => Some(|w, a| unsafe { $ty(w, a) }),)*
-                _ => None,
+                _ => pair_table(ty),
             }
         }
 
@@ -594,3 +704,24 @@ kernels!(
     IQ3_XXS => BlockIq3Xxs, 32, IQ3_S => BlockIq3S, 32, IQ1_S => BlockIq1S, 32,
     IQ1_M => BlockIq1M, 16
 );
+
+macro_rules! pair_kernels {
+    ($($ty:ident => $block:ty),*) => {
+        /// The 512-bit kernels of the 32-element types (two blocks per vector).
+        fn pair_table(ty: GgmlType) -> Option<VecDotFn> {
+            $(
+                #[allow(non_snake_case)]
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
+                unsafe fn $ty(w: &[u8], a: &[u8]) -> f32 {
+                    dot_pairs::<$block>(w, a)
+                }
+            )*
+            match ty {
+                $(GgmlType::$ty => Some(|w, a| unsafe { $ty(w, a) }),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+pair_kernels!(Q4_0 => BlockQ4_0, Q8_0 => BlockQ8_0, IQ4_NL => BlockIq4Nl);

@@ -22,7 +22,7 @@
 use std::cell::RefCell;
 
 use super::unpack::{IntSuperBlock, Unpack32, UnpackK};
-use super::{QMatrix, SharedOut, activation_type, quantize_activations};
+use super::{QMatrix, SharedOut, Tiles, activation_type, quantize_activations};
 use crate::error::Result;
 use crate::gguf::{GgmlType, QK_K};
 use crate::quant::iquants::*;
@@ -264,28 +264,29 @@ pub fn supported(ty: GgmlType, isa: Isa) -> bool {
     }
 }
 
-/// `y[t][r] = sum_c W[r][c] x[t][c]` for the n rows of `x`; the caller checked the shapes and
-/// `supported(w.ty, isa)`.
-pub fn gemm(
+/// `y_i[t][r] = sum_c W_i[r][c] x[t][c]` for the n rows of `x` and matrices of one type and
+/// width; the caller checked the shapes and `supported(ws[0].ty, isa)`.
+pub(super) fn gemm(
     pool: &Pool,
-    w: &QMatrix,
+    ws: &[QMatrix],
     x: &[f32],
-    y: &mut [f32],
+    outs: &[SharedOut],
     scratch: &mut Vec<u8>,
 ) -> Result<()> {
-    let n = x.len() / w.cols;
-    let act_ty = activation_type(w.ty).expect("checked in QMatrix::new");
-    let form = panel_form(w.ty).expect("checked by supported()");
+    let w0 = &ws[0];
+    let n = x.len() / w0.cols;
+    let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
+    let form = panel_form(w0.ty).expect("checked by supported()");
     let (group, per_block) = (form.group, act_ty.block_elems() / form.group);
     quantize_activations(act_ty, x, scratch)?;
     ACTS.with_borrow_mut(|acts| {
-        acts.fill(act_ty, scratch, n, w.cols, group);
+        acts.fill(act_ty, scratch, n, w0.cols, group);
         let acts = &*acts;
-        let tiles = w.rows.div_ceil(TILE_ROWS);
-        let out = SharedOut(y.as_mut_ptr());
-        pool.run(tiles, |tile| {
+        let tiles = Tiles::new(ws, TILE_ROWS);
+        pool.run(tiles.total, |tile| {
+            let (m, rows) = tiles.locate(tile);
+            let w = &ws[m];
             PANEL.with_borrow_mut(|panel| {
-                let first = tile * TILE_ROWS;
                 let shape = Shape {
                     n,
                     cols: w.cols,
@@ -294,12 +295,11 @@ pub fn gemm(
                     per_block,
                     offset: form.offset,
                 };
-                panel.fill(w, &shape, form.unpack, first);
-                let valid = (w.rows - first).min(TILE_ROWS);
+                panel.fill(w, &shape, form.unpack, rows.start);
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: supported() checked the CPU; each task writes its own rows.
                 unsafe {
-                    avx512::tile(panel, acts, &shape, out, first, valid)
+                    avx512::tile(panel, acts, &shape, outs[m], rows.start, rows.len())
                 };
             })
         });

@@ -216,45 +216,124 @@ pub fn matmul(
     scratch: &mut Vec<u8>,
     isa: Isa,
 ) -> Result<()> {
-    let n = x.len() / w.cols;
-    if n == 0 || x.len() != n * w.cols || y.len() != n * w.rows {
-        return Err(Error::invalid(format!(
-            "matrix {}x{}: {} inputs and {} outputs are not whole rows of the same count",
-            w.rows,
-            w.cols,
-            x.len(),
-            y.len()
-        )));
+    matmul_many(pool, &[*w], x, &mut [y], scratch, isa)
+}
+
+/// Most matrices `matmul_many` runs in one dispatch.
+pub const MAX_MANY: usize = 4;
+
+/// The products of one input with several matrices (`ys[i] = ws[i] x`, as `matmul`): where
+/// they share a type and a width (attention's q/k/v, experts' gate/up) the activations are
+/// quantized once and the rows of all of them are split between the threads in one dispatch,
+/// so no thread waits at a barrier between them.
+pub fn matmul_many(
+    pool: &Pool,
+    ws: &[QMatrix],
+    x: &[f32],
+    ys: &mut [&mut [f32]],
+    scratch: &mut Vec<u8>,
+    isa: Isa,
+) -> Result<()> {
+    let w0 = ws[0];
+    let n = x.len() / w0.cols;
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        if n == 0 || x.len() != n * w.cols || y.len() != n * w.rows {
+            return Err(Error::invalid(format!(
+                "matrix {}x{}: {} inputs and {} outputs are not whole rows of the same count",
+                w.rows,
+                w.cols,
+                x.len(),
+                y.len()
+            )));
+        }
     }
-    if n >= GEMM_MIN_TOKENS && gemm::supported(w.ty, isa.min(Isa::detected())) {
-        return gemm::gemm(pool, w, x, y, scratch);
+    let alike = ws.iter().all(|w| w.ty == w0.ty && w.cols == w0.cols);
+    if !alike || ws.len() > MAX_MANY || ws.len() != ys.len() {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            matmul_many(
+                pool,
+                std::slice::from_ref(w),
+                x,
+                std::slice::from_mut(y),
+                scratch,
+                isa,
+            )?;
+        }
+        return Ok(());
     }
-    let act_ty = activation_type(w.ty).expect("checked in QMatrix::new");
-    let (dot, _) = dot_fn(w.ty, isa).expect("every matrix type has a dot product");
+    let mut outs = [SharedOut(std::ptr::null_mut()); MAX_MANY];
+    for (o, y) in outs.iter_mut().zip(ys.iter_mut()) {
+        *o = SharedOut(y.as_mut_ptr());
+    }
+    let outs = &outs[..ws.len()];
+    if n >= GEMM_MIN_TOKENS && gemm::supported(w0.ty, isa.min(Isa::detected())) {
+        return gemm::gemm(pool, ws, x, outs, scratch);
+    }
+    let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
+    let (dot, _) = dot_fn(w0.ty, isa).expect("every matrix type has a dot product");
     quantize_activations(act_ty, x, scratch)?;
-    let act_row_bytes = w.cols / act_ty.block_elems() * act_ty.block_bytes();
+    let act_row_bytes = w0.cols / act_ty.block_elems() * act_ty.block_bytes();
     let acts: &[u8] = scratch;
 
-    // Tasks are tiles of rows; enough of them that the pool balances uneven progress.
-    let tiles = w.rows.div_ceil(ROW_TILE);
-    let tiles_per_task = tiles.div_ceil(pool.threads() * 4).max(1);
-    let n_tasks = tiles.div_ceil(tiles_per_task);
-    let out = SharedOut(y.as_mut_ptr());
-    let rows = w.rows;
+    // Tasks are runs of tiles of rows (of every matrix in turn); enough of them that the pool
+    // balances uneven progress.
+    let tiles = Tiles::new(ws, ROW_TILE);
+    let tiles_per_task = tiles.total.div_ceil(pool.threads() * 4).max(1);
+    let n_tasks = tiles.total.div_ceil(tiles_per_task);
     pool.run(n_tasks, |task| {
-        let first = task * tiles_per_task * ROW_TILE;
-        let last = ((task + 1) * tiles_per_task * ROW_TILE).min(rows);
-        for tile in (first..last).step_by(ROW_TILE) {
-            let tile_end = (tile + ROW_TILE).min(last);
+        let first = task * tiles_per_task;
+        for tile in first..(first + tiles_per_task).min(tiles.total) {
+            let (m, rows) = tiles.locate(tile);
+            let (w, out) = (&ws[m], outs[m]);
             for (t, a) in acts.chunks_exact(act_row_bytes).enumerate() {
-                for r in tile..tile_end {
-                    // SAFETY: each (t, r) is written by exactly one task, and t < n, r < rows.
-                    unsafe { *out.at(t * rows + r) = dot(w.row(r), a) };
+                for r in rows.clone() {
+                    // SAFETY: each (m, t, r) is written by exactly one task, t < n, r < rows.
+                    unsafe { *out.at(t * w.rows + r) = dot(w.row(r), a) };
                 }
             }
         }
     });
     Ok(())
+}
+
+/// The row tiles of several matrices, numbered across them in order.
+struct Tiles {
+    /// Tiles of each matrix before it, and its row count.
+    starts: [(usize, usize); MAX_MANY],
+    tile_rows: usize,
+    total: usize,
+}
+
+impl Tiles {
+    fn new(ws: &[QMatrix], tile_rows: usize) -> Tiles {
+        let mut starts = [(0, 0); MAX_MANY];
+        let mut total = 0;
+        for (s, w) in starts.iter_mut().zip(ws) {
+            *s = (total, w.rows);
+            total += w.rows.div_ceil(tile_rows);
+        }
+        let used = ws.len();
+        for s in &mut starts[used..] {
+            *s = (usize::MAX, 0);
+        }
+        Tiles {
+            starts,
+            tile_rows,
+            total,
+        }
+    }
+
+    /// The matrix of global tile `tile` and that tile's rows.
+    fn locate(&self, tile: usize) -> (usize, std::ops::Range<usize>) {
+        let m = self
+            .starts
+            .iter()
+            .rposition(|&(start, _)| start <= tile)
+            .unwrap_or(0);
+        let (start, rows) = self.starts[m];
+        let first = (tile - start) * self.tile_rows;
+        (m, first..(first + self.tile_rows).min(rows))
+    }
 }
 
 /// `y = W x` for one activation row (decode).

@@ -185,7 +185,8 @@ fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize) {
             let x = random_floats(11 + n as u64, n * cols);
             let mut y = vec![0f32; n * rows];
             let mut scratch = Vec::new();
-            gemm::gemm(pool, &m, &x, &mut y, &mut scratch).unwrap();
+            let out = [SharedOut(y.as_mut_ptr())];
+            gemm::gemm(pool, &[m], &x, &out, &mut scratch).unwrap();
             for t in 0..n {
                 let mut a = Vec::new();
                 quantize_activations(act_ty, &x[t * cols..][..cols], &mut a).unwrap();
@@ -220,6 +221,40 @@ fn activation_quantizers_match_the_reference_bit_for_bit() {
             let mut reference = Vec::new();
             quantize::quantize(ty, x, &mut reference).unwrap();
             assert_eq!(fast, reference, "{ty}");
+        }
+    }
+}
+
+#[test]
+fn several_matrices_in_one_dispatch_equal_separate_products() {
+    let pool = Pool::new(Some(2)).unwrap();
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::IQ2_XS] {
+        let cols = 512;
+        let rows = [37usize, 16, 5];
+        let data: Vec<Vec<u8>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| random_weights(ty, 40 + i as u64, r * cols / ty.block_elems()))
+            .collect();
+        let ws: Vec<QMatrix> = rows
+            .iter()
+            .zip(&data)
+            .map(|(&r, d)| QMatrix::new(ty, r, cols, d).unwrap())
+            .collect();
+        for n in [1usize, 5, 20] {
+            let x = random_floats(50 + n as u64, n * cols);
+            let mut scratch = Vec::new();
+            let mut ys: Vec<Vec<f32>> = rows.iter().map(|&r| vec![0f32; n * r]).collect();
+            let mut refs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+            matmul_many(&pool, &ws, &x, &mut refs, &mut scratch, Isa::detected()).unwrap();
+            for (w, y) in ws.iter().zip(&ys) {
+                let mut alone = vec![0f32; n * w.rows];
+                matmul(&pool, w, &x, &mut alone, &mut scratch, Isa::detected()).unwrap();
+                assert_eq!(
+                    y, &alone,
+                    "{ty} n {n}: one dispatch differs from separate products"
+                );
+            }
         }
     }
 }

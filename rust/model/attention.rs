@@ -1,6 +1,7 @@
 //! RoPE and causal grouped-query attention over the KV cache.
 
 use super::kv_cache::KvCache;
+use crate::gguf::GgmlType;
 use crate::matmul::{Pool, all_finite, quantize_activations};
 use crate::{Error, Result};
 
@@ -88,40 +89,87 @@ pub fn attend(
         )));
     }
     let scale = 1.0 / (head_dim as f32).sqrt();
+    #[cfg(target_arch = "x86_64")]
+    let simd = crate::quant::Isa::active() >= crate::quant::Isa::Avx512
+        && super::attention_avx512::usable(head_dim);
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    let (simd_k, simd_v) = (
+        simd && cache.k.ty == GgmlType::F16,
+        simd && cache.v.ty == GgmlType::F16,
+    );
     // One task per KV head: the `group` query heads that share it read each cached K row and
     // dequantize each V row once between them (GQA: 4 query heads per KV head in Mixtral).
     pool.for_each_mut(&mut heads[..n_head_kv], |kv_head, s| {
         s.out.resize(group * n * head_dim, 0.0);
-        s.v_row.resize(head_dim, 0.0);
         for t in 0..n {
             let n_keys = pos0 + t + 1;
             let queries = &q[t * q_dim + kv_head * group * head_dim..][..group * head_dim];
-            quantize_activations(cache.k_act, queries, &mut s.query)
-                .expect("finite (checked above), whole blocks");
-            let q_bytes = s.query.len() / group;
             s.scores.resize(group * n_keys, 0.0);
-            for p in 0..n_keys {
-                let k = cache.k.head(layer, p, kv_head);
-                for j in 0..group {
-                    s.scores[j * n_keys + p] =
-                        (cache.k_dot)(k, &s.query[j * q_bytes..][..q_bytes]) * scale;
+            if simd_k {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
+                unsafe {
+                    super::attention_avx512::scores(
+                        |p| cache.k.head(layer, p, kv_head),
+                        queries,
+                        head_dim,
+                        scale,
+                        n_keys,
+                        &mut s.scores,
+                    )
+                };
+            } else {
+                quantize_activations(cache.k_act, queries, &mut s.query)
+                    .expect("finite (checked above), whole blocks");
+                let q_bytes = s.query.len() / group;
+                for p in 0..n_keys {
+                    let k = cache.k.head(layer, p, kv_head);
+                    for j in 0..group {
+                        s.scores[j * n_keys + p] =
+                            (cache.k_dot)(k, &s.query[j * q_bytes..][..q_bytes]) * scale;
+                    }
                 }
             }
-            let mut sums = [0f32; MAX_GROUP];
-            for (j, scores) in s.scores.chunks_exact_mut(n_keys).enumerate() {
+            // Softmax: the scores become the weights of the values.
+            for scores in s.scores.chunks_exact_mut(n_keys) {
                 let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0f32;
                 for score in scores.iter_mut() {
                     *score = (*score - max).exp();
-                    sums[j] += *score;
+                    sum += *score;
+                }
+                for score in scores.iter_mut() {
+                    *score /= sum;
                 }
             }
+            if simd_v {
+                s.v_row.resize(group * head_dim, 0.0);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
+                unsafe {
+                    super::attention_avx512::weighted_values(
+                        |p| cache.v.head(layer, p, kv_head),
+                        &s.scores,
+                        head_dim,
+                        n_keys,
+                        &mut s.v_row,
+                    )
+                };
+                for j in 0..group {
+                    s.out[(j * n + t) * head_dim..][..head_dim]
+                        .copy_from_slice(&s.v_row[j * head_dim..][..head_dim]);
+                }
+                continue;
+            }
+            s.v_row.resize(head_dim, 0.0);
             for j in 0..group {
                 s.out[(j * n + t) * head_dim..][..head_dim].fill(0.0);
             }
             for p in 0..n_keys {
                 (cache.v_dequant)(cache.v.head(layer, p, kv_head), &mut s.v_row);
-                for (j, &sum) in sums[..group].iter().enumerate() {
-                    let w = s.scores[j * n_keys + p] / sum;
+                for j in 0..group {
+                    let w = s.scores[j * n_keys + p];
                     let o = &mut s.out[(j * n + t) * head_dim..][..head_dim];
                     for (acc, v) in o.iter_mut().zip(&s.v_row) {
                         *acc += w * v;

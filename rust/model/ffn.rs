@@ -8,7 +8,7 @@ use super::imatrix::{Input, LayerRecorder};
 use super::profile::{Component, Profile, Timer};
 use super::weights::{ExpertFfn, Tensor};
 use crate::error::Result;
-use crate::matmul::{Pool, matmul};
+use crate::matmul::{Pool, matmul, matmul_many};
 use crate::quant::Isa;
 
 #[derive(Default)]
@@ -53,8 +53,14 @@ fn swiglu(
     }
     gate.resize(n * e.gate.rows, 0.0);
     up.resize(n * e.up.rows, 0.0);
-    matmul(cx.pool, &e.gate.mat(cx.file), x, gate, act, cx.isa)?;
-    matmul(cx.pool, &e.up.mat(cx.file), x, up, act, cx.isa)?;
+    matmul_many(
+        cx.pool,
+        &[e.gate.mat(cx.file), e.up.mat(cx.file)],
+        x,
+        &mut [&mut gate[..], &mut up[..]],
+        act,
+        cx.isa,
+    )?;
     for (g, u) in gate.iter_mut().zip(up.iter()) {
         *g = silu(*g) * u;
     }

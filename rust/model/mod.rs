@@ -4,6 +4,8 @@
 //! layer and returns logits; Python drives the decode loop around it.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 pub mod config;
 mod ffn;
 pub mod imatrix;
@@ -24,7 +26,7 @@ pub use kv_cache::{KV_TYPES, KvCache};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, Value};
-use crate::matmul::{Pool, matmul};
+use crate::matmul::{Pool, matmul, matmul_many};
 use crate::quant::{DequantFn, Isa, dequant_fn};
 
 #[derive(Clone)]
@@ -339,27 +341,15 @@ impl Model {
             if let Some(r) = rec {
                 r.record(Input::Qkv, 0, &s.normed);
             }
-            matmul(
+            matmul_many(
                 pool,
-                &layer.wq.mat(bytes),
+                &[
+                    layer.wq.mat(bytes),
+                    layer.wk.mat(bytes),
+                    layer.wv.mat(bytes),
+                ],
                 &s.normed,
-                &mut s.q,
-                &mut s.act,
-                isa,
-            )?;
-            matmul(
-                pool,
-                &layer.wk.mat(bytes),
-                &s.normed,
-                &mut s.k,
-                &mut s.act,
-                isa,
-            )?;
-            matmul(
-                pool,
-                &layer.wv.mat(bytes),
-                &s.normed,
-                &mut s.v,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
                 &mut s.act,
                 isa,
             )?;
