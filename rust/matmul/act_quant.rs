@@ -45,7 +45,9 @@ pub unsafe fn quantize(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> bool {
 unsafe fn round_away(v: __m512) -> __m512 {
     let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
     let frac = _mm512_sub_ps(v, t);
-    let sign_one = _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0)), _mm512_set1_ps(1.0));
+    // +-1 with v's sign (integer operations: the float ones need AVX-512 DQ).
+    let sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN));
+    let sign_one = _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_set1_epi32(0x3F80_0000)));
     let away = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(frac), _mm512_set1_ps(0.5));
     _mm512_mask_add_ps(t, away, t, sign_one)
 }

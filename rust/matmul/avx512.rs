@@ -123,9 +123,10 @@ unsafe fn dot_pairs<B: ZmmPair>(w: &[u8], a: &[u8]) -> f32 {
         let p = (wp as *const [B; 2] as *const i8).wrapping_add(PREFETCH_BYTES);
         _mm_prefetch::<_MM_HINT_T0>(p);
         let sums = B::pair_sums(wp, act_pair(ap));
-        let s = _mm512_insertf32x8::<1>(
+        let s = _mm512_mask_blend_ps(
+            0xFF00,
             _mm512_set1_ps(scale(&wp[0], &ap[0])),
-            _mm256_set1_ps(scale(&wp[1], &ap[1])),
+            _mm512_set1_ps(scale(&wp[1], &ap[1])),
         );
         acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(sums), acc);
     }

@@ -258,3 +258,36 @@ fn several_matrices_in_one_dispatch_equal_separate_products() {
         }
     }
 }
+
+#[test]
+fn the_pool_runs_every_task_once_and_passes_panics_to_the_caller() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for threads in [1, 2, 3] {
+        let pool = Pool::new(Some(threads)).unwrap();
+        for n in [0usize, 1, 2, 7, 100] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for _ in 0..50 {
+                pool.run(n, |i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
+        }
+        let mut items = vec![0usize; 9];
+        pool.for_each_mut(&mut items, |i, v| *v = i * i);
+        assert_eq!(items, (0..9).map(|i| i * i).collect::<Vec<_>>());
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(8, |i| assert!(i != 5, "task five fails"));
+        }));
+        assert!(
+            caught.is_err(),
+            "{threads} threads: the panic reached the caller"
+        );
+        // The pool still works after a panic.
+        let count = AtomicUsize::new(0);
+        pool.run(16, |_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 16);
+    }
+}
