@@ -137,8 +137,6 @@ struct Panel {
     sd: Vec<f32>,
     m: Vec<f32>,
     k: Vec<f32>,
-    /// One row's values summed in eights.
-    sums: Vec<i32>,
 }
 
 impl Panel {
@@ -164,21 +162,10 @@ impl Panel {
             let q = &mut self.q[r * cols..][..cols];
             unpack(w.row(first + r), q, sd, m);
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the panel is only built where avx512::detected() holds (supported()).
+            // SAFETY: the panel is only built where the AVX-512 kernel runs (supported()).
             unsafe {
-                avx512::eighth_sums(q, &mut self.sums)
+                avx512::row_constants(q, sd, group, s.per_block * group, k)
             };
-            // Sums of 8 values, then per group and block: k = 128 * sum_g sd_g * sum(v).
-            let per_group = group / 8;
-            for (b, k) in k.iter_mut().enumerate() {
-                *k = (0..s.per_block)
-                    .map(|gb| {
-                        let g = b * s.per_block + gb;
-                        let sum: i32 = self.sums[g * per_group..][..per_group].iter().sum();
-                        128.0 * sd[g] * sum as f32
-                    })
-                    .sum();
-            }
         }
     }
 }
@@ -344,29 +331,46 @@ mod avx512 {
 
     use super::{Acts, BAND, PASS_ROWS, Panel, Shape, SharedOut};
 
-    /// `sums[j]` = the sum of the 8 signed bytes `q[8 j..8 j + 8]` (q.len() a multiple of 8).
+    /// The rows' constants `k = 128 * sum over a block's elements of sd(group) * v` for a row
+    /// of signed bytes `q` (`block` 32 or 256 elements, `group` 16 or 32).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn eighth_sums(q: &[u8], sums: &mut Vec<i32>) {
-        sums.resize(q.len() / 8, 0);
-        let chunks = q.chunks_exact(64);
-        let tail = chunks.remainder();
-        for (j, eight) in tail.chunks_exact(8).enumerate() {
-            sums[(q.len() - tail.len()) / 8 + j] = eight.iter().map(|&v| v as i8 as i32).sum();
+    pub unsafe fn row_constants(q: &[u8], sd: &[f32], group: usize, block: usize, k: &mut [f32]) {
+        // Each 64 bytes: sums of 4 (vpdpbusd with ones), times their group's scale, summed.
+        let per_lane: [u32; 16] = if group == 16 {
+            [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+        } else {
+            [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+        };
+        let lanes = _mm512_loadu_si512(per_lane.as_ptr() as *const __m512i);
+        let groups_per_chunk = 64 / group;
+        let mut acc = _mm512_setzero_ps();
+        for (c, chunk) in q.chunks_exact(64).enumerate() {
+            let v = _mm512_loadu_si512(chunk.as_ptr() as *const __m512i);
+            let fours = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), v);
+            let at = sd.as_ptr().add(c * groups_per_chunk);
+            let chunk_sd = if group == 16 {
+                _mm_loadu_ps(at)
+            } else {
+                _mm_castpd_ps(_mm_load_sd(at as *const f64))
+            };
+            let scales = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(chunk_sd));
+            acc = _mm512_fmadd_ps(scales, _mm512_cvtepi32_ps(fours), acc);
+            let end = 64 * (c + 1);
+            if block == 32 {
+                // Two blocks per 64 bytes.
+                k[2 * c] = 128.0 * _mm512_mask_reduce_add_ps(0x00FF, acc);
+                k[2 * c + 1] = 128.0 * _mm512_mask_reduce_add_ps(0xFF00, acc);
+                acc = _mm512_setzero_ps();
+            } else if end.is_multiple_of(block) {
+                k[end / block - 1] = 128.0 * _mm512_reduce_add_ps(acc);
+                acc = _mm512_setzero_ps();
+            }
         }
-        for (j, chunk) in chunks.enumerate() {
-            // |v + 128 - 0| summed in eights (vpsadbw), less the 8 * 128 added.
-            let v = _mm512_xor_si512(
-                _mm512_loadu_si512(chunk.as_ptr() as *const __m512i),
-                _mm512_set1_epi8(-128),
-            );
-            let s = _mm512_sub_epi64(
-                _mm512_sad_epu8(v, _mm512_setzero_si512()),
-                _mm512_set1_epi64(1024),
-            );
-            _mm256_storeu_si256(
-                sums.as_mut_ptr().add(8 * j) as *mut __m256i,
-                _mm512_cvtepi64_epi32(s),
-            );
+        let tail = q.chunks_exact(64).remainder();
+        if !tail.is_empty() {
+            // A row of one 32-element block.
+            let sum: i32 = tail.iter().map(|&v| v as i8 as i32).sum();
+            k[k.len() - 1] = 128.0 * sd[sd.len() - 1] * sum as f32;
         }
     }
 
