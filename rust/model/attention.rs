@@ -23,14 +23,17 @@ impl Rope {
         Rope { inv_freq, head_dim }
     }
 
-    /// Rotates every head of `row` (heads of `head_dim`, back to back) for position `pos`.
-    pub fn apply(&self, row: &mut [f32], pos: usize) {
-        for head in row.chunks_exact_mut(self.head_dim) {
-            for (i, &f) in self.inv_freq.iter().enumerate() {
-                let (sin, cos) = (pos as f32 * f).sin_cos();
-                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = x0 * cos - x1 * sin;
-                head[2 * i + 1] = x0 * sin + x1 * cos;
+    /// Rotates every head of each row (heads of `head_dim`, back to back) for position `pos`;
+    /// the angles are computed once for all of them.
+    pub fn apply(&self, rows: &mut [&mut [f32]], pos: usize) {
+        for (i, &f) in self.inv_freq.iter().enumerate() {
+            let (sin, cos) = (pos as f32 * f).sin_cos();
+            for row in rows.iter_mut() {
+                for head in row.chunks_exact_mut(self.head_dim) {
+                    let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = x0 * cos - x1 * sin;
+                    head[2 * i + 1] = x0 * sin + x1 * cos;
+                }
             }
         }
     }
@@ -94,10 +97,8 @@ pub fn attend(
         && super::attention_avx512::usable(head_dim);
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
-    let (simd_k, simd_v) = (
-        simd && cache.k.ty == GgmlType::F16,
-        simd && cache.v.ty == GgmlType::F16,
-    );
+    let simd_type = |ty: GgmlType| simd && matches!(ty, GgmlType::F16 | GgmlType::Q8_0);
+    let (simd_k, simd_v) = (simd_type(cache.k.ty), simd_type(cache.v.ty));
     // One task per KV head: the `group` query heads that share it read each cached K row and
     // dequantize each V row once between them (GQA: 4 query heads per KV head in Mixtral).
     pool.for_each_mut(&mut heads[..n_head_kv], |kv_head, s| {
@@ -110,14 +111,13 @@ pub fn attend(
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
                 unsafe {
-                    super::attention_avx512::scores(
-                        |p| cache.k.head(layer, p, kv_head),
-                        queries,
-                        head_dim,
-                        scale,
-                        n_keys,
-                        &mut s.scores,
-                    )
+                    use super::attention_avx512::{F16Row, Q8Row, scores};
+                    let key = |p| cache.k.head(layer, p, kv_head);
+                    if cache.k.ty == GgmlType::F16 {
+                        scores::<F16Row>(key, queries, head_dim, scale, n_keys, &mut s.scores)
+                    } else {
+                        scores::<Q8Row>(key, queries, head_dim, scale, n_keys, &mut s.scores)
+                    }
                 };
             } else {
                 quantize_activations(cache.k_act, queries, &mut s.query)
@@ -148,13 +148,14 @@ pub fn attend(
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
                 unsafe {
-                    super::attention_avx512::weighted_values(
-                        |p| cache.v.head(layer, p, kv_head),
-                        &s.scores,
-                        head_dim,
-                        n_keys,
-                        &mut s.v_row,
-                    )
+                    use super::attention_avx512::{F16Row, Q8Row, weighted_values};
+                    let value = |p| cache.v.head(layer, p, kv_head);
+                    let (w, out) = (&s.scores, &mut s.v_row);
+                    if cache.v.ty == GgmlType::F16 {
+                        weighted_values::<F16Row>(value, w, head_dim, n_keys, out)
+                    } else {
+                        weighted_values::<Q8Row>(value, w, head_dim, n_keys, out)
+                    }
                 };
                 for j in 0..group {
                     s.out[(j * n + t) * head_dim..][..head_dim]

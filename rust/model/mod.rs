@@ -355,8 +355,10 @@ impl Model {
             )?;
             for t in 0..n {
                 let pos = self.n_past + t;
-                self.rope.apply(&mut s.q[t * qd..][..qd], pos);
-                self.rope.apply(&mut s.k[t * kvd..][..kvd], pos);
+                self.rope.apply(
+                    &mut [&mut s.q[t * qd..][..qd], &mut s.k[t * kvd..][..kvd]],
+                    pos,
+                );
                 self.cache.k.write(l, pos, &s.k[t * kvd..][..kvd]);
                 self.cache.v.write(l, pos, &s.v[t * kvd..][..kvd]);
             }
