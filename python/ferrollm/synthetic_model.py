@@ -64,11 +64,19 @@ SHAPES: dict[str, dict[str, int]] = {
     "mixtral-8x7b": {"n_layer": 32, "n_embd": 4096, "n_ff": 14336, "n_head": 32, "n_head_kv": 8, "n_expert": 8},
     "mistral-7b": {"n_layer": 32, "n_embd": 4096, "n_ff": 14336, "n_head": 32, "n_head_kv": 8, "n_expert": 0},
     "tiny-moe": {"n_layer": 2, "n_embd": 256, "n_ff": 512, "n_head": 8, "n_head_kv": 4, "n_expert": 4},
+    # SmolLM-135M's shape: many small matrices, where per-call overhead shows.
+    "small-dense": {"n_layer": 30, "n_embd": 576, "n_ff": 1536, "n_head": 9, "n_head_kv": 3, "n_expert": 0,
+                    "n_vocab": 49152},
 }  # fmt: skip
 
 # llama.cpp's quantizer keeps the output head and token embedding at these types when the rest
 # of the model is one of the low-bit types (llama_tensor_get_type): head Q5_K for the 1-3 bit IQ
 # types, else Q6_K (Q8_0 stays Q8_0); embedding Q2_K for IQ1/IQ2, IQ3_S for IQ3.
+# llama.cpp's quantizer for rows that are not whole 256-element super-blocks
+# (llama_tensor_get_type's fallback).
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+             "IQ2_XXS": "Q4_0", "IQ2_XS": "Q4_0", "IQ2_S": "Q4_0", "IQ3_XXS": "Q4_0", "IQ3_S": "Q4_0",
+             "IQ1_S": "Q4_0", "IQ1_M": "Q4_0", "IQ4_XS": "IQ4_NL"}  # fmt: skip
 _LOW_BIT_HEAD = {"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS"}
 _EMBD_TYPE = {"IQ1_S": "Q2_K", "IQ1_M": "Q2_K", "IQ2_XXS": "Q2_K", "IQ2_XS": "Q2_K",
               "IQ2_S": "Q2_K", "IQ3_XXS": "IQ3_S", "IQ3_S": "IQ3_S"}  # fmt: skip
@@ -96,6 +104,13 @@ def shape_spec(shape: str, weight_type: str, **overrides: Any) -> ModelSpec:
     }  # fmt: skip
     fields.update(SHAPES[shape])
     fields.update(overrides)
+    if fields["n_vocab"] > 32000:  # Mistral's pieces, then placeholders up to the vocabulary size
+        tok = dict(fields["tokenizer"])
+        extra = fields["n_vocab"] - len(tok["tokenizer.ggml.tokens"])
+        tok["tokenizer.ggml.tokens"] = list(tok["tokenizer.ggml.tokens"]) + [f"<extra_{i}>" for i in range(extra)]
+        tok["tokenizer.ggml.scores"] = list(tok["tokenizer.ggml.scores"]) + [0.0] * extra
+        tok["tokenizer.ggml.token_type"] = list(tok["tokenizer.ggml.token_type"]) + [4] * extra
+        fields["tokenizer"] = tok
     return ModelSpec(**fields)
 
 
@@ -188,8 +203,11 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
 
     def add_matrices(name: str, rows: int, cols: int, std: float, type_name: str, count: int = 1):
         """`count` rows x cols matrices (stacked: experts) of random weights, in full or, when
-        large, as blocks sampled from a pool of the same type, row length and scale."""
+        large, as blocks sampled from a pool of the same type, row length and scale. A row that
+        is not whole super-blocks gets llama.cpp's fallback type, as its quantizer does."""
         qt = quants.quant_type(type_name)
+        if cols % qt.block_elems:
+            qt = quants.quant_type(_FALLBACK.get(qt.name, "Q8_0"))
         shape = [cols, rows] + ([count] if count > 1 else [])
         if s.pool_blocks and qt.block_bytes > 4 and rows * count * cols // qt.block_elems > s.pool_blocks:
             key = (qt.name, cols, std)
