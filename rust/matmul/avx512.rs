@@ -318,6 +318,60 @@ unsafe fn packed_signs(aux: __m256i) -> [u64; 4] {
     std::mem::transmute(with_parity(s7))
 }
 
+impl ZmmBlock for BlockIq4Xs {
+    #[inline(always)]
+    unsafe fn spans(&self) -> Spans {
+        // |value| by table, the sign from the index (the table is sorted: 0..8 negative).
+        static ABS: [u8; 16] = {
+            let mut t = [0u8; 16];
+            let mut i = 0;
+            while i < 16 {
+                t[i] = KVALUES_IQ4NL[i].unsigned_abs();
+                i += 1;
+            }
+            t
+        };
+        let table = _mm512_broadcast_i32x4(_mm_loadu_si128(ABS.as_ptr() as *const __m128i));
+        let mut q = [_mm512_setzero_si512(); 4];
+        let mut signs = [0u64; 4];
+        for c in 0..4 {
+            let (lo, hi) = self.qs[32 * c..32 * c + 32].split_at(16);
+            let nib = nibbles64(
+                lo.try_into().unwrap_unchecked(),
+                hi.try_into().unwrap_unchecked(),
+            );
+            q[c] = _mm512_shuffle_epi8(table, nib);
+            signs[c] = _mm512_testn_epi8_mask(nib, _mm512_set1_epi8(8));
+        }
+        // Eight 6-bit scales: low nibbles from scales_l, two high bits each from scales_h;
+        // minus 32, then one per 16 elements.
+        let l = _mm_cvtsi32_si128(u32::from_le_bytes(self.scales_l) as i32);
+        let low = _mm_unpacklo_epi8(
+            _mm_and_si128(l, _mm_set1_epi8(0xF)),
+            _mm_and_si128(_mm_srli_epi16(l, 4), _mm_set1_epi8(0xF)),
+        );
+        let h = _mm_set1_epi16(u16::from_le_bytes(self.scales_h) as i16);
+        let high = _mm_and_si128(
+            _mm_srlv_epi16(h, _mm_setr_epi16(0, 2, 4, 6, 8, 10, 12, 14)),
+            _mm_set1_epi16(3),
+        );
+        let s8 = _mm_sub_epi16(
+            _mm_or_si128(_mm_cvtepu8_epi16(low), _mm_slli_epi16(high, 4)),
+            _mm_set1_epi16(32),
+        );
+        static DUP: [u16; 16] = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7];
+        let groups = _mm256_permutexvar_epi16(
+            _mm256_loadu_si256(DUP.as_ptr() as *const __m256i),
+            _mm256_castsi128_si256(s8),
+        );
+        Spans { q, signs, groups }
+    }
+    #[inline(always)]
+    unsafe fn scale(&self) -> f32 {
+        fp16(self.d)
+    }
+}
+
 /// One 64-element span: unsigned values `q` against activations negated where `signs` has a
 /// bit, the pair sums scaled per i16 lane.
 #[inline(always)]
@@ -704,7 +758,7 @@ macro_rules! kernels {
 kernels!(
     IQ2_XXS => BlockIq2Xxs, 32, IQ2_XS => BlockIq2Xs, 16, IQ2_S => BlockIq2S, 16,
     IQ3_XXS => BlockIq3Xxs, 32, IQ3_S => BlockIq3S, 32, IQ1_S => BlockIq1S, 32,
-    IQ1_M => BlockIq1M, 16
+    IQ1_M => BlockIq1M, 16, IQ4_XS => BlockIq4Xs, 32
 );
 
 macro_rules! pair_kernels {
