@@ -134,13 +134,25 @@ pub fn attend(
             // Softmax: the scores become the weights of the values.
             for scores in s.scores.chunks_exact_mut(n_keys) {
                 let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut sum = 0f32;
+                let sum = if simd {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: usable(head_dim) was checked.
+                    unsafe {
+                        super::attention_avx512::exp_shifted(scores, max)
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!()
+                } else {
+                    let mut sum = 0f32;
+                    for score in scores.iter_mut() {
+                        *score = (*score - max).exp();
+                        sum += *score;
+                    }
+                    sum
+                };
+                let inv = 1.0 / sum;
                 for score in scores.iter_mut() {
-                    *score = (*score - max).exp();
-                    sum += *score;
-                }
-                for score in scores.iter_mut() {
-                    *score /= sum;
+                    *score *= inv;
                 }
             }
             if simd_v {

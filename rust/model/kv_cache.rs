@@ -14,7 +14,9 @@ use crate::quant::{DequantFn, Isa, dequant_fn};
 
 pub const KV_TYPES: &[GgmlType] = &[GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0];
 
-/// Element storage of one cache (K or V) for every layer.
+/// Element storage of one cache (K or V) for every layer. Within a layer each KV head's
+/// positions are contiguous (`[head][pos]`), so that attention, which walks one head's
+/// positions, streams memory in order (deep in a context that is megabytes per head).
 pub struct CacheStore {
     pub ty: GgmlType,
     /// Bytes of one head's slice of a row.
@@ -59,16 +61,24 @@ impl CacheStore {
         self.layers.len() * self.n_ctx * self.row_bytes
     }
 
-    /// Stores one row (`kv_dim` floats) at `pos` of `layer`.
+    /// Stores one row (`kv_dim` floats, heads back to back) at `pos` of `layer`.
     pub fn write(&mut self, layer: usize, pos: usize, row: &[f32]) {
-        let dst = &mut self.layers[layer][pos * self.row_bytes..(pos + 1) * self.row_bytes];
-        encode_row(self.ty, row, dst);
+        let heads = self.row_bytes / self.head_bytes;
+        let head_dim = row.len() / heads;
+        for (h, src) in row.chunks_exact(head_dim).enumerate() {
+            let start = (h * self.n_ctx + pos) * self.head_bytes;
+            encode_row(
+                self.ty,
+                src,
+                &mut self.layers[layer][start..start + self.head_bytes],
+            );
+        }
     }
 
     /// The bytes of head `h` at `pos`.
     #[inline]
     pub fn head(&self, layer: usize, pos: usize, h: usize) -> &[u8] {
-        let start = pos * self.row_bytes + h * self.head_bytes;
+        let start = (h * self.n_ctx + pos) * self.head_bytes;
         &self.layers[layer][start..start + self.head_bytes]
     }
 }
