@@ -61,6 +61,7 @@ def ensure_model(directory: Path, shape: str, qtype: str) -> Path:
     if not path.exists():
         t0 = time.perf_counter()
         write_model(path, shape_spec(shape, qtype))
+        os.sync()  # or the kernel's write-back runs beside the measurement
         print(f"  wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.0f} s")
     return path
 
@@ -294,9 +295,11 @@ def main() -> int:
         print(f"refusing the peer: {peer_problem}; rebuild it with native flags (README, Benchmarks) "
               "or pass --allow-slow-peer")  # fmt: skip
         return 2
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"WARNING: load average {load:.2f} before the run: the machine is not idle")
+    busy0 = busy_jiffies()
+    time.sleep(1.0)
+    before = (busy_jiffies() - busy0) / os.sysconf("SC_CLK_TCK")
+    if before > 0.2:
+        print(f"WARNING: other processes used {before:.2f} cores in the second before the run")
 
     import numpy as np
     from ferrollm import _core

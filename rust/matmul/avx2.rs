@@ -74,7 +74,7 @@ unsafe fn fp16(x: F16Le) -> f32 {
 
 /// f16 bits to f32 by table: a pure load, where `vcvtph2ps` and the broadcast after it would
 /// compete for port 5 with the shuffles of the 32-element kernels (measured 2x on Q4_0).
-pub(super) fn f16_table() -> &'static [f32; 65536] {
+pub(crate) fn f16_table() -> &'static [f32; 65536] {
     static TABLE: std::sync::OnceLock<Box<[f32; 65536]>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut t = Box::new([0f32; 65536]);

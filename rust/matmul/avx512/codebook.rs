@@ -1,21 +1,5 @@
-//! 512-bit dot products for the codebook (IQ1/IQ2/IQ3) types against Q8_K: the decode kernels
-//! of the files our users run most.
-//!
-//! The 256-bit kernels spend most of their time assembling grid rows and sign bytes with
-//! scalar code (16% of the memory wall on IQ2_XS). Here a super-block is taken apart with
-//! vector operations instead:
-//! - grid indices are computed in vector lanes and looked up by one gather per 64 weights
-//!   (8 rows of 8 values, or 16 rows of 4);
-//! - sign bits (7 stored, the 8th the parity of those 7) become one 64-bit mask per 64 weights,
-//!   computed with `vpmultishiftqb` / `vpopcntb`; the mask negates the *activations*
-//!   (`vpsubb` under mask), so the unsigned grid bytes go straight into `vpmaddubsw`;
-//! - per-group scales are permuted into i16 lanes and applied by `vpdpwssd`;
-//! - IQ1's signed values get an offset that makes them unsigned (q + 9 in 0..=18), taken back
-//!   through the activation's group sums.
-//!
-//! The integer sums are those of `scalar`, exactly; only the float accumulation order differs.
-//! Needs AVX-512 F/BW/VL with VNNI, VBMI and BITALG (Ice Lake, Sapphire Rapids, Zen 4 and later);
-//! elsewhere `dot_fn` keeps the 256-bit kernels.
+//! The codebook types (IQ1, IQ2, IQ3) and IQ4_XS taken apart with vector operations: one
+//! `Spans` per super-block serves both the decode dot product and the batched product's panel.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 // Spans index several per-span arrays (indices, signs, activations) with one counter.
@@ -23,124 +7,10 @@
 
 use std::arch::x86_64::*;
 
-use super::VecDotFn;
-use super::gemm::{PanelForm, RowUnpackFn};
-use super::unpack::Unpack32;
-use crate::gguf::GgmlType;
-use crate::quant::block::F16Le;
+use super::{PREFETCH_BYTES, fp16, load_table, nibbles64};
 use crate::quant::grids::*;
 use crate::quant::iquants::*;
-use crate::quant::kquants::{BlockQ6K, BlockQ8K};
-use crate::quant::legacy::{BlockIq4Nl, BlockQ4_0, BlockQ8_0};
-
-// ---- 32-element blocks against Q8_0, two blocks per vector -----------------------------------
-
-/// A 32-element weight type: the i32 sums (8 lanes per block) of two blocks' quants times
-/// their activations.
-trait ZmmPair: bytemuck::Pod + Unpack32 {
-    unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i;
-    fn d(&self) -> F16Le;
-}
-
-/// Two blocks' 16 bytes of packed nibbles as their 64 quants in element order (each block's low
-/// nibbles, then its high nibbles).
-#[inline(always)]
-unsafe fn nibbles64(a: &[u8; 16], b: &[u8; 16]) -> __m512i {
-    let lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(a.as_ptr() as *const __m128i));
-    let hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.as_ptr() as *const __m128i));
-    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-    let shifted = _mm512_srlv_epi64(both, _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0));
-    _mm512_and_si512(shifted, _mm512_set1_epi8(0x0F))
-}
-
-/// Two blocks' 32 activations each as one vector.
-#[inline(always)]
-unsafe fn act_pair(a: &[BlockQ8_0; 2]) -> __m512i {
-    let lo = _mm256_loadu_si256(a[0].qs.as_ptr() as *const __m256i);
-    let hi = _mm256_loadu_si256(a[1].qs.as_ptr() as *const __m256i);
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-}
-
-/// Signed quants times signed activations: |q| against the activations negated where q < 0.
-#[inline(always)]
-unsafe fn signed_sums(q: __m512i, x: __m512i) -> __m512i {
-    let negative = _mm512_movepi8_mask(q);
-    let xs = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);
-    _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(q), xs)
-}
-
-impl ZmmPair for BlockQ4_0 {
-    #[inline(always)]
-    unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
-        // (q - 8) x = q x - 8 x: the unsigned nibbles go straight into vpdpbusd.
-        let q = _mm512_dpbusd_epi32(_mm512_setzero_si512(), nibbles64(&w[0].qs, &w[1].qs), x);
-        let eight = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), x);
-        _mm512_sub_epi32(q, eight)
-    }
-    fn d(&self) -> F16Le {
-        self.d
-    }
-}
-
-impl ZmmPair for BlockQ8_0 {
-    #[inline(always)]
-    unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
-        signed_sums(act_pair(w), x)
-    }
-    fn d(&self) -> F16Le {
-        self.d
-    }
-}
-
-impl ZmmPair for BlockIq4Nl {
-    #[inline(always)]
-    unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
-        let table =
-            _mm512_broadcast_i32x4(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
-        let q = _mm512_shuffle_epi8(table, nibbles64(&w[0].qs, &w[1].qs));
-        signed_sums(q, x)
-    }
-    fn d(&self) -> F16Le {
-        self.d
-    }
-}
-
-#[inline(always)]
-unsafe fn dot_pairs<B: ZmmPair>(w: &[u8], a: &[u8]) -> f32 {
-    let w: &[B] = bytemuck::cast_slice(w);
-    let a: &[BlockQ8_0] = bytemuck::cast_slice(a);
-    let table = super::avx2::f16_table();
-    let scale = |wb: &B, ab: &BlockQ8_0| {
-        table[u16::from_le_bytes(wb.d().0) as usize] * table[u16::from_le_bytes(ab.d.0) as usize]
-    };
-    let mut acc = _mm512_setzero_ps();
-    let pairs = w.len() / 2;
-    for i in 0..pairs {
-        let (wp, ap): (&[B; 2], &[BlockQ8_0; 2]) = (
-            w[2 * i..2 * i + 2].try_into().unwrap_unchecked(),
-            a[2 * i..2 * i + 2].try_into().unwrap_unchecked(),
-        );
-        let p = (wp as *const [B; 2] as *const i8).wrapping_add(PREFETCH_BYTES);
-        _mm_prefetch::<_MM_HINT_T0>(p);
-        let sums = B::pair_sums(wp, act_pair(ap));
-        let s = _mm512_mask_blend_ps(
-            0xFF00,
-            _mm512_set1_ps(scale(&wp[0], &ap[0])),
-            _mm512_set1_ps(scale(&wp[1], &ap[1])),
-        );
-        acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(sums), acc);
-    }
-    let mut total = _mm512_reduce_add_ps(acc);
-    if w.len() % 2 == 1 {
-        // An odd last block: the reference arithmetic.
-        let last = w.len() - 1;
-        total += super::scalar::dot_q8_0::<B>(
-            bytemuck::bytes_of(&w[last]),
-            bytemuck::bytes_of(&a[last]),
-        );
-    }
-    total
-}
+use crate::quant::kquants::BlockQ8K;
 
 /// A super-block taken apart into four 64-element spans: unsigned values `q`, negated where the
 /// span's `signs` has a bit (IQ2/IQ3), and 16 per-16-element group scales in i16 lanes.
@@ -151,7 +21,7 @@ pub(super) struct Spans {
 }
 
 /// A 256-element codebook super-block in the 512-bit kernels.
-trait ZmmBlock: bytemuck::Pod {
+pub(super) trait ZmmBlock: bytemuck::Pod {
     /// What `q` holds beyond the value where signs are not used (IQ1 stores value + 9 so that
     /// it is unsigned); 0 for the types whose signs are in `Spans::signs`.
     const OFFSET: i16 = 0;
@@ -189,7 +59,7 @@ unsafe fn block_dot<B: ZmmBlock>(wb: &B, ab: &BlockQ8K) -> __m512i {
 /// byte, per group of `G` (16 or 32) elements the float scale `sd`. The codebook types have no
 /// group offsets: `m` is left alone.
 #[inline(always)]
-unsafe fn unpack_row<B: ZmmBlock, const G: usize>(
+pub(super) unsafe fn unpack_row<B: ZmmBlock, const G: usize>(
     row: &[u8],
     q: &mut [u8],
     sd: &mut [f32],
@@ -219,15 +89,7 @@ unsafe fn unpack_row<B: ZmmBlock, const G: usize>(
 }
 
 #[inline(always)]
-unsafe fn fp16(x: F16Le) -> f32 {
-    x.to_f32()
-}
-
-/// How far ahead the row's weights are prefetched (see the 256-bit kernels).
-const PREFETCH_BYTES: usize = 2048;
-
-#[inline(always)]
-unsafe fn dot<B: ZmmBlock>(w: &[u8], a: &[u8]) -> f32 {
+pub(super) unsafe fn dot<B: ZmmBlock>(w: &[u8], a: &[u8]) -> f32 {
     let w: &[B] = bytemuck::cast_slice(w);
     let a: &[BlockQ8K] = bytemuck::cast_slice(a);
     let mut acc = _mm512_setzero_ps();
@@ -246,11 +108,6 @@ unsafe fn dot<B: ZmmBlock>(w: &[u8], a: &[u8]) -> f32 {
 #[inline(always)]
 unsafe fn act64(ab: &BlockQ8K, c: usize) -> __m512i {
     _mm512_loadu_si512(ab.qs.as_ptr().add(64 * c) as *const __m512i)
-}
-
-#[inline(always)]
-unsafe fn load_table<T>(t: &T) -> __m512i {
-    _mm512_loadu_si512(t as *const T as *const __m512i)
 }
 
 /// i16 lane patterns for `vpermw`: span c's 32 lanes take per-16 scale `4c + lane / 8` from a
@@ -392,6 +249,17 @@ unsafe fn gather8(grid: &[u64], idx: __m256i) -> __m512i {
     _mm512_i32gather_epi64::<8>(idx, grid.as_ptr() as *const i64)
 }
 
+/// The four spans' 8-value grid rows at indices `idx`.
+#[inline(always)]
+unsafe fn gather_spans(grid: &[u64], idx: [__m256i; 4]) -> [__m512i; 4] {
+    [
+        gather8(grid, idx[0]),
+        gather8(grid, idx[1]),
+        gather8(grid, idx[2]),
+        gather8(grid, idx[3]),
+    ]
+}
+
 /// Sixteen 4-value grid rows at i32 indices `idx`.
 #[inline(always)]
 unsafe fn gather16(grid: &[u32], idx: __m512i) -> __m512i {
@@ -448,11 +316,11 @@ impl ZmmBlock for BlockIq2Xxs {
         ];
         let signs = packed_signs(aux);
         let groups = groups_from_u32(odd(_mm256_srli_epi32(aux, 28)));
-        let mut q = [_mm512_setzero_si512(); 4];
-        for c in 0..4 {
-            q[c] = gather8(&IQ2XXS_GRID, idx[c]);
+        Spans {
+            q: gather_spans(&IQ2XXS_GRID, idx),
+            signs,
+            groups,
         }
-        Spans { q, signs, groups }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -471,11 +339,11 @@ impl ZmmBlock for BlockIq2Xs {
         let s8 = _mm512_or_si512(s7, _mm512_slli_epi16(parity, 7));
         let signs: [u64; 4] = std::mem::transmute(_mm512_cvtepi16_epi8(s8));
         let groups = odd_nibble_scales(&self.scales);
-        let mut q = [_mm512_setzero_si512(); 4];
-        for c in 0..4 {
-            q[c] = gather8(&IQ2XS_GRID, idx[c]);
+        Spans {
+            q: gather_spans(&IQ2XS_GRID, idx),
+            signs,
+            groups,
         }
-        Spans { q, signs, groups }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -537,11 +405,11 @@ impl ZmmBlock for BlockIq2S {
         let signs: [u64; 4] =
             std::mem::transmute(_mm256_loadu_si256(self.signs.as_ptr() as *const __m256i));
         let groups = odd_nibble_scales(&self.scales);
-        let mut q = [_mm512_setzero_si512(); 4];
-        for c in 0..4 {
-            q[c] = gather8(&IQ2S_GRID, idx[c]);
+        Spans {
+            q: gather_spans(&IQ2S_GRID, idx),
+            signs,
+            groups,
         }
-        Spans { q, signs, groups }
     }
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
@@ -696,129 +564,5 @@ impl ZmmBlock for BlockIq1M {
     #[inline(always)]
     unsafe fn scale(&self) -> f32 {
         self.d() * 0.125
-    }
-}
-
-pub(super) fn detected() -> bool {
-    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DETECTED.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("avx512vbmi")
-            && is_x86_feature_detected!("avx512bitalg")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
-}
-
-macro_rules! kernels {
-    ($($ty:ident => $block:ty, $group:literal),*) => {
-        /// The 512-bit kernel for `ty`, if it has one; only call when `detected()`.
-        pub(super) fn table(ty: GgmlType) -> Option<VecDotFn> {
-            $(
-                #[allow(non_snake_case)]
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
-                unsafe fn $ty(w: &[u8], a: &[u8]) -> f32 {
-                    dot::<$block>(w, a)
-                }
-            )*
-            match ty {
-                $(GgmlType::$ty => Some(|w, a| unsafe { $ty(w, a) }),)*
-                _ => pair_table(ty),
-            }
-        }
-
-        /// How `ty` enters the batched product with the 512-bit unpacker, where the CPU has
-        /// the features.
-        pub(super) fn panel_form(ty: GgmlType) -> Option<PanelForm> {
-            if !detected() {
-                return None;
-            }
-            $(
-                #[allow(non_snake_case)]
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
-                unsafe fn $ty(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]) {
-                    unpack_row::<$block, $group>(row, q, sd, m)
-                }
-            )*
-            let form = |unpack: RowUnpackFn, group| PanelForm { unpack, group, offset: false };
-            match ty {
-                $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group)),)*
-                GgmlType::Q6_K => Some(form(|row, q, sd, m| unsafe { q6_k_row(row, q, sd, m) }, 16)),
-                _ => None,
-            }
-        }
-    };
-}
-
-// Each type with its scale grain (elements per scale) for the batched product.
-kernels!(
-    IQ2_XXS => BlockIq2Xxs, 32, IQ2_XS => BlockIq2Xs, 16, IQ2_S => BlockIq2S, 16,
-    IQ3_XXS => BlockIq3Xxs, 32, IQ3_S => BlockIq3S, 32, IQ1_S => BlockIq1S, 32,
-    IQ1_M => BlockIq1M, 16, IQ4_XS => BlockIq4Xs, 32
-);
-
-macro_rules! pair_kernels {
-    ($($ty:ident => $block:ty),*) => {
-        /// The 512-bit kernels of the 32-element types (two blocks per vector).
-        fn pair_table(ty: GgmlType) -> Option<VecDotFn> {
-            $(
-                #[allow(non_snake_case)]
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
-                unsafe fn $ty(w: &[u8], a: &[u8]) -> f32 {
-                    dot_pairs::<$block>(w, a)
-                }
-            )*
-            match ty {
-                $(GgmlType::$ty => Some(|w, a| unsafe { $ty(w, a) }),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-pair_kernels!(Q4_0 => BlockQ4_0, Q8_0 => BlockQ8_0, IQ4_NL => BlockIq4Nl);
-
-/// Q6_K rows in the batched product's form: per 128 elements, four runs of 32 built from low
-/// nibbles (`ql`) and 2-bit high parts (`qh`), minus 32; the 16 signed scales times `d`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn q6_k_row(row: &[u8], q: &mut [u8], sd: &mut [f32], _m: &mut [f32]) {
-    let blocks: &[BlockQ6K] = bytemuck::cast_slice(row);
-    let low4 = _mm256_set1_epi8(0x0F);
-    let two = _mm256_set1_epi8(0x03);
-    let offset = _mm256_set1_epi8(32);
-    for (b, block) in blocks.iter().enumerate() {
-        for n in 0..2 {
-            let ql0 = _mm256_loadu_si256(block.ql.as_ptr().add(64 * n) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(block.ql.as_ptr().add(64 * n + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(block.qh.as_ptr().add(32 * n) as *const __m256i);
-            // High parts (qh >> 2j) & 3 moved to bits 4..6.
-            let high = [
-                _mm256_slli_epi16(_mm256_and_si256(qh, two), 4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4),
-                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4),
-            ];
-            let runs = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low4), high[0]),
-                _mm256_or_si256(_mm256_and_si256(ql1, low4), high[1]),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), high[2]),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4), high[3]),
-            ];
-            for (j, run) in runs.iter().enumerate() {
-                let at = 256 * b + 128 * n + 32 * j;
-                let v = _mm256_sub_epi8(*run, offset);
-                _mm256_storeu_si256(q.as_mut_ptr().add(at) as *mut __m256i, v);
-            }
-        }
-        let scales = _mm512_cvtepi8_epi32(_mm_loadu_si128(block.scales.as_ptr() as *const __m128i));
-        let d = _mm512_set1_ps(block.d.to_f32());
-        _mm512_storeu_ps(
-            sd.as_mut_ptr().add(16 * b),
-            _mm512_mul_ps(d, _mm512_cvtepi32_ps(scales)),
-        );
     }
 }
