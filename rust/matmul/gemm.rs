@@ -93,12 +93,17 @@ fn unpack_row_k<B: UnpackK + bytemuck::Pod, const G: usize>(
     }
 }
 
-fn panel_form(ty: GgmlType) -> Option<PanelForm> {
-    use GgmlType::*;
+pub(super) fn panel_form(ty: GgmlType) -> Option<PanelForm> {
     #[cfg(target_arch = "x86_64")]
     if let Some(form) = super::avx512::panel_form(ty) {
         return Some(form);
     }
+    scalar_panel_form(ty)
+}
+
+/// The portable unpackers (through the integer forms of `unpack`).
+pub(super) fn scalar_panel_form(ty: GgmlType) -> Option<PanelForm> {
+    use GgmlType::*;
     let form = |unpack: RowUnpackFn, group, offset| PanelForm {
         unpack,
         group,

@@ -291,3 +291,32 @@ fn the_pool_runs_every_task_once_and_passes_panics_to_the_caller() {
         assert_eq!(count.load(Ordering::Relaxed), 16);
     }
 }
+
+#[test]
+fn the_vector_panel_unpackers_equal_the_portable_ones() {
+    // The portable unpackers of the codebook types and Q6_K only run on CPUs without the
+    // 512-bit ones; here both unpack the same rows and must agree exactly.
+    for &ty in DOT_TYPES {
+        let (Some(fast), Some(portable)) = (gemm::panel_form(ty), gemm::scalar_panel_form(ty))
+        else {
+            continue;
+        };
+        assert_eq!(
+            (fast.group, fast.offset),
+            (portable.group, portable.offset),
+            "{ty}"
+        );
+        let cols = 1024;
+        let row = random_weights(ty, 70 + ty.id() as u64, cols / ty.block_elems());
+        let groups = cols / fast.group;
+        let unpack = |f: gemm::RowUnpackFn| {
+            let (mut q, mut sd, mut m) = (vec![0u8; cols], vec![0f32; groups], vec![0f32; groups]);
+            f(&row, &mut q, &mut sd, &mut m);
+            (q, sd, if fast.offset { m } else { Vec::new() })
+        };
+        assert!(
+            unpack(fast.unpack) == unpack(portable.unpack),
+            "{ty}: unpackers differ"
+        );
+    }
+}
