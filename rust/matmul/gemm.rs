@@ -177,7 +177,7 @@ impl Panel {
 
 /// Activation rows in bands of 16 tokens: `x[band][col / 4][token][col % 4]` as Q8 bytes plus
 /// 128; per band and activation block the 16 scales `a`; per band and group the 16
-/// `a * sum(Q8 bytes)` (zeros for the tokens past n).
+/// `a * sum(Q8 bytes)` where the weights have group offsets (zeros for the tokens past n).
 #[derive(Default)]
 struct Acts {
     x: Vec<u8>,
@@ -186,7 +186,15 @@ struct Acts {
 }
 
 impl Acts {
-    fn fill(&mut self, act_ty: GgmlType, quantized: &[u8], n: usize, cols: usize, group: usize) {
+    fn fill(
+        &mut self,
+        act_ty: GgmlType,
+        quantized: &[u8],
+        n: usize,
+        cols: usize,
+        form: &PanelForm,
+    ) {
+        let group = form.group;
         let bands = n.div_ceil(BAND);
         let (block_elems, block_bytes) = (act_ty.block_elems(), act_ty.block_bytes());
         let (blocks, groups) = (cols / block_elems, cols / group);
@@ -220,6 +228,9 @@ impl Acts {
                     for (d, &v) in x[at..at + 4].iter_mut().zip(four) {
                         *d = v ^ 0x80;
                     }
+                }
+                if !form.offset {
+                    continue;
                 }
                 for (g, chunk) in qs.chunks_exact(group).enumerate() {
                     let sum: i32 = chunk.iter().map(|&v| v as i8 as i32).sum();
@@ -272,7 +283,7 @@ pub(super) fn gemm(
     let (group, per_block) = (form.group, act_ty.block_elems() / form.group);
     quantize_activations(act_ty, x, scratch)?;
     ACTS.with_borrow_mut(|acts| {
-        acts.fill(act_ty, scratch, n, w0.cols, group);
+        acts.fill(act_ty, scratch, n, w0.cols, &form);
         let acts = &*acts;
         let tiles = Tiles::new(ws, TILE_ROWS);
         pool.run(tiles.total, |tile| {

@@ -234,7 +234,16 @@ pub fn matmul_many(
     scratch: &mut Vec<u8>,
     isa: Isa,
 ) -> Result<()> {
-    let w0 = ws[0];
+    let Some(&w0) = ws.first() else {
+        return Ok(());
+    };
+    if ws.len() != ys.len() {
+        return Err(Error::invalid(format!(
+            "{} matrices and {} outputs",
+            ws.len(),
+            ys.len()
+        )));
+    }
     let n = x.len() / w0.cols;
     for (w, y) in ws.iter().zip(ys.iter()) {
         if n == 0 || x.len() != n * w.cols || y.len() != n * w.rows {
@@ -248,7 +257,7 @@ pub fn matmul_many(
         }
     }
     let alike = ws.iter().all(|w| w.ty == w0.ty && w.cols == w0.cols);
-    if !alike || ws.len() > MAX_MANY || ws.len() != ys.len() {
+    if !alike || ws.len() > MAX_MANY {
         for (w, y) in ws.iter().zip(ys.iter_mut()) {
             matmul_many(
                 pool,

@@ -69,25 +69,37 @@ pub(super) fn detected() -> bool {
     })
 }
 
-macro_rules! kernels {
-    ($($ty:ident => $block:ty, $group:literal),*) => {
-        /// The 512-bit kernel for `ty`, if it has one; only call when `detected()`.
+/// Kernels compiled for this module's features, one wrapper per type (as `avx2`'s `tier!`).
+macro_rules! dot_table {
+    ($($ty:ident => $kernel:path),*) => {
+        /// The 512-bit dot product for `ty`, if it has one; only call when `detected()`.
         pub(super) fn table(ty: GgmlType) -> Option<VecDotFn> {
             $(
                 #[allow(non_snake_case)]
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
                 unsafe fn $ty(w: &[u8], a: &[u8]) -> f32 {
-                    dot::<$block>(w, a)
+                    $kernel(w, a)
                 }
             )*
             match ty {
                 $(GgmlType::$ty => Some(|w, a| unsafe { $ty(w, a) }),)*
-                _ => pair_table(ty),
+                _ => None,
             }
         }
+    };
+}
 
-        /// How `ty` enters the batched product with the 512-bit unpacker, where the CPU has
-        /// the features.
+dot_table!(
+    IQ2_XXS => dot::<BlockIq2Xxs>, IQ2_XS => dot::<BlockIq2Xs>, IQ2_S => dot::<BlockIq2S>,
+    IQ3_XXS => dot::<BlockIq3Xxs>, IQ3_S => dot::<BlockIq3S>, IQ1_S => dot::<BlockIq1S>,
+    IQ1_M => dot::<BlockIq1M>, IQ4_XS => dot::<BlockIq4Xs>,
+    Q4_0 => dot_pairs::<BlockQ4_0>, Q8_0 => dot_pairs::<BlockQ8_0>, IQ4_NL => dot_pairs::<BlockIq4Nl>
+);
+
+macro_rules! panel_table {
+    ($($ty:ident => $unpack:path, $group:literal),*) => {
+        /// How `ty` enters the batched product with a 512-bit unpacker, where the CPU has the
+        /// features.
         pub(super) fn panel_form(ty: GgmlType) -> Option<PanelForm> {
             if !detected() {
                 return None;
@@ -96,13 +108,12 @@ macro_rules! kernels {
                 #[allow(non_snake_case)]
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
                 unsafe fn $ty(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]) {
-                    unpack_row::<$block, $group>(row, q, sd, m)
+                    $unpack(row, q, sd, m)
                 }
             )*
             let form = |unpack: RowUnpackFn, group| PanelForm { unpack, group, offset: false };
             match ty {
                 $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group)),)*
-                GgmlType::Q6_K => Some(form(|row, q, sd, m| unsafe { q6_k_row(row, q, sd, m) }, 16)),
                 _ => None,
             }
         }
@@ -110,29 +121,10 @@ macro_rules! kernels {
 }
 
 // Each type with its scale grain (elements per scale) for the batched product.
-kernels!(
-    IQ2_XXS => BlockIq2Xxs, 32, IQ2_XS => BlockIq2Xs, 16, IQ2_S => BlockIq2S, 16,
-    IQ3_XXS => BlockIq3Xxs, 32, IQ3_S => BlockIq3S, 32, IQ1_S => BlockIq1S, 32,
-    IQ1_M => BlockIq1M, 16, IQ4_XS => BlockIq4Xs, 32
+panel_table!(
+    IQ2_XXS => unpack_row::<BlockIq2Xxs, 32>, 32, IQ2_XS => unpack_row::<BlockIq2Xs, 16>, 16,
+    IQ2_S => unpack_row::<BlockIq2S, 16>, 16, IQ3_XXS => unpack_row::<BlockIq3Xxs, 32>, 32,
+    IQ3_S => unpack_row::<BlockIq3S, 32>, 32, IQ1_S => unpack_row::<BlockIq1S, 32>, 32,
+    IQ1_M => unpack_row::<BlockIq1M, 16>, 16, IQ4_XS => unpack_row::<BlockIq4Xs, 32>, 32,
+    Q6_K => q6_k_row, 16
 );
-
-macro_rules! pair_kernels {
-    ($($ty:ident => $block:ty),*) => {
-        /// The 512-bit kernels of the 32-element types (two blocks per vector).
-        fn pair_table(ty: GgmlType) -> Option<VecDotFn> {
-            $(
-                #[allow(non_snake_case)]
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
-                unsafe fn $ty(w: &[u8], a: &[u8]) -> f32 {
-                    dot_pairs::<$block>(w, a)
-                }
-            )*
-            match ty {
-                $(GgmlType::$ty => Some(|w, a| unsafe { $ty(w, a) }),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-pair_kernels!(Q4_0 => BlockQ4_0, Q8_0 => BlockQ8_0, IQ4_NL => BlockIq4Nl);
