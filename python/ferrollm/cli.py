@@ -280,6 +280,19 @@ def cmd_imatrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ferrollm.serve import ServerConfig, run
+
+    config = ServerConfig(
+        model_path=args.model, n_slots=args.parallel, n_ctx=args.ctx_size, n_threads=args.threads,
+        type_k=args.cache_type_k, type_v=args.cache_type_v, api_key=args.api_key, chat_format=args.chat_format,
+        overrides=dict(parse_override(o) for o in args.override_kv or []), max_queue=args.max_queue,
+        timeout=args.timeout, step_tokens=args.batch_size, model_alias=args.alias,
+    )  # fmt: skip
+    run(config, host=args.host, port=args.port)
+    return 0
+
+
 def _model_path_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="GGUF file (default: the embedded demo model)")
 
@@ -399,6 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
     imx.add_argument("-b", "--batch-size", type=int, default=512)
     imx.add_argument("-t", "--threads", type=int, default=None)
     imx.set_defaults(run=cmd_imatrix)
+
+    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching (llama-server)")
+    _model_path_option(srv)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8080)
+    srv.add_argument("-np", "--parallel", type=int, default=4, help="slots: sequences decoded together")
+    srv.add_argument("-c", "--ctx-size", type=int, default=0,
+                     help="context of all slots together (default: each slot min(4096, trained))")  # fmt: skip
+    srv.add_argument("-t", "--threads", type=int, default=None)
+    srv.add_argument("-b", "--batch-size", type=int, default=256,
+                     help="tokens per forward pass: decoding slots plus prompt chunks")  # fmt: skip
+    srv.add_argument("-ctk", "--cache-type-k", default="f16", choices=["f16", "q8_0", "q4_0"])
+    srv.add_argument("-ctv", "--cache-type-v", default="f16", choices=["f16", "q8_0", "q4_0"])
+    srv.add_argument("--api-key", default=os.environ.get("FERROLLM_API_KEY"), help="require this bearer key")
+    srv.add_argument("--chat-format", default=None, help="a built-in chat format instead of the file's template")
+    srv.add_argument("--override-kv", action="append", metavar="KEY=TYPE:VALUE")
+    srv.add_argument("--alias", default=None, help="the model name the API reports")
+    srv.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
+    srv.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take")
+    srv.set_defaults(run=cmd_serve)
 
     sm = sub.add_parser("synth-model", help="write a small random-weight llama/Mixtral GGUF")
     sm.add_argument("out")

@@ -29,6 +29,7 @@ from typing_extensions import Self
 from ferrollm import _core, gguf
 from ferrollm.chat import ChatPrompt, chat_formatter, render
 from ferrollm.sampler import Sampler, SamplingParams
+from ferrollm.textstream import TextStream
 from ferrollm.tokenizer import Tokenizer
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
@@ -357,8 +358,8 @@ class Llama:
         budget = self.n_ctx() - len(prompt_tokens)
         if max_tokens is not None and max_tokens > 0:
             budget = min(budget, max_tokens)
-        decoder = self.tokenizer_.stream_decoder()
-        text, sent, n_out = "", 0, 0
+        stream = TextStream(self.tokenizer_.stream_decoder(), stop)
+        n_out = 0
         finish = "length"
         t0 = time.perf_counter()
         t_first = None
@@ -371,24 +372,17 @@ class Llama:
                     finish = "stop"
                     break
                 n_out += 1
-                text += decoder.push(token)
-                # A stop string cannot start in text already sent: that text was never held.
-                hit = min((i for i in (text.find(s, sent) for s in stop if s) if i >= 0), default=-1)
-                if hit >= 0:
-                    text = text[:hit]
+                piece, stopped = stream.push(token)
+                if stopped:
                     finish = "stop"
                     break
                 if n_out >= budget:
                     break
-                hold = max(
-                    (k for s in stop if s for k in range(1, len(s)) if text.endswith(s[:k])), default=0
-                )
-                if len(text) - hold > sent:
-                    yield text[sent : len(text) - hold], None, n_out
-                    sent = len(text) - hold
+                if piece:
+                    yield piece, None, n_out
         finally:
             gen.close()
-        text += decoder.flush() if finish == "length" else ""
+        rest = stream.rest(flush=finish == "length")
         t_end = time.perf_counter()
         t_first = t_first or t_end
         self.last_timings = {
@@ -397,7 +391,7 @@ class Llama:
             "completion_tokens": n_out,
             "completion_seconds": t_end - t_first,
         }
-        yield text[sent:], finish, n_out
+        yield rest, finish, n_out
         if self.verbose:  # after the last piece, so the figures follow the text
             self._print_timings()
 

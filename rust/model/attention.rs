@@ -58,16 +58,23 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
-/// `out[t] = softmax(q_t K^T / sqrt(d)) V` for each head, token t at position `pos0 + t`
-/// seeing positions 0..=pos0+t. `q` is [n][n_head*head_dim]; K/V rows of the batch are
-/// already in the cache.
+/// The cached positions one token attends to: `len` positions of the cache from `start` (its
+/// sequence's first position, so several sequences can share one batch).
+#[derive(Clone, Copy, Debug)]
+pub struct KeySpan {
+    pub start: usize,
+    pub len: usize,
+}
+
+/// `out[t] = softmax(q_t K^T / sqrt(d)) V` for each head, token t seeing the cache positions
+/// of `spans[t]`. `q` is [n][n_head*head_dim]; K/V rows of the batch are already in the cache.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     pool: &Pool,
     shape: &AttentionShape,
     cache: &KvCache,
     layer: usize,
-    pos0: usize,
+    spans: &[KeySpan],
     q: &[f32],
     heads: &mut [HeadScratch],
     out: &mut [f32],
@@ -84,7 +91,8 @@ pub fn attend(
         head_dim,
     } = *shape;
     let q_dim = n_head * head_dim;
-    let n = q.len() / q_dim;
+    let n = spans.len();
+    debug_assert_eq!(q.len(), n * q_dim);
     let group = n_head / n_head_kv;
     if group > MAX_GROUP {
         return Err(Error::Unsupported(format!(
@@ -103,8 +111,8 @@ pub fn attend(
     // dequantize each V row once between them (GQA: 4 query heads per KV head in Mixtral).
     pool.for_each_mut(&mut heads[..n_head_kv], |kv_head, s| {
         s.out.resize(group * n * head_dim, 0.0);
-        for t in 0..n {
-            let n_keys = pos0 + t + 1;
+        for (t, span) in spans.iter().enumerate() {
+            let (first, n_keys) = (span.start, span.len);
             let queries = &q[t * q_dim + kv_head * group * head_dim..][..group * head_dim];
             s.scores.resize(group * n_keys, 0.0);
             if simd_k {
@@ -112,7 +120,7 @@ pub fn attend(
                 // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
                 unsafe {
                     use super::attention_avx512::{F16Row, Q8Row, scores};
-                    let key = |p| cache.k.head(layer, p, kv_head);
+                    let key = |p| cache.k.head(layer, first + p, kv_head);
                     if cache.k.ty == GgmlType::F16 {
                         scores::<F16Row>(key, queries, head_dim, scale, n_keys, &mut s.scores)
                     } else {
@@ -124,7 +132,7 @@ pub fn attend(
                     .expect("finite (checked above), whole blocks");
                 let q_bytes = s.query.len() / group;
                 for p in 0..n_keys {
-                    let k = cache.k.head(layer, p, kv_head);
+                    let k = cache.k.head(layer, first + p, kv_head);
                     for j in 0..group {
                         s.scores[j * n_keys + p] =
                             (cache.k_dot)(k, &s.query[j * q_bytes..][..q_bytes]) * scale;
@@ -161,7 +169,7 @@ pub fn attend(
                 // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
                 unsafe {
                     use super::attention_avx512::{F16Row, Q8Row, weighted_values};
-                    let value = |p| cache.v.head(layer, p, kv_head);
+                    let value = |p| cache.v.head(layer, first + p, kv_head);
                     let (w, out) = (&s.scores, &mut s.v_row);
                     if cache.v.ty == GgmlType::F16 {
                         weighted_values::<F16Row>(value, w, head_dim, n_keys, out)
@@ -180,7 +188,7 @@ pub fn attend(
                 s.out[(j * n + t) * head_dim..][..head_dim].fill(0.0);
             }
             for p in 0..n_keys {
-                (cache.v_dequant)(cache.v.head(layer, p, kv_head), &mut s.v_row);
+                (cache.v_dequant)(cache.v.head(layer, first + p, kv_head), &mut s.v_row);
                 for j in 0..group {
                     let w = s.scores[j * n_keys + p];
                     let o = &mut s.out[(j * n + t) * head_dim..][..head_dim];

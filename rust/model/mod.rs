@@ -2,6 +2,10 @@
 //! token embedding, RMSNorm, RoPE, grouped-query attention with a KV cache, SwiGLU or MoE
 //! feed-forward, output norm and head. One `eval` call runs a batch of tokens through every
 //! layer and returns logits; Python drives the decode loop around it.
+//!
+//! The KV cache holds `n_seq` independent sequences (a server's slots); `eval_batch` runs
+//! tokens of several of them in one forward pass, so each weight streams once per step for
+//! all of them (continuous batching). `eval` and friends work on sequence 0.
 
 mod attention;
 #[cfg(target_arch = "x86_64")]
@@ -15,7 +19,7 @@ pub mod weights;
 
 use std::path::Path;
 
-use attention::{AttentionShape, HeadScratch, Rope, attend};
+use attention::{AttentionShape, HeadScratch, KeySpan, Rope, attend};
 use ffn::{FfnContext, FfnScratch};
 use imatrix::{ActivationStats, Input, LayerRecorder, StatEntry};
 use profile::{Component, Profile, Timer};
@@ -31,8 +35,10 @@ use crate::quant::{DequantFn, Isa, dequant_fn};
 
 #[derive(Clone)]
 pub struct ModelParams {
-    /// Context length; 0 takes the model's trained length.
+    /// Context length of each sequence; 0 takes the model's trained length.
     pub n_ctx: usize,
+    /// Sequences the KV cache holds (each of `n_ctx` positions).
+    pub n_seq: usize,
     pub n_threads: Option<usize>,
     /// Prompt tokens per forward pass.
     pub n_batch: usize,
@@ -48,6 +54,7 @@ impl Default for ModelParams {
     fn default() -> Self {
         ModelParams {
             n_ctx: 0,
+            n_seq: 1,
             n_threads: None,
             n_batch: 512,
             type_k: GgmlType::F16,
@@ -71,6 +78,21 @@ struct Scratch {
     act: Vec<u8>,
     heads: Vec<HeadScratch>,
     ffn: FfnScratch,
+    /// Per token of the batch: its position in its sequence and the cache positions it sees.
+    pos: Vec<usize>,
+    spans: Vec<KeySpan>,
+    /// Rows of the batch whose logits are wanted, in output order.
+    rows: Vec<usize>,
+    /// `eval_batch`'s tokens, back to back, and its runs.
+    tokens: Vec<u32>,
+    runs: Vec<Run>,
+}
+
+/// Consecutive tokens of one sequence within a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub seq: usize,
+    pub len: usize,
 }
 
 pub struct Model {
@@ -83,8 +105,10 @@ pub struct Model {
     rope: Rope,
     embd_dequant: DequantFn,
     n_batch: usize,
-    /// Positions filled in the KV cache.
-    n_past: usize,
+    /// Positions of each sequence's context (the cache holds n_seq of them back to back).
+    n_ctx: usize,
+    /// Positions filled in the KV cache, per sequence.
+    n_past: Vec<usize>,
     scratch: Scratch,
     /// Every weight tensor's byte range in the file, for prefetching.
     weight_ranges: Vec<(usize, usize)>,
@@ -135,9 +159,12 @@ impl Model {
         if params.n_batch == 0 {
             return Err(Error::invalid("n_batch must be at least 1"));
         }
+        if params.n_seq == 0 {
+            return Err(Error::invalid("n_seq must be at least 1"));
+        }
         let cache = KvCache::new(
             config.n_layer,
-            n_ctx,
+            n_ctx * params.n_seq,
             config.n_head_kv,
             config.head_dim,
             params.type_k,
@@ -167,7 +194,8 @@ impl Model {
             rope,
             embd_dequant,
             n_batch: params.n_batch,
-            n_past: 0,
+            n_ctx,
+            n_past: vec![0; params.n_seq],
             scratch,
             weight_ranges,
             profile: Profile::default(),
@@ -178,11 +206,29 @@ impl Model {
     pub fn n_vocab(&self) -> usize {
         self.weights.n_vocab
     }
+    /// Positions of each sequence.
     pub fn n_ctx(&self) -> usize {
-        self.cache.n_ctx
+        self.n_ctx
     }
+    pub fn n_seq(&self) -> usize {
+        self.n_past.len()
+    }
+    /// Positions cached for sequence 0.
     pub fn n_past(&self) -> usize {
-        self.n_past
+        self.n_past[0]
+    }
+    pub fn n_past_seq(&self, seq: usize) -> Result<usize> {
+        self.check_seq(seq)?;
+        Ok(self.n_past[seq])
+    }
+    fn check_seq(&self, seq: usize) -> Result<()> {
+        if seq >= self.n_seq() {
+            return Err(Error::invalid(format!(
+                "sequence {seq} does not exist: the cache holds {} sequences",
+                self.n_seq()
+            )));
+        }
+        Ok(())
     }
     pub fn n_threads(&self) -> usize {
         self.pool.threads()
@@ -218,16 +264,106 @@ impl Model {
         self.stats.take().map(ActivationStats::into_entries)
     }
 
-    /// Forgets cached positions from `n` on (to reuse a shared prompt prefix).
+    /// Forgets sequence 0's cached positions from `n` on (to reuse a shared prompt prefix).
     pub fn truncate(&mut self, n: usize) -> Result<()> {
-        if n > self.n_past {
+        self.truncate_seq(0, n)
+    }
+
+    /// Forgets cached positions of `seq` from `n` on.
+    pub fn truncate_seq(&mut self, seq: usize, n: usize) -> Result<()> {
+        self.check_seq(seq)?;
+        if n > self.n_past[seq] {
             return Err(Error::invalid(format!(
-                "cannot keep {n} positions: only {} are cached",
-                self.n_past
+                "cannot keep {n} positions of sequence {seq}: only {} are cached",
+                self.n_past[seq]
             )));
         }
-        self.n_past = n;
+        self.n_past[seq] = n;
         Ok(())
+    }
+
+    /// Checks that `n` more tokens fit sequence `seq` and are in the vocabulary.
+    fn check_tokens(&self, seq: usize, tokens: &[u32]) -> Result<()> {
+        let (n_ctx, past) = (self.n_ctx, self.n_past[seq]);
+        if past + tokens.len() > n_ctx {
+            return Err(Error::invalid(format!(
+                "{} tokens do not fit in the context: {past} of {n_ctx} positions are used, {} are \
+                 free (raise n_ctx or shorten the prompt)",
+                tokens.len(),
+                n_ctx - past
+            )));
+        }
+        let n_vocab = self.n_vocab();
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is outside the vocabulary of {n_vocab}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// NaN/Inf weights (a corrupt or hostile file) poison everything downstream: refuses
+    /// logits that are not all finite; `position(i)` is the position of logit row i.
+    fn check_logits(logits: &[f32], n_vocab: usize, position: impl Fn(usize) -> usize) -> Result<()> {
+        match logits.iter().position(|x| !x.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(Error::invalid(format!(
+                "the model produced a non-finite logit ({}) at position {}: the file's weights \
+                 hold NaN or Inf values",
+                logits[i],
+                position(i / n_vocab)
+            ))),
+        }
+    }
+
+    /// Runs each sequence's tokens after its cached positions, all in one forward pass (the
+    /// caller keeps the batch to a size it can afford: no splitting here), and replaces
+    /// `logits` with the logits of each run's last token, in order: [runs.len()][n_vocab].
+    /// A sequence may appear once. Fails before changing anything on bad input; a failed
+    /// pass keeps none of its positions.
+    pub fn eval_batch(&mut self, runs: &[(usize, &[u32])], logits: &mut Vec<f32>) -> Result<()> {
+        if runs.is_empty() {
+            return Err(Error::invalid("no sequences to evaluate"));
+        }
+        for (i, &(seq, tokens)) in runs.iter().enumerate() {
+            self.check_seq(seq)?;
+            if tokens.is_empty() {
+                return Err(Error::invalid(format!("no tokens to evaluate for sequence {seq}")));
+            }
+            if runs[..i].iter().any(|&(s, _)| s == seq) {
+                return Err(Error::invalid(format!("sequence {seq} appears twice in one batch")));
+            }
+            self.check_tokens(seq, tokens)?;
+        }
+        // The batch is laid out in scratch buffers taken for the call (no allocation per step).
+        let (mut flat, mut batch) = (
+            std::mem::take(&mut self.scratch.tokens),
+            std::mem::take(&mut self.scratch.runs),
+        );
+        flat.clear();
+        batch.clear();
+        self.scratch.rows.clear();
+        for &(seq, tokens) in runs {
+            flat.extend_from_slice(tokens);
+            self.scratch.rows.push(flat.len() - 1);
+            batch.push(Run {
+                seq,
+                len: tokens.len(),
+            });
+        }
+        logits.clear();
+        let mut result = self.forward(&flat, &batch, logits);
+        if result.is_ok() {
+            let n_vocab = self.n_vocab();
+            result = Self::check_logits(logits, n_vocab, |r| self.n_past[runs[r].0] - 1);
+            if result.is_err() {
+                for run in &batch {
+                    self.n_past[run.seq] -= run.len; // nothing of a failed call is kept
+                }
+            }
+        }
+        (self.scratch.tokens, self.scratch.runs) = (flat, batch);
+        result
     }
 
     /// Runs `tokens` at positions n_past.. through the model, in batches of `n_batch`, and
@@ -255,49 +391,35 @@ impl Model {
                 tokens.len()
             )));
         }
-        let n_ctx = self.cache.n_ctx;
-        if self.n_past + tokens.len() > n_ctx {
-            return Err(Error::invalid(format!(
-                "{} tokens do not fit in the context: {} of {n_ctx} positions are used, {} are \
-                 free (raise n_ctx or shorten the prompt)",
-                tokens.len(),
-                self.n_past,
-                n_ctx - self.n_past
-            )));
-        }
-        let n_vocab = self.n_vocab();
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            return Err(Error::invalid(format!(
-                "token id {bad} is outside the vocabulary of {n_vocab}"
-            )));
-        }
+        self.check_tokens(0, tokens)?;
         logits.clear();
-        let start = self.n_past;
+        let start = self.n_past[0];
         for (i, batch) in tokens.chunks(self.n_batch).enumerate() {
             // Rows of this batch (from `offset` on) whose logits are wanted, if any.
             let offset = i * self.n_batch;
-            let rows = (first < offset + batch.len()).then(|| first.saturating_sub(offset));
-            if let Err(e) = self.forward(batch, rows.map(|r| (r, &mut *logits))) {
-                self.n_past = start; // nothing of a failed call is kept
+            self.scratch.rows.clear();
+            self.scratch
+                .rows
+                .extend(first.saturating_sub(offset).min(batch.len())..batch.len());
+            let run = Run {
+                seq: 0,
+                len: batch.len(),
+            };
+            if let Err(e) = self.forward(batch, &[run], logits) {
+                self.n_past[0] = start; // nothing of a failed call is kept
                 return Err(e);
             }
         }
-        // NaN/Inf weights (a corrupt or hostile file) poison everything downstream; refuse
-        // the result and forget these positions rather than hand a sampler non-finite logits.
-        if let Some(i) = logits.iter().position(|x| !x.is_finite()) {
-            self.n_past = start;
-            let position = start + first + i / n_vocab;
-            return Err(Error::invalid(format!(
-                "the model produced a non-finite logit ({}) at position {position}: the file's \
-                 weights hold NaN or Inf values",
-                logits[i]
-            )));
+        let result = Self::check_logits(logits, self.n_vocab(), |r| start + first + r);
+        if result.is_err() {
+            self.n_past[0] = start;
         }
-        Ok(())
+        result
     }
 
-    /// One batch; `logits` = (first row wanted, where to append the logits of rows first..).
-    fn forward(&mut self, tokens: &[u32], logits: Option<(usize, &mut Vec<f32>)>) -> Result<()> {
+    /// One batch of `runs` (tokens back to back); appends to `logits` those of the rows in
+    /// `scratch.rows`.
+    fn forward(&mut self, tokens: &[u32], runs: &[Run], logits: &mut Vec<f32>) -> Result<()> {
         let c = &self.config;
         let n = tokens.len();
         let (e, qd, kvd) = (c.n_embd, c.q_dim(), c.kv_dim());
@@ -324,6 +446,18 @@ impl Model {
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
         };
+        s.pos.clear();
+        s.spans.clear();
+        for run in runs {
+            let (start, past) = (run.seq * self.n_ctx, self.n_past[run.seq]);
+            for i in 0..run.len {
+                s.pos.push(past + i);
+                s.spans.push(KeySpan {
+                    start,
+                    len: past + i + 1,
+                });
+            }
+        }
 
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let rec = self
@@ -353,21 +487,20 @@ impl Model {
                 &mut s.act,
                 isa,
             )?;
-            for t in 0..n {
-                let pos = self.n_past + t;
+            for (t, (&pos, span)) in s.pos.iter().zip(&s.spans).enumerate() {
                 self.rope.apply(
                     &mut [&mut s.q[t * qd..][..qd], &mut s.k[t * kvd..][..kvd]],
                     pos,
                 );
-                self.cache.k.write(l, pos, &s.k[t * kvd..][..kvd]);
-                self.cache.v.write(l, pos, &s.v[t * kvd..][..kvd]);
+                self.cache.k.write(l, span.start + pos, &s.k[t * kvd..][..kvd]);
+                self.cache.v.write(l, span.start + pos, &s.v[t * kvd..][..kvd]);
             }
             attend(
                 pool,
                 &shape,
                 &self.cache,
                 l,
-                self.n_past,
+                &s.spans,
                 &s.q,
                 &mut s.heads,
                 &mut s.attn,
@@ -404,19 +537,19 @@ impl Model {
             timer.lap(prof, Component::Experts);
             add(&mut s.x, &s.proj);
         }
-        self.n_past += n;
         prof.tokens += n as u64;
         prof.batches += 1;
 
-        if let Some((first, logits)) = logits {
-            let rows = first..n;
-            let m = rows.len();
-            rms_norm(
-                &s.x[rows.start * e..],
-                &self.weights.output_norm,
-                c.rms_eps,
-                &mut s.normed[..m * e],
-            );
+        let m = s.rows.len();
+        if m > 0 {
+            for (j, &row) in s.rows.iter().enumerate() {
+                rms_norm(
+                    &s.x[row * e..][..e],
+                    &self.weights.output_norm,
+                    c.rms_eps,
+                    &mut s.normed[j * e..][..e],
+                );
+            }
             let old = logits.len();
             logits.resize(old + m * self.weights.n_vocab, 0.0);
             let out = self.weights.output.mat(bytes);
@@ -430,6 +563,10 @@ impl Model {
             )?;
         }
         timer.lap(prof, Component::Head);
+        // Only a pass that ran to the end keeps its positions.
+        for run in runs {
+            self.n_past[run.seq] += run.len;
+        }
         Ok(())
     }
 }

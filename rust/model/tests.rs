@@ -152,3 +152,52 @@ fn check_tensors_refuses_nan_weights_at_load() {
     let clean = GgufFile::from_bytes(tiny_model(None)).unwrap();
     assert!(Model::from_file(clean, params).is_ok());
 }
+
+/// Continuous batching: sequences evaluated together, each at its own position (a prompt
+/// chunk of one beside decoded tokens of others), give the logits each gives alone.
+#[test]
+fn sequences_in_one_batch_equal_each_alone() {
+    let params = ModelParams {
+        n_ctx: 8,
+        n_seq: 3,
+        n_threads: Some(1),
+        ..ModelParams::default()
+    };
+    let file = || GgufFile::from_bytes(tiny_model(None)).unwrap();
+    let mut batched = Model::from_file(file(), params.clone()).unwrap();
+    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[4], &[5, 6]];
+    let mut logits = Vec::new();
+    // Sequence 1 starts alone; 0 and 2 join, then all three decode together.
+    batched.eval_batch(&[(1, prompts[1])], &mut logits).unwrap();
+    batched
+        .eval_batch(&[(0, prompts[0]), (2, prompts[2])], &mut logits)
+        .unwrap();
+    batched
+        .eval_batch(&[(2, &[7]), (0, &[1]), (1, &[2])], &mut logits)
+        .unwrap();
+    for (row, (seq, next)) in [(2usize, 7u32), (0, 1), (1, 2)].into_iter().enumerate() {
+        let mut alone = Model::from_file(file(), params.clone()).unwrap();
+        let mut want = Vec::new();
+        alone.eval(prompts[seq], false, &mut want).unwrap();
+        alone.eval(&[next], false, &mut want).unwrap();
+        let got = &logits[row * VOCAB..][..VOCAB];
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "sequence {seq}: {a} vs {b}");
+        }
+        assert_eq!(batched.n_past_seq(seq).unwrap(), prompts[seq].len() + 1);
+    }
+    // Bad batches change nothing.
+    for bad in [
+        vec![(3usize, &[1u32][..])],
+        vec![(0, &[1][..]), (0, &[2][..])],
+        vec![(1, &[][..])],
+        vec![(1, &[9][..])],
+        vec![(0, &[1, 1, 1, 1, 1][..])],
+    ] {
+        assert!(batched.eval_batch(&bad, &mut logits).is_err(), "{bad:?}");
+    }
+    assert_eq!(batched.n_past_seq(0).unwrap(), 4);
+    batched.truncate_seq(0, 1).unwrap();
+    assert_eq!(batched.n_past_seq(0).unwrap(), 1);
+    assert!(batched.truncate_seq(0, 2).is_err());
+}

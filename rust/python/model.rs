@@ -49,7 +49,7 @@ fn override_value(key: &str, ty: &str, value: &Bound<'_, PyAny>) -> PyResult<Val
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (path, n_ctx = 0, n_threads = None, n_batch = 512, type_k = "f16", type_v = "f16", overrides = Vec::new(), check_tensors = false))]
+    #[pyo3(signature = (path, n_ctx = 0, n_threads = None, n_batch = 512, type_k = "f16", type_v = "f16", overrides = Vec::new(), check_tensors = false, n_seq = 1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -61,6 +61,7 @@ impl PyModel {
         type_v: &str,
         overrides: Vec<(String, String, Bound<'_, PyAny>)>,
         check_tensors: bool,
+        n_seq: usize,
     ) -> PyResult<Self> {
         let overrides = overrides
             .iter()
@@ -68,6 +69,7 @@ impl PyModel {
             .collect::<PyResult<Vec<_>>>()?;
         let params = ModelParams {
             n_ctx,
+            n_seq,
             n_threads,
             n_batch,
             type_k: parse_type(type_k)?,
@@ -106,6 +108,24 @@ impl PyModel {
         py.detach(|| model.eval_from(&tokens, first, logits))?;
         let n_vocab = model.n_vocab();
         PyArray1::from_slice(py, &self.logits).reshape([self.logits.len() / n_vocab, n_vocab])
+    }
+
+    /// Runs each (sequence, tokens) after that sequence's cached positions, all in one forward
+    /// pass; returns the logits of each run's last token, float32 [len(runs), n_vocab].
+    fn eval_batch<'py>(
+        &mut self,
+        py: Python<'py>,
+        runs: Vec<(usize, Vec<u32>)>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let model = self
+            .model
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the model is closed"))?;
+        let logits = &mut self.logits;
+        let runs: Vec<(usize, &[u32])> = runs.iter().map(|(s, t)| (*s, t.as_slice())).collect();
+        py.detach(|| model.eval_batch(&runs, logits))?;
+        let n_vocab = model.n_vocab();
+        PyArray1::from_slice(py, &self.logits).reshape([runs.len(), n_vocab])
     }
 
     /// Seconds per component of the forward pass (embed_norm, attention, router, experts,
@@ -159,9 +179,15 @@ impl PyModel {
             .collect())
     }
 
-    /// Keeps the first `n` cached positions and forgets the rest.
-    fn truncate(&mut self, n: usize) -> PyResult<()> {
-        Ok(self.model_mut()?.truncate(n)?)
+    /// Keeps the first `n` cached positions (of sequence `seq`) and forgets the rest.
+    #[pyo3(signature = (n, seq = 0))]
+    fn truncate(&mut self, n: usize, seq: usize) -> PyResult<()> {
+        Ok(self.model_mut()?.truncate_seq(seq, n)?)
+    }
+
+    /// Positions cached for sequence `seq`.
+    fn n_past_seq(&self, seq: usize) -> PyResult<usize> {
+        Ok(self.model()?.n_past_seq(seq)?)
     }
 
     /// Releases the weights' map, the KV cache and the threads now; later calls are errors.
@@ -200,6 +226,10 @@ impl PyModel {
     #[getter]
     fn n_past(&self) -> PyResult<usize> {
         Ok(self.model()?.n_past())
+    }
+    #[getter]
+    fn n_seq(&self) -> PyResult<usize> {
+        Ok(self.model()?.n_seq())
     }
     #[getter]
     fn n_ctx(&self) -> PyResult<usize> {

@@ -1,0 +1,114 @@
+"""Request bodies of the OpenAI API as pydantic models: the fields OpenAI defines plus
+llama.cpp's sampling extras. Unknown fields and wrong types are refused (HTTP 400 with the
+field named), never silently ignored."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(Strict):
+    include_usage: StrictBool = False
+
+
+class ResponseFormat(Strict):
+    type: Literal["text"]  # constrained decoding (json_object, json_schema) does not exist yet
+
+
+Number = Union[StrictInt, float]
+
+
+class Sampling(Strict):
+    """Fields both endpoints share."""
+
+    model: StrictStr | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.8
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    top_k: Annotated[StrictInt, Field(ge=0)] = 40
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    repeat_penalty: Annotated[float, Field(gt=0.0)] = 1.0
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    seed: StrictInt | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=16)] = 1
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key in bias or {}:
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys are token ids; {key!r} is not one")
+        return bias
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class CompletionRequest(Sampling):
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = 16
+    logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    echo: StrictBool = False
+    suffix: StrictStr | None = None
+    best_of: Annotated[StrictInt, Field(ge=1, le=1)] | None = None  # only 1: no server-side ranking
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]  # one prompt of token ids
+        return list(p)  # several prompts, text or token ids
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role, "content": content or ""}
+
+
+class ChatRequest(Sampling):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+
+    def limit(self) -> int:
+        """0: until the context is full."""
+        value = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return value or 0
+
+
+class TokenizeRequest(Strict):
+    content: StrictStr
+    add_special: StrictBool = False
+    with_pieces: StrictBool = False
+
+
+class DetokenizeRequest(Strict):
+    tokens: list[StrictInt]
