@@ -6,14 +6,18 @@
 ``quantize`` (:mod:`ferrollm.quantize`) writes a model in another type or mix, optionally with an
 importance matrix from ``collect_imatrix`` (:mod:`ferrollm.imatrix`), or quantizes one tensor. The GGUF layer lives
 in :mod:`ferrollm.gguf`; block types and dequantization in :mod:`ferrollm.quants`.
+``convert`` (Hugging Face checkpoints to GGUF) and ``merge`` (mergekit's YAML) stream models
+tensor by tensor into any GGUF type.
 """
 
 from ferrollm import gguf, quants
 from ferrollm._core import GGUFError, UnsupportedTypeError, __version__
+from ferrollm.convert import convert
 from ferrollm.demo import demo_model_path
 from ferrollm.imatrix import Imatrix
 from ferrollm.imatrix import collect as collect_imatrix
 from ferrollm.llama import Llama
+from ferrollm.merge import merge
 from ferrollm.quality import kl_divergence, perplexity
 from ferrollm.quantize import quantize, quantize_file
 from ferrollm.quants import dequantize
@@ -27,10 +31,12 @@ __all__ = [
     "UnsupportedTypeError",
     "__version__",
     "collect_imatrix",
+    "convert",
     "demo_model_path",
     "dequantize",
     "gguf",
     "kl_divergence",
+    "merge",
     "perplexity",
     "quantize",
     "quantize_file",

@@ -293,6 +293,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_written(out: str, written: dict | None, start: float) -> None:
+    size = _size(os.path.getsize(out)) if os.path.isfile(out) else "directory"
+    counts = Counter((written or {}).values())
+    print(f"wrote {out}: {size} in {time.perf_counter() - start:.1f} s"
+          + "".join(f", {n} x {t}" for t, n in counts.most_common()))  # fmt: skip
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ferrollm.convert import convert
+
+    start = time.perf_counter()
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    written = convert(args.model_dir, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads,
+                      progress=bar)  # fmt: skip
+    _report_written(args.output, written, start)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ferrollm.merge import merge
+
+    start = time.perf_counter()
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    written = merge(args.config, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads,
+                    progress=bar)  # fmt: skip
+    _report_written(args.output, written, start)
+    return 0
+
+
 def _model_path_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="GGUF file (default: the embedded demo model)")
 
@@ -322,6 +351,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color", action="store_true", help="accepted and ignored")
     p.add_argument("--no-progress", action="store_true", help="no loading bar")
     p.add_argument("--check-tensors", action="store_true", help="scan every weight for NaN/Inf at load")
+
+
+def _stream_options(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that write a model tensor by tensor (convert, merge, moe)."""
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix for the quantized types")
+    p.add_argument("-t", "--threads", type=int, default=None, help="quantizer threads (default: all cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,6 +468,20 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
     srv.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take")
     srv.set_defaults(run=cmd_serve)
+
+    cv = sub.add_parser("convert", help="a Hugging Face Llama/Mistral/Mixtral checkpoint to GGUF, any type")
+    cv.add_argument("model_dir", metavar="HF_DIR")
+    cv.add_argument("output", metavar="OUT.gguf")
+    cv.add_argument("--outtype", default="auto", help="auto, f32, f16, bf16, q8_0, a tensor type or a mix (Q4_K_M, ...)")
+    _stream_options(cv)
+    cv.set_defaults(run=cmd_convert)
+
+    mg = sub.add_parser("merge", help="merge models with a mergekit YAML (slerp, ties, dare, passthrough, ...)")
+    mg.add_argument("config", metavar="CONFIG.yml")
+    mg.add_argument("output", metavar="OUT", help="a .gguf file, or else a Hugging Face directory")
+    mg.add_argument("--outtype", default=None, help="f32, f16, bf16, q8_0, a tensor type or mix (default: dtype)")
+    _stream_options(mg)
+    mg.set_defaults(run=cmd_merge)
 
     sm = sub.add_parser("synth-model", help="write a small random-weight llama/Mixtral GGUF")
     sm.add_argument("out")

@@ -1,0 +1,95 @@
+"""Outputs that appear only when complete.
+
+A run writes to a hidden temporary file in the destination's own directory (so the final
+rename is atomic, on one file system) and renames it over the destination at the end. An
+interrupted or failed run deletes its temporary file and leaves an existing destination as it
+was; a full disk is reported naming the destination.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+
+
+class OutputError(OSError):
+    pass
+
+
+def _disk_full(path: str, e: OSError) -> OSError:
+    if e.errno == errno.ENOSPC:
+        return OutputError(errno.ENOSPC, f"disk full while writing {path}: nothing was written there "
+                           "(free some space, or write elsewhere)")  # fmt: skip
+    return e
+
+
+class AtomicFile:
+    """``with AtomicFile(path) as f: f.write(...)``: binary file, renamed to ``path`` on success."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.path.abspath(os.fspath(path))
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(f"output {self.path} is a directory")
+        self._f = None
+
+    def __enter__(self):
+        d, base = os.path.split(self.path)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=d)
+        self._f = os.fdopen(fd, "wb")
+        return self
+
+    def write(self, data) -> None:
+        try:
+            self._f.write(data)
+        except OSError as e:
+            raise _disk_full(self.path, e) from e
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+            self._f.close()
+        except OSError as e:
+            os.unlink(self.tmp)
+            raise _disk_full(self.path, e) from e
+        except BaseException:
+            os.unlink(self.tmp)
+            raise
+        if exc_type is not None:
+            os.unlink(self.tmp)
+            return
+        os.chmod(self.tmp, 0o644)
+        os.replace(self.tmp, self.path)
+
+
+class AtomicDir:
+    """A directory built under a temporary name beside ``path``, renamed to it on success (an
+    existing ``path`` is replaced only then)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.path.abspath(os.fspath(path))
+
+    def __enter__(self) -> str:
+        parent, base = os.path.split(self.path)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=parent)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        os.chmod(self.tmp, 0o755)
+        if os.path.isdir(self.path):
+            old = self.path + ".old-" + os.path.basename(self.tmp)
+            os.replace(self.path, old)
+            os.replace(self.tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.path)
