@@ -359,7 +359,7 @@ class Llama:
         if max_tokens is not None and max_tokens > 0:
             budget = min(budget, max_tokens)
         stream = TextStream(self.tokenizer_.stream_decoder(), stop)
-        n_out = 0
+        n_out, held = 0, ""
         finish = "length"
         t0 = time.perf_counter()
         t_first = None
@@ -377,12 +377,13 @@ class Llama:
                     finish = "stop"
                     break
                 if n_out >= budget:
+                    held = piece
                     break
                 if piece:
                     yield piece, None, n_out
         finally:
             gen.close()
-        rest = stream.rest(flush=finish == "length")
+        rest = held + stream.rest(flush=finish == "length")
         t_end = time.perf_counter()
         t_first = t_first or t_end
         self.last_timings = {
