@@ -11,23 +11,60 @@ files from either tool load the same way.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
+
+import numpy as np
 
 from ferrollm import hf_vocab
 from ferrollm.checkpoint import HFCheckpoint
-from ferrollm.export import Progress, write_gguf_model
+from ferrollm.export import Progress, gguf_tensors, write_gguf_model
 
 
 def _find(config: dict, *keys):
     return next((config[k] for k in keys if config.get(k) is not None), None)
 
 
-def llama_metadata(config: dict, model_dir: str | None, name: str | None = None) -> list[tuple[str, str | None, Any]]:
+def title(model_id: str) -> str:
+    """A directory name as llama.cpp's converter titles it: words split at '-', lower-case words
+    capitalised unless they are versions or numbers ("mistral-7b-v0.1" -> "Mistral 7b v0.1")."""
+    return " ".join(w.title() if w.islower() and not re.match(r"^(v\d+(?:\.\d+)*|\d.*)$", w) else w
+                    for w in model_id.strip().replace("-", " ").split())  # fmt: skip
+
+
+def _rounded(n: int) -> str:
+    for limit, scale, suffix in ((1e12, 1e-12, "T"), (1e9, 1e-9, "B"), (1e6, 1e-6, "M")):
+        if n > limit:
+            break
+    else:
+        scale, suffix = 1e-3, "K"
+    v = n * scale
+    digits = max(2 - len(str(round(v)).lstrip("0")), 0)
+    return f"{v:.{digits}f}{suffix}"
+
+
+def size_label(shapes: list[tuple[str, tuple[int, ...]]]) -> str:
+    """general.size_label: "4.2M", or "8x7.2B" for a mixture of experts (shared weights plus one
+    expert's), from the GGUF tensors' shapes."""
+    shared = expert = n_expert = 0
+    for name, shape in shapes:
+        size = int(np.prod(shape))
+        if "_exps." in name and len(shape) >= 3:
+            n_expert, expert = shape[-3], expert + size // shape[-3]
+        else:
+            shared += size
+    return f"{n_expert}x{_rounded(shared + expert)}" if n_expert else _rounded(shared + expert)
+
+
+def llama_metadata(config: dict, model_dir: str | None, name: str | None = None,
+                   size: str | None = None) -> list[tuple[str, str | None, Any]]:  # fmt: skip
     """(key, GGUF type, value) for a llama-family model described by a Hugging Face config,
     with the tokenizer of ``model_dir``."""
     md: list[tuple[str, str | None, Any]] = [("general.architecture", "str", "llama"), ("general.type", "str", "model")]
     if name:
         md.append(("general.name", "str", name))
+    if size:
+        md.append(("general.size_label", "str", size))
     md += [("llama.block_count", "u32", int(config["num_hidden_layers"]))]
     ctx = _find(config, "max_position_embeddings", "n_ctx", "n_positions")
     if ctx is not None:
@@ -45,12 +82,15 @@ def llama_metadata(config: dict, model_dir: str | None, name: str | None = None)
         md.append(("llama.rope.freq_base", "f32", float(theta)))
     if config.get("rms_norm_eps") is not None:
         md.append(("llama.attention.layer_norm_rms_epsilon", "f32", float(config["rms_norm_eps"])))
+    head_dim = config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"])
+    if config.get("head_dim") or not config.get("num_local_experts"):
+        # transformers' Llama and Mistral configs always carry head_dim; Mixtral's only if given
+        md += [("llama.attention.key_length", "u32", int(head_dim)), ("llama.attention.value_length", "u32", int(head_dim))]
     if config.get("num_local_experts"):
         md += [("llama.expert_count", "u32", int(config["num_local_experts"])),
                ("llama.expert_used_count", "u32", int(config["num_experts_per_tok"]))]  # fmt: skip
     md.append(("general.file_type", "u32", 1))  # replaced by the writer
     md.append(("llama.vocab_size", "u32", int(config["vocab_size"])))
-    head_dim = config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"])
     md.append(("llama.rope.dimension_count", "u32", int(head_dim)))
     md.append(("general.quantization_version", "u32", 2))
     if model_dir:
@@ -69,8 +109,9 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
         if outtype.lower() == "auto":
             first = next((n for n in ck.names() if len(ck.shape(n)) > 1), None)
             outtype = "bf16" if first and ck.stored_dtype(first) == "BF16" else "f16"
-        name = os.path.basename(os.path.normpath(os.fspath(model_dir)))
-        md = llama_metadata(ck.config, os.fspath(model_dir), name)
+        name = title(os.path.basename(os.path.normpath(os.fspath(model_dir))))
+        size = size_label([(n, s) for n, s, _ in gguf_tensors(ck)])
+        md = llama_metadata(ck.config, os.fspath(model_dir), name, size)
         return write_gguf_model(out, ck, md, outtype, imatrix=imatrix, threads=threads, progress=progress)
     finally:
         ck.close()
