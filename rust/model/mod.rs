@@ -116,6 +116,8 @@ pub struct Model {
     profile: Profile,
     /// Input activation statistics, while an importance matrix is being collected.
     stats: Option<ActivationStats>,
+    /// The residual stream of every token, captured by `hidden_states`.
+    hidden: Option<Vec<f32>>,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -200,6 +202,7 @@ impl Model {
             weight_ranges,
             profile: Profile::default(),
             stats: None,
+            hidden: None,
         })
     }
 
@@ -304,7 +307,11 @@ impl Model {
 
     /// NaN/Inf weights (a corrupt or hostile file) poison everything downstream: refuses
     /// logits that are not all finite; `position(i)` is the position of logit row i.
-    fn check_logits(logits: &[f32], n_vocab: usize, position: impl Fn(usize) -> usize) -> Result<()> {
+    fn check_logits(
+        logits: &[f32],
+        n_vocab: usize,
+        position: impl Fn(usize) -> usize,
+    ) -> Result<()> {
         match logits.iter().position(|x| !x.is_finite()) {
             None => Ok(()),
             Some(i) => Err(Error::invalid(format!(
@@ -328,10 +335,14 @@ impl Model {
         for (i, &(seq, tokens)) in runs.iter().enumerate() {
             self.check_seq(seq)?;
             if tokens.is_empty() {
-                return Err(Error::invalid(format!("no tokens to evaluate for sequence {seq}")));
+                return Err(Error::invalid(format!(
+                    "no tokens to evaluate for sequence {seq}"
+                )));
             }
             if runs[..i].iter().any(|&(s, _)| s == seq) {
-                return Err(Error::invalid(format!("sequence {seq} appears twice in one batch")));
+                return Err(Error::invalid(format!(
+                    "sequence {seq} appears twice in one batch"
+                )));
             }
             self.check_tokens(seq, tokens)?;
         }
@@ -417,6 +428,30 @@ impl Model {
         result
     }
 
+    /// Runs `tokens` (in one batch, on sequence 0 after its cached positions) and returns the
+    /// residual stream of each token entering each layer, then after the output norm, as
+    /// Hugging Face's `output_hidden_states` does: [n_layer + 1][tokens.len()][n_embd]
+    /// (routers built from prompts, as mergekit-moe's `hidden` gate mode).
+    pub fn hidden_states(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("no tokens to evaluate"));
+        }
+        self.check_tokens(0, tokens)?;
+        self.hidden = Some(Vec::with_capacity(
+            (self.config.n_layer + 1) * tokens.len() * self.config.n_embd,
+        ));
+        self.scratch.rows.clear();
+        self.scratch.rows.extend(0..tokens.len());
+        let mut logits = Vec::new();
+        let run = Run {
+            seq: 0,
+            len: tokens.len(),
+        };
+        let result = self.forward(tokens, &[run], &mut logits);
+        let hidden = self.hidden.take().unwrap_or_default();
+        result.map(|()| hidden)
+    }
+
     /// One batch of `runs` (tokens back to back); appends to `logits` those of the rows in
     /// `scratch.rows`.
     fn forward(&mut self, tokens: &[u32], runs: &[Run], logits: &mut Vec<f32>) -> Result<()> {
@@ -470,6 +505,9 @@ impl Model {
                 isa,
                 rec,
             };
+            if let Some(h) = self.hidden.as_mut() {
+                h.extend_from_slice(&s.x);
+            }
             rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
             timer.lap(prof, Component::Embed);
             if let Some(r) = rec {
@@ -492,8 +530,12 @@ impl Model {
                     &mut [&mut s.q[t * qd..][..qd], &mut s.k[t * kvd..][..kvd]],
                     pos,
                 );
-                self.cache.k.write(l, span.start + pos, &s.k[t * kvd..][..kvd]);
-                self.cache.v.write(l, span.start + pos, &s.v[t * kvd..][..kvd]);
+                self.cache
+                    .k
+                    .write(l, span.start + pos, &s.k[t * kvd..][..kvd]);
+                self.cache
+                    .v
+                    .write(l, span.start + pos, &s.v[t * kvd..][..kvd]);
             }
             attend(
                 pool,
@@ -549,6 +591,9 @@ impl Model {
                     c.rms_eps,
                     &mut s.normed[j * e..][..e],
                 );
+            }
+            if let Some(h) = self.hidden.as_mut() {
+                h.extend_from_slice(&s.normed[..m * e]);
             }
             let old = logits.len();
             logits.resize(old + m * self.weights.n_vocab, 0.0);

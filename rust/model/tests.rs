@@ -201,3 +201,24 @@ fn sequences_in_one_batch_equal_each_alone() {
     assert_eq!(batched.n_past_seq(0).unwrap(), 1);
     assert!(batched.truncate_seq(0, 2).is_err());
 }
+
+#[test]
+fn hidden_states_start_at_the_embeddings_and_end_at_the_normed_output() {
+    let mut model = load(tiny_model(None));
+    let tokens = [1u32, 2, 3];
+    let hidden = model.hidden_states(&tokens).unwrap();
+    assert_eq!(hidden.len(), 2 * tokens.len() * EMBD); // one layer + the output
+    let embd = model.weights.token_embd;
+    let bytes = model.file.bytes();
+    for (t, &tok) in tokens.iter().enumerate() {
+        let start = embd.start + tok as usize * embd.row_bytes();
+        let row: &[f32] = bytemuck::cast_slice(&bytes[start..start + embd.row_bytes()]);
+        assert_eq!(&hidden[t * EMBD..][..EMBD], row);
+    }
+    // The normed output has unit RMS (norm weights are 1).
+    let last = &hidden[(tokens.len() + 2) * EMBD..][..EMBD];
+    let rms = (last.iter().map(|v| v * v).sum::<f32>() / EMBD as f32).sqrt();
+    assert!((rms - 1.0).abs() < 1e-3, "{rms}");
+    assert_eq!(model.n_past(), 3);
+    assert!(model.hidden_states(&[]).is_err());
+}

@@ -128,6 +128,20 @@ impl PyModel {
         PyArray1::from_slice(py, &self.logits).reshape([runs.len(), n_vocab])
     }
 
+    /// The residual stream of each of `tokens` entering each layer, then after the output
+    /// norm (Hugging Face's `output_hidden_states`): float32 [n_layer + 1, len(tokens), n_embd].
+    /// The tokens are evaluated after sequence 0's cached positions and stay cached.
+    fn hidden_states<'py>(
+        &mut self,
+        py: Python<'py>,
+        tokens: Vec<u32>,
+    ) -> PyResult<Bound<'py, numpy::PyArray3<f32>>> {
+        let model = self.model_mut()?;
+        let (n_layer, n_embd) = (model.config.n_layer, model.config.n_embd);
+        let hidden = py.detach(|| model.hidden_states(&tokens))?;
+        PyArray1::from_vec(py, hidden).reshape([n_layer + 1, tokens.len(), n_embd])
+    }
+
     /// Seconds per component of the forward pass (embed_norm, attention, router, experts,
     /// head) with the tokens and batches evaluated, since load or the previous call.
     fn take_profile<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
