@@ -6,8 +6,8 @@
 ``quantize`` (:mod:`ferrollm.quantize`) writes a model in another type or mix, optionally with an
 importance matrix from ``collect_imatrix`` (:mod:`ferrollm.imatrix`), or quantizes one tensor. The GGUF layer lives
 in :mod:`ferrollm.gguf`; block types and dequantization in :mod:`ferrollm.quants`.
-``convert`` (Hugging Face checkpoints to GGUF) and ``merge`` (mergekit's YAML) stream models
-tensor by tensor into any GGUF type.
+``convert`` (Hugging Face checkpoints to GGUF), ``merge`` (mergekit's YAML) and ``moe``
+(mergekit-moe's YAML: a Mixtral from dense models) stream models tensor by tensor into any GGUF type.
 """
 
 from ferrollm import gguf, quants
@@ -18,6 +18,7 @@ from ferrollm.imatrix import Imatrix
 from ferrollm.imatrix import collect as collect_imatrix
 from ferrollm.llama import Llama
 from ferrollm.merge import merge
+from ferrollm.moe import moe
 from ferrollm.quality import kl_divergence, perplexity
 from ferrollm.quantize import quantize, quantize_file
 from ferrollm.quants import dequantize
@@ -37,6 +38,7 @@ __all__ = [
     "gguf",
     "kl_divergence",
     "merge",
+    "moe",
     "perplexity",
     "quantize",
     "quantize_file",

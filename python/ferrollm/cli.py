@@ -322,6 +322,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_moe(args: argparse.Namespace) -> int:
+    from ferrollm.moe import moe
+
+    start = time.perf_counter()
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    written = moe(args.config, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads, progress=bar)
+    _report_written(args.output, written, start)
+    return 0
+
+
 def _model_path_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="GGUF file (default: the embedded demo model)")
 
@@ -482,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--outtype", default=None, help="f32, f16, bf16, q8_0, a tensor type or mix (default: dtype)")
     _stream_options(mg)
     mg.set_defaults(run=cmd_merge)
+
+    mo = sub.add_parser("moe", help="a Mixtral frankenMoE from dense models with a mergekit-moe YAML")
+    mo.add_argument("config", metavar="CONFIG.yml")
+    mo.add_argument("output", metavar="OUT.gguf")
+    mo.add_argument("--outtype", default=None, help="f32, f16, bf16, q8_0, a tensor type or mix (default: dtype)")
+    _stream_options(mo)
+    mo.set_defaults(run=cmd_moe)
 
     sm = sub.add_parser("synth-model", help="write a small random-weight llama/Mixtral GGUF")
     sm.add_argument("out")

@@ -128,10 +128,11 @@ def write_gguf_model(path, source, metadata: list[tuple[str, str | None, object]
             t, im = types[name], None
             if imatrix is not None and t not in ("F32", "F16", "BF16"):
                 im = imatrix.for_tensor(name, int(np.prod(shape[:-2])) if len(shape) > 2 else 1, shape[-1])
-            yield _encode(values, t, im, threads)
+            blob = _encode(values, t, im, threads)
             done += values.size
-            if progress:
+            if progress:  # before the yield: the writer stops pulling after the last tensor
                 progress(done, total, name)
+            yield blob
 
     write_gguf_stream(path, metadata, plan, produce())
     return types
