@@ -163,4 +163,5 @@ def test_python_wrapper_accepts_vectors_and_batches():
     x = rng.standard_normal(256).astype(np.float32)
     y = quants.matmul(w, "Q4_K", 3, 256, x)
     assert y.shape == (3,)
-    assert np.array_equal(quants.matmul(w, "q4_k", 3, 256, np.stack([x, x]))[1], y)
+    # A batch goes through the batched kernels: the same sums, rounded in another order.
+    np.testing.assert_allclose(quants.matmul(w, "q4_k", 3, 256, np.stack([x, x]))[1], y, rtol=1e-5, atol=1e-5)

@@ -58,22 +58,25 @@ class Sampler:
         return z
 
     def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """(token ids, probabilities) left after the truncations, most likely first."""
+        """(token ids, probabilities) left after the truncations, most likely first (ties:
+        lower id first)."""
         p = self.params
         z = self.penalized(logits, history)
-        order = np.argsort(-z, kind="stable")
-        if p.top_k > 0:
-            order = order[: p.top_k]
-        z = z[order]
+        # Sorting the whole vocabulary costs milliseconds per token; only the top-k set and,
+        # within it, the tokens that can pass min-p are sorted.
+        pool = _top_k_ids(z, p.top_k) if 0 < p.top_k < len(z) else np.arange(len(z))
+        zmax = z[pool].max()
         # Truncations look at the untempered distribution; temperature reshapes what is left.
-        probs = np.exp(z - z[0])
-        probs /= probs.sum()
+        total = np.exp(z[pool] - zmax).sum()
+        if p.min_p > 0.0:
+            pool = pool[z[pool] - zmax >= np.log(p.min_p)]
+        order = pool[np.lexsort((pool, -z[pool]))]
+        z = z[order]
         keep = len(z)
         if p.top_p < 1.0:
             # The smallest prefix whose mass reaches top_p (at least one token).
+            probs = np.exp(z - zmax) / total
             keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
-        if p.min_p > 0.0:
-            keep = min(keep, int(np.count_nonzero(probs >= p.min_p * probs[0])))
         order, z = order[:keep], z[:keep]
         temp = p.temperature if p.temperature > 0 else 1.0
         final = np.exp((z - z[0]) / temp)
@@ -84,3 +87,12 @@ class Sampler:
             return int(np.argmax(self.penalized(logits, history)))
         ids, probs = self.candidates(logits, history)
         return int(ids[self.rng.choice(len(ids), p=probs)])
+
+
+def _top_k_ids(z: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k largest values, ties at the boundary broken by lower id (as a stable
+    sort would), in O(n)."""
+    boundary = np.partition(z, len(z) - k)[len(z) - k]
+    above = np.flatnonzero(z > boundary)
+    tied = np.flatnonzero(z == boundary)[: k - len(above)]
+    return np.concatenate([above, tied])

@@ -331,13 +331,13 @@ fn store_transposed(
 }
 
 /// The sizes the kernel walks.
-struct Shape {
-    n: usize,
-    cols: usize,
-    rows: usize,
-    group: usize,
-    per_block: usize,
-    offset: bool,
+pub(super) struct Shape {
+    pub n: usize,
+    pub cols: usize,
+    pub rows: usize,
+    pub group: usize,
+    pub per_block: usize,
+    pub offset: bool,
 }
 
 #[cfg(target_arch = "x86_64")]

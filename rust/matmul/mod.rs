@@ -11,6 +11,7 @@
 
 mod bandwidth;
 pub mod gemm;
+pub mod narrow;
 mod pool;
 pub mod scalar;
 pub mod unpack;
@@ -275,8 +276,13 @@ pub fn matmul_many(
         *o = SharedOut(y.as_mut_ptr());
     }
     let outs = &outs[..ws.len()];
-    if n >= GEMM_MIN_TOKENS && gemm::supported(w0.ty, isa.min(Isa::detected())) {
-        return gemm::gemm(pool, ws, x, outs, scratch);
+    if gemm::supported(w0.ty, isa.min(Isa::detected())) {
+        if narrow::takes(n) {
+            return narrow::narrow(pool, ws, x, outs, scratch);
+        }
+        if n >= GEMM_MIN_TOKENS {
+            return gemm::gemm(pool, ws, x, outs, scratch);
+        }
     }
     let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
     let (dot, _) = dot_fn(w0.ty, isa).expect("every matrix type has a dot product");

@@ -170,23 +170,63 @@ fn the_batched_product_matches_the_per_row_kernels() {
         }
         // cols: the 32-element types also at one block (rows shorter than a vector).
         for cols in [ty.block_elems().max(256) * 2, ty.block_elems().max(32)] {
-            check_batched(&pool, ty, 37, cols);
+            check_batched(&pool, ty, 37, cols, Product::Gemm);
         }
     }
 }
 
-fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize) {
+#[test]
+fn the_narrow_product_matches_the_per_row_kernels_whatever_the_batch() {
+    let pool = Pool::new(Some(2)).unwrap();
+    for &ty in DOT_TYPES {
+        if !gemm::supported(ty, Isa::detected()) {
+            continue;
+        }
+        for cols in [ty.block_elems().max(256) * 2, ty.block_elems().max(32)] {
+            check_batched(&pool, ty, 37, cols, Product::Narrow);
+            // A token's result is the same bits whatever else is in the batch.
+            let rows = 37;
+            let w = random_weights(ty, 3 + ty.id() as u64, rows * cols / ty.block_elems());
+            let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+            let x = random_floats(5, narrow::MAX_TOKENS * cols);
+            let run = |x: &[f32]| {
+                let mut y = vec![0f32; x.len() / cols * rows];
+                let out = [SharedOut(y.as_mut_ptr())];
+                narrow::narrow(&pool, &[m], x, &out, &mut Vec::new()).unwrap();
+                y
+            };
+            let all = run(&x);
+            let pair = run(&x[5 * cols..7 * cols]);
+            assert_eq!(pair, all[5 * rows..7 * rows], "{ty}");
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Product {
+    Gemm,
+    Narrow,
+}
+
+fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize, product: Product) {
     {
         let w = random_weights(ty, 7 + ty.id() as u64, rows * cols / ty.block_elems());
         let m = QMatrix::new(ty, rows, cols, &w).unwrap();
         let dot = reference_dot(ty).unwrap();
         let act_ty = activation_type(ty).unwrap();
-        for n in [4usize, 17, 33] {
+        let counts: &[usize] = match product {
+            Product::Gemm => &[4, 17, 33],
+            Product::Narrow => &[2, 3, 5, 8],
+        };
+        for &n in counts {
             let x = random_floats(11 + n as u64, n * cols);
             let mut y = vec![0f32; n * rows];
             let mut scratch = Vec::new();
             let out = [SharedOut(y.as_mut_ptr())];
-            gemm::gemm(pool, &[m], &x, &out, &mut scratch).unwrap();
+            match product {
+                Product::Gemm => gemm::gemm(pool, &[m], &x, &out, &mut scratch).unwrap(),
+                Product::Narrow => narrow::narrow(pool, &[m], &x, &out, &mut scratch).unwrap(),
+            }
             for t in 0..n {
                 let mut a = Vec::new();
                 quantize_activations(act_ty, &x[t * cols..][..cols], &mut a).unwrap();

@@ -8,7 +8,8 @@
 //!   negates the activations, so the unsigned grid bytes go straight into `vpmaddubsw`, and
 //!   per-group scales permuted into i16 lanes for `vpdpwssd`. The same taken-apart form feeds
 //!   the decode dot products and the batched product's panel.
-//! - `pairs`: the 32-element types (Q4_0, Q8_0, IQ4_NL), two blocks per vector.
+//! - `pairs`: the 32-element types (Q4_0, Q8_0, IQ4_NL), two blocks per vector, for the dot
+//!   products and the batched product's panel.
 //! - `q6k`: Q6_K rows unpacked into the batched product's panel.
 //!
 //! The integer sums are those of `scalar`, exactly; only the float accumulation order differs.
@@ -22,12 +23,13 @@ use std::arch::x86_64::*;
 
 use super::VecDotFn;
 use super::gemm::{PanelForm, RowUnpackFn};
+use super::narrow::LanesFn;
 use crate::gguf::GgmlType;
 use crate::quant::block::F16Le;
 use crate::quant::iquants::*;
 use crate::quant::legacy::{BlockIq4Nl, BlockQ4_0, BlockQ8_0};
 use codebook::*;
-use pairs::dot_pairs;
+use pairs::{dot_pairs, lanes_pairs, unpack_row_pairs};
 use q6k::q6_k_row;
 
 #[inline(always)]
@@ -126,5 +128,34 @@ panel_table!(
     IQ2_S => unpack_row::<BlockIq2S, 16>, 16, IQ3_XXS => unpack_row::<BlockIq3Xxs, 32>, 32,
     IQ3_S => unpack_row::<BlockIq3S, 32>, 32, IQ1_S => unpack_row::<BlockIq1S, 32>, 32,
     IQ1_M => unpack_row::<BlockIq1M, 16>, 16, IQ4_XS => unpack_row::<BlockIq4Xs, 32>, 32,
-    Q6_K => q6_k_row, 16
+    Q6_K => q6_k_row, 16, Q4_0 => unpack_row_pairs::<BlockQ4_0>, 32,
+    Q8_0 => unpack_row_pairs::<BlockQ8_0>, 32, IQ4_NL => unpack_row_pairs::<BlockIq4Nl>, 32
+);
+
+macro_rules! lanes_table {
+    ($($ty:ident => $kernel:path),*) => {
+        /// The narrow product's direct unpacker for `ty` (4 rows into lanes in one pass), where
+        /// the type has one and the CPU the features.
+        pub(super) fn lanes_form(ty: GgmlType) -> Option<LanesFn> {
+            if !detected() {
+                return None;
+            }
+            $(
+                #[allow(non_snake_case)]
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
+                unsafe fn $ty(rows: [&[u8]; 4], valid: usize, q: &mut [u8], sd: &mut [f32], m: &mut [f32]) {
+                    $kernel(rows, valid, q, sd, m)
+                }
+            )*
+            match ty {
+                $(GgmlType::$ty => Some(|rows, valid, q, sd, m| unsafe { $ty(rows, valid, q, sd, m) }),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+lanes_table!(
+    Q4_0 => lanes_pairs::<BlockQ4_0>, Q8_0 => lanes_pairs::<BlockQ8_0>,
+    IQ4_NL => lanes_pairs::<BlockIq4Nl>
 );

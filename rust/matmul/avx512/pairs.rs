@@ -14,7 +14,22 @@ use crate::quant::legacy::{BlockIq4Nl, BlockQ4_0, BlockQ8_0};
 /// their activations.
 pub(super) trait ZmmPair: bytemuck::Pod + Unpack32 {
     unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i;
+    /// The two blocks' quants as 64 signed bytes in element order.
+    unsafe fn pair_quants(w: &[Self; 2]) -> __m512i;
+    /// One block's elements 0..16 and 16..32 as signed bytes.
+    unsafe fn halves(&self) -> (__m128i, __m128i);
     fn d(&self) -> F16Le;
+}
+
+/// One block's 16 bytes of packed nibbles as its elements 0..16 (low nibbles) and 16..32.
+#[inline(always)]
+unsafe fn nibble_halves(qs: &[u8; 16]) -> (__m128i, __m128i) {
+    let v = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+    let mask = _mm_set1_epi8(0x0F);
+    (
+        _mm_and_si128(v, mask),
+        _mm_and_si128(_mm_srli_epi16(v, 4), mask),
+    )
 }
 
 /// Two blocks' 32 activations each as one vector.
@@ -41,6 +56,16 @@ impl ZmmPair for BlockQ4_0 {
         let eight = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(8), x);
         _mm512_sub_epi32(q, eight)
     }
+    #[inline(always)]
+    unsafe fn pair_quants(w: &[Self; 2]) -> __m512i {
+        _mm512_sub_epi8(nibbles64(&w[0].qs, &w[1].qs), _mm512_set1_epi8(8))
+    }
+    #[inline(always)]
+    unsafe fn halves(&self) -> (__m128i, __m128i) {
+        let (lo, hi) = nibble_halves(&self.qs);
+        let eight = _mm_set1_epi8(8);
+        (_mm_sub_epi8(lo, eight), _mm_sub_epi8(hi, eight))
+    }
     fn d(&self) -> F16Le {
         self.d
     }
@@ -51,6 +76,15 @@ impl ZmmPair for BlockQ8_0 {
     unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
         signed_sums(act_pair(w), x)
     }
+    #[inline(always)]
+    unsafe fn pair_quants(w: &[Self; 2]) -> __m512i {
+        act_pair(w)
+    }
+    #[inline(always)]
+    unsafe fn halves(&self) -> (__m128i, __m128i) {
+        let p = self.qs.as_ptr() as *const __m128i;
+        (_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)))
+    }
     fn d(&self) -> F16Le {
         self.d
     }
@@ -59,10 +93,19 @@ impl ZmmPair for BlockQ8_0 {
 impl ZmmPair for BlockIq4Nl {
     #[inline(always)]
     unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
+        signed_sums(Self::pair_quants(w), x)
+    }
+    #[inline(always)]
+    unsafe fn pair_quants(w: &[Self; 2]) -> __m512i {
         let table =
             _mm512_broadcast_i32x4(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
-        let q = _mm512_shuffle_epi8(table, nibbles64(&w[0].qs, &w[1].qs));
-        signed_sums(q, x)
+        _mm512_shuffle_epi8(table, nibbles64(&w[0].qs, &w[1].qs))
+    }
+    #[inline(always)]
+    unsafe fn halves(&self) -> (__m128i, __m128i) {
+        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        let (lo, hi) = nibble_halves(&self.qs);
+        (_mm_shuffle_epi8(table, lo), _mm_shuffle_epi8(table, hi))
     }
     fn d(&self) -> F16Le {
         self.d
@@ -104,4 +147,85 @@ pub(super) unsafe fn dot_pairs<B: ZmmPair>(w: &[u8], a: &[u8]) -> f32 {
         );
     }
     total
+}
+
+/// One weight row in the batched product's form (see `gemm`): each pair of blocks' quants as
+/// 64 signed bytes in element order, per block its scale; no offsets.
+#[inline(always)]
+pub(super) unsafe fn unpack_row_pairs<B: ZmmPair>(
+    row: &[u8],
+    q: &mut [u8],
+    sd: &mut [f32],
+    m: &mut [f32],
+) {
+    let blocks: &[B] = bytemuck::cast_slice(row);
+    let pairs = blocks.len() / 2;
+    for i in 0..pairs {
+        let wp: &[B; 2] = blocks[2 * i..2 * i + 2].try_into().unwrap_unchecked();
+        _mm512_storeu_si512(
+            q.as_mut_ptr().add(64 * i) as *mut __m512i,
+            B::pair_quants(wp),
+        );
+        sd[2 * i] = wp[0].d().to_f32();
+        sd[2 * i + 1] = wp[1].d().to_f32();
+    }
+    if blocks.len() % 2 == 1 {
+        // An odd last block: the portable unpacker.
+        let last = blocks.len() - 1;
+        let u = blocks[last].unpack();
+        for (d, &v) in q[32 * last..32 * last + 32].iter_mut().zip(&u.q) {
+            *d = v as u8;
+        }
+        sd[last] = u.d;
+    }
+    m[..blocks.len()].fill(0.0);
+}
+
+/// Four rows' block `b` as the narrow product's lanes (see `narrow`): two vectors holding, in
+/// 128-bit lane r, row r's elements 0..16 and 16..32 as signed bytes.
+#[inline(always)]
+unsafe fn four_rows<B: ZmmPair>(rows: &[&[B]; 4], b: usize) -> (__m512i, __m512i) {
+    let mut lo = _mm512_setzero_si512();
+    let mut hi = _mm512_setzero_si512();
+    for (r, row) in rows.iter().enumerate() {
+        let (l, h) = B::halves(&row[b]);
+        lo = _mm512_mask_blend_epi32(0xF << (4 * r), lo, _mm512_broadcast_i32x4(l));
+        hi = _mm512_mask_blend_epi32(0xF << (4 * r), hi, _mm512_broadcast_i32x4(h));
+    }
+    (lo, hi)
+}
+
+/// The narrow product's form of 4 rows of a 32-element type, unpacked and interleaved in one
+/// pass: `q[quad][row][4]` = value + 128, per block `sd[block][row]` = d (no offsets: `m`
+/// is left alone). Rows from `valid` on get zero scales.
+#[inline(always)]
+pub(super) unsafe fn lanes_pairs<B: ZmmPair>(
+    rows: [&[u8]; 4],
+    valid: usize,
+    q: &mut [u8],
+    sd: &mut [f32],
+    _m: &mut [f32],
+) {
+    let rows: [&[B]; 4] = rows.map(|r| bytemuck::cast_slice(r));
+    // Dword r * 4 + k (row r's quad k) goes to k * 4 + r.
+    let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    let flip = _mm512_set1_epi8(-128);
+    for b in 0..rows[0].len() {
+        let (lo, hi) = four_rows(&rows, b);
+        let out = q.as_mut_ptr().add(128 * b) as *mut __m512i;
+        _mm512_storeu_si512(
+            out,
+            _mm512_xor_si512(_mm512_permutexvar_epi32(idx, lo), flip),
+        );
+        _mm512_storeu_si512(
+            out.add(1),
+            _mm512_xor_si512(_mm512_permutexvar_epi32(idx, hi), flip),
+        );
+        let bits: [u16; 4] = std::array::from_fn(|r| u16::from_le_bytes(rows[r][b].d().0));
+        let d = _mm_maskz_mov_ps(
+            (1u8 << valid) - 1,
+            _mm_cvtph_ps(_mm_loadl_epi64(bits.as_ptr() as *const __m128i)),
+        );
+        _mm_storeu_ps(sd.as_mut_ptr().add(4 * b), d);
+    }
 }
