@@ -17,6 +17,7 @@
 //! not depend on the batch beside it (2 to 8 tokens).
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use super::gemm::{PanelForm, Shape, TILE_ROWS, panel_form};
 use super::{QMatrix, SharedOut, Tiles, activation_type, quantize_activations};
@@ -35,6 +36,30 @@ const QUARTER: usize = 4;
 /// (4 x cols bytes), `sd` and `m` (4 per group; `m` only for types with offsets).
 pub(super) type LanesFn =
     fn(rows: [&[u8]; 4], valid: usize, q: &mut [u8], sd: &mut [f32], m: &mut [f32]);
+
+/// Columns per step of the direct unpackers: 16 rows' lanes of them stay in L1.
+const CHUNK_COLS: usize = 512;
+
+/// A tile's partial sums: per group of 4 tokens and row group, the 16 (token, row) lanes.
+#[derive(Default)]
+struct Sums([[[f32; 16]; ROW_GROUPS]; MAX_TOKENS / QUARTER]);
+
+impl Sums {
+    /// Into `y[t][first_row + r]` for the tile's `valid` rows.
+    fn store(&self, s: &Shape, out: SharedOut, first_row: usize, valid: usize) {
+        for (quarter, groups) in self.0.iter().enumerate().take(s.n.div_ceil(QUARTER)) {
+            for (rg, lanes) in groups.iter().enumerate() {
+                for t in 0..(s.n - quarter * QUARTER).min(QUARTER) {
+                    let base = (quarter * QUARTER + t) * s.rows + first_row + rg * QUARTER;
+                    for r in 0..QUARTER.min(valid.saturating_sub(rg * QUARTER)) {
+                        // SAFETY: token < n and row < rows: inside y; the rows are this task's.
+                        unsafe { *out.at(base + r) = lanes[t * QUARTER + r] };
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Tiles ahead whose weights are fetched while one is computed.
 const AHEAD: usize = 1;
@@ -60,8 +85,9 @@ struct RowMajor {
 }
 
 impl Lanes {
-    /// Rows `first..first + TILE_ROWS` of `w` (rows past the end get zero scales); `next`: the
-    /// rows to fetch from memory meanwhile, one beside each row unpacked (a burst of
+    /// Columns `span` of rows `first..first + TILE_ROWS` of `w` (rows past the end get zero
+    /// scales); only the `direct` unpackers take part of a row. `next`: rows whose same
+    /// columns to fetch from memory meanwhile, beside the rows unpacked (a burst of
     /// prefetches would stall as loads do).
     fn fill(
         &mut self,
@@ -69,23 +95,27 @@ impl Lanes {
         form: &PanelForm,
         direct: Option<LanesFn>,
         first: usize,
+        span: Range<usize>,
         next: Option<(&QMatrix, usize)>,
     ) {
-        let (cols, groups) = (w.cols, w.cols / form.group);
+        let (cols, groups) = (span.len(), span.len() / form.group);
         self.q.resize(TILE_ROWS * cols, 0);
         self.sd.resize(TILE_ROWS * groups, 0.0);
         self.m.resize(TILE_ROWS * groups, 0.0);
         if let Some(direct) = direct {
+            let bytes = span.start / w.ty.block_elems() * w.ty.block_bytes()
+                ..span.end / w.ty.block_elems() * w.ty.block_bytes();
             for rg in 0..ROW_GROUPS {
                 let at = rg * QUARTER;
                 if let Some((next_w, next_first)) = next {
                     for r in 0..QUARTER {
-                        prefetch_row(next_w, next_first + at + r);
+                        prefetch_bytes(next_w, next_first + at + r, bytes.clone());
                     }
                 }
                 let valid = w.rows.saturating_sub(first + at).min(QUARTER);
-                let rows =
-                    std::array::from_fn(|r| w.row(if r < valid { first + at + r } else { first }));
+                let rows = std::array::from_fn(|r| {
+                    &w.row(if r < valid { first + at + r } else { first })[bytes.clone()]
+                });
                 direct(
                     rows,
                     valid,
@@ -96,6 +126,7 @@ impl Lanes {
             }
             return;
         }
+        debug_assert_eq!(span, 0..w.cols, "row unpackers take whole rows");
         let tmp = &mut self.rows;
         tmp.q.resize(QUARTER * cols, 0);
         tmp.sd.resize(QUARTER * groups, 0.0);
@@ -104,7 +135,7 @@ impl Lanes {
             for r in 0..QUARTER {
                 let row = first + rg * QUARTER + r;
                 if let Some((next_w, next_first)) = next {
-                    prefetch_row(next_w, next_first + rg * QUARTER + r);
+                    prefetch_bytes(next_w, next_first + rg * QUARTER + r, 0..w.row_bytes());
                 }
                 let (sd, m) = (
                     &mut tmp.sd[r * groups..][..groups],
@@ -245,12 +276,20 @@ pub(super) fn narrow(
                         per_block,
                         offset: form.offset,
                     };
-                    lanes.fill(w, &form, direct, rows.start, next);
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: supported() checked the CPU; each task writes its own rows.
-                    unsafe {
-                        avx512::tile(lanes, acts, &shape, outs[m], rows.start, rows.len())
-                    };
+                    // The direct unpackers go a few blocks of columns at a time, so that the
+                    // tile's lanes stay in L1 between unpacking and use.
+                    let step = if direct.is_some() { CHUNK_COLS } else { w.cols };
+                    let mut sums = Sums::default();
+                    for start in (0..w.cols).step_by(step) {
+                        let span = start..(start + step).min(w.cols);
+                        lanes.fill(w, &form, direct, rows.start, span.clone(), next);
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: supported() checked the CPU.
+                        unsafe {
+                            avx512::accumulate(lanes, acts, &shape, span, &mut sums)
+                        };
+                    }
+                    sums.store(&shape, outs[m], rows.start, rows.len());
                 }
             })
         });
@@ -258,19 +297,19 @@ pub(super) fn narrow(
     Ok(())
 }
 
-/// Asks for row `row` of `w` (if it exists) to be brought into L2.
-fn prefetch_row(w: &QMatrix, row: usize) {
+/// Asks for `bytes` of row `row` of `w` (if it exists) to be brought into L2.
+fn prefetch_bytes(w: &QMatrix, row: usize, bytes: Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     if row < w.rows {
         use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-        let bytes = w.row(row);
+        let bytes = &w.row(row)[bytes];
         for line in (0..bytes.len()).step_by(64) {
             // SAFETY: a hint on an address inside `bytes`.
             unsafe { _mm_prefetch::<_MM_HINT_T1>(bytes.as_ptr().add(line) as *const i8) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (w, row);
+    let _ = (w, row, bytes);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -278,7 +317,9 @@ mod avx512 {
     #![allow(unsafe_op_in_unsafe_fn)]
     use std::arch::x86_64::*;
 
-    use super::{Acts, Lanes, QUARTER, ROW_GROUPS, Shape, SharedOut};
+    use std::ops::Range;
+
+    use super::{Acts, Lanes, QUARTER, ROW_GROUPS, Shape, Sums};
 
     /// 4 rows of `cols` signed bytes (row-major) into `q[quad][row][4]`, plus 128.
     #[target_feature(enable = "avx512f,avx512bw")]
@@ -330,33 +371,21 @@ mod avx512 {
         }
     }
 
-    /// Every group of 4 tokens against the tile's 16 rows.
+    /// Columns `span` of the tile (in `lanes`) against every group of 4 tokens, into `sums`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn tile(
+    pub unsafe fn accumulate(
         lanes: &Lanes,
         acts: &Acts,
         s: &Shape,
-        out: SharedOut,
-        first_row: usize,
-        valid: usize,
+        span: Range<usize>,
+        sums: &mut Sums,
     ) {
-        for quarter in 0..s.n.div_ceil(QUARTER) {
-            let sums = match (s.group, s.offset) {
-                (32, false) => pass::<8, false>(lanes, acts, s, quarter),
-                (32, true) => pass::<8, true>(lanes, acts, s, quarter),
-                (_, false) => pass::<4, false>(lanes, acts, s, quarter),
-                (_, true) => pass::<4, true>(lanes, acts, s, quarter),
-            };
-            for (rg, v) in sums.iter().enumerate() {
-                let mut lanes_out = [0f32; 16];
-                _mm512_storeu_ps(lanes_out.as_mut_ptr(), *v);
-                for t in 0..(s.n - quarter * QUARTER).min(QUARTER) {
-                    let base = (quarter * QUARTER + t) * s.rows + first_row + rg * QUARTER;
-                    for r in 0..QUARTER.min(valid.saturating_sub(rg * QUARTER)) {
-                        // SAFETY: token < n and row < rows: inside y; the rows are this task's.
-                        *out.at(base + r) = lanes_out[t * QUARTER + r];
-                    }
-                }
+        for (quarter, acc) in sums.0.iter_mut().enumerate().take(s.n.div_ceil(QUARTER)) {
+            match (s.group, s.offset) {
+                (32, false) => pass::<8, false>(lanes, acts, s, quarter, span.clone(), acc),
+                (32, true) => pass::<8, true>(lanes, acts, s, quarter, span.clone(), acc),
+                (_, false) => pass::<4, false>(lanes, acts, s, quarter, span.clone(), acc),
+                (_, true) => pass::<4, true>(lanes, acts, s, quarter, span.clone(), acc),
             }
         }
     }
@@ -368,9 +397,13 @@ mod avx512 {
         acts: &Acts,
         s: &Shape,
         quarter: usize,
-    ) -> [__m512; ROW_GROUPS] {
-        let (quads, groups) = (s.cols / 4, s.cols / s.group);
-        let blocks = groups / s.per_block;
+        span: Range<usize>,
+        sums: &mut [[f32; 16]; ROW_GROUPS],
+    ) {
+        let (groups, blocks) = (s.cols / s.group, s.cols / s.group / s.per_block);
+        // The lanes hold the span's columns; the activations the whole row.
+        let (quads, lane_groups) = (span.len() / 4, span.len() / s.group);
+        let g0 = span.start / s.group;
         let x = acts.x.as_ptr().add(quarter * QUARTER * s.cols) as *const __m128i;
         // Token t's 4 bytes into the lanes of its 4 rows.
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -379,12 +412,15 @@ mod avx512 {
         let xs = acts.xs.as_ptr().add(quarter * groups * 16) as *const __m512i;
         let q: [*const __m128i; ROW_GROUPS] =
             std::array::from_fn(|rg| lanes.q.as_ptr().add(rg * quads * 16) as *const __m128i);
-        let sd: [*const __m128; ROW_GROUPS] =
-            std::array::from_fn(|rg| lanes.sd.as_ptr().add(rg * groups * QUARTER) as *const __m128);
-        let m: [*const __m128; ROW_GROUPS] =
-            std::array::from_fn(|rg| lanes.m.as_ptr().add(rg * groups * QUARTER) as *const __m128);
-        let mut acc = [_mm512_setzero_ps(); ROW_GROUPS];
-        for b in 0..blocks {
+        let sd: [*const __m128; ROW_GROUPS] = std::array::from_fn(|rg| {
+            lanes.sd.as_ptr().add(rg * lane_groups * QUARTER) as *const __m128
+        });
+        let m: [*const __m128; ROW_GROUPS] = std::array::from_fn(|rg| {
+            lanes.m.as_ptr().add(rg * lane_groups * QUARTER) as *const __m128
+        });
+        let mut acc: [__m512; ROW_GROUPS] =
+            std::array::from_fn(|rg| _mm512_loadu_ps(sums[rg].as_ptr()));
+        for b in g0 / s.per_block..span.end / s.group / s.per_block {
             let mut block_acc = [_mm512_setzero_ps(); ROW_GROUPS];
             for gb in 0..s.per_block {
                 let g = b * s.per_block + gb;
@@ -395,22 +431,25 @@ mod avx512 {
                         spread,
                         _mm512_castsi128_si512(_mm_loadu_si128(x.add(quad))),
                     );
+                    let local = quad - g0 * QUADS;
                     for rg in 0..ROW_GROUPS {
-                        let wv = _mm512_broadcast_i32x4(_mm_loadu_si128(q[rg].add(quad)));
+                        let wv = _mm512_broadcast_i32x4(_mm_loadu_si128(q[rg].add(local)));
                         isum[rg] = _mm512_dpbusd_epi32(isum[rg], wv, xv);
                     }
                 }
                 // The weights' +128 back out, exactly: 128 * sum of the group's activations.
                 let xsv = _mm512_loadu_si512(xs.add(g));
                 for rg in 0..ROW_GROUPS {
-                    let sdv = _mm512_broadcast_f32x4(_mm_loadu_ps(sd[rg].add(g) as *const f32));
+                    let sdv =
+                        _mm512_broadcast_f32x4(_mm_loadu_ps(sd[rg].add(g - g0) as *const f32));
                     let sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(isum[rg], xsv));
                     block_acc[rg] = _mm512_fmadd_ps(sdv, sums, block_acc[rg]);
                 }
                 if OFFSET {
                     let asv = _mm512_loadu_ps(as_.add(g * 16));
                     for rg in 0..ROW_GROUPS {
-                        let mv = _mm512_broadcast_f32x4(_mm_loadu_ps(m[rg].add(g) as *const f32));
+                        let mv =
+                            _mm512_broadcast_f32x4(_mm_loadu_ps(m[rg].add(g - g0) as *const f32));
                         acc[rg] = _mm512_fmadd_ps(mv, asv, acc[rg]);
                     }
                 }
@@ -420,6 +459,8 @@ mod avx512 {
                 acc[rg] = _mm512_fmadd_ps(block_acc[rg], av, acc[rg]);
             }
         }
-        acc
+        for (out, v) in sums.iter_mut().zip(acc) {
+            _mm512_storeu_ps(out.as_mut_ptr(), v);
+        }
     }
 }

@@ -18,6 +18,21 @@ pub(super) trait ZmmPair: bytemuck::Pod + Unpack32 {
     unsafe fn pair_quants(w: &[Self; 2]) -> __m512i;
     /// One block's elements 0..16 and 16..32 as signed bytes.
     unsafe fn halves(&self) -> (__m128i, __m128i);
+
+    /// Four rows' block `b` as the narrow product's lanes (see `narrow`): two vectors holding,
+    /// in 128-bit lane r, row r's elements 0..16 and 16..32 as signed bytes plus 128.
+    #[inline(always)]
+    unsafe fn four_rows(rows: &[&[Self]; 4], b: usize) -> (__m512i, __m512i) {
+        let mut lo = _mm512_setzero_si512();
+        let mut hi = _mm512_setzero_si512();
+        for (r, row) in rows.iter().enumerate() {
+            let (l, h) = row[b].halves();
+            lo = _mm512_mask_blend_epi32(0xF << (4 * r), lo, _mm512_broadcast_i32x4(l));
+            hi = _mm512_mask_blend_epi32(0xF << (4 * r), hi, _mm512_broadcast_i32x4(h));
+        }
+        let flip = _mm512_set1_epi8(-128);
+        (_mm512_xor_si512(lo, flip), _mm512_xor_si512(hi, flip))
+    }
     fn d(&self) -> F16Le;
 }
 
@@ -49,6 +64,20 @@ unsafe fn signed_sums(q: __m512i, x: __m512i) -> __m512i {
 }
 
 impl ZmmPair for BlockQ4_0 {
+    /// On whole vectors: the 4 rows' nibbles split at once, and the value's -8 and the
+    /// lanes' +128 as one +120.
+    #[inline(always)]
+    unsafe fn four_rows(rows: &[&[Self]; 4], b: usize) -> (__m512i, __m512i) {
+        let load = |r: usize| _mm_loadu_si128(rows[r][b].qs.as_ptr() as *const __m128i);
+        let mut v = _mm512_castsi128_si512(load(0));
+        v = _mm512_inserti32x4::<1>(v, load(1));
+        v = _mm512_inserti32x4::<2>(v, load(2));
+        v = _mm512_inserti32x4::<3>(v, load(3));
+        let (mask, bias) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(120));
+        let lo = _mm512_add_epi8(_mm512_and_si512(v, mask), bias);
+        let hi = _mm512_add_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), mask), bias);
+        (lo, hi)
+    }
     #[inline(always)]
     unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i {
         // (q - 8) x = q x - 8 x: the unsigned nibbles go straight into vpdpbusd.
@@ -181,20 +210,6 @@ pub(super) unsafe fn unpack_row_pairs<B: ZmmPair>(
     m[..blocks.len()].fill(0.0);
 }
 
-/// Four rows' block `b` as the narrow product's lanes (see `narrow`): two vectors holding, in
-/// 128-bit lane r, row r's elements 0..16 and 16..32 as signed bytes.
-#[inline(always)]
-unsafe fn four_rows<B: ZmmPair>(rows: &[&[B]; 4], b: usize) -> (__m512i, __m512i) {
-    let mut lo = _mm512_setzero_si512();
-    let mut hi = _mm512_setzero_si512();
-    for (r, row) in rows.iter().enumerate() {
-        let (l, h) = B::halves(&row[b]);
-        lo = _mm512_mask_blend_epi32(0xF << (4 * r), lo, _mm512_broadcast_i32x4(l));
-        hi = _mm512_mask_blend_epi32(0xF << (4 * r), hi, _mm512_broadcast_i32x4(h));
-    }
-    (lo, hi)
-}
-
 /// The narrow product's form of 4 rows of a 32-element type, unpacked and interleaved in one
 /// pass: `q[quad][row][4]` = value + 128, per block `sd[block][row]` = d (no offsets: `m`
 /// is left alone). Rows from `valid` on get zero scales.
@@ -209,18 +224,11 @@ pub(super) unsafe fn lanes_pairs<B: ZmmPair>(
     let rows: [&[B]; 4] = rows.map(|r| bytemuck::cast_slice(r));
     // Dword r * 4 + k (row r's quad k) goes to k * 4 + r.
     let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    let flip = _mm512_set1_epi8(-128);
     for b in 0..rows[0].len() {
-        let (lo, hi) = four_rows(&rows, b);
+        let (lo, hi) = B::four_rows(&rows, b);
         let out = q.as_mut_ptr().add(128 * b) as *mut __m512i;
-        _mm512_storeu_si512(
-            out,
-            _mm512_xor_si512(_mm512_permutexvar_epi32(idx, lo), flip),
-        );
-        _mm512_storeu_si512(
-            out.add(1),
-            _mm512_xor_si512(_mm512_permutexvar_epi32(idx, hi), flip),
-        );
+        _mm512_storeu_si512(out, _mm512_permutexvar_epi32(idx, lo));
+        _mm512_storeu_si512(out.add(1), _mm512_permutexvar_epi32(idx, hi));
         let bits: [u16; 4] = std::array::from_fn(|r| u16::from_le_bytes(rows[r][b].d().0));
         let d = _mm_maskz_mov_ps(
             (1u8 << valid) - 1,
