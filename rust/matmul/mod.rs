@@ -277,7 +277,7 @@ pub fn matmul_many(
     }
     let outs = &outs[..ws.len()];
     if gemm::supported(w0.ty, isa.min(Isa::detected())) {
-        if narrow::takes(n) {
+        if narrow::takes(n, w0.ty) {
             return narrow::narrow(pool, ws, x, outs, scratch);
         }
         if n >= GEMM_MIN_TOKENS {

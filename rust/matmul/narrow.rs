@@ -1,4 +1,4 @@
-//! Products for a few activation rows (2..=8: the decoding slots of a server, one token each).
+//! Products for a few activation rows (up to 8: the decoding slots of a server, one token each).
 //!
 //! `gemm` puts 16 tokens in the lanes of a vector: with 4 tokens three quarters of every
 //! `vpdpbusd` are wasted, and its per-row constants and panel are paid for 16 rows of work
@@ -9,12 +9,13 @@
 //!
 //! - the panel is `gemm`'s (every type's signed bytes, group scales `sd` and offsets `m`),
 //!   re-laid out per 4 rows, with 128 added so the weights are the unsigned operand and the
-//!   activations go in as they are;
+//!   activations go in as they are; Q4_0, Q8_0 and IQ4_NL unpack straight into that form,
+//!   512 columns at a time, while the next tile's weights are fetched;
 //! - `sum((v + 128) x) = sum(v x) + 128 sum(x)`: per group and token, `128 sum(x)` is taken
 //!   back from the integer sum, exactly (no per-row constants, unlike `gemm`).
 //!
 //! A token's lanes see the same operations whatever the other tokens are, so its result does
-//! not depend on the batch beside it (2 to 8 tokens).
+//! not depend on the batch beside it (among the batches this product takes).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -229,12 +230,20 @@ thread_local! {
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
 }
 
-/// Whether `narrow` takes `n` rows of `ty` (the caller has checked `gemm::supported`).
-pub fn takes(n: usize) -> bool {
-    (2..=MAX_TOKENS).contains(&n)
+/// Whether `narrow` is the fastest product for `n` rows of `ty` (the caller has checked
+/// `gemm::supported`). Below, the per-row dot products, whose cost grows by about one matrix-
+/// vector product's arithmetic per row, are faster (measured on 14336 x 4096: from 3 rows on
+/// for the types unpacked straight into lanes, from 4 for the others).
+pub fn takes(n: usize, ty: GgmlType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let direct = super::avx512::lanes_form(ty).is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    let direct = false;
+    let first = if direct { 3 } else { 4 };
+    (first..=MAX_TOKENS).contains(&n)
 }
 
-/// As `gemm::gemm`, for 2..=8 activation rows.
+/// As `gemm::gemm`, for up to 8 activation rows.
 pub(super) fn narrow(
     pool: &Pool,
     ws: &[QMatrix],
