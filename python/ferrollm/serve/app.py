@@ -78,6 +78,7 @@ class State:
         self.engine: Engine | None = None
         self.llama: Llama | None = None  # tokenizer and chat template (vocab only)
         self.load_error: str | None = None
+        self.mailbox: Mailbox | None = None  # of the loop serving the requests
         self.model_name = config.model_alias or os.path.basename(config.model_path or demo_model_path())
         self.created = int(time.time())
 
@@ -163,13 +164,43 @@ def endpoint(auth: bool = True):
 # -- generation ---------------------------------------------------------------------------------
 
 
+class Mailbox:
+    """Events from the engine thread to one event loop, delivered in batches: one wake-up of
+    the loop per engine step rather than one per generated token and stream."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue, Any]] = []
+
+    def post(self, queue: asyncio.Queue, item: Any) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            if len(self._items) > 1:
+                return  # a delivery is already scheduled
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+def _mailbox(state: State) -> Mailbox:
+    loop = asyncio.get_running_loop()
+    if state.mailbox is None or state.mailbox.loop is not loop:
+        state.mailbox = Mailbox(loop)
+    return state.mailbox
+
+
 class Generation:
     """The jobs of one request (n choices x prompts) and the queue their events arrive on."""
 
     def __init__(self, state: State, prompts: list[list[int]], req: Sampling, max_tokens: int, stops: list[str],
                  top_logprobs: int | None):  # fmt: skip
         self.engine = state.ready_engine()
-        self.loop = asyncio.get_running_loop()
+        self.mailbox = _mailbox(state)
         self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
         params = SamplingParams(
             temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p,
@@ -204,7 +235,7 @@ class Generation:
 
     def _emitter(self, index: int) -> Callable[[Event], None]:
         def emit(event: Event) -> None:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+            self.mailbox.post(self.queue, (index, event))
 
         return emit
 
@@ -215,13 +246,16 @@ class Generation:
     async def events(self, request: Request | None = None) -> AsyncIterator[tuple[int, Event]]:
         """Events until every job has ended; with ``request``, watches for a disconnect."""
         while self.open:
-            try:
-                index, event = await asyncio.wait_for(self.queue.get(), timeout=0.5)
-            except asyncio.TimeoutError:
-                if request is not None and await request.is_disconnected():
-                    self.cancel()
-                    return
-                continue
+            if request is None:  # streams: Starlette cancels this task when the client leaves
+                index, event = await self.queue.get()
+            else:
+                try:
+                    index, event = await asyncio.wait_for(self.queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        self.cancel()
+                        return
+                    continue
             if event.kind != "piece":
                 self.open -= 1
             yield index, event
