@@ -300,36 +300,31 @@ def _report_written(out: str, written: dict | None, start: float) -> None:
           + "".join(f", {n} x {t}" for t, n in counts.most_common()))  # fmt: skip
 
 
+def _write_model(tool, source: str, args: argparse.Namespace) -> int:
+    """convert, merge and moe: ``tool(source, output, outtype, ...)``, with a progress bar."""
+    start = time.perf_counter()
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    written = tool(source, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads, progress=bar)
+    _report_written(args.output, written, start)
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from ferrollm.convert import convert
 
-    start = time.perf_counter()
-    bar = None if args.quiet else ProgressBar(sys.stderr)
-    written = convert(args.model_dir, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads,
-                      progress=bar)  # fmt: skip
-    _report_written(args.output, written, start)
-    return 0
+    return _write_model(convert, args.model_dir, args)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from ferrollm.merge import merge
 
-    start = time.perf_counter()
-    bar = None if args.quiet else ProgressBar(sys.stderr)
-    written = merge(args.config, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads,
-                    progress=bar)  # fmt: skip
-    _report_written(args.output, written, start)
-    return 0
+    return _write_model(merge, args.config, args)
 
 
 def cmd_moe(args: argparse.Namespace) -> int:
     from ferrollm.moe import moe
 
-    start = time.perf_counter()
-    bar = None if args.quiet else ProgressBar(sys.stderr)
-    written = moe(args.config, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads, progress=bar)
-    _report_written(args.output, written, start)
-    return 0
+    return _write_model(moe, args.config, args)
 
 
 def _model_path_option(p: argparse.ArgumentParser) -> None:

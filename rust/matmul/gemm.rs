@@ -208,19 +208,8 @@ impl Acts {
         for t in 0..n {
             let (band, lane) = (t / BAND, t % BAND);
             let x = &mut self.x[band * BAND * cols..][..BAND * cols];
-            for (i, block) in quantized[t * row_bytes..][..row_bytes]
-                .chunks_exact(block_bytes)
-                .enumerate()
-            {
-                let (scale, qs): (f32, &[u8]) = if act_ty == GgmlType::Q8_0 {
-                    (
-                        F16Le([block[0], block[1]]).to_f32(),
-                        &block[2..2 + block_elems],
-                    )
-                } else {
-                    let b: &BlockQ8K = bytemuck::from_bytes(block);
-                    (f32::from_le_bytes(b.d), bytemuck::cast_slice(&b.qs))
-                };
+            let row = &quantized[t * row_bytes..][..row_bytes];
+            for (i, (scale, qs)) in act_blocks(act_ty, row).enumerate() {
                 self.a[(band * blocks + i) * BAND + lane] = scale;
                 let col0 = i * block_elems;
                 for (k, four) in qs.chunks_exact(4).enumerate() {
@@ -239,6 +228,23 @@ impl Acts {
             }
         }
     }
+}
+
+/// The blocks of one quantized activation row (Q8_0 or Q8_K): each block's scale and its
+/// quants (signed bytes).
+pub(super) fn act_blocks(act_ty: GgmlType, row: &[u8]) -> impl Iterator<Item = (f32, &[u8])> {
+    let (block_elems, block_bytes) = (act_ty.block_elems(), act_ty.block_bytes());
+    row.chunks_exact(block_bytes).map(move |block| {
+        if act_ty == GgmlType::Q8_0 {
+            (
+                F16Le([block[0], block[1]]).to_f32(),
+                &block[2..2 + block_elems],
+            )
+        } else {
+            let b: &BlockQ8K = bytemuck::from_bytes(block);
+            (f32::from_le_bytes(b.d), bytemuck::cast_slice(&b.qs))
+        }
+    })
 }
 
 thread_local! {

@@ -20,12 +20,10 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::gemm::{PanelForm, Shape, TILE_ROWS, panel_form};
+use super::gemm::{PanelForm, Shape, TILE_ROWS, act_blocks, panel_form};
 use super::{QMatrix, SharedOut, Tiles, activation_type, quantize_activations};
 use crate::error::Result;
 use crate::gguf::GgmlType;
-use crate::quant::block::F16Le;
-use crate::quant::kquants::BlockQ8K;
 
 use super::Pool;
 
@@ -195,19 +193,8 @@ impl Acts {
         for t in 0..n {
             let (quarter, lane) = (t / QUARTER, t % QUARTER);
             let x = &mut self.x[quarter * QUARTER * cols..][..QUARTER * cols];
-            for (i, block) in quantized[t * row_bytes..][..row_bytes]
-                .chunks_exact(block_bytes)
-                .enumerate()
-            {
-                let (scale, qs): (f32, &[u8]) = if act_ty == GgmlType::Q8_0 {
-                    (
-                        F16Le([block[0], block[1]]).to_f32(),
-                        &block[2..2 + block_elems],
-                    )
-                } else {
-                    let b: &BlockQ8K = bytemuck::from_bytes(block);
-                    (f32::from_le_bytes(b.d), bytemuck::cast_slice(&b.qs))
-                };
+            let row = &quantized[t * row_bytes..][..row_bytes];
+            for (i, (scale, qs)) in act_blocks(act_ty, row).enumerate() {
                 let a = &mut self.a[(quarter * blocks + i) * 16..][..16];
                 a[lane * QUARTER..][..QUARTER].fill(scale);
                 let col0 = i * block_elems;

@@ -25,7 +25,21 @@ from ferrollm.merge.plan import MergeError, MergePlan
 __all__ = ["METHODS", "MergeConfig", "MergeConfigError", "MergeError", "MergePlan", "merge"]
 
 
-def _resolver(base_dir: str | None, models: Mapping[str, str] | None) -> Callable[[str], str]:
+def read_config(config, load: Callable, parse: Callable, check: Callable | None = None):
+    """(parsed config, the directory relative model paths start from) for a YAML path, a
+    mapping, or a config already parsed (then checked with ``check``)."""
+    if isinstance(config, (str, os.PathLike)):
+        return load(config), os.path.dirname(os.path.abspath(os.fspath(config)))
+    if isinstance(config, dict):
+        return parse(config), None
+    if check is not None:
+        check(config)
+    return config, None
+
+
+def resolver(base_dir: str | None, models: Mapping[str, str] | None) -> Callable[[str], str]:
+    """Model references to paths: ``models`` first, then paths as given, then relative to
+    the configuration's directory."""
     def resolve(ref: str) -> str:
         if models and ref in models:
             return os.fspath(models[ref])
@@ -36,7 +50,9 @@ def _resolver(base_dir: str | None, models: Mapping[str, str] | None) -> Callabl
     return resolve
 
 
-def _gguf_metadata(plan: MergePlan) -> list:
+def gguf_metadata(plan: MergePlan) -> list:
+    """The output's metadata: the base's (a GGUF's, less its quantization keys; a Hugging
+    Face model's as the converter writes it), with the planned layer count."""
     base = plan.base
     if isinstance(base, HFCheckpoint):
         return llama_metadata(plan.config, base.path)
@@ -60,20 +76,13 @@ def merge(config: str | os.PathLike | MergeConfig | dict, out: str | os.PathLike
     config's dtype) or else a Hugging Face directory in the config's dtype. Model references
     are paths (relative ones from the YAML's directory, or the working directory), or looked
     up in ``models``. Returns {tensor: type} for a GGUF."""
-    base_dir = None
-    if isinstance(config, (str, os.PathLike)):
-        base_dir = os.path.dirname(os.path.abspath(os.fspath(config)))
-        cfg = merge_config.load(config)
-    elif isinstance(config, dict):
-        cfg = merge_config.parse(config)
-    else:
-        cfg = config
-    plan = MergePlan(cfg, _resolver(base_dir, models))
+    cfg, base_dir = read_config(config, merge_config.load, merge_config.parse)
+    plan = MergePlan(cfg, resolver(base_dir, models))
     try:
         dtype = cfg.out_dtype or cfg.dtype
         if os.fspath(out).lower().endswith(".gguf"):
             outtype = outtype or (dtype or "F16").lower()
-            return write_gguf_model(out, plan, _gguf_metadata(plan), outtype, imatrix=imatrix, threads=threads,
+            return write_gguf_model(out, plan, gguf_metadata(plan), outtype, imatrix=imatrix, threads=threads,
                                     progress=progress)  # fmt: skip
         if outtype and outtype.upper() not in ("F32", "F16", "BF16"):
             raise ValueError(f"a Hugging Face directory is written in F32, F16 or BF16, not {outtype} (write .gguf)")

@@ -23,7 +23,7 @@ from ferrollm import hf_vocab
 from ferrollm.checkpoint import GGUFCheckpoint, HFCheckpoint
 from ferrollm.convert import convert, size_label
 from ferrollm.export import Progress, gguf_tensors, plan_types, write_gguf_model
-from ferrollm.merge import _gguf_metadata, _resolver
+from ferrollm.merge import gguf_metadata, read_config, resolver
 from ferrollm.moe import config as moe_config
 from ferrollm.moe import router
 from ferrollm.moe.config import GATE_MODES, MoEConfig, MoEConfigError
@@ -80,7 +80,7 @@ def compute_routers(plan: MoEPlan, out_dir: str = ".", threads: int | None = Non
 
 
 def _metadata(plan: MoEPlan) -> list:
-    md = _gguf_metadata(plan)  # the base's (HF: from the Mixtral config, with expert counts)
+    md = gguf_metadata(plan)  # the base's (HF: from the Mixtral config, with expert counts)
     md = [m for m in md if m[0] != "general.size_label"]
     if isinstance(plan.base, GGUFCheckpoint):
         cfg = plan.config
@@ -103,19 +103,11 @@ def moe(config: str | os.PathLike | MoEConfig | dict, out: str | os.PathLike, ou
     ``imatrix`` for the low-bit ones); default: the config's dtype, else F16. Model references
     are paths (relative ones from the YAML's directory), or looked up in ``models``.
     Returns {tensor: type}."""
-    base_dir = None
-    if isinstance(config, (str, os.PathLike)):
-        base_dir = os.path.dirname(os.path.abspath(os.fspath(config)))
-        cfg = moe_config.load(config)
-    elif isinstance(config, dict):
-        cfg = moe_config.parse(config)
-    else:
-        cfg = config
-        moe_config.check(cfg)
+    cfg, base_dir = read_config(config, moe_config.load, moe_config.parse, moe_config.check)
     out = os.fspath(out)
     if not out.lower().endswith(".gguf"):
         raise ValueError(f"output {out!r}: ferrollm moe writes a .gguf file")
-    plan = MoEPlan(cfg, _resolver(base_dir, models))
+    plan = MoEPlan(cfg, resolver(base_dir, models))
     try:
         outtype = outtype or (cfg.dtype or "F16").lower()
         shapes = [(n, s) for n, s, _ in gguf_tensors(plan)]
