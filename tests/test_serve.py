@@ -373,3 +373,23 @@ def test_health_is_503_until_the_model_is_loaded():
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
     finally:
         State.load = original
+
+
+def test_drain_waits_for_running_jobs_and_stop_ends_the_rest():
+    from ferrollm import Llama, _core, demo_model_path
+    from ferrollm.sampler import SamplingParams
+    from ferrollm.serve.engine import Draining, Engine, Job
+
+    llm = Llama(demo_model_path(), vocab_only=True, verbose=False)
+    engine = Engine(_core.Model(demo_model_path(), n_ctx=512, n_seq=1, n_threads=1), llm.tokenizer_)
+    events = []
+    job = Job(llm.tokenize(b"def f(x):"), SamplingParams(temperature=0, logit_bias={2: -100}), 200, [],
+              events.append)  # fmt: skip
+    engine.submit([job])
+    start = time.monotonic()
+    assert engine.drain(timeout=60) and events[-1].kind == "done" and events[-1].completion_tokens == 200
+    assert time.monotonic() - start < 30  # woken by the last job's end, not by the timeout
+    with pytest.raises(Draining):
+        engine.submit([job])
+    engine.stop()
+    assert engine.model.closed

@@ -182,6 +182,7 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cv:
+                self._cv.notify_all()  # drain() waits for the last job to end
                 self._cv.wait_for(lambda: self._stopped or self._waiting or any(s.job for s in self.slots))
                 if self._stopped:
                     for job in [*self._waiting, *(s.job for s in self.slots if s.job)]:
@@ -190,7 +191,6 @@ class Engine:
                 self._reap()
                 self._admit()
                 self.metrics.queue_depth.set(len(self._waiting))
-                self._cv.notify_all()  # drain() watches for the last job
             runs = self._runs()
             if runs:
                 self._step(runs)
