@@ -24,14 +24,24 @@ _PAGE = mmap.PAGESIZE
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+    wide = np.asarray(bits, np.uint16).astype(np.uint32)
+    wide <<= np.uint32(16)  # in place: one float32-sized array, not two
+    return wide.view(np.float32)
 
 
 def f32_to_bf16(values: np.ndarray) -> np.ndarray:
-    """Round to nearest even, NaNs kept quiet (as torch and gguf-py round)."""
-    n = np.ascontiguousarray(values, np.float32).view(np.uint32)
-    n = np.where((n & 0x7FFFFFFF) > 0x7F800000, (n & np.uint32(0xFFFF0000)) | np.uint32(64 << 16), n)
-    return ((n.astype(np.uint64) + (0x7FFF + ((n >> 16) & 1))) >> 16).astype(np.uint16)
+    """Round to nearest even, NaNs kept quiet (as torch and gguf-py round). In 32-bit integers
+    and in place: no sum can carry out of them (the largest non-NaN is -inf, NaNs are cleared
+    to their top 16 bits first), and a tensor's temporaries stay one copy of it."""
+    n = np.array(values, np.float32).view(np.uint32)  # a copy, modified below
+    nan = (n & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    n[nan] = (n[nan] & np.uint32(0xFFFF0000)) | np.uint32(64 << 16)
+    carry = n >> np.uint32(16)
+    carry &= np.uint32(1)
+    carry += np.uint32(0x7FFF)
+    n += carry
+    n >>= np.uint32(16)
+    return n.astype(np.uint16)
 
 
 class SafetensorsFile:

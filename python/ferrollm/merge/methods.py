@@ -2,7 +2,8 @@
 
 Every function gets the base tensor (``None`` where the method has no base), the other inputs'
 tensors, the shared parameters and one parameter dict per other input, all float32 numpy, and
-returns the merged tensor. Semantics are mergekit's (0.1.x), so a YAML written for mergekit
+returns the merged tensor. The inputs are loaded for that one call: a function may overwrite
+them (slerp does, to keep a merge's memory to its inputs). Semantics are mergekit's (0.1.x), so a YAML written for mergekit
 gives the same model here; NearSwap also takes a chain of secondaries, applied in turn.
 """
 
@@ -38,8 +39,22 @@ class Context:
         return np.random.default_rng([self.seed, zlib.crc32(self.tensor_name.encode()), index])
 
 
+# Elements per piece when a whole-tensor sum is taken in float64: the temporaries stay small
+# (an embedding matrix in float64 would double the merge's peak memory).
+_PIECE = 1 << 20
+
+
+def _dot64(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a * b) over flat float32 arrays, accumulated in float64 piece by piece."""
+    return sum(
+        float(np.dot(a[i : i + _PIECE].astype(np.float64), b[i : i + _PIECE].astype(np.float64)))
+        for i in range(0, a.size, _PIECE)
+    )
+
+
 def _norm(x: np.ndarray, eps: float) -> float:
-    n = float(np.linalg.norm(x.reshape(-1).astype(np.float64)))
+    flat = x.reshape(-1)
+    n = _dot64(flat, flat) ** 0.5
     return n if n > eps else 1.0
 
 
@@ -49,13 +64,17 @@ def slerp(base, others, p, mp, ctx, dot_threshold: float = 0.9995, eps: float = 
     (other,) = others
     t = float(p["t"])
     a, b = base.reshape(-1), other.reshape(-1)
-    dot = float(np.clip(np.dot(a / _norm(a, eps), b / _norm(b, eps)), -1.0, 1.0)) if a.size else 1.0
+    dot = float(np.clip(_dot64(a, b) / (_norm(a, eps) * _norm(b, eps)), -1.0, 1.0)) if a.size else 1.0
     if abs(dot) > dot_threshold:
         ca, cb = 1.0 - t, t
     else:
         theta = np.arccos(dot)
         ca, cb = np.sin((1 - t) * theta) / np.sin(theta), np.sin(t * theta) / np.sin(theta)
-    return (np.float32(ca) * base + np.float32(cb) * other).astype(np.float32)
+    # In place on the inputs (loaded for this tensor alone): no full-size temporaries.
+    base *= np.float32(ca)
+    other *= np.float32(cb)
+    base += other
+    return base
 
 
 def nearswap(base, others, p, mp, ctx):

@@ -205,8 +205,13 @@ class MergePlan:
         return self.method.fn(base, tensors, job.shared, job.per_model, Context(name, self.cfg.random_seed))
 
     def _load(self, model: str, name: str) -> np.ndarray:
-        values = self.models[model].get(name)
-        if self.cfg.dtype == "BF16":  # rounded as mergekit rounds inputs on load
+        """An input tensor as float32, rounded to the merge's dtype as mergekit rounds inputs
+        on load (a no-op, skipped, where the file stores that dtype)."""
+        ck = self.models[model]
+        values = ck.get(name)
+        if ck.stored_dtype(name) == self.cfg.dtype:
+            return values
+        if self.cfg.dtype == "BF16":
             return bf16_to_f32(f32_to_bf16(values))
         if self.cfg.dtype == "F16":
             return values.astype(np.float16).astype(np.float32)
