@@ -31,13 +31,17 @@ use super::Pool;
 pub const MAX_TOKENS: usize = 8;
 /// Tokens, and rows, per vector.
 const QUARTER: usize = 4;
+/// Row groups of 4 in a tile.
+const ROW_GROUPS: usize = TILE_ROWS / QUARTER;
+/// Columns per step of the direct unpackers: 16 rows' lanes of them stay in L1.
+const CHUNK_COLS: usize = 512;
+/// Tiles ahead whose weights are fetched while one is computed.
+const AHEAD: usize = 1;
+
 /// Four rows (`valid` of them real, the others any row) straight into lane form: `q`
 /// (4 x cols bytes), `sd` and `m` (4 per group; `m` only for types with offsets).
 pub(super) type LanesFn =
     fn(rows: [&[u8]; 4], valid: usize, q: &mut [u8], sd: &mut [f32], m: &mut [f32]);
-
-/// Columns per step of the direct unpackers: 16 rows' lanes of them stay in L1.
-const CHUNK_COLS: usize = 512;
 
 /// A tile's partial sums: per group of 4 tokens and row group, the 16 (token, row) lanes.
 #[derive(Default)]
@@ -59,11 +63,6 @@ impl Sums {
         }
     }
 }
-
-/// Tiles ahead whose weights are fetched while one is computed.
-const AHEAD: usize = 1;
-/// Row groups of 4 in a tile.
-const ROW_GROUPS: usize = TILE_ROWS / QUARTER;
 
 /// A tile in lane form: per row group, `q[quad][row][4]` (value + 128), and per group `sd`
 /// and `m` for the group's 4 rows; `rows`: one row group unpacked row-major (in L1).
