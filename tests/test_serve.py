@@ -196,6 +196,7 @@ def test_a_client_that_disconnects_frees_its_slot(server):
         ({"prompt": [1, 99999999]}, "prompt"),
         ({"prompt": "word " * 600}, "prompt"),
         ({"prompt": "x", "suffix": "y"}, "suffix"),
+        ({"prompt": []}, "prompt"),
     ],
 )
 def test_bad_completion_requests_are_400_with_openai_errors(server, body, param):

@@ -401,6 +401,8 @@ async def completions(request: Request, state: State) -> Response:
     state.ready_engine()
     llama = state.llama
     prompts = [_prompt_ids(llama, p) for p in req.prompts()]
+    if not prompts:
+        raise ApiError(400, "prompt: no prompt given", param="prompt")
     echo = [llama.detokenize(p).decode("utf-8", "replace") for p in prompts] if req.echo else None
     gen = Generation(state, prompts, req, req.max_tokens if req.max_tokens is not None else 0, req.stops(),
                      req.logprobs)  # fmt: skip
