@@ -40,7 +40,20 @@ def n_heads(config: dict) -> tuple[int, int]:
     return n_head, int(config.get("num_key_value_heads") or n_head)
 
 
-class HFCheckpoint:
+class _Indexed:
+    """A checkpoint whose tensors are found through ``_where`` (name -> where it is stored)."""
+
+    path: str
+    _where: dict
+
+    def _lookup(self, name: str):
+        try:
+            return self._where[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor {name!r}") from None
+
+
+class HFCheckpoint(_Indexed):
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
         cfg_path = os.path.join(self.path, "config.json")
@@ -95,18 +108,12 @@ class HFCheckpoint:
         f, stored, part = self._lookup(name)
         return f.get(stored, part)
 
-    def _lookup(self, name: str):
-        try:
-            return self._where[name]
-        except KeyError:
-            raise KeyError(f"{self.path}: no tensor {name!r}") from None
-
     def close(self) -> None:
         for f in self._files:
             f.close()
 
 
-class GGUFCheckpoint:
+class GGUFCheckpoint(_Indexed):
     """A llama/Mixtral GGUF under Hugging Face names and layout, with a config read from its
     metadata. Stacked expert tensors are cut per expert before dequantizing."""
 
@@ -168,12 +175,6 @@ class GGUFCheckpoint:
         lo = begin // mmap.PAGESIZE * mmap.PAGESIZE  # release the pages just read
         self._map.madvise(mmap.MADV_DONTNEED, lo, begin + nbytes - lo)
         return llama_layout.to_hf_layout(name, values, *self._heads)
-
-    def _lookup(self, name: str):
-        try:
-            return self._where[name]
-        except KeyError:
-            raise KeyError(f"{self.path}: no tensor {name!r}") from None
 
     def close(self) -> None:
         self._map.close()

@@ -221,12 +221,19 @@ thread_local! {
 /// vector product's arithmetic per row, are faster (measured on 14336 x 4096: from 3 rows on
 /// for the types unpacked straight into lanes, from 4 for the others).
 pub fn takes(n: usize, ty: GgmlType) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    let direct = super::avx512::lanes_form(ty).is_some();
-    #[cfg(not(target_arch = "x86_64"))]
-    let direct = false;
-    let first = if direct { 3 } else { 4 };
+    let first = if direct_form(ty).is_some() { 3 } else { 4 };
     (first..=MAX_TOKENS).contains(&n)
+}
+
+/// The unpacker straight into lanes, for the types and CPUs that have one.
+fn direct_form(ty: GgmlType) -> Option<LanesFn> {
+    #[cfg(target_arch = "x86_64")]
+    return super::avx512::lanes_form(ty);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
+        None
+    }
 }
 
 /// As `gemm::gemm`, for up to 8 activation rows.
@@ -241,10 +248,7 @@ pub(super) fn narrow(
     let n = x.len() / w0.cols;
     let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
     let form: PanelForm = panel_form(w0.ty).expect("checked by gemm::supported()");
-    #[cfg(target_arch = "x86_64")]
-    let direct = super::avx512::lanes_form(w0.ty);
-    #[cfg(not(target_arch = "x86_64"))]
-    let direct = None;
+    let direct = direct_form(w0.ty);
     let (group, per_block) = (form.group, act_ty.block_elems() / form.group);
     quantize_activations(act_ty, x, scratch)?;
     ACTS.with_borrow_mut(|acts| {
