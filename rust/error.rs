@@ -9,8 +9,9 @@ pub enum Error {
     #[error("GGUF error at byte {offset}: {message}")]
     Gguf { offset: u64, message: String },
 
-    /// A tensor type the format knows but this operation does not support.
-    #[error("unsupported tensor type {0}")]
+    /// Something the format allows but this engine does not run (a tensor type, an
+    /// architecture); the message names it after "unsupported ".
+    #[error("unsupported {0}")]
     Unsupported(String),
 
     /// Bad arguments from the caller (wrong lengths, shapes, names).

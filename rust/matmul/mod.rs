@@ -150,7 +150,7 @@ impl<'a> QMatrix<'a> {
     pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
         if activation_type(ty).is_none() {
             return Err(Error::Unsupported(format!(
-                "{ty}: no matrix product for this type"
+                "tensor type {ty}: no matrix product for this type"
             )));
         }
         let (be, bb) = (ty.block_elems(), ty.block_bytes());

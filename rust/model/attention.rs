@@ -96,7 +96,7 @@ pub fn attend(
     let group = n_head / n_head_kv;
     if group > MAX_GROUP {
         return Err(Error::Unsupported(format!(
-            "{n_head} query heads over {n_head_kv} KV heads: at most {MAX_GROUP} per KV head"
+            "attention shape: {n_head} query heads over {n_head_kv} KV heads (at most {MAX_GROUP} per KV head)"
         )));
     }
     let scale = 1.0 / (head_dim as f32).sqrt();

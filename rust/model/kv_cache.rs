@@ -36,7 +36,7 @@ impl CacheStore {
     ) -> Result<Self> {
         if !KV_TYPES.contains(&ty) {
             return Err(Error::Unsupported(format!(
-                "{ty} as a KV cache type (supported: f16, q8_0, q4_0)"
+                "tensor type {ty} as a KV cache type (supported: f16, q8_0, q4_0)"
             )));
         }
         if !head_dim.is_multiple_of(ty.block_elems()) {
@@ -72,6 +72,35 @@ impl CacheStore {
                 src,
                 &mut self.layers[layer][start..start + self.head_bytes],
             );
+        }
+    }
+
+    /// Appends positions `base..base + n` of every layer and head to `out` (a saved state).
+    pub fn save(&self, base: usize, n: usize, out: &mut Vec<u8>) {
+        let heads = self.row_bytes / self.head_bytes;
+        for layer in &self.layers {
+            for h in 0..heads {
+                let start = (h * self.n_ctx + base) * self.head_bytes;
+                out.extend_from_slice(&layer[start..start + n * self.head_bytes]);
+            }
+        }
+    }
+
+    /// Bytes that `save` writes for `n` positions.
+    pub fn saved_len(&self, n: usize) -> usize {
+        self.layers.len() * n * self.row_bytes
+    }
+
+    /// Restores positions `base..base + n` from `data` (`saved_len(n)` bytes made by `save`).
+    pub fn load(&mut self, base: usize, n: usize, data: &[u8]) {
+        let (heads, hb, n_ctx) = (self.row_bytes / self.head_bytes, self.head_bytes, self.n_ctx);
+        let mut chunks = data.chunks_exact(n * hb);
+        for layer in &mut self.layers {
+            for h in 0..heads {
+                let start = (h * n_ctx + base) * hb;
+                let src = chunks.next().expect("checked by saved_len");
+                layer[start..start + n * hb].copy_from_slice(src);
+            }
         }
     }
 

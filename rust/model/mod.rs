@@ -33,6 +33,11 @@ use crate::gguf::{GgmlType, GgufFile, Value};
 use crate::matmul::{Pool, matmul, matmul_many};
 use crate::quant::{DequantFn, Isa, dequant_fn};
 
+/// A saved KV state starts with this, then the cache's shape (3 x u32), K and V type ids
+/// (2 x u32) and the number of positions (u64), little-endian.
+const KV_MAGIC: &[u8; 8] = b"FLKVST01";
+const KV_HEADER_LEN: usize = 8 + 5 * 4 + 8;
+
 #[derive(Clone)]
 pub struct ModelParams {
     /// Context length of each sequence; 0 takes the model's trained length.
@@ -283,6 +288,70 @@ impl Model {
         }
         self.n_past[seq] = n;
         Ok(())
+    }
+
+    /// Sequence `seq`'s cached positions as bytes: a header that names the cache's shape and
+    /// types, then its K and V rows. `load_kv` restores them, in this model or another
+    /// instance of the same file and cache types.
+    pub fn save_kv(&self, seq: usize) -> Result<Vec<u8>> {
+        self.check_seq(seq)?;
+        let n = self.n_past[seq];
+        let mut out = self.kv_header(n);
+        out.reserve(self.cache.k.saved_len(n) + self.cache.v.saved_len(n));
+        self.cache.k.save(seq * self.n_ctx, n, &mut out);
+        self.cache.v.save(seq * self.n_ctx, n, &mut out);
+        Ok(out)
+    }
+
+    /// Replaces sequence `seq`'s cache with a state from `save_kv`; refuses (changing
+    /// nothing) a state of another cache shape or type, or one longer than the context.
+    pub fn load_kv(&mut self, seq: usize, data: &[u8]) -> Result<()> {
+        self.check_seq(seq)?;
+        let bad = |why: String| Error::invalid(format!("cannot load this KV state: {why}"));
+        if data.len() < KV_HEADER_LEN || &data[..8] != KV_MAGIC {
+            return Err(bad("it is not a ferrollm KV state".into()));
+        }
+        let n = u64::from_le_bytes(data[KV_HEADER_LEN - 8..KV_HEADER_LEN].try_into().unwrap()) as usize;
+        if data[..KV_HEADER_LEN] != self.kv_header(n)[..] {
+            return Err(bad(format!(
+                "it was saved from a cache of another shape or type (this model: {} layers, {} KV \
+                 heads of {}, K {} and V {})",
+                self.config.n_layer,
+                self.config.n_head_kv,
+                self.config.head_dim,
+                self.cache.k.ty,
+                self.cache.v.ty
+            )));
+        }
+        if n > self.n_ctx {
+            return Err(bad(format!("it holds {n} positions; the context has {}", self.n_ctx)));
+        }
+        let (k_len, v_len) = (self.cache.k.saved_len(n), self.cache.v.saved_len(n));
+        let body = &data[KV_HEADER_LEN..];
+        if body.len() != k_len + v_len {
+            return Err(bad(format!(
+                "{} bytes of rows, expected {} for {n} positions",
+                body.len(),
+                k_len + v_len
+            )));
+        }
+        let base = seq * self.n_ctx;
+        self.cache.k.load(base, n, &body[..k_len]);
+        self.cache.v.load(base, n, &body[k_len..]);
+        self.n_past[seq] = n;
+        Ok(())
+    }
+
+    fn kv_header(&self, n: usize) -> Vec<u8> {
+        let c = &self.config;
+        let mut h = KV_MAGIC.to_vec();
+        for x in [c.n_layer, c.n_head_kv, c.head_dim] {
+            h.extend_from_slice(&(x as u32).to_le_bytes());
+        }
+        h.extend_from_slice(&self.cache.k.ty.id().to_le_bytes());
+        h.extend_from_slice(&self.cache.v.ty.id().to_le_bytes());
+        h.extend_from_slice(&(n as u64).to_le_bytes());
+        h
     }
 
     /// Checks that `n` more tokens fit sequence `seq` and are in the vocabulary.

@@ -222,3 +222,27 @@ fn hidden_states_start_at_the_embeddings_and_end_at_the_normed_output() {
     assert_eq!(model.n_past(), 3);
     assert!(model.hidden_states(&[]).is_err());
 }
+
+#[test]
+fn a_saved_kv_state_continues_exactly_and_a_foreign_one_is_refused() {
+    let mut model = load(tiny_model(None));
+    let mut logits = Vec::new();
+    model.eval(&[1, 2, 3], false, &mut logits).unwrap();
+    let state = model.save_kv(0).unwrap();
+    model.eval(&[4], false, &mut logits).unwrap();
+    let want = logits.clone();
+    model.truncate(0).unwrap();
+    model.eval(&[7, 7, 7, 7, 7], false, &mut logits).unwrap();
+    model.load_kv(0, &state).unwrap();
+    assert_eq!(model.n_past(), 3);
+    model.eval(&[4], false, &mut logits).unwrap();
+    assert_eq!(logits, want);
+
+    let before = model.n_past();
+    assert!(model.load_kv(0, &state[..state.len() - 1]).is_err());
+    assert!(model.load_kv(0, b"not a state at all, not at all").is_err());
+    let mut other = state.clone();
+    other[8] ^= 1; // another layer count
+    assert!(model.load_kv(0, &other).is_err());
+    assert_eq!(model.n_past(), before);
+}

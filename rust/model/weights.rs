@@ -109,7 +109,7 @@ fn matrices(
     check_dims(t, &want)?;
     if activation_type(t.ty).is_none() {
         return Err(Error::Unsupported(format!(
-            "{} for tensor '{name}' (no matrix product for this type)",
+            "tensor type {} for tensor '{name}' (no matrix product for this type)",
             t.ty
         )));
     }
@@ -192,7 +192,7 @@ impl Weights {
         let n_vocab = embd.dims[1] as usize;
         if quant::dequant_fn(embd.ty, quant::Isa::Scalar).is_none() {
             return Err(Error::Unsupported(format!(
-                "{} for token_embd.weight",
+                "tensor type {} for token_embd.weight",
                 embd.ty
             )));
         }

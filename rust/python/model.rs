@@ -128,6 +128,20 @@ impl PyModel {
         PyArray1::from_slice(py, &self.logits).reshape([runs.len(), n_vocab])
     }
 
+    /// Sequence `seq`'s KV cache (its cached positions) as bytes, for `load_kv`.
+    #[pyo3(signature = (seq = 0))]
+    fn save_kv<'py>(&self, py: Python<'py>, seq: usize) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let data = self.model()?.save_kv(seq)?;
+        Ok(pyo3::types::PyBytes::new(py, &data))
+    }
+
+    /// Restores sequence `seq`'s KV cache from `save_kv`'s bytes (same file and cache types);
+    /// ValueError, with nothing changed, for a state of another shape.
+    #[pyo3(signature = (data, seq = 0))]
+    fn load_kv(&mut self, data: &[u8], seq: usize) -> PyResult<()> {
+        Ok(self.model_mut()?.load_kv(seq, data)?)
+    }
+
     /// The residual stream of each of `tokens` entering each layer, then after the output
     /// norm (Hugging Face's `output_hidden_states`): float32 [n_layer + 1, len(tokens), n_embd].
     /// The tokens are evaluated after sequence 0's cached positions and stay cached.

@@ -151,7 +151,7 @@ const CHUNK_ELEMS: usize = 1 << 16;
 /// tensors over the rayon pool.
 pub fn dequantize_with(ty: GgmlType, src: &[u8], dst: &mut [f32], isa: Isa) -> Result<()> {
     let (kernel, _) = dequant_fn(ty, isa)
-        .ok_or_else(|| Error::Unsupported(format!("{ty}: no dequantization")))?;
+        .ok_or_else(|| Error::Unsupported(format!("tensor type {ty}: no dequantization")))?;
     let (be, bb) = (ty.block_elems(), ty.block_bytes());
     if !src.len().is_multiple_of(bb) || src.len() / bb * be != dst.len() {
         return Err(Error::invalid(format!(

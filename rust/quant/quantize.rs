@@ -241,7 +241,7 @@ pub fn quantize_weighted(
         }
         _ => {
             return Err(Error::Unsupported(format!(
-                "{ty}: no quantizer for this type"
+                "tensor type {ty}: no quantizer for this type"
             )));
         }
     }
