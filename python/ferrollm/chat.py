@@ -125,10 +125,13 @@ class JinjaTemplate:
         except TemplateError as e:
             raise ChatTemplateError(f"the file's chat template does not compile: {e}") from e
 
-    def __call__(self, messages: Sequence[Message], bos: str, eos: str) -> ChatPrompt:
+    def __call__(
+        self, messages: Sequence[Message], bos: str, eos: str, tools: list | None = None
+    ) -> ChatPrompt:
+        extra = {} if tools is None else {"tools": tools}  # templates test `tools is defined`
         try:
             text = self._template.render(
-                messages=list(messages), bos_token=bos, eos_token=eos, add_generation_prompt=True
+                messages=list(messages), bos_token=bos, eos_token=eos, add_generation_prompt=True, **extra
             )
         except ChatTemplateError:
             raise
@@ -152,6 +155,12 @@ def chat_formatter(chat_format: str | None, file_template: str | None):
     return format_llama2
 
 
-def render(formatter, messages: Sequence[Message], bos: str, eos: str) -> ChatPrompt:
+def render(
+    formatter, messages: Sequence[Message], bos: str, eos: str, tools: list | None = None
+) -> ChatPrompt:
+    """The prompt; ``tools`` (OpenAI's tool list) reach a Jinja template only: the built-in
+    formats have no place for them (ferrollm.tools then describes them in a system message)."""
     _check(messages)
+    if tools is not None and isinstance(formatter, JinjaTemplate):
+        return formatter(messages, bos, eos, tools=tools)
     return formatter(messages, bos, eos)
