@@ -26,8 +26,13 @@ from typing import Any
 import numpy as np
 from typing_extensions import Self
 
-from ferrollm import _core, gguf
+from ferrollm import _core, gguf, hub, llama_cache, llama_state, speculative
+from ferrollm import embedding as embeddings
 from ferrollm.chat import ChatPrompt, chat_formatter, render
+from ferrollm.embedding import LLAMA_POOLING_TYPE_UNSPECIFIED
+from ferrollm.llama_cache import BaseLlamaCache
+from ferrollm.llama_speculative import LlamaDraftModel
+from ferrollm.llama_state import LlamaState
 from ferrollm.sampler import Sampler, SamplingParams
 from ferrollm.textstream import TextStream
 from ferrollm.tokenizer import Tokenizer
@@ -38,10 +43,10 @@ LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 # accepted so that scripts run unchanged.
 IGNORED_PARAMS = {
     "n_gpu_layers", "split_mode", "main_gpu", "tensor_split", "rpc_servers", "use_mmap",
-    "use_mlock", "n_ubatch", "n_threads_batch", "rope_scaling_type", "pooling_type", "yarn_ext_factor",
-    "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "embedding", "offload_kqv",
+    "use_mlock", "n_ubatch", "n_threads_batch", "rope_scaling_type", "yarn_ext_factor",
+    "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "offload_kqv",
     "flash_attn", "last_n_tokens_size", "lora_base", "lora_scale", "lora_path", "numa", "chat_handler",
-    "draft_model", "tokenizer", "spm_infill", "no_perf", "op_offload", "swa_full", "mul_mat_q",
+    "tokenizer", "spm_infill", "no_perf", "op_offload", "swa_full", "mul_mat_q",
 }  # fmt: skip
 
 # llama-cpp-python passes cache types as ggml type ids.
@@ -110,6 +115,9 @@ class Llama:
         verbose: bool = True,
         progress: bool = False,
         check_tensors: bool = False,
+        embedding: bool = False,
+        pooling_type: int = LLAMA_POOLING_TYPE_UNSPECIFIED,
+        draft_model: LlamaDraftModel | None = None,
         **kwargs: Any,
     ):
         unknown = set(kwargs) - IGNORED_PARAMS
@@ -130,6 +138,11 @@ class Llama:
         # Python-side token history must change in step with its cache.
         self._busy = threading.RLock()
         self.logits_all = logits_all
+        self.embedding = embedding
+        self._pooling_request = pooling_type
+        if embedding:
+            self.pooling_type()  # a bad request fails here, not at the first embed
+        self.cache: BaseLlamaCache | None = None
         if not vocab_only:
             self._model = _core.Model(
                 self.model_path,
@@ -148,6 +161,7 @@ class Llama:
         self._scores: list[np.ndarray] = []
         self.load_seconds = time.perf_counter() - t0
         self.last_timings: dict[str, float] = {}
+        self.draft_model = speculative.attach(draft_model, self)
         if verbose and self._model is not None:
             c = self._model.config()
             experts = f", {c['n_expert_used']} of {c['n_expert']} experts" if c["n_expert"] else ""
@@ -332,6 +346,9 @@ class Llama:
         )  # fmt: skip
         sampler = self._sampler(params, seed)
         self._prefill(list(tokens))
+        if self.draft_model is not None:
+            yield from speculative.generate(self, sampler.sample, self.draft_model)
+            return
         while True:
             token = sampler.sample(self.last_logits(), self.input_ids)
             yield token
@@ -363,6 +380,7 @@ class Llama:
         finish = "length"
         t0 = time.perf_counter()
         t_first = None
+        llama_cache.restore_longest_prefix(self, prompt_tokens)
         gen = self.generate(prompt_tokens, **params)
         try:
             for token in gen:
@@ -383,6 +401,7 @@ class Llama:
                     yield piece, None, n_out
         finally:
             gen.close()
+        llama_cache.save(self)
         rest = held + stream.rest(flush=finish == "length")
         t_end = time.perf_counter()
         t_first = t_first or t_end
@@ -547,6 +566,50 @@ class Llama:
                 yield chunk({"content": piece}, None)
             if finish:
                 yield chunk({}, finish)
+
+    # -- embeddings, saved state, prompt cache, Hugging Face (ferrollm.embedding, llama_state,
+    # llama_cache, hub)
+
+    def pooling_type(self) -> int:
+        """llama.cpp's pooling type id: 0 none, 1 mean, 2 cls, 3 last."""
+        return embeddings.pooling_type(self._pooling_request, self.metadata)
+
+    def embed(
+        self, input: str | list[str], normalize: bool = False, truncate: bool = True, return_count: bool = False
+    ) -> Any:
+        """Embeddings of a text (or of each text in a list): one vector, or one per token with
+        pooling type 0 (none); with ``return_count``, (embeddings, total tokens)."""
+        return embeddings.embed(self, input, normalize, truncate, return_count)
+
+    def create_embedding(self, input: str | list[str], model: str | None = None) -> dict[str, Any]:
+        return embeddings.create_embedding(self, input, model)
+
+    def save_state(self) -> LlamaState:
+        return llama_state.save(self)
+
+    def load_state(self, state: LlamaState) -> None:
+        llama_state.load(self, state)
+
+    def set_cache(self, cache: BaseLlamaCache | None) -> None:
+        self.cache = cache
+
+    longest_token_prefix = staticmethod(llama_cache.longest_token_prefix)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        filename: str | None,
+        additional_files: list[str] | None = None,
+        local_dir: str | os.PathLike | None = None,
+        local_dir_use_symlinks: bool | str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> Llama:
+        """A GGUF from a Hugging Face repository (``filename`` may be a glob), the local copy
+        first; needs huggingface_hub."""
+        path = hub.resolve(repo_id, filename, additional_files, local_dir, cache_dir, kwargs.pop("revision", None))
+        return cls(model_path=path, **kwargs)
 
     def close(self) -> None:
         """Releases the weights' map, the KV cache and the threads; later calls are errors."""

@@ -1,0 +1,89 @@
+"""Speculative decoding: the token loop of ``Llama.generate`` when a draft model is set.
+
+Each step feeds the sampled token and the draft's guesses after it to the engine in one
+evaluation (logits for every row), then samples row by row: a guess is kept while it equals
+what the sampler picks from the row before it; the first disagreement (or, every guess kept,
+the row after the last) gives the next token, and the rejected positions are cut from the KV
+cache. The sampler is called on exactly the rows, histories and in the order that decoding
+without a draft would use, so the output is the same, greedy or seeded (up to the last bits of
+a batched evaluation against a one-token one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ferrollm.llama import Llama
+    from ferrollm.llama_speculative import LlamaDraftModel
+
+# sample(logits of one position, tokens up to and including it) -> next token
+SampleFn = Callable[[np.ndarray, Sequence[int]], int]
+
+
+def attach(draft: LlamaDraftModel | None, target: Llama) -> LlamaDraftModel | None:
+    if draft is None:
+        return None
+    if not callable(draft):
+        raise TypeError(
+            f"draft_model must be a LlamaDraftModel (callable on token ids), not {type(draft).__name__}"
+        )
+    bind = getattr(draft, "bind", None)
+    if bind is not None:
+        bind(target)
+    return draft
+
+
+def generate(llm: Llama, sample: SampleFn, draft: LlamaDraftModel) -> Iterator[int]:
+    """Yields tokens after ``llm``'s prefilled prompt until the context is full."""
+    n_ctx, n_vocab = llm.n_ctx(), llm.n_vocab()
+    token = sample(llm.last_logits(), llm.input_ids)
+    while True:
+        yield token
+        if llm.n_tokens >= n_ctx:
+            return
+        room = n_ctx - llm.n_tokens - 1
+        guesses = []
+        if room > 0:
+            proposed = draft(np.array([*llm.input_ids, token], dtype=np.intc))
+            guesses = [int(t) for t in np.asarray(proposed).reshape(-1)[:room]]
+            if any(not 0 <= t < n_vocab for t in guesses):
+                raise ValueError(f"the draft model proposed token ids outside the vocabulary of {n_vocab}")
+        base = llm.n_tokens
+        rows = evaluate(llm, [token, *guesses])
+        kept: list[int] = []
+        for i, guess in enumerate([*guesses, None]):
+            token = sample(rows[i], llm.input_ids[: base + 1 + i])
+            if token != guess:
+                break
+            kept.append(token)
+        keep(llm, base + 1 + len(kept), rows[: len(kept) + 1])
+        yield from kept  # the cache already holds them: no context check needed between
+
+
+def evaluate(llm: Llama, tokens: list[int]) -> np.ndarray:
+    """Runs ``tokens`` after the cache in one engine call; logits of every row."""
+    engine = llm._engine()
+    with llm._exclusive():
+        try:
+            rows = engine.eval(tokens, logits_all=True)
+            llm.input_ids.extend(tokens)
+        except BaseException:
+            if engine.n_past > len(llm.input_ids):  # interrupted after the engine ran
+                engine.truncate(len(llm.input_ids))
+            raise
+    return rows
+
+
+def keep(llm: Llama, n: int, rows: np.ndarray) -> None:
+    """Cuts cache and history to ``n`` tokens, whose last logits rows are ``rows``."""
+    with llm._exclusive():
+        llm._engine().truncate(n)
+        del llm.input_ids[n:]
+        if llm.logits_all:
+            llm._scores.append(rows)
+        else:
+            llm._scores = [rows[-1:]]
