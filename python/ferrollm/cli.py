@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 
-from ferrollm import GGUFError, __version__, gguf, hardware, plan, quality, quants
+from ferrollm import GGUFError, __version__, gguf, hardware, interactive, plan, quality, quants
 from ferrollm.chat import BUILTIN_FORMATS
 from ferrollm.demo import demo_model_path
 from ferrollm.imatrix import collect as collect_imatrix
@@ -111,8 +111,17 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    prompt = (args.prompt or "").replace("\\n", "\n")  # llama.cpp's -e: always on here
+    if args.instruct or args.conversation or args.chatml:
+        args.chat_format = "chatml" if args.chatml else args.chat_format
+        return interactive.chat(_open_model(args), prompt or None, _sampling(args))
+    if args.interactive or args.interactive_first:
+        return interactive.continuation(_open_model(args), prompt, args.reverse_prompt or [], _sampling(args),
+                                        first=args.interactive_first, in_prefix=args.in_prefix,
+                                        in_suffix=args.in_suffix)  # fmt: skip
+    if args.prompt is None:
+        raise ValueError("run needs -p PROMPT, or -i (interactive) or -ins (chat) for a session")
     llm = _open_model(args)
-    prompt = args.prompt.replace("\\n", "\n")  # llama.cpp's -e: always on here
     print(prompt, end="", flush=True)
     engine = llm._engine()
     engine.take_profile()  # from here on
@@ -153,25 +162,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm = _open_model(args)
-    messages = [{"role": "system", "content": args.system}] if args.system else []
-    print("ferrollm chat: type a message, Ctrl-D or /exit to quit", file=sys.stderr)
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            print()
-            return 0
-        if line.strip() in ("/exit", "/quit"):
-            return 0
-        messages.append({"role": "user", "content": line})
-        answer = ""
-        for chunk in llm.create_chat_completion(messages, stream=True, **_sampling(args)):
-            choice = chunk["choices"][0]
-            piece = choice["delta"].get("content", "")
-            answer += piece
-            print(piece, end="\n" if choice["finish_reason"] else "", flush=True)
-        messages.append({"role": "assistant", "content": answer.strip()})
+    return interactive.chat(_open_model(args), args.system, _sampling(args))
 
 
 def cmd_synth_model(args: argparse.Namespace) -> int:
@@ -385,11 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="generate text from a prompt (llama.cpp's main)")
     _model_options(run)
-    run.add_argument("-p", "--prompt", required=True)
+    run.add_argument("-p", "--prompt", help="the text to continue (with -ins: the system message)")
     run.add_argument(
         "-e", "--escape", action="store_true", default=True, help="turn \\n in the prompt into newlines"
     )
-    run.add_argument("-r", "--reverse-prompt", action="append", help="stop at this string (repeatable)")
+    run.add_argument("-r", "--reverse-prompt", action="append",
+                     help="stop at this string; with -i: hand over to the user there (repeatable)")  # fmt: skip
+    run.add_argument("-i", "--interactive", action="store_true",
+                     help="take turns with the model: it writes until -r, end of text or -n tokens, then you")  # fmt: skip
+    run.add_argument("--interactive-first", action="store_true", help="-i, and the user writes first")
+    run.add_argument("--in-prefix", default="", help="with -i: text put before each line the user types")
+    run.add_argument("--in-suffix", default="", help="with -i: text put after each line the user types")
+    run.add_argument("-ins", "--instruct", action="store_true",
+                     help="chat in the model's chat template (llama.cpp's -ins/-cnv); -p is the system message")  # fmt: skip
+    run.add_argument("-cnv", "--conversation", action="store_true", help="the same as -ins")
+    run.add_argument("-cml", "--chatml", action="store_true", help="-ins in the ChatML format")
+    run.add_argument(
+        "--chat-format", choices=sorted(BUILTIN_FORMATS), help="with -ins: instead of the file's template"
+    )
     run.add_argument("--profile", action="store_true", help="print where each decoded token's time went")
     run.set_defaults(run=cmd_run)
 

@@ -27,6 +27,24 @@ from ferrollm.quants import as_bytes, quant_type
 __all__ = ["GGUFError", "GGUFFile", "GGUFWriter", "TensorInfo", "infer_type", "open", "write_gguf"]
 
 
+def _refuse_directory(path: str) -> None:
+    """A directory would reach the memory map as ``OSError: No such device``: say what it is
+    instead, and what to do with a Hugging Face checkpoint or a folder of GGUF files."""
+    if not os.path.isdir(path):
+        return
+    hint = ""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        hint = (
+            f"; it holds a Hugging Face checkpoint: convert it first with `ferrollm convert {path} OUT.gguf`"
+        )
+    else:
+        ggufs = sorted(n for n in os.listdir(path) if n.endswith(".gguf"))
+        if ggufs:
+            more = f", ... ({len(ggufs)} files)" if len(ggufs) > 3 else ""
+            hint = f"; pass one of its GGUF files: {', '.join(ggufs[:3])}{more}"
+    raise IsADirectoryError(f"{path} is a directory, not a GGUF file{hint}")
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -48,6 +66,7 @@ class GGUFFile:
     """A validated, memory-mapped GGUF file. Tensor views keep the map alive."""
 
     def __init__(self, path: str | os.PathLike):
+        _refuse_directory(os.fspath(path))
         self._file = _core.GGUFFile(os.fspath(path))
 
     path = property(lambda self: self._file.path)

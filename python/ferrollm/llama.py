@@ -276,6 +276,10 @@ class Llama:
         if not tokens:
             return
         engine = self._engine()
+        n_vocab = self.n_vocab()
+        bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
+        if bad is not None:  # else a negative id is a bare OverflowError from the binding
+            raise ValueError(self.tokenizer_.out_of_vocabulary(bad))
         if len(self.input_ids) + len(tokens) > engine.n_ctx:
             raise ValueError(
                 f"Requested tokens ({len(self.input_ids) + len(tokens)}) exceed context window of {engine.n_ctx}"

@@ -215,9 +215,13 @@ class Tokenizer:
                 out.append(bytes(decode[c] for c in t) if all(c in decode for c in t) else t.encode("utf-8"))
         return out
 
+    def out_of_vocabulary(self, token: int) -> str:
+        n = self.n_vocab
+        return f"token id {token} is outside the vocabulary of {n} (valid ids: 0..{n - 1})"
+
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         if not 0 <= token < self.n_vocab:
-            raise ValueError(f"token id {token} is outside the vocabulary of {self.n_vocab}")
+            raise ValueError(self.out_of_vocabulary(token))
         if special and self.token_types[token] == CONTROL:
             return self.tokens[token].encode("utf-8")
         return self._piece_bytes[token]

@@ -1,0 +1,64 @@
+"""Mistakes a new user makes, each answered by an exception that says what is wrong and what
+is allowed (not a bare OverflowError or ``No such device`` from the layers below)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from ferrollm import Llama, demo_model_path, gguf
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return Llama(demo_model_path(), n_ctx=64, verbose=False)
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**40), 32000, 2**40])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda llm, bad: llm.eval([1, bad]),
+        lambda llm, bad: llm.detokenize([1, bad]),
+        lambda llm, bad: llm.create_completion(prompt=[1, bad], max_tokens=2),
+        lambda llm, bad: next(llm.generate([1, bad])),
+    ],
+    ids=["eval", "detokenize", "create_completion", "generate"],
+)
+def test_token_id_outside_the_vocabulary(llm, call, bad):
+    with pytest.raises(ValueError, match=rf"token id {bad} is outside .*\(valid ids: 0\.\.31999\)"):
+        call(llm, bad)
+    # Nothing of the refused call stays in the cache: the model continues as before.
+    llm.reset()
+    llm.eval([1, 1318])
+    assert llm.n_tokens == 2
+
+
+def test_a_directory_is_not_a_model(tmp_path):
+    with pytest.raises(IsADirectoryError, match=rf"^{tmp_path} is a directory, not a GGUF file$"):
+        Llama(model_path=str(tmp_path))
+
+
+def test_a_checkpoint_directory_points_to_convert(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(
+        IsADirectoryError, match=rf"Hugging Face checkpoint: .*`ferrollm convert {tmp_path} OUT.gguf`"
+    ):
+        Llama(model_path=tmp_path)
+
+
+def test_a_directory_of_gguf_files_names_them(tmp_path):
+    for name in ("b.gguf", "a.gguf", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match="pass one of its GGUF files: a.gguf, b.gguf$"):
+        gguf.open(tmp_path)
+
+
+def test_the_cli_reports_a_directory_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "ferrollm", "run", "-m", str(tmp_path), "-p", "x", "-n", "1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"ferrollm: error: {tmp_path} is a directory, not a GGUF file"
