@@ -145,7 +145,7 @@ class LlamaDiskCache(BaseLlamaCache):
         key = tuple(int(t) for t in key)
         path = self._path(key)
         with AtomicFile(path) as f:
-            value.write(f)
+            f.write(value.to_bytes())
         self._index[key] = path
         files = sorted(self._files(), key=os.path.getmtime)
         total = sum(os.path.getsize(p) for p in files)

@@ -156,7 +156,9 @@ def load(llm: Llama, state: LlamaState) -> None:
     engine = llm._engine()
     tokens = [int(t) for t in state.input_ids]
     with llm._exclusive():
-        if state.llama_state_size:
+        if state.n_tokens == 0:
+            engine.truncate(0)
+        elif state.llama_state_size:
             if not has_kv_state(engine):
                 raise ValueError(
                     "this state holds KV cache rows, but this build of ferrollm cannot load them"
