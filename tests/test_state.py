@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 from ferrollm import Llama, demo_model_path, quantize_file
 from ferrollm.llama_cache import LlamaCache, LlamaDiskCache, LlamaRAMCache
-from ferrollm.llama_state import LlamaState, has_kv_state
+from ferrollm.llama_state import LlamaState
 
 PROMPT = "def fibonacci(n):"
 OTHER = "import os\n\n\nclass Config:\n    def __init__(self, path):"
-
-needs_kv = pytest.mark.skipif(
-    not has_kv_state(Llama(demo_model_path(), n_ctx=16, verbose=False)._model),
-    reason="this ferrollm._core has no Model.save_kv / load_kv yet (states are replayed)",
-)
 
 
 class CountingEngine:
@@ -130,8 +125,7 @@ def test_prompt_cache_skips_a_cached_prefix(kind, tmp_path):
     assert llm.tokenize(OTHER.encode()) in cache
     again, n_again = completion_with_spy(llm, OTHER)
     assert again == first
-    if has_kv_state(llm._model):
-        assert n_again < n_first - len(llm.tokenize(OTHER.encode())) + 2
+    assert n_again < n_first - len(llm.tokenize(OTHER.encode())) + 2
     # Without a cache the model re-evaluates the prompt.
     llm.set_cache(None)
     completion_with_spy(llm, PROMPT)
@@ -139,7 +133,6 @@ def test_prompt_cache_skips_a_cached_prefix(kind, tmp_path):
     assert n_uncached >= n_first - 1  # only the BOS the two prompts share is reused
 
 
-@needs_kv
 def test_prompt_cache_evaluates_only_the_new_suffix():
     llm = Llama(demo_model_path(), n_ctx=256, verbose=False)
     llm.set_cache(LlamaRAMCache())
@@ -184,3 +177,12 @@ def test_disk_cache_persists_evicts_and_skips_broken_files(tmp_path):
     names = os.listdir(d)
     assert not any(n.endswith(".partial") for n in names)
     assert [1, 2, 3] not in small and [4, 4] in small  # the older entry went
+
+
+def test_corrupt_kv_bytes_are_refused(llm):
+    llm.reset()
+    llm.eval(llm.tokenize(PROMPT.encode()))
+    state = llm.save_state()
+    state.llama_state = state.llama_state[:-7]
+    with pytest.raises(ValueError):
+        llm.load_state(state)
