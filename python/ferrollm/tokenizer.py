@@ -1,47 +1,61 @@
-"""Tokenizers built from a GGUF file's vocabulary (``tokenizer.ggml.*`` metadata).
+"""Tokenizers built from a GGUF file's vocabulary (``tokenizer.ggml.*`` metadata), as llama.cpp
+runs them.
 
-Two models, as in llama.cpp:
+Models (``tokenizer.ggml.model``):
 
-* ``llama``: SentencePiece BPE (Llama, Mistral, Mixtral) with per-piece scores and byte
-  fallback. Run by the ``tokenizers`` library as a BPE whose merges are derived from the scores
-  (a pair merges into a piece in the order of that piece's score, which is SentencePiece's rule).
-* ``gpt2``: byte-level BPE with the file's merges and the pre-tokenizer named by
-  ``tokenizer.ggml.pre``.
+* ``llama``: SentencePiece BPE (Llama, Mistral, Mixtral, Phi-3) with per-piece scores and byte
+  fallback;
+* ``gpt2``: byte-level BPE with the file's merges behind the pre-tokenizer named by
+  ``tokenizer.ggml.pre`` (:mod:`ferrollm.pretokenize`: every name llama.cpp knows);
+* ``gemma4``: SentencePiece-style BPE (spaces as U+2581, raw UTF-8, byte fallback);
+* ``bert``: WordPiece.
 
-The GGUF is the only source of the vocabulary. Ids match SentencePiece's own for the real
-Mistral tokenizer (tests/test_tokenizer.py). Control tokens (``<s>``) in text are plain text
-unless ``special=True``, as in llama.cpp.
+The GGUF is the only source of the vocabulary; the pipelines run in the ``tokenizers`` library
+(:mod:`ferrollm.tokenizer_backends`). Ids match llama.cpp's test vocabularies
+(tests/test_tokenizer_vocabs.py) and SentencePiece's own for Mistral (tests/test_tokenizer.py).
+As in llama.cpp, user-defined tokens are always matched whole; control tokens (``<s>``) in text
+are plain text unless ``special=True``.
 """
 
 from __future__ import annotations
 
 import codecs
 import re
-import warnings
 from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import Any
 
-from tokenizers import Regex, decoders, normalizers, pre_tokenizers
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers.models import BPE
-
-SPIECE_SPACE = "\u2581"
-
-# tokenizer.ggml.token_type values
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
-# Pre-tokenizer regexes of byte-level BPE vocabularies, by tokenizer.ggml.pre (llama.cpp's names).
-GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+from ferrollm.pretokenize import pre_tokenizer
+from ferrollm.tokenizer_backends import (
+    BYTE,
+    CONTROL,
+    NORMAL,
+    SPIECE_SPACE,
+    UNKNOWN,
+    UNUSED,
+    USER_DEFINED,
+    bpe_backend,
+    first_ids,
+    spm_backend,
+    wpm_backend,
 )
-BPE_PRE_SPLITS = {
-    "default": GPT2_SPLIT,
-    "gpt-2": GPT2_SPLIT,
-    "llama-bpe": LLAMA3_SPLIT,
-    "llama3": LLAMA3_SPLIT,
+
+__all__ = ["BYTE", "CONTROL", "NORMAL", "UNKNOWN", "UNUSED", "USER_DEFINED", "StreamDecoder", "Tokenizer",
+           "TokenizerError", "sentencepiece_metadata"]  # fmt: skip
+
+MODELS = {
+    "llama": "SentencePiece",
+    "gpt2": "byte-level BPE",
+    "gemma4": "SentencePiece-style BPE",
+    "bert": "WordPiece",
+}
+# Defaults when the file does not say: (bos, eos, add_bos), llama.cpp's except for byte-level
+# BPE, where its 11 (Falcon's) is left out: a file without ids has no BOS/EOS.
+_DEFAULTS = {
+    "llama": (1, 2, True),
+    "gpt2": (-1, -1, False),
+    "gemma4": (-1, -1, True),
+    "bert": (101, -1, True),
 }
 
 
@@ -58,6 +72,12 @@ def _byte_level_alphabet() -> dict[int, str]:
     return table
 
 
+def _alternation(pieces: Iterable[str]) -> re.Pattern | None:
+    # Longest first, so that "<|im_start|>" wins over a shorter prefix.
+    pattern = "|".join(re.escape(t) for t in sorted(pieces, key=len, reverse=True))
+    return re.compile(f"({pattern})") if pattern else None
+
+
 class TokenizerError(ValueError):
     """The GGUF's tokenizer metadata is missing, inconsistent or of an unknown kind."""
 
@@ -68,10 +88,9 @@ class Tokenizer:
             return metadata.get(f"tokenizer.ggml.{name}", default)
 
         self.model = key("model")
-        if self.model not in ("llama", "gpt2"):
-            raise TokenizerError(
-                f"tokenizer.ggml.model is {self.model!r}; supported: 'llama' (SentencePiece), 'gpt2' (BPE)"
-            )
+        if self.model not in MODELS:
+            supported = ", ".join(f"{k!r} ({v})" for k, v in MODELS.items())
+            raise TokenizerError(f"tokenizer.ggml.model is {self.model!r}; supported: {supported}")
         self.tokens: list[str] = list(key("tokens") or [])
         if not self.tokens:
             raise TokenizerError("the file has no tokenizer.ggml.tokens")
@@ -82,111 +101,129 @@ class Tokenizer:
             raise TokenizerError(
                 f"{n} tokens but {len(self.scores)} scores and {len(self.token_types)} token types"
             )
-        self.bos_id: int = key("bos_token_id", 1 if self.model == "llama" else -1)
-        self.eos_id: int = key("eos_token_id", 2 if self.model == "llama" else -1)
-        for what, tid in (("bos", self.bos_id), ("eos", self.eos_id)):
+        bos, eos, add_bos = _DEFAULTS[self.model]
+        bos, eos = (i if i < n else -1 for i in (bos, eos))
+        self.pre: str = key("pre", "default")
+        self._pre = None
+        if self.model == "gpt2":
+            self._pre = pre_tokenizer(key("pre"))
+            add_bos = self._pre.add_bos
+        elif self.model == "gemma4":
+            self._pre = pre_tokenizer("gemma4")
+        self.bos_id: int = key("bos_token_id", bos)
+        self.eos_id: int = key("eos_token_id", eos)
+        self.sep_id: int = key("seperator_token_id", 102 if self.model == "bert" and n > 102 else -1)
+        self.unk_id: int = key("unknown_token_id", 100 if self.model == "bert" and n > 100 else -1)
+        for what, tid in (("bos", self.bos_id), ("eos", self.eos_id), ("seperator", self.sep_id)):
             if not -1 <= tid < n:
                 raise TokenizerError(f"{what}_token_id {tid} is outside the vocabulary of {n}")
-        self.add_bos: bool = bool(key("add_bos_token", self.model == "llama"))
+        # llama.cpp turns a Gemma 4 file's add_bos_token = false back on.
+        self.add_bos: bool = bool(key("add_bos_token", add_bos)) or self.model == "gemma4"
         self.add_eos: bool = bool(key("add_eos_token", False))
         self.add_space_prefix: bool = bool(key("add_space_prefix", self.model == "llama"))
-        self.pre: str = key("pre", "default")
         self._merges = list(key("merges") or [])
+        if self.model in ("gpt2", "gemma4") and not self._merges:
+            raise TokenizerError(f"tokenizer.ggml.model {self.model!r} needs tokenizer.ggml.merges")
         self.chat_template: str | None = metadata.get("tokenizer.chat_template")
-        self._backend = self._build_spm() if self.model == "llama" else self._build_bpe()
-        # Control and user-defined pieces; the first id wins for a duplicated piece.
+        self._backend = self._build(key)
+        # Pieces matched whole before the model runs: user-defined ones always, control and
+        # unknown ones when asked (llama.cpp's tokenizer_st_partition).
         self._special_ids: dict[str, int] = {}
         for i, (t, ty) in enumerate(zip(self.tokens, self.token_types)):
-            if ty in (CONTROL, USER_DEFINED) and t:
+            if ty in (CONTROL, USER_DEFINED, UNKNOWN) and t:
                 self._special_ids.setdefault(t, i)
-        # Longest first, so that "<|im_start|>" wins over a shorter prefix.
-        pattern = "|".join(re.escape(t) for t in sorted(self._special_ids, key=len, reverse=True))
-        self._special_re = re.compile(f"({pattern})") if pattern else None
+        user = [t for t, i in self._special_ids.items() if self.token_types[i] == USER_DEFINED]
+        self._user_re = _alternation(user)
+        self._special_re = _alternation(self._special_ids)
+        self._rstrip = self._rstrip_ids(str(metadata.get("general.name", "")).lower())
 
     @property
     def n_vocab(self) -> int:
         return len(self.tokens)
 
-    # -- building the backends --------------------------------------------------------------
+    def _build(self, key):
+        if self.model == "llama":
+            return spm_backend(self.tokens, self.scores, self.token_types)
+        if self.model == "bert":
+            lowercase = bool(key("normalizer.lowercase", True))
+            strip_accents = bool(key("normalizer.strip_accents", lowercase))
+            return wpm_backend(self.tokens, self.token_types, self.unk_id, lowercase, strip_accents)
+        byte_fallback = not self._pre.byte_level and any(ty == BYTE for ty in self.token_types)
+        return bpe_backend(self.tokens, self._merges, self._pre, byte_fallback)
 
-    def _vocab(self) -> dict[str, int]:
-        vocab: dict[str, int] = {}
-        for i, t in enumerate(self.tokens):
-            vocab.setdefault(t, i)  # duplicated pieces: the first id wins, as in SentencePiece
-        return vocab
-
-    def _build_spm(self) -> HFTokenizer:
-        vocab = self._vocab()
-        mergeable = {i for i, ty in enumerate(self.token_types) if ty in (NORMAL, USER_DEFINED)}
-        merges = []
-        for piece, pid in vocab.items():
-            if pid not in mergeable or len(piece) < 2:
-                continue
-            for cut in range(1, len(piece)):
-                left, right = piece[:cut], piece[cut:]
-                if left in vocab and right in vocab:
-                    merges.append((-self.scores[pid], pid, cut, left, right))
-        merges.sort()
-        unk = next((t for t, ty in zip(self.tokens, self.token_types) if ty == UNKNOWN), None)
-        model = BPE(
-            vocab=vocab,
-            merges=[(m[3], m[4]) for m in merges],
-            unk_token=unk,
-            fuse_unk=True,
-            byte_fallback=any(ty == BYTE for ty in self.token_types),
-        )
-        tok = HFTokenizer(model)
-        tok.normalizer = normalizers.Replace(" ", SPIECE_SPACE)
-        return tok
-
-    def _build_bpe(self) -> HFTokenizer:
-        merges = []
-        for m in self._merges:
-            left, _, right = m.partition(" ")
-            merges.append((left, right))
-        tok = HFTokenizer(
-            BPE(vocab=self._vocab(), merges=merges, ignore_merges=self.pre in ("llama-bpe", "llama3"))
-        )
-        split = BPE_PRE_SPLITS.get(self.pre)
-        if split is None:
-            warnings.warn(f"unknown BPE pre-tokenizer {self.pre!r}; using GPT-2's", stacklevel=3)
-            split = GPT2_SPLIT
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-        tok.decoder = decoders.ByteLevel()
-        return tok
+    def _rstrip_ids(self, model_name: str) -> frozenset[int]:
+        """Tokens that swallow the whitespace after them: llama.cpp sets this by model name for
+        Phi-3's chat tokens (``<|user|>\\n`` is read as ``<|user|>``)."""
+        if "phi-3" not in model_name and "phi3" not in model_name:
+            return frozenset()
+        keep = {"<unk>", "<s>", "<|endoftext|>"}
+        return frozenset(i for t, i in self._special_ids.items() if t not in keep)
 
     # -- encoding ------------------------------------------------------------------------------
+
+    @cached_property
+    def _newline_runs(self) -> dict[str, int]:
+        return {t: i for t, i in first_ids(self.tokens).items() if t and set(t) == {"\n"}}
 
     def _encode_text(self, text: str, space_prefix: bool) -> list[int]:
         if self.model == "llama" and space_prefix and self.add_space_prefix:
             text = " " + text
+        if self._pre is not None and self._pre.escape_spaces:
+            text = text.replace(" ", SPIECE_SPACE)
+        if self.model == "gemma4":
+            # llama.cpp takes a run of newlines that is one piece whole (Gemma 4's merges would
+            # not build it).
+            ids: list[int] = []
+            for run in re.split("(\n+)", text):
+                if run in self._newline_runs:
+                    ids.append(self._newline_runs[run])
+                elif run:
+                    ids.extend(self._backend.encode(run, add_special_tokens=False).ids)
+            return ids
         return self._backend.encode(text, add_special_tokens=False).ids
 
+    def _fragments(self, text: str, special: bool) -> list[str | int]:
+        """``text`` cut around the pieces matched whole: strings and token ids in order."""
+        pattern = self._special_re if special else self._user_re
+        if pattern is None:
+            return [text] if text else []
+        out: list[str | int] = []
+        strip_next = False
+        for i, part in enumerate(pattern.split(text)):
+            if i % 2:
+                tid = self._special_ids[part]
+                out.append(tid)
+                strip_next = tid in self._rstrip
+            else:
+                if strip_next:
+                    part = part.lstrip(" \t\n\v\f\r")
+                if part:
+                    out.append(part)
+        return out
+
     def encode(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
-        """Token ids of ``text``; ``add_bos`` defaults to the file's ``add_bos_token``.
-        With ``special``, control tokens written in the text (``<s>``, ``[INST]``) become
-        their ids; otherwise they are tokenized as plain text."""
+        """Token ids of ``text``; ``add_bos`` defaults to the file's ``add_bos_token`` (for
+        WordPiece it adds the classifier and separator tokens around the text). With
+        ``special``, control tokens written in the text (``<s>``, ``[INST]``) become their ids;
+        otherwise they are tokenized as plain text."""
         ids: list[int] = []
-        if self.add_bos if add_bos is None else add_bos:
+        add_special = self.add_bos if add_bos is None else add_bos
+        if add_special:
             if self.bos_id < 0:
                 raise TokenizerError("this vocabulary has no BOS token")
             ids.append(self.bos_id)
-        parts = self._special_re.split(text) if special and self._special_re else [text]
-        # As llama.cpp: text after a special token (or at the start) gets the space prefix.
+        # As llama.cpp: text after a matched token (or at the start) gets the space prefix.
         after_special = True
-        for i, part in enumerate(parts):
-            if i % 2:  # a matched special token
-                ids.append(self._special_ids[part])
+        for part in self._fragments(text, special):
+            if isinstance(part, int):
+                ids.append(part)
                 after_special = True
-            elif part:
+            else:
                 ids.extend(self._encode_text(part, after_special))
                 after_special = False
-        if self.add_eos and self.eos_id >= 0:
+        if self.model == "bert" and add_special and self.sep_id >= 0:
+            ids.append(self.sep_id)
+        elif self.add_eos and self.eos_id >= 0:
             ids.append(self.eos_id)
         return ids
 
@@ -194,25 +231,24 @@ class Tokenizer:
 
     @cached_property
     def _piece_bytes(self) -> list[bytes]:
-        """What each token contributes to the text (control tokens: nothing)."""
-        out = []
-        if self.model == "llama":
-            for t, ty in zip(self.tokens, self.token_types):
-                if ty == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
-                    out.append(bytes([int(t[3:5], 16)]))
-                elif ty in (CONTROL, UNUSED):
-                    out.append(b"")
-                else:
-                    out.append(t.replace(SPIECE_SPACE, " ").encode("utf-8"))
-            return out
+        """What each token contributes to the text, as llama.cpp's ``token_to_piece`` without
+        ``special``: control, unknown and unused tokens nothing, user-defined ones their text."""
+        byte_level = self.model == "gpt2" and self._pre.byte_level
         decode = {c: b for b, c in _byte_level_alphabet().items()}
+        out = []
         for t, ty in zip(self.tokens, self.token_types):
-            if ty in (CONTROL, UNUSED):
+            if ty == USER_DEFINED:
+                out.append(t.encode("utf-8"))
+            elif ty == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
+                out.append(bytes([int(t[3:5], 16)]))
+            elif ty not in (NORMAL, BYTE):
                 out.append(b"")
-            elif ty == USER_DEFINED:
+            elif byte_level and all(c in decode for c in t):
+                out.append(bytes(decode[c] for c in t))
+            elif byte_level:
                 out.append(t.encode("utf-8"))
             else:
-                out.append(bytes(decode[c] for c in t) if all(c in decode for c in t) else t.encode("utf-8"))
+                out.append(t.replace(SPIECE_SPACE, " ").encode("utf-8"))
         return out
 
     def out_of_vocabulary(self, token: int) -> str:
@@ -222,7 +258,7 @@ class Tokenizer:
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         if not 0 <= token < self.n_vocab:
             raise ValueError(self.out_of_vocabulary(token))
-        if special and self.token_types[token] == CONTROL:
+        if special and self.token_types[token] in (CONTROL, UNKNOWN):
             return self.tokens[token].encode("utf-8")
         return self._piece_bytes[token]
 
@@ -231,7 +267,7 @@ class Tokenizer:
         the first token is BOS (SentencePiece prefixes the text with one)."""
         tokens = list(tokens)
         out = b"".join(self.token_bytes(t, special) for t in tokens)
-        if tokens and tokens[0] == self.bos_id and out[:1] == b" " and self.model == "llama":
+        if tokens and tokens[0] == self.bos_id and out[:1] == b" ":
             return out[1:]
         return out
 
