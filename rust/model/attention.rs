@@ -1,41 +1,90 @@
 //! RoPE and causal grouped-query attention over the KV cache.
 
+use super::arch::RopeStyle;
+use super::config::RopeConfig;
 use super::kv_cache::KvCache;
 use crate::gguf::GgmlType;
 use crate::matmul::{Pool, all_finite, quantize_activations};
 use crate::{Error, Result};
 
-/// Rotary position embedding, llama.cpp's "normal" mode (GGUF `llama` files permute Q/K so
-/// that adjacent pairs rotate): for pair i of the first `n_rot` dims of each head,
-/// theta = pos * freq_scale * base^(-2i/n_rot).
+/// Rotary position embedding: for pair i of the first `n_rot` dims of each head, the angle
+/// pos * inv_freq[i], where inv_freq folds in the base, the file's per-frequency factors,
+/// linear scaling and YaRN's blend (all linear in pos, so computed once); cos and sin are
+/// scaled by `mscale`. Facts from llama.cpp's `rope_yarn` and `ggml_rope_yarn_corr_dims`.
 pub struct Rope {
+    style: RopeStyle,
     inv_freq: Vec<f32>,
+    mscale: f32,
     head_dim: usize,
 }
 
 impl Rope {
-    pub fn new(n_rot: usize, head_dim: usize, freq_base: f32, freq_scale: f32) -> Rope {
+    pub fn new(
+        cfg: &RopeConfig,
+        style: RopeStyle,
+        n_rot: usize,
+        head_dim: usize,
+        factors: Option<&[f32]>,
+    ) -> Rope {
+        let (base, n) = (cfg.base as f64, n_rot as f64);
+        // YaRN's correction range: the dims whose wavelength fits the original context
+        // between beta_fast and beta_slow rotations.
+        let corr_dim = |rotations: f32| {
+            n * (cfg.n_ctx_orig as f64 / (rotations as f64 * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
         let inv_freq = (0..n_rot / 2)
             .map(|i| {
-                (freq_scale as f64 * (freq_base as f64).powf(-2.0 * i as f64 / n_rot as f64)) as f32
+                let factor = factors.map_or(1.0, |f| f[i] as f64);
+                let extrap = base.powf(-2.0 * i as f64 / n) / factor;
+                let interp = cfg.freq_scale as f64 * extrap;
+                let theta = match &cfg.yarn {
+                    None => interp,
+                    Some(y) => {
+                        let low = corr_dim(y.beta_fast).floor().max(0.0);
+                        let high = corr_dim(y.beta_slow).ceil().min(n - 1.0);
+                        let ramp = 1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                        let mix = ramp * y.ext_factor as f64;
+                        interp * (1.0 - mix) + extrap * mix
+                    }
+                };
+                theta as f32
             })
             .collect();
-        Rope { inv_freq, head_dim }
+        Rope {
+            style,
+            inv_freq,
+            mscale: cfg.mscale,
+            head_dim,
+        }
     }
 
     /// Rotates every head of each row (heads of `head_dim`, back to back) for position `pos`;
     /// the angles are computed once for all of them.
     pub fn apply(&self, rows: &mut [&mut [f32]], pos: usize) {
+        let half = self.inv_freq.len();
         for (i, &f) in self.inv_freq.iter().enumerate() {
             let (sin, cos) = (pos as f32 * f).sin_cos();
+            let (sin, cos) = (sin * self.mscale, cos * self.mscale);
+            let (a, b) = match self.style {
+                RopeStyle::Normal => (2 * i, 2 * i + 1),
+                RopeStyle::Neox => (i, i + half),
+            };
             for row in rows.iter_mut() {
                 for head in row.chunks_exact_mut(self.head_dim) {
-                    let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                    head[2 * i] = x0 * cos - x1 * sin;
-                    head[2 * i + 1] = x0 * sin + x1 * cos;
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos - x1 * sin;
+                    head[b] = x0 * sin + x1 * cos;
                 }
             }
         }
+    }
+}
+
+/// Gemma 2's soft cap: x -> cap * tanh(x / cap) (attention scores, logits).
+pub fn softcap(xs: &mut [f32], cap: f32) {
+    for x in xs {
+        *x = cap * (*x / cap).tanh();
     }
 }
 
@@ -56,6 +105,10 @@ pub struct AttentionShape {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
+    /// Multiplies q.k.
+    pub scale: f32,
+    /// Gemma 2's cap on the scaled scores: cap * tanh(score / cap).
+    pub softcap: Option<f32>,
 }
 
 /// The cached positions one token attends to: `len` positions of the cache from `start` (its
@@ -89,6 +142,8 @@ pub fn attend(
         n_head,
         n_head_kv,
         head_dim,
+        scale,
+        softcap,
     } = *shape;
     let q_dim = n_head * head_dim;
     let n = spans.len();
@@ -99,7 +154,6 @@ pub fn attend(
             "attention shape: {n_head} query heads over {n_head_kv} KV heads (at most {MAX_GROUP} per KV head)"
         )));
     }
-    let scale = 1.0 / (head_dim as f32).sqrt();
     #[cfg(target_arch = "x86_64")]
     let simd = crate::quant::Isa::active() >= crate::quant::Isa::Avx512
         && super::attention_avx512::usable(head_dim);
@@ -138,6 +192,9 @@ pub fn attend(
                             (cache.k_dot)(k, &s.query[j * q_bytes..][..q_bytes]) * scale;
                     }
                 }
+            }
+            if let Some(cap) = softcap {
+                self::softcap(&mut s.scores, cap);
             }
             // Softmax: the scores become the weights of the values.
             for scores in s.scores.chunks_exact_mut(n_keys) {

@@ -1,11 +1,10 @@
-//! Hyper-parameters of a llama-family model, read from GGUF metadata (`{arch}.*` keys), with
-//! user overrides applied first, as llama.cpp's `--override-kv KEY=TYPE:VALUE` does.
+//! Hyper-parameters of a model, read from GGUF metadata (`{arch}.*` keys), with user
+//! overrides applied first, as llama.cpp's `--override-kv KEY=TYPE:VALUE` does. What differs
+//! between architectures beyond these numbers is in `super::arch`.
 
+use super::arch::{self, Arch, Swa, SwaRope};
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Value};
-
-/// Architectures whose graph this engine runs. Mistral and Mixtral files use `llama`.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama"];
 
 /// The `{arch}.` keys the engine reads; overrides must name one of them.
 pub const CONFIG_KEYS: &[&str] = &[
@@ -13,35 +12,84 @@ pub const CONFIG_KEYS: &[&str] = &[
     "embedding_length",
     "block_count",
     "feed_forward_length",
+    "expert_feed_forward_length",
     "attention.head_count",
     "attention.head_count_kv",
     "attention.key_length",
     "attention.layer_norm_rms_epsilon",
+    "attention.scale",
+    "attention.sliding_window",
+    "attention.sliding_window_pattern",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
     "rope.dimension_count",
     "rope.freq_base",
+    "rope.freq_base_swa",
     "rope.scaling.type",
     "rope.scaling.factor",
+    "rope.scaling.attn_factor",
+    "rope.scaling.original_context_length",
+    "rope.scaling.yarn_log_multiplier",
+    "rope.scaling.yarn_ext_factor",
+    "rope.scaling.yarn_beta_fast",
+    "rope.scaling.yarn_beta_slow",
     "expert_count",
     "expert_used_count",
     "vocab_size",
 ];
 
+/// YaRN's blend of interpolated and extrapolated frequencies (llama.cpp's `rope_yarn`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Yarn {
+    pub ext_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+}
+
+/// One rope: theta_i = pos * freq_scale * base^(-2i/n_rot) / factor_i (factors from the file's
+/// `rope_freqs` or Phi-3's long/short tensors), blended by YaRN, cos and sin times `mscale`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeConfig {
+    pub base: f32,
+    pub freq_scale: f32,
+    pub yarn: Option<Yarn>,
+    /// Scale of cos and sin (so of q.k by its square): YaRN's magnitude correction times the
+    /// file's `rope.scaling.attn_factor`.
+    pub mscale: f32,
+    /// The context the model was trained at before scaling (YaRN's correction range, Phi-3's
+    /// choice of long factors).
+    pub n_ctx_orig: usize,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    pub arch: String,
+    pub arch: &'static Arch,
     pub n_ctx_train: usize,
+    /// The longest context the rope scaling allows (n_ctx_train without scaling).
+    pub n_ctx_max: usize,
     pub n_embd: usize,
     pub n_layer: usize,
     pub n_ff: usize,
+    /// Feed-forward size of each expert (`expert_feed_forward_length`, else `n_ff`).
+    pub n_ff_exp: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
     /// Leading dimensions of each head that RoPE rotates.
     pub n_rot: usize,
     pub rms_eps: f32,
-    pub rope_freq_base: f32,
-    /// 1/factor for linear rope scaling, 1 otherwise.
-    pub rope_freq_scale: f32,
+    pub rope: RopeConfig,
+    /// The rope of sliding-window layers.
+    pub rope_swa: RopeConfig,
+    /// Positions a sliding-window layer sees (itself included); 0 when there are none.
+    pub swa_window: usize,
+    /// Per layer: whether it attends through the sliding window.
+    pub swa_layers: Vec<bool>,
+    /// Multiplies q.k before the softmax.
+    pub attn_scale: f32,
+    /// Gemma 2's soft caps: x -> cap * tanh(x / cap) on attention scores and on logits.
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
     /// 0 for a dense model.
     pub n_expert: usize,
     pub n_expert_used: usize,
@@ -101,27 +149,27 @@ impl Keys<'_> {
 impl Config {
     /// Reads the hyper-parameters; `overrides` are full keys (`llama.expert_used_count`).
     pub fn from_gguf(file: &GgufFile, overrides: &[(String, Value)]) -> Result<Config> {
-        let arch = file
+        let name = file
             .get("general.architecture")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::invalid("model metadata lacks general.architecture"))?
             .to_string();
-        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
-            return Err(Error::Unsupported(format!(
-                "model architecture '{arch}' (supported: {})",
-                SUPPORTED_ARCHS.join(", ")
-            )));
-        }
+        let arch = arch::find(&name).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "model architecture '{name}' (supported: {})",
+                arch::names().join(", ")
+            ))
+        })?;
         for (key, _) in overrides {
             let known = key
-                .strip_prefix(&format!("{arch}."))
+                .strip_prefix(&format!("{name}."))
                 .is_some_and(|s| CONFIG_KEYS.contains(&s));
             if !known {
                 return Err(Error::invalid(format!(
                     "unknown override key '{key}'; keys that can be overridden: {}",
                     CONFIG_KEYS
                         .iter()
-                        .map(|k| format!("{arch}.{k}"))
+                        .map(|k| format!("{name}.{k}"))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )));
@@ -129,7 +177,7 @@ impl Config {
         }
         let keys = Keys {
             file,
-            arch: arch.clone(),
+            arch: name.clone(),
             overrides,
         };
         let n_embd = keys.required("embedding_length")?;
@@ -150,41 +198,57 @@ impl Config {
                 "bad head shape: head size {head_dim}, rope dimensions {n_rot}"
             )));
         }
-        let rope_freq_scale = match keys.get("rope.scaling.type") {
-            None => 1.0,
-            Some(Value::String(t)) if t == "none" => 1.0,
-            Some(Value::String(t)) if t == "linear" => {
-                let factor = keys.float("rope.scaling.factor")?.unwrap_or(1.0);
-                if factor.is_nan() || factor <= 0.0 {
-                    return Err(Error::invalid(format!("bad rope.scaling.factor {factor}")));
-                }
-                1.0 / factor
-            }
-            Some(other) => {
-                return Err(Error::Unsupported(format!(
-                    "rope scaling type {other} (supported: none, linear)"
-                )));
-            }
-        };
+        let n_layer = keys.required("block_count")?;
+        let n_ctx_train = keys.required("context_length")?;
+        let n_ff = keys.required("feed_forward_length")?;
+        if n_layer == 0 || n_ff == 0 || n_ctx_train == 0 {
+            return Err(Error::invalid(format!(
+                "bad model shape: {n_layer} layers, feed-forward {n_ff}, context {n_ctx_train}"
+            )));
+        }
         let n_expert = keys.uint("expert_count")?.unwrap_or(0);
         let n_expert_used = keys.uint("expert_used_count")?.unwrap_or(0);
         if n_expert > 0 && !(1..=n_expert).contains(&n_expert_used) {
             return Err(Error::invalid(format!(
-                "{arch}.expert_used_count is {n_expert_used}; it must be in 1..={n_expert} \
-                 ({arch}.expert_count)"
+                "{name}.expert_used_count is {n_expert_used}; it must be in 1..={n_expert} \
+                 ({name}.expert_count)"
             )));
         }
         if n_expert == 1 {
             return Err(Error::invalid(format!(
-                "{arch}.expert_count of 1 is not a MoE"
+                "{name}.expert_count of 1 is not a MoE"
             )));
         }
-        let config = Config {
-            arch: arch.clone(),
-            n_ctx_train: keys.required("context_length")?,
+        let (rope, n_ctx_max) = rope_config(&keys, n_ctx_train)?;
+        let rope_swa = match arch.swa_rope {
+            SwaRope::Global => rope.clone(),
+            SwaRope::Base(base) => RopeConfig {
+                base: keys.float("rope.freq_base_swa")?.unwrap_or(base),
+                freq_scale: 1.0,
+                yarn: None,
+                mscale: 1.0,
+                n_ctx_orig: rope.n_ctx_orig,
+            },
+        };
+        let (swa_window, swa_layers) = sliding_layers(&keys, arch.swa, n_layer)?;
+        let attn_scale = match keys.float("attention.scale")? {
+            Some(scale) => scale,
+            None if arch.scale_by_embd_per_head.contains(&n_layer) => {
+                1.0 / ((n_embd / n_head) as f32).sqrt()
+            }
+            None => 1.0 / (head_dim as f32).sqrt(),
+        };
+        let softcap = |key: &str| -> Result<Option<f32>> {
+            Ok(keys.float(key)?.filter(|&cap| cap != 0.0))
+        };
+        Ok(Config {
+            arch,
+            n_ctx_train,
+            n_ctx_max,
             n_embd,
-            n_layer: keys.required("block_count")?,
-            n_ff: keys.required("feed_forward_length")?,
+            n_layer,
+            n_ff,
+            n_ff_exp: keys.uint("expert_feed_forward_length")?.unwrap_or(n_ff),
             n_head,
             n_head_kv,
             head_dim,
@@ -192,18 +256,16 @@ impl Config {
             rms_eps: keys
                 .float("attention.layer_norm_rms_epsilon")?
                 .unwrap_or(1e-5),
-            rope_freq_base: keys.float("rope.freq_base")?.unwrap_or(10000.0),
-            rope_freq_scale,
+            rope,
+            rope_swa,
+            swa_window,
+            swa_layers,
+            attn_scale,
+            attn_softcap: softcap("attn_logit_softcapping")?,
+            final_softcap: softcap("final_logit_softcapping")?,
             n_expert,
             n_expert_used: if n_expert > 0 { n_expert_used } else { 0 },
-        };
-        if config.n_layer == 0 || config.n_ff == 0 || config.n_ctx_train == 0 {
-            return Err(Error::invalid(format!(
-                "bad model shape: {} layers, feed-forward {}, context {}",
-                config.n_layer, config.n_ff, config.n_ctx_train
-            )));
-        }
-        Ok(config)
+        })
     }
 
     pub fn q_dim(&self) -> usize {
@@ -213,4 +275,131 @@ impl Config {
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
     }
+}
+
+/// The global rope and the longest context it allows (llama.cpp's `rope.scaling.*` reading).
+fn rope_config(keys: &Keys, n_ctx_train: usize) -> Result<(RopeConfig, usize)> {
+    let scaling = match keys.get("rope.scaling.type") {
+        None => "none".to_string(),
+        Some(Value::String(t)) => t,
+        Some(v) => {
+            return Err(Error::invalid(format!(
+                "metadata {}.rope.scaling.type should be a string, got {v}",
+                keys.arch
+            )));
+        }
+    };
+    let factor = match keys.float("rope.scaling.factor")? {
+        None => 1.0,
+        Some(f) if f.is_finite() && f > 0.0 => f,
+        Some(f) => return Err(Error::invalid(format!("bad rope.scaling.factor {f}"))),
+    };
+    let n_ctx_orig = keys
+        .uint("rope.scaling.original_context_length")?
+        .unwrap_or(n_ctx_train);
+    let attn_factor = keys.float("rope.scaling.attn_factor")?.unwrap_or(1.0);
+    let base = keys.float("rope.freq_base")?.unwrap_or(10000.0);
+    if !(base.is_finite() && base > 1.0) {
+        return Err(Error::invalid(format!("bad rope.freq_base {base}")));
+    }
+    let (freq_scale, yarn, mscale) = match scaling.as_str() {
+        "none" => (1.0, None, attn_factor),
+        "linear" => (1.0 / factor, None, attn_factor),
+        "yarn" => {
+            // llama.cpp's magnitude: the file's attn_factor times get_mscale(factor), with
+            // DeepSeek's log multiplier dividing it when given.
+            let mscale = |m: f32| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
+            let log_mul = keys.float("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0);
+            let magnitude = if log_mul != 0.0 {
+                mscale(1.0) / mscale(log_mul)
+            } else {
+                mscale(1.0)
+            };
+            let yarn = Yarn {
+                ext_factor: keys.float("rope.scaling.yarn_ext_factor")?.unwrap_or(1.0),
+                beta_fast: keys.float("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                beta_slow: keys.float("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+            };
+            // Without extrapolation (ext_factor 0) llama.cpp applies no magnitude either.
+            let magnitude = if yarn.ext_factor == 0.0 { 1.0 } else { magnitude };
+            (1.0 / factor, Some(yarn), magnitude * attn_factor)
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "rope scaling type '{other}' (supported: none, linear, yarn)"
+            )));
+        }
+    };
+    // A stretched rope covers factor times the original context (llama.cpp lets n_ctx go
+    // there); Llama 3.1's and Phi-3's files already give the long context as context_length.
+    let n_ctx_max = if scaling == "none" {
+        n_ctx_train
+    } else {
+        n_ctx_train.max((n_ctx_orig as f64 * factor as f64) as usize)
+    };
+    let rope = RopeConfig {
+        base,
+        freq_scale,
+        yarn,
+        mscale,
+        n_ctx_orig,
+    };
+    Ok((rope, n_ctx_max))
+}
+
+/// The sliding window and which layers use it (llama.cpp's `set_swa_pattern`).
+fn sliding_layers(keys: &Keys, swa: Swa, n_layer: usize) -> Result<(usize, Vec<bool>)> {
+    let window = keys.uint("attention.sliding_window")?;
+    let none = Ok((0, vec![false; n_layer]));
+    match swa {
+        Swa::Never => none,
+        Swa::AllLayers => match window {
+            Some(w) if w > 0 => Ok((w, vec![true; n_layer])),
+            _ => none,
+        },
+        Swa::Pattern {
+            period,
+            default_window,
+        } => {
+            let window = window.unwrap_or(default_window);
+            if window == 0 {
+                return none;
+            }
+            let layers = match keys.get("attention.sliding_window_pattern") {
+                Some(Value::Array(_, flags)) => {
+                    let flags: Vec<bool> = flags
+                        .iter()
+                        .map(|v| matches!(v, Value::Bool(true)))
+                        .collect();
+                    if flags.len() != n_layer {
+                        return Err(Error::invalid(format!(
+                            "{}.attention.sliding_window_pattern has {} entries for {n_layer} layers",
+                            keys.arch,
+                            flags.len()
+                        )));
+                    }
+                    flags
+                }
+                Some(v) => {
+                    let p = v.as_u64().ok_or_else(|| {
+                        Error::invalid(format!(
+                            "{}.attention.sliding_window_pattern should be a count or a list of \
+                             booleans, got {v}",
+                            keys.arch
+                        ))
+                    })? as usize;
+                    pattern(p, n_layer)
+                }
+                None => pattern(period, n_layer),
+            };
+            Ok((window, layers))
+        }
+    }
+}
+
+/// Every layer but the last of each `period` slides; a period of 0 makes all of them slide.
+fn pattern(period: usize, n_layer: usize) -> Vec<bool> {
+    (0..n_layer)
+        .map(|l| period == 0 || l % period < period - 1)
+        .collect()
 }

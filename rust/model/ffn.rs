@@ -1,9 +1,11 @@
-//! The feed-forward blocks: SwiGLU (`down(silu(gate x) * up x)`) and the Mixtral MoE around it.
+//! The feed-forward blocks: gated (`down(act(gate x) * up x)`, SwiGLU or GeGLU) and the MoE
+//! around it (Mixtral, Qwen3-MoE: softmax over the chosen experts' router logits).
 //!
 //! MoE dispatch: the router picks each token's top-k experts (softmax over the selected
 //! logits); tokens are then grouped by expert so that each chosen expert's weights stream
 //! from memory once per batch, whatever the number of tokens routed to it.
 
+use super::arch::Activation;
 use super::imatrix::{Input, LayerRecorder};
 use super::profile::{Component, Profile, Timer};
 use super::weights::{ExpertFfn, Tensor};
@@ -29,15 +31,22 @@ pub struct FfnContext<'a> {
     pub isa: Isa,
     /// Where input activations go while an importance matrix is collected.
     pub rec: Option<LayerRecorder<'a>>,
+    pub act: Activation,
 }
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// `out = down(silu(gate x) * up x)` for the rows of `x` (n x n_embd).
+/// GELU's tanh approximation (`gelu_pytorch_tanh`, ggml's `gelu`).
+fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x)).tanh())
+}
+
+/// `out = down(act(gate x) * up x)` for the rows of `x` (n x n_embd).
 #[allow(clippy::too_many_arguments)]
-fn swiglu(
+fn gated(
     cx: &FfnContext,
     e: &ExpertFfn,
     expert: usize,
@@ -61,8 +70,12 @@ fn swiglu(
         act,
         cx.isa,
     )?;
+    let activation = match cx.act {
+        Activation::Silu => silu,
+        Activation::GeluTanh => gelu_tanh,
+    };
     for (g, u) in gate.iter_mut().zip(up.iter()) {
-        *g = silu(*g) * u;
+        *g = activation(*g) * u;
     }
     if let Some(r) = cx.rec {
         r.record(Input::Down, expert, gate);
@@ -77,7 +90,7 @@ pub fn dense(
     out: &mut [f32],
     s: &mut FfnScratch,
 ) -> Result<()> {
-    swiglu(cx, e, 0, x, out, &mut s.gate, &mut s.up, &mut s.act)
+    gated(cx, e, 0, x, out, &mut s.gate, &mut s.up, &mut s.act)
 }
 
 /// Top-`k` of `logits` (ties to the lower index) with softmax weights over the selection,
@@ -155,7 +168,7 @@ pub fn moe(
                 .extend_from_slice(&x[t as usize * n_embd..][..n_embd]);
         }
         s.expert_out.resize(m * n_embd, 0.0);
-        swiglu(
+        gated(
             cx,
             &experts[expert as usize],
             expert as usize,

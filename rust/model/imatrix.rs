@@ -80,8 +80,12 @@ impl ActivationStats {
                     entry,
                     split: false,
                 };
+                // Fused tensors (Phi-3's attn_qkv, its gate+up in ffn_up) get the entry alone.
+                let present = |names: &[&str]| -> Vec<String> {
+                    names.iter().map(|s| name(s)).filter(|n| file_has(n)).collect()
+                };
                 let qkv = single(add(
-                    vec![name("attn_q"), name("attn_k"), name("attn_v")],
+                    present(&["attn_q", "attn_k", "attn_v", "attn_qkv"]),
                     c.n_embd,
                     1,
                 ));
@@ -89,7 +93,7 @@ impl ActivationStats {
                 let (router, gate_up, down) = match &layer.ffn {
                     Ffn::Dense(_) => (
                         None,
-                        single(add(vec![name("ffn_gate"), name("ffn_up")], c.n_embd, 1)),
+                        single(add(present(&["ffn_gate", "ffn_up"]), c.n_embd, 1)),
                         single(add(vec![name("ffn_down")], c.n_ff, 1)),
                     ),
                     Ffn::Moe { experts, .. } => {
@@ -101,7 +105,7 @@ impl ActivationStats {
                             (
                                 router,
                                 gate_up,
-                                single(add(vec![name("ffn_down_exps")], c.n_ff, n)),
+                                single(add(vec![name("ffn_down_exps")], c.n_ff_exp, n)),
                             )
                         } else {
                             let per = |s: &str, i: usize| format!("blk.{l}.{s}.{i}.weight");
@@ -115,7 +119,7 @@ impl ActivationStats {
                                 &|i| vec![per("ffn_gate", i), per("ffn_up", i)],
                                 c.n_embd,
                             );
-                            let down = per_expert(&|i| vec![per("ffn_down", i)], c.n_ff);
+                            let down = per_expert(&|i| vec![per("ffn_down", i)], c.n_ff_exp);
                             (router, gate_up, down)
                         }
                     }

@@ -1,12 +1,15 @@
-//! The llama-family transformer (Llama, Mistral, Mixtral MoE) over a memory-mapped GGUF file:
-//! token embedding, RMSNorm, RoPE, grouped-query attention with a KV cache, SwiGLU or MoE
-//! feed-forward, output norm and head. One `eval` call runs a batch of tokens through every
-//! layer and returns logits; Python drives the decode loop around it.
+//! The decoder-only transformer over a memory-mapped GGUF file: token embedding, RMSNorm,
+//! RoPE, grouped-query attention with a KV cache (sliding-window layers where the model has
+//! them), gated or MoE feed-forward, output norm and head. One pass serves every architecture
+//! in `arch::ARCHS` (Llama, Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Gemma 2/3, Phi-3): their
+//! differences are data. One `eval` call runs a batch of tokens through every layer and
+//! returns logits; Python drives the decode loop around it.
 //!
 //! The KV cache holds `n_seq` independent sequences (a server's slots); `eval_batch` runs
 //! tokens of several of them in one forward pass, so each weight streams once per step for
 //! all of them (continuous batching). `eval` and friends work on sequence 0.
 
+pub mod arch;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
@@ -19,7 +22,7 @@ pub mod weights;
 
 use std::path::Path;
 
-use attention::{AttentionShape, HeadScratch, KeySpan, Rope, attend};
+use attention::{AttentionShape, HeadScratch, KeySpan, Rope, attend, softcap};
 use ffn::{FfnContext, FfnScratch};
 use imatrix::{ActivationStats, Input, LayerRecorder, StatEntry};
 use profile::{Component, Profile, Timer};
@@ -83,9 +86,11 @@ struct Scratch {
     act: Vec<u8>,
     heads: Vec<HeadScratch>,
     ffn: FfnScratch,
-    /// Per token of the batch: its position in its sequence and the cache positions it sees.
+    /// Per token of the batch: its position in its sequence and the cache positions it sees
+    /// in global layers (from its sequence's start) and in sliding-window layers.
     pos: Vec<usize>,
     spans: Vec<KeySpan>,
+    spans_swa: Vec<KeySpan>,
     /// Rows of the batch whose logits are wanted, in output order.
     rows: Vec<usize>,
     /// `eval_batch`'s tokens, back to back, and its runs.
@@ -107,7 +112,8 @@ pub struct Model {
     pool: Pool,
     isa: Isa,
     cache: KvCache,
-    rope: Rope,
+    /// The rope of global layers, then that of sliding-window layers.
+    ropes: [Rope; 2],
     embd_dequant: DequantFn,
     n_batch: usize,
     /// Positions of each sequence's context (the cache holds n_seq of them back to back).
@@ -125,12 +131,28 @@ pub struct Model {
     hidden: Option<Vec<f32>>,
 }
 
+/// 1 / RMS of `row`, in f64 so that long rows sum exactly enough.
+fn inv_rms(row: &[f32], eps: f32) -> f32 {
+    let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
+    (1.0 / (ss / row.len() as f64 + eps as f64).sqrt()) as f32
+}
+
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     for (row, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
-        let scale = (1.0 / (ss / w.len() as f64 + eps as f64).sqrt()) as f32;
+        let scale = inv_rms(row, eps);
         for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
             *o = v * scale * g;
+        }
+    }
+}
+
+/// RMSNorm of each `w.len()` slice of `x` in place (per head for Q/K norms; Gemma's
+/// post-norms).
+fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        let scale = inv_rms(row, eps);
+        for (v, &g) in row.iter_mut().zip(w) {
+            *v *= scale * g;
         }
     }
 }
@@ -157,11 +179,21 @@ impl Model {
         } else {
             params.n_ctx
         };
-        if n_ctx > config.n_ctx_train {
-            return Err(Error::invalid(format!(
-                "context of {n_ctx} tokens exceeds the model's trained context of {}",
-                config.n_ctx_train
-            )));
+        if n_ctx > config.n_ctx_max {
+            return Err(Error::invalid(if config.n_ctx_max > config.n_ctx_train {
+                format!(
+                    "context of {n_ctx} tokens exceeds the {} its rope scaling allows",
+                    config.n_ctx_max
+                )
+            } else {
+                format!(
+                    "context of {n_ctx} tokens exceeds the model's trained context of {} (a \
+                     longer one needs rope scaling: override {arch}.rope.scaling.type and \
+                     {arch}.rope.scaling.factor)",
+                    config.n_ctx_train,
+                    arch = config.arch.name
+                )
+            }));
         }
         if params.n_batch == 0 {
             return Err(Error::invalid("n_batch must be at least 1"));
@@ -180,12 +212,15 @@ impl Model {
         let pool = Pool::new(params.n_threads)?;
         let isa = Isa::active();
         let (embd_dequant, _) = dequant_fn(weights.token_embd.ty, isa).expect("checked at load");
-        let rope = Rope::new(
-            config.n_rot,
-            config.head_dim,
-            config.rope_freq_base,
-            config.rope_freq_scale,
-        );
+        // Phi-3's long factors serve contexts beyond the original one.
+        let factors = &weights.rope_factors;
+        let factors = if n_ctx > config.rope.n_ctx_orig {
+            factors.long.as_deref()
+        } else {
+            factors.short.as_deref()
+        };
+        let rope = |cfg| Rope::new(cfg, config.arch.rope, config.n_rot, config.head_dim, factors);
+        let ropes = [rope(&config.rope), rope(&config.rope_swa)];
         let mut scratch = Scratch::default();
         scratch
             .heads
@@ -198,7 +233,7 @@ impl Model {
             pool,
             isa,
             cache,
-            rope,
+            ropes,
             embd_dequant,
             n_batch: params.n_batch,
             n_ctx,
@@ -539,6 +574,10 @@ impl Model {
             let start = embd.start + t as usize * embd.row_bytes();
             (self.embd_dequant)(&bytes[start..start + embd.row_bytes()], row);
         }
+        if c.arch.embed_scaled {
+            let scale = (e as f32).sqrt();
+            s.x.iter_mut().for_each(|v| *v *= scale);
+        }
         s.normed.resize(n * e, 0.0);
         s.q.resize(n * qd, 0.0);
         s.k.resize(n * kvd, 0.0);
@@ -549,16 +588,26 @@ impl Model {
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
+            scale: c.attn_scale,
+            softcap: c.attn_softcap,
         };
         s.pos.clear();
         s.spans.clear();
+        s.spans_swa.clear();
         for run in runs {
             let (start, past) = (run.seq * self.n_ctx, self.n_past[run.seq]);
             for i in 0..run.len {
-                s.pos.push(past + i);
+                let pos = past + i;
+                s.pos.push(pos);
                 s.spans.push(KeySpan {
                     start,
-                    len: past + i + 1,
+                    len: pos + 1,
+                });
+                // A sliding layer sees the last `swa_window` positions, itself included.
+                let first = (pos + 1).saturating_sub(c.swa_window);
+                s.spans_swa.push(KeySpan {
+                    start: start + first,
+                    len: pos + 1 - first,
                 });
             }
         }
@@ -573,6 +622,7 @@ impl Model {
                 file: bytes,
                 isa,
                 rec,
+                act: c.arch.act,
             };
             if let Some(h) = self.hidden.as_mut() {
                 h.extend_from_slice(&s.x);
@@ -594,8 +644,19 @@ impl Model {
                 &mut s.act,
                 isa,
             )?;
+            if let Some(b) = &layer.qkv_bias {
+                for (x, bias) in [(&mut s.q, &b.q), (&mut s.k, &b.k), (&mut s.v, &b.v)] {
+                    x.chunks_exact_mut(bias.len()).for_each(|row| add(row, bias));
+                }
+            }
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                rms_norm_in_place(&mut s.q, qn, c.rms_eps);
+                rms_norm_in_place(&mut s.k, kn, c.rms_eps);
+            }
+            let sliding = c.swa_layers[l];
+            let rope = &self.ropes[sliding as usize];
             for (t, (&pos, span)) in s.pos.iter().zip(&s.spans).enumerate() {
-                self.rope.apply(
+                rope.apply(
                     &mut [&mut s.q[t * qd..][..qd], &mut s.k[t * kvd..][..kvd]],
                     pos,
                 );
@@ -611,7 +672,7 @@ impl Model {
                 &shape,
                 &self.cache,
                 l,
-                &s.spans,
+                if sliding { &s.spans_swa } else { &s.spans },
                 &s.q,
                 &mut s.heads,
                 &mut s.attn,
@@ -627,6 +688,9 @@ impl Model {
                 &mut s.act,
                 isa,
             )?;
+            if let Some(w) = &layer.post_attn_norm {
+                rms_norm_in_place(&mut s.proj, w, c.rms_eps);
+            }
             timer.lap(prof, Component::Attention);
             add(&mut s.x, &s.proj);
 
@@ -644,6 +708,9 @@ impl Model {
                     &mut s.ffn,
                     (&mut timer, &mut *prof),
                 )?,
+            }
+            if let Some(w) = &layer.post_ffn_norm {
+                rms_norm_in_place(&mut s.proj, w, c.rms_eps);
             }
             timer.lap(prof, Component::Experts);
             add(&mut s.x, &s.proj);
@@ -675,6 +742,9 @@ impl Model {
                 &mut s.act,
                 isa,
             )?;
+            if let Some(cap) = c.final_softcap {
+                softcap(&mut logits[old..], cap);
+            }
         }
         timer.lap(prof, Component::Head);
         // Only a pass that ran to the end keeps its positions.

@@ -53,14 +53,38 @@ pub enum Ffn {
     },
 }
 
+/// The Q, K and V biases (Qwen2), present for all three or none.
+pub struct QkvBias {
+    pub q: Vec<f32>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
 pub struct Layer {
     pub attn_norm: Vec<f32>,
+    /// Views of `attn_q`/`attn_k`/`attn_v`, or of the row blocks of a fused `attn_qkv`.
     pub wq: Tensor,
     pub wk: Tensor,
     pub wv: Tensor,
+    pub qkv_bias: Option<QkvBias>,
+    /// Per-head RMSNorm weights of Q and K (`head_dim` each), where the architecture has them.
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     pub wo: Tensor,
+    /// Norm of the attention output before its residual add (Gemma).
+    pub post_attn_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     pub ffn: Ffn,
+    /// Norm of the feed-forward output before its residual add (Gemma).
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// Per-frequency divisors of the rope angles: Llama 3.1's `rope_freqs`, or Phi-3's
+/// `rope_factors_short` / `rope_factors_long` (the long ones beyond the original context).
+#[derive(Default)]
+pub struct RopeFactors {
+    pub short: Option<Vec<f32>>,
+    pub long: Option<Vec<f32>>,
 }
 
 pub struct Weights {
@@ -70,6 +94,7 @@ pub struct Weights {
     pub output_norm: Vec<f32>,
     /// `output.weight`, or the token embedding when the file ties them.
     pub output: Tensor,
+    pub rope_factors: RopeFactors,
 }
 
 fn info<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo> {
@@ -134,6 +159,82 @@ fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Tenso
     Ok(matrices(file, name, cols, rows, 1)?[0])
 }
 
+impl Tensor {
+    /// Consecutive row blocks of `sizes` rows (a fused tensor's parts; each row's bytes are
+    /// contiguous in every GGUF type, so a block is a byte range).
+    fn split_rows(&self, sizes: &[usize]) -> Vec<Tensor> {
+        let rb = self.row_bytes();
+        let mut start = self.start;
+        sizes
+            .iter()
+            .map(|&rows| {
+                let t = Tensor {
+                    rows,
+                    start,
+                    len: rows * rb,
+                    ..*self
+                };
+                start += t.len;
+                t
+            })
+            .collect()
+    }
+}
+
+/// Q, K and V: separate tensors, or the row blocks of a fused `attn_qkv` (Phi-3).
+fn attention_projections(file: &GgufFile, c: &Config, l: usize) -> Result<[Tensor; 3]> {
+    let name = |s: &str| format!("blk.{l}.{s}.weight");
+    let (q, kv) = (c.q_dim(), c.kv_dim());
+    if file.tensor(&name("attn_qkv")).is_some() {
+        let fused = matrix(file, &name("attn_qkv"), c.n_embd, q + 2 * kv)?;
+        let parts = fused.split_rows(&[q, kv, kv]);
+        return Ok([parts[0], parts[1], parts[2]]);
+    }
+    Ok([
+        matrix(file, &name("attn_q"), c.n_embd, q)?,
+        matrix(file, &name("attn_k"), c.n_embd, kv)?,
+        matrix(file, &name("attn_v"), c.n_embd, kv)?,
+    ])
+}
+
+/// Q/K/V biases: `attn_qkv.bias` split, or `attn_{q,k,v}.bias`, or none.
+fn qkv_bias(file: &GgufFile, c: &Config, l: usize) -> Result<Option<QkvBias>> {
+    let name = |s: &str| format!("blk.{l}.{s}.bias");
+    let (q, kv) = (c.q_dim(), c.kv_dim());
+    if file.tensor(&name("attn_qkv")).is_some() {
+        let mut all = vector(file, &name("attn_qkv"), q + 2 * kv)?;
+        let v = all.split_off(q + kv);
+        let k = all.split_off(q);
+        return Ok(Some(QkvBias { q: all, k, v }));
+    }
+    let present = ["attn_q", "attn_k", "attn_v"].map(|t| file.tensor(&name(t)).is_some());
+    match present {
+        [false, false, false] => Ok(None),
+        [true, true, true] => Ok(Some(QkvBias {
+            q: vector(file, &name("attn_q"), q)?,
+            k: vector(file, &name("attn_k"), kv)?,
+            v: vector(file, &name("attn_v"), kv)?,
+        })),
+        _ => Err(Error::invalid(format!(
+            "layer {l} has biases for some of Q, K and V but not all: each of {}, {} and {} \
+             must be present or none",
+            name("attn_q"),
+            name("attn_k"),
+            name("attn_v")
+        ))),
+    }
+}
+
+/// A norm vector the architecture requires (`Some`) or lacks (`None`).
+fn norm_if(file: &GgufFile, wanted: bool, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+    wanted.then(|| vector(file, name, len)).transpose()
+}
+
+/// A 1-D tensor that may be absent.
+fn optional_vector(file: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
+    norm_if(file, file.tensor(name).is_some(), name, len)
+}
+
 /// A 1-D tensor (norm weights) dequantized to f32.
 fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
     let t = info(file, name)?;
@@ -145,14 +246,28 @@ fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
 }
 
 fn load_ffn(file: &GgufFile, c: &Config, l: usize) -> Result<Ffn> {
-    let (e, f) = (c.n_embd, c.n_ff);
+    let e = c.n_embd;
     if c.n_expert == 0 {
+        let f = c.n_ff;
+        let name = |s: &str| format!("blk.{l}.{s}.weight");
+        let down = matrix(file, &name("ffn_down"), f, e)?;
+        if file.tensor(&name("ffn_gate")).is_none() {
+            // Phi-3 fuses them: `ffn_up` holds the gate's rows, then the up rows.
+            let fused = matrix(file, &name("ffn_up"), e, 2 * f)?;
+            let parts = fused.split_rows(&[f, f]);
+            return Ok(Ffn::Dense(ExpertFfn {
+                gate: parts[0],
+                up: parts[1],
+                down,
+            }));
+        }
         return Ok(Ffn::Dense(ExpertFfn {
-            gate: matrix(file, &format!("blk.{l}.ffn_gate.weight"), e, f)?,
-            up: matrix(file, &format!("blk.{l}.ffn_up.weight"), e, f)?,
-            down: matrix(file, &format!("blk.{l}.ffn_down.weight"), f, e)?,
+            gate: matrix(file, &name("ffn_gate"), e, f)?,
+            up: matrix(file, &name("ffn_up"), e, f)?,
+            down,
         }));
     }
+    let f = c.n_ff_exp;
     let router = matrix(file, &format!("blk.{l}.ffn_gate_inp.weight"), e, c.n_expert)?;
     let n = c.n_expert;
     let experts = if file
@@ -201,27 +316,45 @@ impl Weights {
             Some(_) => matrix(file, "output.weight", c.n_embd, n_vocab)?,
             None => token_embd,
         };
-        let (q, kv) = (c.q_dim(), c.kv_dim());
+        let (e, a) = (c.n_embd, c.arch);
         let layers = (0..c.n_layer)
             .map(|l| {
                 let name = |s: &str| format!("blk.{l}.{s}.weight");
+                let [wq, wk, wv] = attention_projections(file, c, l)?;
                 Ok(Layer {
-                    attn_norm: vector(file, &name("attn_norm"), c.n_embd)?,
-                    wq: matrix(file, &name("attn_q"), c.n_embd, q)?,
-                    wk: matrix(file, &name("attn_k"), c.n_embd, kv)?,
-                    wv: matrix(file, &name("attn_v"), c.n_embd, kv)?,
-                    wo: matrix(file, &name("attn_output"), q, c.n_embd)?,
-                    ffn_norm: vector(file, &name("ffn_norm"), c.n_embd)?,
+                    attn_norm: vector(file, &name("attn_norm"), e)?,
+                    wq,
+                    wk,
+                    wv,
+                    qkv_bias: qkv_bias(file, c, l)?,
+                    q_norm: norm_if(file, a.qk_norm, &name("attn_q_norm"), c.head_dim)?,
+                    k_norm: norm_if(file, a.qk_norm, &name("attn_k_norm"), c.head_dim)?,
+                    wo: matrix(file, &name("attn_output"), c.q_dim(), e)?,
+                    post_attn_norm: norm_if(file, a.post_norms, &name("post_attention_norm"), e)?,
+                    ffn_norm: vector(file, &name("ffn_norm"), e)?,
                     ffn: load_ffn(file, c, l)?,
+                    post_ffn_norm: norm_if(file, a.post_norms, &name("post_ffw_norm"), e)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let half = c.n_rot / 2;
+        let rope_factors = match optional_vector(file, "rope_freqs.weight", half)? {
+            Some(freqs) => RopeFactors {
+                short: Some(freqs.clone()),
+                long: Some(freqs),
+            },
+            None => RopeFactors {
+                short: optional_vector(file, "rope_factors_short.weight", half)?,
+                long: optional_vector(file, "rope_factors_long.weight", half)?,
+            },
+        };
         Ok(Weights {
             n_vocab,
             token_embd,
             layers,
-            output_norm: vector(file, "output_norm.weight", c.n_embd)?,
+            output_norm: vector(file, "output_norm.weight", e)?,
             output,
+            rope_factors,
         })
     }
 

@@ -281,12 +281,15 @@ impl PyModel {
         let model = self.model()?;
         let c = &model.config;
         let d = PyDict::new(py);
-        d.set_item("arch", &c.arch)?;
+        d.set_item("arch", c.arch.name)?;
         for (k, v) in [
             ("n_ctx_train", c.n_ctx_train),
             ("n_embd", c.n_embd),
             ("n_layer", c.n_layer),
             ("n_ff", c.n_ff),
+            ("n_ff_exp", c.n_ff_exp),
+            ("n_ctx_max", c.n_ctx_max),
+            ("swa_window", c.swa_window),
             ("n_head", c.n_head),
             ("n_head_kv", c.n_head_kv),
             ("head_dim", c.head_dim),
@@ -297,8 +300,9 @@ impl PyModel {
             d.set_item(k, v)?;
         }
         d.set_item("rms_eps", c.rms_eps)?;
-        d.set_item("rope_freq_base", c.rope_freq_base)?;
-        d.set_item("rope_freq_scale", c.rope_freq_scale)?;
+        d.set_item("rope_freq_base", c.rope.base)?;
+        d.set_item("rope_freq_scale", c.rope.freq_scale)?;
+        d.set_item("swa_layers", c.swa_layers.clone())?;
         let (tk, tv) = model.kv_types();
         d.set_item("type_k", tk.name())?;
         d.set_item("type_v", tv.name())?;
