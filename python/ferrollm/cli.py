@@ -85,8 +85,9 @@ def _open_model(args: argparse.Namespace) -> Llama:
     overrides = dict(parse_override(o) for o in args.override_kv or [])
     n_ctx = args.ctx_size
     if n_ctx is None:
-        trained = gguf.open(args.model).metadata.get("llama.context_length", 4096)
-        n_ctx = min(4096, int(trained))
+        md = gguf.open(args.model).metadata
+        arch = md.get("general.architecture", "llama")
+        n_ctx = min(4096, int(md.get(f"{arch}.context_length", 4096)))
     return Llama(
         args.model,
         n_ctx=n_ctx,

@@ -102,6 +102,18 @@ def _kv_elem_bytes(type_name: str) -> float:
     return t.block_bytes / t.block_elems
 
 
+def max_context(md: dict) -> int:
+    """The longest context the engine accepts for a file's metadata: the trained one, or
+    what its rope scaling stretches the original context to (rust/model/config.rs)."""
+    arch = md.get("general.architecture", "llama")
+    trained = int(md.get(f"{arch}.context_length", 4096))
+    scaling = md.get(f"{arch}.rope.scaling.type", "none")
+    if scaling == "none":
+        return trained
+    orig = int(md.get(f"{arch}.rope.scaling.original_context_length", trained))
+    return max(trained, int(orig * float(md.get(f"{arch}.rope.scaling.factor", 1.0))))
+
+
 def plan(
     path: str | os.PathLike,
     n_ctx: int = 4096,
@@ -122,10 +134,12 @@ def plan(
     n_layer, n_embd = hp("block_count"), hp("embedding_length")
     n_head = hp("attention.head_count", 1)
     n_head_kv = hp("attention.head_count_kv", n_head)
-    head_dim = n_embd // max(n_head, 1)
+    head_dim = hp("attention.key_length", n_embd // max(n_head, 1))
     n_ff, n_expert = hp("feed_forward_length"), hp("expert_count")
-    n_ctx_train = hp("context_length", 4096)
-    n_ctx = n_ctx_train if n_ctx <= 0 else min(n_ctx, n_ctx_train)
+    if n_expert:
+        n_ff = hp("expert_feed_forward_length", n_ff)
+    n_ctx_max = max_context(md)
+    n_ctx = min(hp("context_length", 4096), n_ctx_max) if n_ctx <= 0 else min(n_ctx, n_ctx_max)
     n_vocab = len(md.get("tokenizer.ggml.tokens", [])) or 32000
 
     kv_width = n_head_kv * head_dim
