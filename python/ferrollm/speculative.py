@@ -1,12 +1,12 @@
 """Speculative decoding: the token loop of ``Llama.generate`` when a draft model is set.
 
-Each step feeds the sampled token and the draft's guesses after it to the engine in one
-evaluation (logits for every row), then samples row by row: a guess is kept while it equals
-what the sampler picks from the row before it; the first disagreement (or, every guess kept,
-the row after the last) gives the next token, and the rejected positions are cut from the KV
-cache. The sampler is called on exactly the rows, histories and in the order that decoding
-without a draft would use, so the output is the same, greedy or seeded (up to the last bits of
-a batched evaluation against a one-token one).
+Each step feeds the sampled token and the draft's guesses after it to the engine (logits for
+every row, ROWS_PER_EVAL rows per call), then samples row by row: a guess is kept while it
+equals what the sampler picks from the row before it; the first disagreement (or, every guess
+kept, the row after the last) gives the next token, and the rejected positions are cut from
+the KV cache. The sampler is called on exactly the rows, histories and in the order that
+decoding without a draft would use, so the output is the same, greedy or seeded, as long as
+the engine gives a row the same logits in a batch as alone (see ROWS_PER_EVAL).
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ import numpy as np
 if TYPE_CHECKING:
     from ferrollm.llama import Llama
     from ferrollm.llama_speculative import LlamaDraftModel
+
+# Rows per engine call. The engine evaluates a token bit for bit alike alone or beside one
+# other (per-row dot products); from 3 rows on it switches to narrow and panel products whose
+# rounding differs, up to ~0.1 in the logits on the demo model, which changes greedy text
+# where two tokens nearly tie. Two keeps the output identical to decoding without a draft;
+# raise it once the engine's rows do not depend on the batch (test_speculative.py,
+# test_rows_do_not_depend_on_the_batch).
+ROWS_PER_EVAL = 2
 
 # sample(logits of one position, tokens up to and including it) -> next token
 SampleFn = Callable[[np.ndarray, Sequence[int]], int]
@@ -52,16 +60,30 @@ def generate(llm: Llama, sample: SampleFn, draft: LlamaDraftModel) -> Iterator[i
             guesses = [int(t) for t in np.asarray(proposed).reshape(-1)[:room]]
             if any(not 0 <= t < n_vocab for t in guesses):
                 raise ValueError(f"the draft model proposed token ids outside the vocabulary of {n_vocab}")
-        base = llm.n_tokens
-        rows = evaluate(llm, [token, *guesses])
-        kept: list[int] = []
-        for i, guess in enumerate([*guesses, None]):
-            token = sample(rows[i], llm.input_ids[: base + 1 + i])
-            if token != guess:
+        sampled = verify(llm, sample, [token, *guesses])
+        token = sampled.pop()  # the first token the draft did not guess, not yet evaluated
+        yield from sampled  # guesses kept: the cache holds them, no context check needed between
+
+
+def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> list[int]:
+    """Evaluates ``pending`` (a sampled token, then guesses), ROWS_PER_EVAL rows per engine
+    call, while the sampler agrees with the guesses; returns the tokens sampled (the guesses
+    kept, then the next token) and leaves the cache holding ``pending`` up to the last kept."""
+    base = llm.n_tokens
+    sampled: list[int] = []
+    rows: list[np.ndarray] = []
+    agreed = True
+    while agreed:
+        rows.append(evaluate(llm, pending[len(sampled) : len(sampled) + ROWS_PER_EVAL]))
+        for row in rows[-1]:
+            position = len(sampled)  # of the token whose logits `row` holds
+            sampled.append(sample(row, llm.input_ids[: base + 1 + position]))
+            guess = pending[position + 1] if position + 1 < len(pending) else None
+            agreed = sampled[-1] == guess
+            if not agreed:
                 break
-            kept.append(token)
-        keep(llm, base + 1 + len(kept), rows[: len(kept) + 1])
-        yield from kept  # the cache already holds them: no context check needed between
+    keep(llm, base + len(sampled), np.concatenate(rows)[: len(sampled)])
+    return sampled
 
 
 def evaluate(llm: Llama, tokens: list[int]) -> np.ndarray:
