@@ -94,6 +94,9 @@ impl CacheStore {
     /// Restores positions `base..base + n` from `data` (`saved_len(n)` bytes made by `save`).
     pub fn load(&mut self, base: usize, n: usize, data: &[u8]) {
         let (heads, hb, n_ctx) = (self.row_bytes / self.head_bytes, self.head_bytes, self.n_ctx);
+        if n == 0 {
+            return;
+        }
         let mut chunks = data.chunks_exact(n * hb);
         for layer in &mut self.layers {
             for h in 0..heads {

@@ -238,6 +238,13 @@ fn a_saved_kv_state_continues_exactly_and_a_foreign_one_is_refused() {
     model.eval(&[4], false, &mut logits).unwrap();
     assert_eq!(logits, want);
 
+    model.truncate(0).unwrap();
+    let empty = model.save_kv(0).unwrap();
+    model.eval(&[1, 2], false, &mut logits).unwrap();
+    model.load_kv(0, &empty).unwrap();
+    assert_eq!(model.n_past(), 0);
+    model.load_kv(0, &state).unwrap();
+
     let before = model.n_past();
     assert!(model.load_kv(0, &state[..state.len() - 1]).is_err());
     assert!(model.load_kv(0, b"not a state at all, not at all").is_err());
