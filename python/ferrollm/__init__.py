@@ -1,6 +1,7 @@
 """ferrollm: quantized large language models on the CPU, with a Rust core.
 
-``ferrollm.Llama`` runs llama-family GGUF models (llama-cpp-python's API);
+``ferrollm.Llama`` runs llama-family GGUF models (llama-cpp-python's API, with its prompt caches,
+saved states and draft models);
 ``ferrollm.demo_model_path()`` is the small trained Mixtral shipped in the package.
 ``perplexity`` / ``kl_divergence`` (:mod:`ferrollm.quality`) measure quantization quality and
 ``quantize`` (:mod:`ferrollm.quantize`) writes a model in another type or mix, optionally with an
@@ -17,6 +18,9 @@ from ferrollm.demo import demo_model_path
 from ferrollm.imatrix import Imatrix
 from ferrollm.imatrix import collect as collect_imatrix
 from ferrollm.llama import Llama
+from ferrollm.llama_cache import LlamaCache, LlamaDiskCache, LlamaRAMCache
+from ferrollm.llama_speculative import LlamaDraftModel, LlamaPromptLookupDecoding
+from ferrollm.llama_state import LlamaState
 from ferrollm.merge import merge
 from ferrollm.moe import moe
 from ferrollm.quality import kl_divergence, perplexity
@@ -28,6 +32,12 @@ __all__ = [
     "GGUFError",
     "Imatrix",
     "Llama",
+    "LlamaCache",
+    "LlamaDiskCache",
+    "LlamaDraftModel",
+    "LlamaPromptLookupDecoding",
+    "LlamaRAMCache",
+    "LlamaState",
     "Tokenizer",
     "UnsupportedTypeError",
     "__version__",
