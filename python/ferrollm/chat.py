@@ -12,10 +12,13 @@ Built-in formats (names as in llama-cpp-python's ``chat_format``):
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from jinja2 import TemplateError
+from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 Message = dict
@@ -113,25 +116,68 @@ def _raise(message: str):
     raise ChatTemplateError(f"chat template: {message}")
 
 
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _tojson(
+    x: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False
+):
+    # Transformers' (and llama-cpp-python's) tojson: plain json.dumps, keys in their order and
+    # no HTML escaping (Jinja's own sorts keys and escapes <, > and &).
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+class _GenerationTag(Extension):
+    """Hugging Face's ``{% generation %}...{% endgeneration %}`` (marks the assistant's tokens
+    for training masks): renders its body."""
+
+    tags = frozenset({"generation"})
+
+    def parse(self, parser):
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
 class JinjaTemplate:
-    """A ``tokenizer.chat_template`` string, compiled once in an immutable sandbox."""
+    """A ``tokenizer.chat_template`` string, compiled once in an immutable sandbox, rendered as
+    llama-cpp-python's Jinja2ChatFormatter renders it (the environment of Transformers' chat
+    templates: ``{% break %}``/``{% continue %}``, ``{% generation %}``, its ``tojson``; the
+    variables ``raise_exception``, ``strftime_now``, and ``tools``/``functions`` None unless
+    given)."""
 
     def __init__(self, source: str):
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols]
+        )
+        env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise
-        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+        env.globals["strftime_now"] = _strftime_now
         try:
             self._template = env.from_string(source)
         except TemplateError as e:
             raise ChatTemplateError(f"the file's chat template does not compile: {e}") from e
 
     def __call__(
-        self, messages: Sequence[Message], bos: str, eos: str, tools: list | None = None
+        self,
+        messages: Sequence[Message],
+        bos: str,
+        eos: str,
+        tools: list | None = None,
+        add_generation_prompt: bool = True,
+        **variables: Any,
     ) -> ChatPrompt:
-        extra = {} if tools is None else {"tools": tools}  # templates test `tools is defined`
+        """``variables``: more names for the template (a template may want e.g. ``documents``
+        or ``functions``), as Transformers' and llama-cpp-python's renderers take them."""
+        context = {"tool_choice": None, "functions": None, "function_call": None, **variables}
         try:
             text = self._template.render(
-                messages=list(messages), bos_token=bos, eos_token=eos, add_generation_prompt=True, **extra
+                context,
+                messages=list(messages),
+                bos_token=bos,
+                eos_token=eos,
+                add_generation_prompt=add_generation_prompt,
+                tools=tools,
             )
         except ChatTemplateError:
             raise
