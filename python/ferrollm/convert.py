@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ferrollm import hf_vocab
-from ferrollm.checkpoint import HFCheckpoint
+from ferrollm.checkpoint import CheckpointError, HFCheckpoint
+from ferrollm.exl2 import EXL2Checkpoint, quant_method
 from ferrollm.export import Progress, gguf_tensors, write_gguf_model
 
 
@@ -99,12 +100,25 @@ def llama_metadata(config: dict, model_dir: str | None, name: str | None = None,
     return md
 
 
+def open_model_dir(model_dir: str | os.PathLike):
+    """A Hugging Face directory as a tensor source: float safetensors, or EXL2 (ExLlamaV2's
+    quantized layers, dequantized exactly as they are read)."""
+    method = quant_method(model_dir)
+    if method == "exl2":
+        return EXL2Checkpoint(model_dir)
+    if method is not None:
+        raise CheckpointError(f"{os.fspath(model_dir)}: quantization method {method!r} is not supported "
+                              "(float checkpoints and EXL2 are)")  # fmt: skip
+    return HFCheckpoint(model_dir)
+
+
 def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "auto", imatrix=None,
             threads: int | None = None, progress: Progress | None = None) -> dict[str, str]:  # fmt: skip
     """Write ``out`` from the Hugging Face directory ``model_dir``; returns {tensor: type}.
-    ``outtype``: auto (BF16 for a BF16 checkpoint, else F16, as llama.cpp), f32, f16, bf16,
-    q8_0, any tensor type or mix (Q4_K_M, IQ2_XS with ``imatrix``, ...)."""
-    ck = HFCheckpoint(model_dir)
+    ``outtype``: auto (BF16 for a BF16 checkpoint, else F16, as llama.cpp; F16 for EXL2,
+    which holds its dequantized weights exactly), f32, f16, bf16, q8_0, any tensor type or
+    mix (Q4_K_M, IQ2_XS with ``imatrix``, ...). An EXL2 directory (ExLlamaV2) is read too."""
+    ck = open_model_dir(model_dir)
     try:
         if outtype.lower() == "auto":
             first = next((n for n in ck.names() if len(ck.shape(n)) > 1), None)
