@@ -35,6 +35,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "rope.scaling.yarn_beta_slow",
     "expert_count",
     "expert_used_count",
+    "expert_weights_norm",
     "vocab_size",
 ];
 
@@ -93,6 +94,8 @@ pub struct Config {
     /// 0 for a dense model.
     pub n_expert: usize,
     pub n_expert_used: usize,
+    /// Whether the chosen experts' weights are renormalised to sum to 1 (`expert_weights_norm`).
+    pub expert_weights_norm: bool,
 }
 
 /// Metadata with overrides laid over it.
@@ -265,6 +268,15 @@ impl Config {
             final_softcap: softcap("final_logit_softcapping")?,
             n_expert,
             n_expert_used: if n_expert > 0 { n_expert_used } else { 0 },
+            expert_weights_norm: match keys.get("expert_weights_norm") {
+                None => true,
+                Some(Value::Bool(b)) => b,
+                Some(v) => {
+                    return Err(Error::invalid(format!(
+                        "metadata {name}.expert_weights_norm should be a boolean, got {v}"
+                    )));
+                }
+            },
         })
     }
 

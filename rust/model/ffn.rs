@@ -93,9 +93,10 @@ pub fn dense(
     gated(cx, e, 0, x, out, &mut s.gate, &mut s.up, &mut s.act)
 }
 
-/// Top-`k` of `logits` (ties to the lower index) with softmax weights over the selection,
-/// appended to `routes` for `token`.
-fn route(logits: &[f32], k: usize, token: usize, routes: &mut Vec<(u32, u32, f32)>) {
+/// Top-`k` of `logits` (ties to the lower index), appended to `routes` for `token` with their
+/// softmax weights: over the selection when `renorm` (Mixtral, Qwen3-MoE), else over all the
+/// experts (Qwen3-MoE's `norm_topk_prob = false`).
+fn route(logits: &[f32], k: usize, renorm: bool, token: usize, routes: &mut Vec<(u32, u32, f32)>) {
     let start = routes.len();
     for (e, &l) in logits.iter().enumerate() {
         // Insertion into the sorted selection kept at routes[start..]: k is tiny (2..8).
@@ -112,7 +113,11 @@ fn route(logits: &[f32], k: usize, token: usize, routes: &mut Vec<(u32, u32, f32
         }
     }
     let max = routes[start].2;
-    let sum: f32 = routes[start..].iter().map(|r| (r.2 - max).exp()).sum();
+    let sum: f32 = if renorm {
+        routes[start..].iter().map(|r| (r.2 - max).exp()).sum()
+    } else {
+        logits.iter().map(|&l| (l - max).exp()).sum()
+    };
     for r in &mut routes[start..] {
         r.2 = (r.2 - max).exp() / sum;
     }
@@ -125,6 +130,7 @@ pub fn moe(
     router: &Tensor,
     experts: &[ExpertFfn],
     n_used: usize,
+    renorm: bool,
     x: &[f32],
     out: &mut [f32],
     s: &mut FfnScratch,
@@ -150,6 +156,7 @@ pub fn moe(
         route(
             &s.router_logits[t * n_expert..][..n_expert],
             n_used,
+            renorm,
             t,
             &mut s.routes,
         );

@@ -703,6 +703,7 @@ impl Model {
                     router,
                     experts,
                     c.n_expert_used,
+                    c.expert_weights_norm,
                     &s.normed,
                     &mut s.proj,
                     &mut s.ffn,
