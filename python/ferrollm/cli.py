@@ -5,6 +5,9 @@ ferrollm run [-m FILE] -p PROMPT generate, streaming to the terminal (llama.cpp'
 ferrollm chat [-m FILE]          interactive chat with the model's template
 ferrollm perplexity -f TEXT      perplexity, and KL-divergence against a base (llama-perplexity)
 ferrollm quantize IN OUT TYPE    write a model with every weight matrix in TYPE
+ferrollm quantize IN OUT --target-bpw B --imatrix F --calibration TEXT
+                                 each tensor's type chosen by measurement to fit a size (or --target-size,
+                                 --fit-ram SIZE -c CTX)
 ferrollm info FILE               hardware, metadata, tensors and the kernels this CPU will use
 ferrollm plan FILE [-c CTX]      the RAM a run needs (weights + KV cache + buffers), and whether it fits
 ferrollm synth OUT.gguf          write a small GGUF of random valid blocks of every type
@@ -240,7 +243,52 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allocation_target(args: argparse.Namespace):
+    """The --target-bpw / --target-size / --fit-ram target, or None for a fixed type or mix."""
+    from ferrollm.allocate import Target, parse_size
+
+    given = [o for o, v in (("--target-bpw", args.target_bpw), ("--target-size", args.target_size),
+                            ("--fit-ram", args.fit_ram)) if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise ValueError(f"give one target, not {' and '.join(given)}")
+    if not given:
+        if args.type is None:
+            raise ValueError("give a TYPE (a mix such as Q4_K_M, or a tensor type with --pure) or a target: "
+                             "--target-bpw B, --target-size BYTES or --fit-ram SIZE")  # fmt: skip
+        return None
+    if args.type is not None:
+        raise ValueError(f"give a TYPE or {given[0]}, not both: the allocation chooses every tensor's type")
+    if args.target_bpw is not None:
+        return Target(bpw=args.target_bpw)
+    if args.target_size is not None:
+        return Target(file_bytes=parse_size(args.target_size))
+    return Target(ram_bytes=parse_size(args.fit_ram), n_ctx=args.ctx_size, type_k=args.cache_type_k,
+                  type_v=args.cache_type_v, n_threads=args.threads or 2)  # fmt: skip
+
+
+def cmd_quantize_to_target(args: argparse.Namespace, target) -> int:
+    from ferrollm.allocate import describe, quantize_to_target
+
+    start = time.perf_counter()
+    types = tuple(t.strip().upper() for t in args.types.split(",")) if args.types else None
+    result = quantize_to_target(
+        args.input, args.output, target, imatrix=args.imatrix, calibration=args.calibration,
+        measurement=args.measurement, types=types, anchors=None if args.anchors == 0 else args.anchors,
+        n_tokens=args.measure_tokens, threads=args.threads, progress=None if args.quiet else ProgressBar(sys.stderr),
+        log=lambda msg: print(msg, file=sys.stderr),
+    )  # fmt: skip
+    describe(result)
+    seconds = result.measurement.seconds.get("total", 0.0)
+    how = f"measured in {seconds:.1f} s" if result.measured else f"measurement reused from {args.measurement}"
+    print(f"wrote {args.output}: {result.allocation.file_bytes} bytes ({_size(result.allocation.file_bytes)}) "
+          f"for {target.describe()}, {how}, {time.perf_counter() - start:.1f} s in all")  # fmt: skip
+    return 0
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
+    target = _allocation_target(args)
+    if target is not None:
+        return cmd_quantize_to_target(args, target)
     start = time.perf_counter()
     bar = None if args.quiet else ProgressBar(sys.stderr)
     written = quantize_file(args.input, args.output, args.type, imatrix=args.imatrix, pure=args.pure,
@@ -437,8 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     qz = sub.add_parser("quantize", help="write a model in another type or named mix (llama-quantize)")
     qz.add_argument("input")
     qz.add_argument("output")
-    qz.add_argument("type", type=str.upper, metavar="TYPE",
-                    help=f"a mix ({', '.join(MIXES)}; Q4_K = Q4_K_M) or, with --pure, a tensor type")  # fmt: skip
+    qz.add_argument("type", type=str.upper, metavar="TYPE", nargs="?",
+                    help=f"a mix ({', '.join(MIXES)}; Q4_K = Q4_K_M) or, with --pure, a tensor type; "
+                    "omitted with a target")  # fmt: skip
     qz.add_argument(
         "--imatrix", metavar="FILE", help="importance matrix (.dat or .gguf, llama.cpp's or ours)"
     )
@@ -447,6 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight")
     qz.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
     qz.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    alloc = qz.add_argument_group("allocation by measurement (instead of TYPE)")
+    alloc.add_argument("--target-bpw", type=float, metavar="B",
+                       help="bits per weight of the quantized matrices (norms and routers excluded)")  # fmt: skip
+    alloc.add_argument("--target-size", metavar="BYTES", help="the whole file's size at most (e.g. 5123456, 4.8GiB)")
+    alloc.add_argument("--fit-ram", metavar="SIZE", help="file + KV cache + buffers at context -c within SIZE (16GiB)")
+    alloc.add_argument("-c", "--ctx-size", type=int, default=4096, help="with --fit-ram: the context (default 4096)")
+    alloc.add_argument("-ctk", "--cache-type-k", default="f16", help="with --fit-ram: K cache type")
+    alloc.add_argument("-ctv", "--cache-type-v", default="f16", help="with --fit-ram: V cache type")
+    alloc.add_argument("--calibration", metavar="TEXT", help="calibration text file for the measurement")
+    alloc.add_argument("--measurement", metavar="M.json", help="save the measurement here; reused when it matches")
+    alloc.add_argument("--types", help="candidate types, comma-separated (default: the K and IQ types and Q8_0)")
+    alloc.add_argument("--anchors", type=int, default=4,
+                       help="types measured by KLD per tensor, the rest placed by the proxy (0: all; default 4)")  # fmt: skip
+    alloc.add_argument("--measure-tokens", type=int, default=2048, help="calibration tokens scored per measurement")
     qz.set_defaults(run=cmd_quantize)
 
     imx = sub.add_parser("imatrix", help="collect an importance matrix over calibration text (llama-imatrix)")

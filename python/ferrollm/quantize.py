@@ -108,6 +108,21 @@ def _plan(f: GGUFFile, type_name: str, pure: bool, has_imatrix: bool, token_embe
     return out
 
 
+def output_metadata(f: GGUFFile, file_type: int, imatrix: Imatrix | None) -> list[tuple[str, str, object]]:
+    """(key, type, value) of a quantized file's metadata: the source's (its alignment, file type
+    and quantize.* keys replaced), the file type, and where the importance matrix came from."""
+    md_types = f.metadata_types
+    out = [(key, md_types[key], value) for key, value in f.metadata.items()
+           if key not in ("general.alignment", "general.file_type") and not key.startswith("quantize.")]  # fmt: skip
+    out.append(("general.file_type", "u32", file_type))
+    if imatrix is not None:
+        out.append(("quantize.imatrix.entries_count", "i32", len(imatrix.entries)))
+        out.append(("quantize.imatrix.chunks_count", "i32", imatrix.chunk_count))
+        if imatrix.datasets:
+            out.append(("quantize.imatrix.dataset", "str", imatrix.datasets[-1]))
+    return out
+
+
 def quantize_file(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -118,12 +133,14 @@ def quantize_file(
     progress: Callable[[int, int, str], None] | None = None,
     token_embedding_type: str | None = None,
     output_tensor_type: str | None = None,
+    tensor_types: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Write ``dst``: ``src`` with every weight matrix requantized (from its dequantized values)
     to the type ``type_name`` (a tensor type or a named mix) gives it; the two ``*_type``
-    arguments override the token embedding's and the head's (llama-quantize's options).
-    Returns {tensor name: type written}. ``progress(done_elements, total_elements, tensor
-    name)`` follows the work."""
+    arguments override the token embedding's and the head's (llama-quantize's options), and
+    ``tensor_types`` any tensor's (an allocation's choices; ``type_name`` then only names the
+    file type). Returns {tensor name: type written}. ``progress(done_elements, total_elements,
+    tensor name)`` follows the work."""
     if pure:
         target = quants.quant_type(type_name).name
         if target not in WRITABLE_TYPES:
@@ -137,6 +154,7 @@ def quantize_file(
         imatrix = Imatrix.load(imatrix)
     with GGUFFile(src) as f:
         types = _plan(f, type_name, pure, imatrix is not None, token_embedding_type, output_tensor_type)
+        types.update({n: quants.quant_type(t).name for n, t in (tensor_types or {}).items()})
         missing = [n for n, t in types.items() if imatrix is None and needs_imatrix(mix, n, t)]
         if missing:
             raise ValueError(
@@ -144,17 +162,9 @@ def quantize_file(
                 "one 1-3 bit codebooks are garbage. Make one with `ferrollm imatrix -m MODEL -f CALIBRATION.txt`"
             )
         written: dict[str, str] = {}
-        md_types = f.metadata_types
         writer = GGUFWriter(dst)
-        for key, value in f.metadata.items():
-            if key not in ("general.alignment", "general.file_type") and not key.startswith("quantize."):
-                writer.add(key, value, md_types[key])
-        writer.add("general.file_type", file_type, "u32")
-        if imatrix is not None:
-            writer.add("quantize.imatrix.entries_count", len(imatrix.entries), "i32")
-            writer.add("quantize.imatrix.chunks_count", imatrix.chunk_count, "i32")
-            if imatrix.datasets:
-                writer.add("quantize.imatrix.dataset", imatrix.datasets[-1], "str")
+        for key, type_id, value in output_metadata(f, file_type, imatrix):
+            writer.add(key, value, type_id)
         total = sum(info.n_elements for info in f.tensors)
         done = 0
         for info in f.tensors:
@@ -212,11 +222,18 @@ class QuantizedTensor:
 
 
 def quantize(src, dst_or_type, type_name: str | None = None, *, imatrix=None, pure: bool = False,
-             threads: int | None = None, progress: Callable[[int, int, str], None] | None = None):  # fmt: skip
+             threads: int | None = None, progress: Callable[[int, int, str], None] | None = None,
+             target_bpw: float | None = None, target_size: int | str | None = None, fit_ram: int | str | None = None,
+             n_ctx: int = 4096, calibration=None, measurement=None, **allocation):  # fmt: skip
     """Quantize a model file or one tensor.
 
     - ``quantize("in.gguf", "out.gguf", "Q4_K_M", imatrix="imatrix.dat")`` writes a file as
       ``ferrollm quantize`` does and returns {tensor name: type}.
+    - ``quantize("in.gguf", "out.gguf", target_bpw=3.3, imatrix=..., calibration=text,
+      measurement="m.json")`` chooses every tensor's type by measurement to fit the target
+      (or ``target_size`` bytes for the whole file, or ``fit_ram`` with context ``n_ctx``):
+      see :mod:`ferrollm.allocate`, whose other options (``types``, ``anchors``, ``n_tokens``)
+      pass through. ``calibration`` is the text, or a path to it.
     - ``quantize(array, "IQ2_XS", imatrix=column_importance)`` quantizes one float array along
       its last axis and returns a :class:`QuantizedTensor` (``.dequantize()`` to measure the
       error). ``imatrix`` is each column's mean squared activation: (cols,) or (n_mat, cols).
@@ -226,6 +243,17 @@ def quantize(src, dst_or_type, type_name: str | None = None, *, imatrix=None, pu
             raise TypeError("quantize(array, type): give the type second, no output path")
         data, t, _ = quantize_tensor(src, dst_or_type, imatrix, threads)
         return QuantizedTensor(data, t or quants.quant_type(dst_or_type).name, tuple(src.shape))
+    if target_bpw is not None or target_size is not None or fit_ram is not None:
+        from ferrollm.allocate import Target, parse_size, quantize_to_target
+
+        if type_name is not None:
+            raise TypeError("quantize(src, dst, type) or quantize(src, dst, target_...=), not both")
+        target = Target(bpw=target_bpw, file_bytes=None if target_size is None else parse_size(target_size),
+                        ram_bytes=None if fit_ram is None else parse_size(fit_ram), n_ctx=n_ctx)  # fmt: skip
+        result = quantize_to_target(src, dst_or_type, target, imatrix=imatrix, threads=threads,
+                                    calibration=calibration, measurement=measurement, write_progress=progress,
+                                    **allocation)  # fmt: skip
+        return result.written
     if type_name is None:
         raise TypeError("quantize(src, dst, type): the type is missing")
     return quantize_file(
