@@ -43,7 +43,8 @@ impl Rope {
                     Some(y) => {
                         let low = corr_dim(y.beta_fast).floor().max(0.0);
                         let high = corr_dim(y.beta_slow).ceil().min(n - 1.0);
-                        let ramp = 1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                        let ramp =
+                            1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
                         let mix = ramp * y.ext_factor as f64;
                         interp * (1.0 - mix) + extrap * mix
                     }

@@ -241,9 +241,8 @@ impl Config {
             }
             None => 1.0 / (head_dim as f32).sqrt(),
         };
-        let softcap = |key: &str| -> Result<Option<f32>> {
-            Ok(keys.float(key)?.filter(|&cap| cap != 0.0))
-        };
+        let softcap =
+            |key: &str| -> Result<Option<f32>> { Ok(keys.float(key)?.filter(|&cap| cap != 0.0)) };
         Ok(Config {
             arch,
             n_ctx_train,
@@ -320,8 +319,16 @@ fn rope_config(keys: &Keys, n_ctx_train: usize) -> Result<(RopeConfig, usize)> {
         "yarn" => {
             // llama.cpp's magnitude: the file's attn_factor times get_mscale(factor), with
             // DeepSeek's log multiplier dividing it when given.
-            let mscale = |m: f32| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
-            let log_mul = keys.float("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0);
+            let mscale = |m: f32| {
+                if factor <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * factor.ln() + 1.0
+                }
+            };
+            let log_mul = keys
+                .float("rope.scaling.yarn_log_multiplier")?
+                .unwrap_or(0.0);
             let magnitude = if log_mul != 0.0 {
                 mscale(1.0) / mscale(log_mul)
             } else {
@@ -333,7 +340,11 @@ fn rope_config(keys: &Keys, n_ctx_train: usize) -> Result<(RopeConfig, usize)> {
                 beta_slow: keys.float("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
             };
             // Without extrapolation (ext_factor 0) llama.cpp applies no magnitude either.
-            let magnitude = if yarn.ext_factor == 0.0 { 1.0 } else { magnitude };
+            let magnitude = if yarn.ext_factor == 0.0 {
+                1.0
+            } else {
+                magnitude
+            };
             (1.0 / factor, Some(yarn), magnitude * attn_factor)
         }
         other => {

@@ -82,7 +82,11 @@ impl ActivationStats {
                 };
                 // Fused tensors (Phi-3's attn_qkv, its gate+up in ffn_up) get the entry alone.
                 let present = |names: &[&str]| -> Vec<String> {
-                    names.iter().map(|s| name(s)).filter(|n| file_has(n)).collect()
+                    names
+                        .iter()
+                        .map(|s| name(s))
+                        .filter(|n| file_has(n))
+                        .collect()
                 };
                 let qkv = single(add(
                     present(&["attn_q", "attn_k", "attn_v", "attn_qkv"]),

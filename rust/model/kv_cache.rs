@@ -93,7 +93,11 @@ impl CacheStore {
 
     /// Restores positions `base..base + n` from `data` (`saved_len(n)` bytes made by `save`).
     pub fn load(&mut self, base: usize, n: usize, data: &[u8]) {
-        let (heads, hb, n_ctx) = (self.row_bytes / self.head_bytes, self.head_bytes, self.n_ctx);
+        let (heads, hb, n_ctx) = (
+            self.row_bytes / self.head_bytes,
+            self.head_bytes,
+            self.n_ctx,
+        );
         if n == 0 {
             return;
         }

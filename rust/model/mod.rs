@@ -219,7 +219,15 @@ impl Model {
         } else {
             factors.short.as_deref()
         };
-        let rope = |cfg| Rope::new(cfg, config.arch.rope, config.n_rot, config.head_dim, factors);
+        let rope = |cfg| {
+            Rope::new(
+                cfg,
+                config.arch.rope,
+                config.n_rot,
+                config.head_dim,
+                factors,
+            )
+        };
         let ropes = [rope(&config.rope), rope(&config.rope_swa)];
         let mut scratch = Scratch::default();
         scratch
@@ -346,7 +354,8 @@ impl Model {
         if data.len() < KV_HEADER_LEN || &data[..8] != KV_MAGIC {
             return Err(bad("it is not a ferrollm KV state".into()));
         }
-        let n = u64::from_le_bytes(data[KV_HEADER_LEN - 8..KV_HEADER_LEN].try_into().unwrap()) as usize;
+        let n =
+            u64::from_le_bytes(data[KV_HEADER_LEN - 8..KV_HEADER_LEN].try_into().unwrap()) as usize;
         if data[..KV_HEADER_LEN] != self.kv_header(n)[..] {
             return Err(bad(format!(
                 "it was saved from a cache of another shape or type (this model: {} layers, {} KV \
@@ -359,7 +368,10 @@ impl Model {
             )));
         }
         if n > self.n_ctx {
-            return Err(bad(format!("it holds {n} positions; the context has {}", self.n_ctx)));
+            return Err(bad(format!(
+                "it holds {n} positions; the context has {}",
+                self.n_ctx
+            )));
         }
         let (k_len, v_len) = (self.cache.k.saved_len(n), self.cache.v.saved_len(n));
         let body = &data[KV_HEADER_LEN..];
@@ -646,7 +658,8 @@ impl Model {
             )?;
             if let Some(b) = &layer.qkv_bias {
                 for (x, bias) in [(&mut s.q, &b.q), (&mut s.k, &b.k), (&mut s.v, &b.v)] {
-                    x.chunks_exact_mut(bias.len()).for_each(|row| add(row, bias));
+                    x.chunks_exact_mut(bias.len())
+                        .for_each(|row| add(row, bias));
                 }
             }
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {

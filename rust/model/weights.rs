@@ -102,17 +102,70 @@ fn info<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo> {
         .ok_or_else(|| Error::invalid(format!("model file lacks tensor '{name}'")))
 }
 
-fn shape_error(t: &TensorInfo, want: &[usize]) -> Error {
+fn shape_error(c: &Config, t: &TensorInfo, want: &[usize]) -> Error {
     Error::invalid(format!(
-        "tensor '{}' has shape {:?}, expected {want:?}",
-        t.name, t.dims
+        "tensor '{}' has shape {:?}, but the metadata says {want:?} ({})",
+        t.name,
+        t.dims,
+        shape_keys(c, &t.name)
     ))
 }
 
-fn check_dims(t: &TensorInfo, want: &[usize]) -> Result<()> {
+/// The metadata keys (with their values) that set the expected shape of tensor `name`, so a
+/// file whose metadata contradicts its tensors names both.
+fn shape_keys(c: &Config, name: &str) -> String {
+    let kind = name.trim_end_matches(".weight").trim_end_matches(".bias");
+    let kind = kind
+        .rsplit('.')
+        .find(|p| p.parse::<usize>().is_err())
+        .unwrap_or(kind);
+    let head = ["attention.key_length"];
+    let keys: Vec<&str> = match kind {
+        "attn_q" | "attn_output" => {
+            [&["embedding_length", "attention.head_count"][..], &head].concat()
+        }
+        "attn_k" | "attn_v" => {
+            [&["embedding_length", "attention.head_count_kv"][..], &head].concat()
+        }
+        "attn_qkv" => vec![
+            "embedding_length",
+            "attention.head_count",
+            "attention.head_count_kv",
+            head[0],
+        ],
+        "attn_q_norm" | "attn_k_norm" => head.to_vec(),
+        "ffn_gate" | "ffn_up" | "ffn_down" => vec!["embedding_length", "feed_forward_length"],
+        "ffn_gate_exps" | "ffn_up_exps" | "ffn_down_exps" => {
+            vec![
+                "embedding_length",
+                "expert_feed_forward_length",
+                "expert_count",
+            ]
+        }
+        "ffn_gate_inp" => vec!["embedding_length", "expert_count"],
+        "rope_freqs" | "rope_factors_long" | "rope_factors_short" => vec!["rope.dimension_count"],
+        _ => vec!["embedding_length"],
+    };
+    let value = |k: &str| match k {
+        "embedding_length" => c.n_embd,
+        "attention.head_count" => c.n_head,
+        "attention.head_count_kv" => c.n_head_kv,
+        "attention.key_length" => c.head_dim,
+        "feed_forward_length" => c.n_ff,
+        "expert_feed_forward_length" => c.n_ff_exp,
+        "expert_count" => c.n_expert,
+        _ => c.n_rot,
+    };
+    keys.iter()
+        .map(|k| format!("{}.{k} = {}", c.arch.name, value(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn check_dims(c: &Config, t: &TensorInfo, want: &[usize]) -> Result<()> {
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     if dims != want {
-        return Err(shape_error(t, want));
+        return Err(shape_error(c, t, want));
     }
     Ok(())
 }
@@ -120,6 +173,7 @@ fn check_dims(t: &TensorInfo, want: &[usize]) -> Result<()> {
 /// A matrix of `rows` x `cols` (ggml dims [cols, rows]), times `count` stacked (3-D) if > 1.
 fn matrices(
     file: &GgufFile,
+    c: &Config,
     name: &str,
     cols: usize,
     rows: usize,
@@ -131,7 +185,7 @@ fn matrices(
     } else {
         vec![cols, rows]
     };
-    check_dims(t, &want)?;
+    check_dims(c, t, &want)?;
     if activation_type(t.ty).is_none() {
         return Err(Error::Unsupported(format!(
             "tensor type {} for tensor '{name}' (no matrix product for this type)",
@@ -155,8 +209,8 @@ fn matrices(
         .collect())
 }
 
-fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Tensor> {
-    Ok(matrices(file, name, cols, rows, 1)?[0])
+fn matrix(file: &GgufFile, c: &Config, name: &str, cols: usize, rows: usize) -> Result<Tensor> {
+    Ok(matrices(file, c, name, cols, rows, 1)?[0])
 }
 
 impl Tensor {
@@ -186,14 +240,14 @@ fn attention_projections(file: &GgufFile, c: &Config, l: usize) -> Result<[Tenso
     let name = |s: &str| format!("blk.{l}.{s}.weight");
     let (q, kv) = (c.q_dim(), c.kv_dim());
     if file.tensor(&name("attn_qkv")).is_some() {
-        let fused = matrix(file, &name("attn_qkv"), c.n_embd, q + 2 * kv)?;
+        let fused = matrix(file, c, &name("attn_qkv"), c.n_embd, q + 2 * kv)?;
         let parts = fused.split_rows(&[q, kv, kv]);
         return Ok([parts[0], parts[1], parts[2]]);
     }
     Ok([
-        matrix(file, &name("attn_q"), c.n_embd, q)?,
-        matrix(file, &name("attn_k"), c.n_embd, kv)?,
-        matrix(file, &name("attn_v"), c.n_embd, kv)?,
+        matrix(file, c, &name("attn_q"), c.n_embd, q)?,
+        matrix(file, c, &name("attn_k"), c.n_embd, kv)?,
+        matrix(file, c, &name("attn_v"), c.n_embd, kv)?,
     ])
 }
 
@@ -202,7 +256,7 @@ fn qkv_bias(file: &GgufFile, c: &Config, l: usize) -> Result<Option<QkvBias>> {
     let name = |s: &str| format!("blk.{l}.{s}.bias");
     let (q, kv) = (c.q_dim(), c.kv_dim());
     if file.tensor(&name("attn_qkv")).is_some() {
-        let mut all = vector(file, &name("attn_qkv"), q + 2 * kv)?;
+        let mut all = vector(file, c, &name("attn_qkv"), q + 2 * kv)?;
         let v = all.split_off(q + kv);
         let k = all.split_off(q);
         return Ok(Some(QkvBias { q: all, k, v }));
@@ -211,9 +265,9 @@ fn qkv_bias(file: &GgufFile, c: &Config, l: usize) -> Result<Option<QkvBias>> {
     match present {
         [false, false, false] => Ok(None),
         [true, true, true] => Ok(Some(QkvBias {
-            q: vector(file, &name("attn_q"), q)?,
-            k: vector(file, &name("attn_k"), kv)?,
-            v: vector(file, &name("attn_v"), kv)?,
+            q: vector(file, c, &name("attn_q"), q)?,
+            k: vector(file, c, &name("attn_k"), kv)?,
+            v: vector(file, c, &name("attn_v"), kv)?,
         })),
         _ => Err(Error::invalid(format!(
             "layer {l} has biases for some of Q, K and V but not all: each of {}, {} and {} \
@@ -226,19 +280,30 @@ fn qkv_bias(file: &GgufFile, c: &Config, l: usize) -> Result<Option<QkvBias>> {
 }
 
 /// A norm vector the architecture requires (`Some`) or lacks (`None`).
-fn norm_if(file: &GgufFile, wanted: bool, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
-    wanted.then(|| vector(file, name, len)).transpose()
+fn norm_if(
+    file: &GgufFile,
+    c: &Config,
+    wanted: bool,
+    name: &str,
+    len: usize,
+) -> Result<Option<Vec<f32>>> {
+    wanted.then(|| vector(file, c, name, len)).transpose()
 }
 
 /// A 1-D tensor that may be absent.
-fn optional_vector(file: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>>> {
-    norm_if(file, file.tensor(name).is_some(), name, len)
+fn optional_vector(
+    file: &GgufFile,
+    c: &Config,
+    name: &str,
+    len: usize,
+) -> Result<Option<Vec<f32>>> {
+    norm_if(file, c, file.tensor(name).is_some(), name, len)
 }
 
 /// A 1-D tensor (norm weights) dequantized to f32.
-fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
+fn vector(file: &GgufFile, c: &Config, name: &str, len: usize) -> Result<Vec<f32>> {
     let t = info(file, name)?;
-    check_dims(t, &[len])?;
+    check_dims(c, t, &[len])?;
     let mut out = vec![0.0; len];
     quant::dequantize(t.ty, file.tensor_data(t), &mut out)
         .map_err(|e| Error::invalid(format!("tensor '{name}': {e}")))?;
@@ -250,10 +315,10 @@ fn load_ffn(file: &GgufFile, c: &Config, l: usize) -> Result<Ffn> {
     if c.n_expert == 0 {
         let f = c.n_ff;
         let name = |s: &str| format!("blk.{l}.{s}.weight");
-        let down = matrix(file, &name("ffn_down"), f, e)?;
+        let down = matrix(file, c, &name("ffn_down"), f, e)?;
         if file.tensor(&name("ffn_gate")).is_none() {
             // Phi-3 fuses them: `ffn_up` holds the gate's rows, then the up rows.
-            let fused = matrix(file, &name("ffn_up"), e, 2 * f)?;
+            let fused = matrix(file, c, &name("ffn_up"), e, 2 * f)?;
             let parts = fused.split_rows(&[f, f]);
             return Ok(Ffn::Dense(ExpertFfn {
                 gate: parts[0],
@@ -262,21 +327,27 @@ fn load_ffn(file: &GgufFile, c: &Config, l: usize) -> Result<Ffn> {
             }));
         }
         return Ok(Ffn::Dense(ExpertFfn {
-            gate: matrix(file, &name("ffn_gate"), e, f)?,
-            up: matrix(file, &name("ffn_up"), e, f)?,
+            gate: matrix(file, c, &name("ffn_gate"), e, f)?,
+            up: matrix(file, c, &name("ffn_up"), e, f)?,
             down,
         }));
     }
     let f = c.n_ff_exp;
-    let router = matrix(file, &format!("blk.{l}.ffn_gate_inp.weight"), e, c.n_expert)?;
+    let router = matrix(
+        file,
+        c,
+        &format!("blk.{l}.ffn_gate_inp.weight"),
+        e,
+        c.n_expert,
+    )?;
     let n = c.n_expert;
     let experts = if file
         .tensor(&format!("blk.{l}.ffn_gate_exps.weight"))
         .is_some()
     {
-        let gate = matrices(file, &format!("blk.{l}.ffn_gate_exps.weight"), e, f, n)?;
-        let up = matrices(file, &format!("blk.{l}.ffn_up_exps.weight"), e, f, n)?;
-        let down = matrices(file, &format!("blk.{l}.ffn_down_exps.weight"), f, e, n)?;
+        let gate = matrices(file, c, &format!("blk.{l}.ffn_gate_exps.weight"), e, f, n)?;
+        let up = matrices(file, c, &format!("blk.{l}.ffn_up_exps.weight"), e, f, n)?;
+        let down = matrices(file, c, &format!("blk.{l}.ffn_down_exps.weight"), f, e, n)?;
         (0..n)
             .map(|i| ExpertFfn {
                 gate: gate[i],
@@ -288,9 +359,9 @@ fn load_ffn(file: &GgufFile, c: &Config, l: usize) -> Result<Ffn> {
         (0..n)
             .map(|i| {
                 Ok(ExpertFfn {
-                    gate: matrix(file, &format!("blk.{l}.ffn_gate.{i}.weight"), e, f)?,
-                    up: matrix(file, &format!("blk.{l}.ffn_up.{i}.weight"), e, f)?,
-                    down: matrix(file, &format!("blk.{l}.ffn_down.{i}.weight"), f, e)?,
+                    gate: matrix(file, c, &format!("blk.{l}.ffn_gate.{i}.weight"), e, f)?,
+                    up: matrix(file, c, &format!("blk.{l}.ffn_up.{i}.weight"), e, f)?,
+                    down: matrix(file, c, &format!("blk.{l}.ffn_down.{i}.weight"), f, e)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?
@@ -302,7 +373,7 @@ impl Weights {
     pub fn load(file: &GgufFile, c: &Config) -> Result<Weights> {
         let embd = info(file, "token_embd.weight")?;
         if embd.dims.len() != 2 || embd.dims[0] as usize != c.n_embd || embd.dims[1] == 0 {
-            return Err(shape_error(embd, &[c.n_embd, 0]));
+            return Err(shape_error(c, embd, &[c.n_embd, 0]));
         }
         let n_vocab = embd.dims[1] as usize;
         if quant::dequant_fn(embd.ty, quant::Isa::Scalar).is_none() {
@@ -311,9 +382,9 @@ impl Weights {
                 embd.ty
             )));
         }
-        let token_embd = matrix(file, "token_embd.weight", c.n_embd, n_vocab)?;
+        let token_embd = matrix(file, c, "token_embd.weight", c.n_embd, n_vocab)?;
         let output = match file.tensor("output.weight") {
-            Some(_) => matrix(file, "output.weight", c.n_embd, n_vocab)?,
+            Some(_) => matrix(file, c, "output.weight", c.n_embd, n_vocab)?,
             None => token_embd,
         };
         let (e, a) = (c.n_embd, c.arch);
@@ -322,37 +393,43 @@ impl Weights {
                 let name = |s: &str| format!("blk.{l}.{s}.weight");
                 let [wq, wk, wv] = attention_projections(file, c, l)?;
                 Ok(Layer {
-                    attn_norm: vector(file, &name("attn_norm"), e)?,
+                    attn_norm: vector(file, c, &name("attn_norm"), e)?,
                     wq,
                     wk,
                     wv,
                     qkv_bias: qkv_bias(file, c, l)?,
-                    q_norm: norm_if(file, a.qk_norm, &name("attn_q_norm"), c.head_dim)?,
-                    k_norm: norm_if(file, a.qk_norm, &name("attn_k_norm"), c.head_dim)?,
-                    wo: matrix(file, &name("attn_output"), c.q_dim(), e)?,
-                    post_attn_norm: norm_if(file, a.post_norms, &name("post_attention_norm"), e)?,
-                    ffn_norm: vector(file, &name("ffn_norm"), e)?,
+                    q_norm: norm_if(file, c, a.qk_norm, &name("attn_q_norm"), c.head_dim)?,
+                    k_norm: norm_if(file, c, a.qk_norm, &name("attn_k_norm"), c.head_dim)?,
+                    wo: matrix(file, c, &name("attn_output"), c.q_dim(), e)?,
+                    post_attn_norm: norm_if(
+                        file,
+                        c,
+                        a.post_norms,
+                        &name("post_attention_norm"),
+                        e,
+                    )?,
+                    ffn_norm: vector(file, c, &name("ffn_norm"), e)?,
                     ffn: load_ffn(file, c, l)?,
-                    post_ffn_norm: norm_if(file, a.post_norms, &name("post_ffw_norm"), e)?,
+                    post_ffn_norm: norm_if(file, c, a.post_norms, &name("post_ffw_norm"), e)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let half = c.n_rot / 2;
-        let rope_factors = match optional_vector(file, "rope_freqs.weight", half)? {
+        let rope_factors = match optional_vector(file, c, "rope_freqs.weight", half)? {
             Some(freqs) => RopeFactors {
                 short: Some(freqs.clone()),
                 long: Some(freqs),
             },
             None => RopeFactors {
-                short: optional_vector(file, "rope_factors_short.weight", half)?,
-                long: optional_vector(file, "rope_factors_long.weight", half)?,
+                short: optional_vector(file, c, "rope_factors_short.weight", half)?,
+                long: optional_vector(file, c, "rope_factors_long.weight", half)?,
             },
         };
         Ok(Weights {
             n_vocab,
             token_embd,
             layers,
-            output_norm: vector(file, "output_norm.weight", e)?,
+            output_norm: vector(file, c, "output_norm.weight", e)?,
             output,
             rope_factors,
         })

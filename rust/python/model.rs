@@ -130,7 +130,11 @@ impl PyModel {
 
     /// Sequence `seq`'s KV cache (its cached positions) as bytes, for `load_kv`.
     #[pyo3(signature = (seq = 0))]
-    fn save_kv<'py>(&self, py: Python<'py>, seq: usize) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    fn save_kv<'py>(
+        &self,
+        py: Python<'py>,
+        seq: usize,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
         let data = self.model()?.save_kv(seq)?;
         Ok(pyo3::types::PyBytes::new(py, &data))
     }
