@@ -11,6 +11,7 @@ import json
 import math
 import os
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 from hf_models import config as hf_config
@@ -62,46 +63,77 @@ def _pack_column_bits(q: np.ndarray, bits: int) -> np.ndarray:
     return out[:qrows].astype(np.uint32).view(np.int32)
 
 
-def pack_layer(w: np.ndarray, rng, bits: list[int], props: list[float], group_size=32,
-               bias: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:  # fmt: skip
-    """(EXL2 tensors without the layer prefix, the float32 weights they dequantize to) for
-    ``w`` (out x in), its input features in a random activation order."""
+@dataclass
+class QuantizedLayer:
+    """What ``AdaptiveGPTQ`` holds before ``pack``: values in activation order."""
+
+    invperm: np.ndarray  # (in,) input feature i is stored row invperm[i]
+    groups: list[tuple[int, int]]  # (bits, rows)
+    q: np.ndarray  # (in, out) unsigned values
+    qscale: np.ndarray  # (groups, out) in 1..16
+    qscale_max: np.ndarray  # (groups,) float16
+    group_size: dict[int, int]
+
+
+def quantize_layer(w: np.ndarray, rng, bits: list[int], props: list[float], group_size=32) -> QuantizedLayer:
+    """``w`` (out x in) quantized round-to-nearest in a random activation order."""
     out_f, in_f = w.shape
     perm = rng.permutation(in_f)
-    invperm = np.argsort(perm)
     weights = w.T[perm].astype(np.float32)  # (in, out), activation order
     groups = plan_groups(in_f, bits, props, group_size)
-    padding = -out_f % 32
-    q_groups, q_weight, q_scale, q_scale_max = [], [], [], []
-    expected = np.empty((in_f, out_f), np.float16)
-    a = qrow = 0
+    q = np.empty((in_f, out_f), np.int64)
+    qscale, qscale_max, a = [], [], 0
     for b, n in groups:
-        x = weights[a : a + n]
-        qs, q_max, scale = find_params(x, b)
+        qs, q_max, scale = find_params(weights[a : a + n], b)
+        q[a : a + n] = np.clip(np.round(weights[a : a + n] / scale + 2 ** (b - 1)), 0, 2**b - 1)
+        qscale.append(qs)
+        qscale_max.append(q_max)
+        a += n
+    gs = group_size if isinstance(group_size, dict) else dict.fromkeys(bits, group_size)
+    return QuantizedLayer(np.argsort(perm), groups, q, np.stack(qscale), np.array(qscale_max, np.float16), gs)
+
+
+def dequantized(ql: QuantizedLayer) -> np.ndarray:
+    """The weights (out x in, float32) as ExLlamaV2 reconstructs them: every product of two
+    halves rounded to half, in numpy's float16 arithmetic."""
+    stored = np.empty(ql.q.shape, np.float16)
+    a = 0
+    for i, (b, n) in enumerate(ql.groups):
+        m = np.float16(np.float32(ql.qscale_max[i]) / np.float32(256))
+        s = (ql.qscale[i] * ql.qscale[i]).astype(np.float16) * m
+        stored[a : a + n] = (ql.q[a : a + n] - 2 ** (b - 1)).astype(np.float16) * s
+        a += n
+    return np.ascontiguousarray(stored[ql.invperm].T.astype(np.float32))
+
+
+def pack(ql: QuantizedLayer) -> dict[str, np.ndarray]:
+    """The layer's EXL2 tensors (without its name), as ``AdaptiveGPTQ.pack`` writes them."""
+    out_f = ql.q.shape[1]
+    padding = -out_f % 32
+    q_groups, q_weight, q_scale = [], [], []
+    a = qrow = 0
+    for i, (b, n) in enumerate(ql.groups):
         zero = 2 ** (b - 1)
-        q = np.clip(np.round(x / scale + zero), 0, 2**b - 1).astype(np.int64)
-        # ExLlamaV2's reconstruction: every product of halves rounded to half
-        m = np.float16(np.float32(q_max) / np.float32(256))
-        s = (qs * qs).astype(np.float16) * m
-        expected[a : a + n] = (q - zero).astype(np.float16) * s
-        qp = np.concatenate([q, np.full((n, padding), zero)], axis=1)  # padded columns hold the zero point
+        qp = np.concatenate([ql.q[a : a + n], np.full((n, padding), zero)], axis=1)  # padding: the zero point
         packed = _pack_column_bits(qp, b)
         q_groups += [b, qrow]
         q_weight.append(packed)
-        qsp = np.concatenate([qs, np.zeros(padding, np.int64)])
-        q_scale.append(_pack_rows_4(qsp))
-        q_scale_max.append(q_max)
+        q_scale.append(_pack_rows_4(np.concatenate([ql.qscale[i], np.zeros(padding, np.int64)])))
         a, qrow = a + n, qrow + packed.shape[0]
-    t = {
-        "q_invperm": invperm.astype(np.int32),
-        "q_scale_max": np.array(q_scale_max, np.float16),
+    return {
+        "q_invperm": ql.invperm.astype(np.int32),
+        "q_scale_max": ql.qscale_max.astype(np.float16),
         "q_groups": np.array(q_groups, np.int16),
         "q_scale": np.stack(q_scale),
         "q_weight": np.concatenate(q_weight),
     }
-    if bias is not None:
-        t["bias"] = bias.astype(np.float16)
-    return t, np.ascontiguousarray(expected[invperm].T.astype(np.float32))
+
+
+def pack_layer(w: np.ndarray, rng, bits: list[int], props: list[float], group_size=32):
+    """(EXL2 tensors without the layer prefix, the float32 weights they dequantize to) for
+    ``w`` (out x in), its input features in a random activation order."""
+    ql = quantize_layer(w, rng, bits, props, group_size)
+    return pack(ql), dequantized(ql)
 
 
 def _pack_rows_4(qs: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ def test_each_width_alone(bits):
 
 
 @pytest.mark.parametrize("out_f, in_f, bits, props, group_size", [
-    (96, 512, [8, 6, 5, 4, 3, 2], [1 / 6] * 6, 32),  # every width in one layer
+    (96, 512, [8, 6, 5, 4, 3, 2], [0.125, 0.125, 0.25, 0.25, 0.125, 0.125], 32),  # every width in one layer
     (64, 1024, [8, 4, 3], [0.05, 0.1, 0.85], {8: 32, 4: 128, 3: 128}),  # an ExLlamaV2 preset
     (100, 200, [5, 3], [0.5, 0.5], 64),  # padded columns; a last group of 8 rows in 1 word
     (40, 168, [6, 2], [0.5, 0.5], 64),  # 6-bit groups straddling words; partial last group
