@@ -176,7 +176,7 @@ def _scratch_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
-class _ModelWriter:
+class ModelWriter:
     """Writes copies of a base model with one tensor replaced."""
 
     def __init__(self, base: GGUFFile):
@@ -191,7 +191,7 @@ class _ModelWriter:
         write_gguf_stream(path, self.metadata, plan, blobs)
 
 
-def _measurement_base(src: GGUFFile, slots: tuple[Slot, ...], path: str) -> None:
+def measurement_base(src: GGUFFile, slots: tuple[Slot, ...], path: str) -> None:
     """The source with its float allocated tensors in Q8_0 (see the module's docstring)."""
     wide = {s.name for s in slots if src.tensor(s.name).type in _FLOAT_TYPES and s.shape[-1] % 32 == 0}
     md_types = src.metadata_types
@@ -241,14 +241,14 @@ def measure(
     seconds = {"quantize": 0.0, "kld": 0.0}
     with tempfile.TemporaryDirectory(prefix="ferrollm-measure-", dir=_scratch_dir()) as tmp:
         base_path = os.path.join(tmp, "base.gguf")
-        _measurement_base(src, layout.slots, base_path)
+        measurement_base(src, layout.slots, base_path)
         probe = KLDProbe(base_path, chunks, n_ctx, threads)
         seconds["base"] = time.perf_counter() - start
         done += 2
         if progress:
             progress(done, total, "base logits")
         with GGUFFile(base_path) as base:
-            writer = _ModelWriter(base)
+            writer = ModelWriter(base)
             for slot, anchor in plan:
                 info = src.tensor(slot.name)
                 values = src.dequantize(slot.name).reshape(slot.shape)

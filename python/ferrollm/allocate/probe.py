@@ -29,7 +29,9 @@ class KLDProbe:
                  n_threads: int | None = None):  # fmt: skip
         self.chunks, self.n_ctx, self.n_threads = chunks, n_ctx, n_threads
         self.base = self._logits(base_path)
-        self.base_lse = [_log_normaliser(b) for b in self.base]
+        self.probs = [np.exp(b - _log_normaliser(b)) for b in self.base]
+        # Their sums as kld() sums them (1 but for float32 rounding, which would show as a floor).
+        self.mass = [np.einsum("ij,ij->i", p, np.ones_like(p)) for p in self.probs]
 
     @property
     def n_tokens(self) -> int:
@@ -49,13 +51,12 @@ class KLDProbe:
     def kld(self, path: str | os.PathLike) -> float:
         """Mean KLD(base || model at ``path``) over all calibration positions."""
         total, count = 0.0, 0
-        for x, b, lse in zip(self._logits(path), self.base, self.base_lse):
-            p = np.exp(b - lse)
-            mass = p.sum(axis=1, dtype=np.float64)  # 1 but for float32 rounding, which would show
-            d = x - b
-            shift = d.max(axis=1, keepdims=True)
-            gap = np.log((p * np.exp(d - shift)).sum(axis=1, dtype=np.float64) / mass) + shift[:, 0]
-            gap -= (p * d).sum(axis=1, dtype=np.float64) / mass
-            total += float(np.maximum(gap, 0.0).sum())
+        for x, b, p, mass in zip(self._logits(path), self.base, self.probs, self.mass):
+            d = np.subtract(x, b, out=x)
+            mean_d = np.einsum("ij,ij->i", p, d) / mass
+            shift = d.max(axis=1)
+            e = np.exp(np.subtract(d, shift[:, None], out=d), out=d)
+            gap = np.log(np.einsum("ij,ij->i", p, e) / mass) + shift - mean_d
+            total += float(np.maximum(gap, 0.0).sum(dtype=np.float64))
             count += x.shape[0]
         return total / count
