@@ -1,8 +1,9 @@
-"""Small llama-family GGUF models with random weights, written by the project itself.
+"""Small GGUF models with random weights, written by the project itself.
 
 Tests compare the engine with independent references on these files (no download anywhere).
 Dense and Mixtral-style MoE, either expert layout (merged ``ffn_*_exps`` or one tensor per
-expert, as early-2024 files have), any weight type: the float and quantizable types are
+expert, as early-2024 files have), the other architectures the engine runs (``ARCH_TENSORS``:
+biases, fused tensors, Q/K norms, post-norms), any weight type: the float and quantizable types are
 quantized from Gaussian weights; the IQ1-IQ3 types get random valid blocks scaled to the same
 magnitude.
 """
@@ -28,6 +29,20 @@ METADATA_TYPES = {
 }
 
 
+# The tensors each architecture adds to (or fuses in) llama's layer, as llama.cpp's converter
+# writes them: Q/K/V biases, per-head Q/K norms, Gemma's post-norms, Phi-3's fused QKV and
+# gate/up. Hyper-parameters beyond the common ones go in ModelSpec.extra_metadata.
+ARCH_TENSORS: dict[str, set[str]] = {
+    "llama": set(),
+    "qwen2": {"qkv_bias"},
+    "qwen3": {"qk_norm"},
+    "qwen3moe": {"qk_norm"},
+    "phi3": {"fused_qkv", "fused_gate_up"},
+    "gemma2": {"post_norms"},
+    "gemma3": {"qk_norm", "post_norms"},
+}
+
+
 @dataclass
 class ModelSpec:
     n_vocab: int = 320
@@ -39,6 +54,9 @@ class ModelSpec:
     n_ctx_train: int = 256
     n_expert: int = 0
     n_expert_used: int = 2
+    arch: str = "llama"
+    # Head size when it is not n_embd / n_head (`{arch}.attention.key_length`)
+    head_dim: int | None = None
     weight_type: str = "F32"
     # "merged" (blk.N.ffn_gate_exps) or "split" (blk.N.ffn_gate.E, early-2024 files)
     expert_layout: str = "merged"
@@ -172,27 +190,31 @@ def _weight(rng: np.random.Generator, rows: int, cols: int, type_name: str, std:
 
 
 def add_llama_hparams(w: GGUFWriter, s: ModelSpec) -> None:
-    """The ``llama.*`` hyper-parameter keys of a model of shape ``s`` (expert keys for MoE)."""
-    w.add("llama.context_length", s.n_ctx_train, "u32")
-    w.add("llama.embedding_length", s.n_embd, "u32")
-    w.add("llama.block_count", s.n_layer, "u32")
-    w.add("llama.feed_forward_length", s.n_ff, "u32")
-    w.add("llama.rope.dimension_count", s.n_embd // s.n_head, "u32")
-    w.add("llama.attention.head_count", s.n_head, "u32")
-    w.add("llama.attention.head_count_kv", s.n_head_kv, "u32")
-    w.add("llama.attention.layer_norm_rms_epsilon", s.rms_eps, "f32")
-    w.add("llama.rope.freq_base", s.rope_freq_base, "f32")
+    """The ``{arch}.*`` hyper-parameter keys of a model of shape ``s`` (expert keys for MoE)."""
+    a, head_dim = s.arch, s.head_dim or s.n_embd // s.n_head
+    w.add(f"{a}.context_length", s.n_ctx_train, "u32")
+    w.add(f"{a}.embedding_length", s.n_embd, "u32")
+    w.add(f"{a}.block_count", s.n_layer, "u32")
+    w.add(f"{a}.feed_forward_length", s.n_ff, "u32")
+    w.add(f"{a}.rope.dimension_count", head_dim, "u32")
+    w.add(f"{a}.attention.head_count", s.n_head, "u32")
+    w.add(f"{a}.attention.head_count_kv", s.n_head_kv, "u32")
+    if s.head_dim:
+        w.add(f"{a}.attention.key_length", head_dim, "u32")
+    w.add(f"{a}.attention.layer_norm_rms_epsilon", s.rms_eps, "f32")
+    w.add(f"{a}.rope.freq_base", s.rope_freq_base, "f32")
     if s.n_expert:
-        w.add("llama.expert_count", s.n_expert, "u32")
-        w.add("llama.expert_used_count", s.n_expert_used, "u32")
+        w.add(f"{a}.expert_count", s.n_expert, "u32")
+        w.add(f"{a}.expert_used_count", s.n_expert_used, "u32")
 
 
 def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
     rng = np.random.default_rng(spec.seed)
     s = spec
-    head_dim = s.n_embd // s.n_head
+    head_dim = s.head_dim or s.n_embd // s.n_head
+    features = ARCH_TENSORS[s.arch]
     w = GGUFWriter(path)
-    w.add("general.architecture", "llama")
+    w.add("general.architecture", s.arch)
     w.add("general.name", f"ferrollm synthetic {'moe' if s.n_expert else 'dense'} {s.weight_type}")
     add_llama_hparams(w, s)
     tok = s.tokenizer if s.tokenizer is not None else tiny_vocab(s.n_vocab)
@@ -229,21 +251,41 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
         t = type_name or s.tensor_types.get(name, s.weight_type)
         add_matrices(name, rows, cols, std or cols**-0.5, t)
 
-    def norm(name: str):
-        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(s.n_embd)).astype(np.float32))
+    def norm(name: str, n: int = s.n_embd):
+        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    def bias(name: str, n: int):
+        w.add_tensor(name, (0.5 * rng.standard_normal(n)).astype(np.float32))
 
     matrix("token_embd.weight", s.n_vocab, s.n_embd, std=1.0)
     for layer in range(s.n_layer):
         p = f"blk.{layer}."
+        q_dim, kv_dim = s.n_head * head_dim, s.n_head_kv * head_dim
         norm(p + "attn_norm.weight")
-        matrix(p + "attn_q.weight", s.n_head * head_dim, s.n_embd)
-        matrix(p + "attn_k.weight", s.n_head_kv * head_dim, s.n_embd)
-        matrix(p + "attn_v.weight", s.n_head_kv * head_dim, s.n_embd)
-        matrix(p + "attn_output.weight", s.n_embd, s.n_head * head_dim)
+        if "fused_qkv" in features:
+            matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, s.n_embd)
+        else:
+            matrix(p + "attn_q.weight", q_dim, s.n_embd)
+            matrix(p + "attn_k.weight", kv_dim, s.n_embd)
+            matrix(p + "attn_v.weight", kv_dim, s.n_embd)
+        if "qkv_bias" in features:
+            for kind, n in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):
+                bias(f"{p}attn_{kind}.bias", n)
+        if "qk_norm" in features:
+            norm(p + "attn_q_norm.weight", head_dim)
+            norm(p + "attn_k_norm.weight", head_dim)
+        matrix(p + "attn_output.weight", s.n_embd, q_dim)
+        if "post_norms" in features:
+            norm(p + "post_attention_norm.weight")
         norm(p + "ffn_norm.weight")
+        if "post_norms" in features:
+            norm(p + "post_ffw_norm.weight")
         if not s.n_expert:
-            matrix(p + "ffn_gate.weight", s.n_ff, s.n_embd)
-            matrix(p + "ffn_up.weight", s.n_ff, s.n_embd)
+            if "fused_gate_up" in features:
+                matrix(p + "ffn_up.weight", 2 * s.n_ff, s.n_embd)
+            else:
+                matrix(p + "ffn_gate.weight", s.n_ff, s.n_embd)
+                matrix(p + "ffn_up.weight", s.n_ff, s.n_embd)
             matrix(p + "ffn_down.weight", s.n_embd, s.n_ff)
             continue
         # Router logits of order 1-5, as in trained Mixtral layers.
