@@ -199,3 +199,53 @@ def test_other_quantization_methods_are_refused(models, tmp_path):
     with pytest.raises(ValueError, match="quantization method 'gptq' is not supported"):
         ferrollm.convert(bad, str(tmp_path / "o.gguf"))
     assert not (tmp_path / "o.gguf").exists()
+
+
+# --target-bpw: the allocation (ferrollm.allocate) measured against the lossless conversion
+
+FAST = {"types": ("Q2_K", "IQ3_S", "Q4_K", "Q6_K", "Q8_0", "IQ4_NL", "Q4_0"), "anchors": 2, "n_tokens": 256}
+
+
+def _calibration(n_words: int = 1500) -> str:
+    rng = np.random.default_rng(0)
+    return " ".join(
+        rng.choice(["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", ".", "\n"], n_words)
+    )
+
+
+def test_target_bpw_allocates_by_measurement(models, tmp_path):
+    exl2, _, _ = models["llama"]
+    out, m = tmp_path / "t.gguf", tmp_path / "m.json"
+    types = ferrollm.convert(
+        exl2, str(out), target_bpw=5.0, calibration=_calibration(), measurement=str(m), **FAST
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "t.gguf"]  # the lossless file is gone
+    f = ferrollm.gguf.open(out)
+    matrices = [t for t in f.tensors if len(t.shape) > 1]
+    weights = sum(int(np.prod(t.shape)) for t in matrices)
+    assert 8 * sum(f.tensor_bytes(t.name).nbytes for t in matrices) / weights <= 5.0
+    assert {types[t.name] for t in matrices} <= set(FAST["types"])
+    llm = ferrollm.Llama(str(out), n_ctx=32, verbose=False)
+    llm.eval([1, 5, 9])
+    assert np.all(np.isfinite(llm.scores[-1]))
+    # the measurement is reused: no calibration needed the second time
+    again = ferrollm.convert(exl2, str(tmp_path / "u.gguf"), target_bpw=5.0, measurement=str(m), **FAST)
+    assert again == types
+
+
+def test_target_bpw_out_of_reach_writes_nothing(models, tmp_path):
+    exl2, _, _ = models["llama"]
+    with pytest.raises(ValueError, match="bpw"):
+        ferrollm.convert(exl2, str(tmp_path / "t.gguf"), target_bpw=0.5, calibration=_calibration(), **FAST)
+    with pytest.raises(ValueError, match="not both"):
+        ferrollm.convert(exl2, str(tmp_path / "t.gguf"), "q8_0", target_bpw=4.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_outtype_with_target(models, tmp_path, capsys):
+    from ferrollm.cli import main
+
+    exl2, _, _ = models["llama"]
+    assert main(["convert", exl2, str(tmp_path / "c.gguf"), "--outtype", "q8_0", "--target-bpw", "4"]) != 0
+    assert "--target-bpw, not both" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,8 @@ ferrollm quantize IN OUT TYPE    write a model with every weight matrix in TYPE
 ferrollm quantize IN OUT --target-bpw B --imatrix F --calibration TEXT
                                  each tensor's type chosen by measurement to fit a size (or --target-size,
                                  --fit-ram SIZE -c CTX)
+ferrollm convert DIR OUT.gguf --outtype TYPE|MIX | --target-bpw B
+                                 a Hugging Face checkpoint, float or EXL2, to GGUF
 ferrollm info FILE               hardware, metadata, tensors and the kernels this CPU will use
 ferrollm plan FILE [-c CTX]      the RAM a run needs (weights + KV cache + buffers), and whether it fits
 ferrollm synth OUT.gguf          write a small GGUF of random valid blocks of every type
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 import time
 from collections import Counter
@@ -350,9 +353,26 @@ def _write_model(tool, source: str, args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ferrollm.convert import convert
+    from ferrollm.convert import convert, convert_to_target
 
-    return _write_model(convert, args.model_dir, args)
+    if args.target_bpw is None:
+        return _write_model(convert, args.model_dir, args)
+    from ferrollm.allocate import describe
+
+    if args.outtype.lower() != "auto":
+        raise ValueError(f"give --outtype {args.outtype} or --target-bpw, not both: the allocation chooses every "
+                         "tensor's type")  # fmt: skip
+    start = time.perf_counter()
+    bar = None if args.quiet else ProgressBar(sys.stderr)
+    calibration = pathlib.Path(args.calibration) if args.calibration else None  # a str would be the text
+    result = convert_to_target(args.model_dir, args.output, args.target_bpw, imatrix=args.imatrix,
+                               calibration=calibration, measurement=args.measurement, threads=args.threads,
+                               progress=bar, log=lambda msg: print(msg, file=sys.stderr))  # fmt: skip
+    describe(result)
+    how = "measured" if result.measured else f"measurement reused from {args.measurement}"
+    print(f"wrote {args.output}: {result.allocation.file_bytes} bytes ({_size(result.allocation.file_bytes)}) "
+          f"at {result.allocation.bpw:.4f} bpw, {how}, {time.perf_counter() - start:.1f} s in all")  # fmt: skip
+    return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -542,11 +562,15 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take")
     srv.set_defaults(run=cmd_serve)
 
-    cv = sub.add_parser("convert", help="a Hugging Face Llama/Mistral/Mixtral checkpoint to GGUF, any type")
-    cv.add_argument("model_dir", metavar="HF_DIR")
+    cv = sub.add_parser("convert", help="a Hugging Face or EXL2 Llama/Mistral/Mixtral checkpoint to GGUF, any type")
+    cv.add_argument("model_dir", metavar="HF_DIR", help="a Hugging Face directory (float or EXL2 safetensors)")
     cv.add_argument("output", metavar="OUT.gguf")
     cv.add_argument("--outtype", default="auto", help="auto, f32, f16, bf16, q8_0, a tensor type or a mix (Q4_K_M, ...)")
     _stream_options(cv)
+    cv.add_argument("--target-bpw", type=float, metavar="B",
+                    help="instead of --outtype: each tensor's type chosen by measurement to fit B bits per weight")  # fmt: skip
+    cv.add_argument("--calibration", metavar="TEXT", help="with --target-bpw: calibration text for the measurement")
+    cv.add_argument("--measurement", metavar="M.json", help="with --target-bpw: saved here, reused when it matches")
     cv.set_defaults(run=cmd_convert)
 
     mg = sub.add_parser("merge", help="merge models with a mergekit YAML (slerp, ties, dare, passthrough, ...)")

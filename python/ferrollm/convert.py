@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -113,11 +114,22 @@ def open_model_dir(model_dir: str | os.PathLike):
 
 
 def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "auto", imatrix=None,
-            threads: int | None = None, progress: Progress | None = None) -> dict[str, str]:  # fmt: skip
+            threads: int | None = None, progress: Progress | None = None, target_bpw: float | None = None,
+            **allocation) -> dict[str, str]:  # fmt: skip
     """Write ``out`` from the Hugging Face directory ``model_dir``; returns {tensor: type}.
     ``outtype``: auto (BF16 for a BF16 checkpoint, else F16, as llama.cpp; F16 for EXL2,
     which holds its dequantized weights exactly), f32, f16, bf16, q8_0, any tensor type or
-    mix (Q4_K_M, IQ2_XS with ``imatrix``, ...). An EXL2 directory (ExLlamaV2) is read too."""
+    mix (Q4_K_M, IQ2_XS with ``imatrix``, ...). An EXL2 directory (ExLlamaV2) is read too.
+    ``target_bpw`` instead of a type: every tensor's type chosen by measurement
+    (:func:`convert_to_target`; ``calibration``, ``measurement`` and the other options of
+    :func:`ferrollm.allocate.quantize_to_target` pass through)."""
+    if target_bpw is not None:
+        if outtype.lower() != "auto":
+            raise ValueError(f"give an output type ({outtype}) or a target bpw, not both: the allocation "
+                             "chooses every tensor's type")  # fmt: skip
+        result = convert_to_target(model_dir, out, target_bpw, imatrix=imatrix, threads=threads,
+                                   write_progress=progress, **allocation)  # fmt: skip
+        return result.written
     ck = open_model_dir(model_dir)
     try:
         if outtype.lower() == "auto":
@@ -129,3 +141,23 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
         return write_gguf_model(out, ck, md, outtype, imatrix=imatrix, threads=threads, progress=progress)
     finally:
         ck.close()
+
+
+def convert_to_target(model_dir: str | os.PathLike, out: str | os.PathLike, target_bpw: float, **options):
+    """``out`` at ``target_bpw`` bits per weight, each tensor's type chosen by measurement
+    (:mod:`ferrollm.allocate`) against the model converted losslessly (``auto``: F16 for EXL2),
+    written beside ``out`` for the measurement and deleted after it. That file is the same
+    bytes on every run, so a saved ``measurement`` is reused. Returns the
+    allocation's :class:`ferrollm.allocate.Result`."""
+    from ferrollm.allocate import Target, quantize_to_target
+
+    out = os.path.abspath(os.fspath(out))
+    if os.path.isdir(out):
+        raise IsADirectoryError(f"output {out} is a directory")
+    fd, lossless = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".f16.gguf", dir=os.path.dirname(out))
+    os.close(fd)
+    try:
+        convert(model_dir, lossless, "auto", threads=options.get("threads"))
+        return quantize_to_target(lossless, out, Target(bpw=target_bpw), **options)
+    finally:
+        os.unlink(lossless)
