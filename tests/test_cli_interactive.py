@@ -3,6 +3,7 @@ as a user would type; each turn must equal the same request made through the Pyt
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -52,7 +53,10 @@ def test_interactive_first_waits_for_the_user(llm):
 
 
 def test_instruct_mode_is_a_chat_with_the_prompt_as_system_message(llm):
-    messages = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "sort a list"}]
+    messages = [
+        {"role": "system", "content": "You write Python."},
+        {"role": "user", "content": "sort a list"},
+    ]
     answer = llm.create_chat_completion(messages, max_tokens=12, temperature=0)["choices"][0]["message"]
     run = _cli("-i", "-ins", "-p", "You write Python.", stdin="sort a list\n/exit\n")
     assert answer["content"] and answer["content"] in run.stdout
@@ -60,10 +64,24 @@ def test_instruct_mode_is_a_chat_with_the_prompt_as_system_message(llm):
 
 
 def test_a_line_ending_in_a_backslash_goes_on(llm):
-    answer = llm.create_chat_completion([{"role": "user", "content": "one\ntwo"}], max_tokens=12, temperature=0)
+    answer = llm.create_chat_completion(
+        [{"role": "user", "content": "one\ntwo"}], max_tokens=12, temperature=0
+    )
     run = _cli("-cnv", stdin="one\\\ntwo\n")
     assert answer["choices"][0]["message"]["content"] in run.stdout
     assert run.stderr.count("generated") == 1
+
+
+def test_ctrl_c_while_the_model_writes_gives_the_user_the_turn():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferrollm", "run", "-i", "-p", "import os", "-n", "-1", "--no-progress"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = proc.stdout.read(len("import os") + 1)  # the model has begun: it writes up to 512 tokens
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate("/exit\n", timeout=120)
+    assert first.startswith("import os") and proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
 def test_run_without_a_prompt_or_a_session_says_what_it_needs():

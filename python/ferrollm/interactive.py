@@ -9,14 +9,15 @@
   newline, between ``--in-prefix`` and ``--in-suffix``) is appended and the model goes on.
   ``--interactive-first`` waits for the user before the model writes.
 
-In both, a line ending in a backslash continues on the next line, and end of input (Ctrl-D)
-or ``/exit`` ends the session.
+In both, a line ending in a backslash continues on the next line; Ctrl-C while the model
+writes gives the turn to the user at once (llama.cpp's interjection), and at the prompt, like
+end of input (Ctrl-D) or ``/exit``, ends the session.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ferrollm.llama import Llama
@@ -41,16 +42,21 @@ def read_user(prompt: str) -> str | None:
 def chat(llm: Llama, system: str | None, sampling: dict[str, Any]) -> int:
     messages = [{"role": "system", "content": system}] if system else []
     print(
-        "ferrollm: chat: type a message (end a line with \\ to go on); Ctrl-D or /exit quits", file=sys.stderr
-    )
+        "ferrollm: chat: type a message (end a line with \\ to go on; Ctrl-C stops an answer); Ctrl-D or /exit "
+        "quits", file=sys.stderr,
+    )  # fmt: skip
     while (line := read_user("> ")) is not None and line.strip() not in _EXIT:
         messages.append({"role": "user", "content": line})
         answer = ""
-        for chunk in llm.create_chat_completion(messages, stream=True, **sampling):
-            choice = chunk["choices"][0]
-            piece = choice["delta"].get("content", "")
-            answer += piece
-            print(piece, end="\n" if choice["finish_reason"] else "", flush=True)
+        stream = llm.create_chat_completion(messages, stream=True, **sampling)
+        try:
+            for chunk in stream:
+                choice = chunk["choices"][0]
+                piece = choice["delta"].get("content", "")
+                answer += piece
+                print(piece, end="\n" if choice["finish_reason"] else "", flush=True)
+        except KeyboardInterrupt:
+            _interjected(stream)
         messages.append({"role": "assistant", "content": answer.strip()})
     return 0
 
@@ -64,8 +70,8 @@ def continuation(
     in_prefix: str = "",
     in_suffix: str = "",
 ) -> int:
-    print("ferrollm: interactive: the model writes, then you (end a line with \\ to go on); Ctrl-D quits",
-          file=sys.stderr)  # fmt: skip
+    print("ferrollm: interactive: the model writes, then you (Ctrl-C: your turn now; end a line with \\ to go on); "
+          "Ctrl-D quits", file=sys.stderr)  # fmt: skip
     text = prompt
     print(prompt, end="", flush=True)
     if not first:
@@ -85,15 +91,28 @@ def _write(llm: Llama, text: str, reverse_prompts: Sequence[str], sampling: dict
     At the end of text, the first reverse prompt is added (as llama.cpp does), so that the
     user answers in the expected place."""
     out = ""
-    for chunk in llm.create_completion(text, stream=True, **sampling):
-        choice = chunk["choices"][0]
-        out += choice["text"]
-        print(choice["text"], end="", flush=True)
-        tail = out[-(len(choice["text"]) + max(map(len, reverse_prompts), default=0)) :]
-        if any(r in tail for r in reverse_prompts):
-            return out
-        if choice["finish_reason"] == "stop" and reverse_prompts:  # end of text
-            print("\n" + reverse_prompts[0], end="", flush=True)
-            return out + "\n" + reverse_prompts[0]
+    stream = llm.create_completion(text, stream=True, **sampling)
+    try:
+        for chunk in stream:
+            choice = chunk["choices"][0]
+            out += choice["text"]
+            print(choice["text"], end="", flush=True)
+            tail = out[-(len(choice["text"]) + max(map(len, reverse_prompts), default=0)) :]
+            if any(r in tail for r in reverse_prompts):
+                stream.close()
+                return out
+            if choice["finish_reason"] == "stop" and reverse_prompts:  # end of text
+                print("\n" + reverse_prompts[0], end="", flush=True)
+                return out + "\n" + reverse_prompts[0]
+    except KeyboardInterrupt:
+        _interjected(stream)
+        return out
     print(flush=True)  # the user's line starts on its own line; the text goes on where it stopped
     return out
+
+
+def _interjected(stream: Iterator[dict]) -> None:
+    """Ctrl-C while the model writes hands the turn to the user (llama.cpp's interjection)
+    instead of ending the session; the model keeps what it wrote. Ctrl-C at the prompt ends."""
+    stream.close()
+    print(flush=True)
