@@ -249,3 +249,23 @@ def test_cli_refuses_outtype_with_target(models, tmp_path, capsys):
     assert main(["convert", exl2, str(tmp_path / "c.gguf"), "--outtype", "q8_0", "--target-bpw", "4"]) != 0
     assert "--target-bpw, not both" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("arch, outtype", [("llama", "auto"), ("llama", "Q4_K_M"), ("mixtral", "q8_0")])
+def test_llama_cpp_runs_the_converted_file(models, arch, outtype, tmp_path):
+    """llama.cpp (llama-cpp-python) loads the GGUF of an EXL2 model and computes ferrollm's logits."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    exl2, _, _ = models[arch]
+    path = str(tmp_path / "e.gguf")
+    ferrollm.convert(exl2, path, outtype)
+    tokens = [1, *np.random.default_rng(1).integers(3, 300, 40).tolist()]
+    ours = ferrollm.Llama(path, n_ctx=64, logits_all=True, verbose=False)
+    ours.eval(tokens)
+    peer = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False)
+    peer.eval(tokens)
+    a, b = np.array(ours.scores[: len(tokens)], np.float64), np.array(peer.scores[: len(tokens)], np.float64)
+    peer.close()
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.999, cos.min()
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
