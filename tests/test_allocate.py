@@ -208,3 +208,15 @@ def test_python_api_and_cli(model, measured, tmp_path, capsys):
     assert main(["quantize", model["src"], str(tmp_path / "x.gguf"), "Q4_K_M", "--target-bpw", "4"]) == 1
     assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_proxy_error_from_a_sample_of_rows(model, measured):
+    r, _ = measured
+    kw = dict(FAST, error_rows=64)
+    sampled = plan_allocation(model["src"], Target(bpw=4.0), model["imatrix"], model["calibration"], None, **kw)
+    assert sampled.measured and sampled.measurement.key["error_rows"] == 64
+    for name, e in sampled.measurement.tensors.items():
+        full = r.measurement.tensors[name]["types"]
+        for t, v in e["types"].items():
+            assert v.get("kld") == full[t].get("kld")  # anchors are measured on the whole tensor
+            assert v["error"] == pytest.approx(full[t]["error"], rel=0.35), (name, t)

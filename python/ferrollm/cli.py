@@ -277,7 +277,7 @@ def cmd_quantize_to_target(args: argparse.Namespace, target) -> int:
     result = quantize_to_target(
         args.input, args.output, target, imatrix=args.imatrix, calibration=args.calibration,
         measurement=args.measurement, types=types, anchors=None if args.anchors == 0 else args.anchors,
-        n_tokens=args.measure_tokens, threads=args.threads, progress=None if args.quiet else ProgressBar(sys.stderr),
+        n_tokens=args.measure_tokens, error_rows=args.error_rows, threads=args.threads, progress=None if args.quiet else ProgressBar(sys.stderr),
         log=lambda msg: print(msg, file=sys.stderr),
     )  # fmt: skip
     describe(result)
@@ -530,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     alloc.add_argument("--anchors", type=int, default=4,
                        help="types measured by KLD per tensor, the rest placed by the proxy (0: all; default 4)")  # fmt: skip
     alloc.add_argument("--measure-tokens", type=int, default=2048, help="calibration tokens scored per measurement")
+    alloc.add_argument("--error-rows", type=int, default=None, metavar="N",
+                       help="sum the proxy error over N rows per matrix (large models: 1024; default all)")  # fmt: skip
     qz.set_defaults(run=cmd_quantize)
 
     imx = sub.add_parser("imatrix", help="collect an importance matrix over calibration text (llama-imatrix)")

@@ -80,10 +80,12 @@ def plan_allocation(
     threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     log: Callable[[str], None] | None = None,
+    error_rows: int | None = None,
 ) -> Result:
     """Measure (or reuse ``measurement``) and solve, writing nothing but the measurement file.
     ``calibration``: the text (str) or a path to it; ``types``: candidate types (default
-    ``DEFAULT_CANDIDATES``); ``anchors``: measured types per tensor (None: every type)."""
+    ``DEFAULT_CANDIDATES``); ``anchors``: measured types per tensor (None: every type);
+    ``error_rows``: rows per matrix the proxy error is summed over (None: all; see ``measure``)."""
     src = os.fspath(src)
     imatrix_path = os.fspath(imatrix) if isinstance(imatrix, (str, os.PathLike)) else None
     im = Imatrix.load(imatrix_path) if imatrix_path else imatrix
@@ -94,7 +96,7 @@ def plan_allocation(
         need = budget(target, lay, src)
         if need.note:
             say(need.note)
-        key = measurement_key(src, imatrix_path, text, types, anchors, n_ctx, n_tokens)
+        key = measurement_key(src, imatrix_path, text, types, anchors, n_ctx, n_tokens, error_rows)
         if im is not None and imatrix_path is None:
             key["imatrix_sha256"] = "in-memory"
         stored = None
@@ -112,7 +114,7 @@ def plan_allocation(
             if text is None:
                 raise ValueError("measuring needs calibration text (--calibration FILE), or a measurement "
                                  "file of this model from an earlier run (--measurement FILE)")  # fmt: skip
-            stored = measure(f, lay, im, text, key, anchors, n_ctx, n_tokens, threads, progress)
+            stored = measure(f, lay, im, text, key, anchors, n_ctx, n_tokens, threads, progress, error_rows)
             if measurement is not None:
                 stored.save(measurement)
             return Result(solve(lay, stored.losses(), need), stored, lay, True)

@@ -101,7 +101,8 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def measurement_key(src, imatrix_path, calibration: str | None, types, anchors, n_ctx: int, n_tokens: int) -> dict:
+def measurement_key(src, imatrix_path, calibration: str | None, types, anchors, n_ctx: int, n_tokens: int,
+                    error_rows: int | None = None) -> dict:  # fmt: skip
     return {
         "source": os.path.basename(os.fspath(src)),
         "source_sha256": file_fingerprint(src),
@@ -111,6 +112,7 @@ def measurement_key(src, imatrix_path, calibration: str | None, types, anchors, 
         "anchors": anchors,
         "n_ctx": n_ctx,
         "n_tokens": n_tokens,
+        "error_rows": error_rows,
     }
 
 
@@ -228,8 +230,12 @@ def measure(
     n_tokens: int = DEFAULT_TOKENS,
     threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    error_rows: int | None = None,
 ) -> Measurement:
-    """Measure every allocated tensor of ``src`` at each of its candidate types."""
+    """Measure every allocated tensor of ``src`` at each of its candidate types. With
+    ``error_rows``, the proxy error of a matrix of more rows is summed over that many rows
+    spread evenly over it (and scaled up): rows quantize independently, so the types that are
+    not anchors need only those rows quantized, which is most of the time on a large model."""
     start = time.perf_counter()
     arch = src.metadata.get("general.architecture", "llama")
     n_ctx = min(n_ctx, int(src.metadata.get(f"{arch}.context_length", n_ctx)))
@@ -257,11 +263,15 @@ def measure(
                 entry = imatrix.entries.get(slot.name) if imatrix else None
                 counts = None if entry is None else entry.counts
                 errors, klds = {}, {}
+                step = -(-slot.shape[-2] // error_rows) if error_rows else 1
+                sample = np.ascontiguousarray(values[..., ::step, :])
                 for t in slot.options:
                     t0 = time.perf_counter()
-                    data = quantize_tensor(values, t, im, threads)[0]
-                    restored = quants.dequantize(data, t).reshape(slot.shape)
-                    errors[t] = weighted_error(values, restored, im, counts)
+                    data = quantize_tensor(values if t in anchor else sample, t, im, threads)[0]
+                    restored = quants.dequantize(data, t).reshape(values.shape if t in anchor else sample.shape)
+                    if t in anchor and step > 1:
+                        restored = np.ascontiguousarray(restored[..., ::step, :])
+                    errors[t] = weighted_error(sample, restored, im, counts) * slot.shape[-2] / sample.shape[-2]
                     seconds["quantize"] += time.perf_counter() - t0
                     done += 1
                     if progress:
