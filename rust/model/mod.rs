@@ -98,6 +98,14 @@ struct Scratch {
     runs: Vec<Run>,
 }
 
+/// What `forward` copies out of the pass.
+enum Capture {
+    /// The residual stream entering each layer, then after the output norm (`hidden_states`).
+    Layers(Vec<f32>),
+    /// Only the rows after the output norm, with no output head (`embeddings`).
+    Output(Vec<f32>),
+}
+
 /// Consecutive tokens of one sequence within a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct Run {
@@ -127,8 +135,8 @@ pub struct Model {
     profile: Profile,
     /// Input activation statistics, while an importance matrix is being collected.
     stats: Option<ActivationStats>,
-    /// The residual stream of every token, captured by `hidden_states`.
-    hidden: Option<Vec<f32>>,
+    /// Activations a call copies out besides (or instead of) logits.
+    capture: Option<Capture>,
 }
 
 /// 1 / RMS of `row`, in f64 so that long rows sum exactly enough.
@@ -250,7 +258,7 @@ impl Model {
             weight_ranges,
             profile: Profile::default(),
             stats: None,
-            hidden: None,
+            capture: None,
         })
     }
 
@@ -549,13 +557,24 @@ impl Model {
     /// Hugging Face's `output_hidden_states` does: [n_layer + 1][tokens.len()][n_embd]
     /// (routers built from prompts, as mergekit-moe's `hidden` gate mode).
     pub fn hidden_states(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let size = (self.config.n_layer + 1) * tokens.len() * self.config.n_embd;
+        self.captured(tokens, Capture::Layers(Vec::with_capacity(size)))
+    }
+
+    /// Runs `tokens` as `hidden_states` does and returns only each token's state after the
+    /// output norm, [tokens.len()][n_embd] (what llama.cpp pools into embeddings), without
+    /// running the output head.
+    pub fn embeddings(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let size = tokens.len() * self.config.n_embd;
+        self.captured(tokens, Capture::Output(Vec::with_capacity(size)))
+    }
+
+    fn captured(&mut self, tokens: &[u32], capture: Capture) -> Result<Vec<f32>> {
         if tokens.is_empty() {
             return Err(Error::invalid("no tokens to evaluate"));
         }
         self.check_tokens(0, tokens)?;
-        self.hidden = Some(Vec::with_capacity(
-            (self.config.n_layer + 1) * tokens.len() * self.config.n_embd,
-        ));
+        self.capture = Some(capture);
         self.scratch.rows.clear();
         self.scratch.rows.extend(0..tokens.len());
         let mut logits = Vec::new();
@@ -564,8 +583,10 @@ impl Model {
             len: tokens.len(),
         };
         let result = self.forward(tokens, &[run], &mut logits);
-        let hidden = self.hidden.take().unwrap_or_default();
-        result.map(|()| hidden)
+        let (Some(Capture::Layers(out)) | Some(Capture::Output(out))) = self.capture.take() else {
+            unreachable!("set above")
+        };
+        result.map(|()| out)
     }
 
     /// One batch of `runs` (tokens back to back); appends to `logits` those of the rows in
@@ -636,7 +657,7 @@ impl Model {
                 rec,
                 act: c.arch.act,
             };
-            if let Some(h) = self.hidden.as_mut() {
+            if let Some(Capture::Layers(h)) = self.capture.as_mut() {
                 h.extend_from_slice(&s.x);
             }
             rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
@@ -732,7 +753,7 @@ impl Model {
         prof.tokens += n as u64;
         prof.batches += 1;
 
-        let m = s.rows.len();
+        let mut m = s.rows.len();
         if m > 0 {
             for (j, &row) in s.rows.iter().enumerate() {
                 rms_norm(
@@ -742,9 +763,16 @@ impl Model {
                     &mut s.normed[j * e..][..e],
                 );
             }
-            if let Some(h) = self.hidden.as_mut() {
-                h.extend_from_slice(&s.normed[..m * e]);
+            match self.capture.as_mut() {
+                Some(Capture::Layers(h)) => h.extend_from_slice(&s.normed[..m * e]),
+                Some(Capture::Output(h)) => {
+                    h.extend_from_slice(&s.normed[..m * e]);
+                    m = 0; // no head
+                }
+                None => {}
             }
+        }
+        if m > 0 {
             let old = logits.len();
             logits.resize(old + m * self.weights.n_vocab, 0.0);
             let out = self.weights.output.mat(bytes);

@@ -253,3 +253,14 @@ fn a_saved_kv_state_continues_exactly_and_a_foreign_one_is_refused() {
     assert!(model.load_kv(0, &other).is_err());
     assert_eq!(model.n_past(), before);
 }
+
+#[test]
+fn embeddings_are_the_last_hidden_states_without_the_head() {
+    let mut model = load(tiny_model(None));
+    let hidden = model.hidden_states(&[1, 2, 3]).unwrap();
+    model.truncate(0).unwrap();
+    let embd = model.embeddings(&[1, 2, 3]).unwrap();
+    assert_eq!(embd.len(), 3 * EMBD);
+    assert_eq!(embd[..], hidden[hidden.len() - 3 * EMBD..]);
+    assert_eq!(model.n_past(), 3);
+}

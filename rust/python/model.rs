@@ -160,6 +160,20 @@ impl PyModel {
         PyArray1::from_vec(py, hidden).reshape([n_layer + 1, tokens.len(), n_embd])
     }
 
+    /// Each of `tokens`' state after the output norm (what llama.cpp pools into embeddings),
+    /// float32 [len(tokens), n_embd], without the output head. The tokens are evaluated after
+    /// sequence 0's cached positions and stay cached.
+    fn embeddings<'py>(
+        &mut self,
+        py: Python<'py>,
+        tokens: Vec<u32>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let model = self.model_mut()?;
+        let n_embd = model.config.n_embd;
+        let out = py.detach(|| model.embeddings(&tokens))?;
+        PyArray1::from_vec(py, out).reshape([tokens.len(), n_embd])
+    }
+
     /// Seconds per component of the forward pass (embed_norm, attention, router, experts,
     /// head) with the tokens and batches evaluated, since load or the previous call.
     fn take_profile<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
