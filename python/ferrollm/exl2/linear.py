@@ -65,10 +65,11 @@ def groups_of(key: str, q_groups: np.ndarray, qrows: int, rows: int) -> list[Gro
             raise EXL2Error(f"{key}.q_groups: group {i} ({b} bits) spans q_weight rows {start}..{end}, "
                             f"not a whole number of {b}-bit rows (q_weight has {qrows} rows)")  # fmt: skip
         n = rows - row if last else n_bits // b
-        if n <= 0 or (last and -(-n * b // 32) != end - start):
-            what = f"leaves {n} input rows to the last group" if last else f"reaches past input row {rows}"
-            raise EXL2Error(f"{key}.q_groups: inconsistent with q_weight ({qrows} rows) and q_invperm ({rows} "
-                            f"input rows): group {i} ({b} bits, q_weight rows {start}..{end}) {what}")  # fmt: skip
+        if last and (n <= 0 or -(-n * b // 32) != end - start):
+            why = (f"the groups before the last cover {row} input rows" if n <= 0 else
+                   f"the last group's {n} rows of {b} bits take {-(-n * b // 32)} q_weight rows, not {end - start}")  # fmt: skip
+            raise EXL2Error(f"{key}.q_groups: inconsistent with q_weight ({qrows} rows) and q_invperm "
+                            f"({rows} input rows): {why}")  # fmt: skip
         out.append(Group(b, row, n, start, end - start))
         row += n
     return out
@@ -78,7 +79,8 @@ def check_invperm(key: str, invperm: np.ndarray, rows: int) -> np.ndarray:
     p = np.asarray(invperm).astype(np.int64).ravel()
     if p.size != rows:
         raise EXL2Error(f"{key}.q_invperm: {p.size} entries for {rows} input features")
-    p &= 0xFFFF if np.asarray(invperm).dtype == np.int16 else -1  # int16 stores up to 65535
+    if np.asarray(invperm).dtype == np.int16:
+        p &= 0xFFFF  # ExLlamaV2's kernels read it as uint16
     if p.min(initial=0) < 0 or p.max(initial=0) >= rows or np.bincount(p, minlength=rows).max(initial=0) > 1:
         raise EXL2Error(f"{key}.q_invperm: not a permutation of 0..{rows - 1}")
     return p
