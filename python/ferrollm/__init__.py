@@ -14,7 +14,9 @@ in :mod:`ferrollm.gguf`; block types and dequantization in :mod:`ferrollm.quants
 from ferrollm import gguf, quants
 from ferrollm._core import GGUFError, UnsupportedTypeError, __version__
 from ferrollm.convert import convert
+from ferrollm.decoding import LogitsProcessorList, StoppingCriteriaList
 from ferrollm.demo import demo_model_path
+from ferrollm.grammar import GrammarError, LlamaGrammar
 from ferrollm.imatrix import Imatrix
 from ferrollm.imatrix import collect as collect_imatrix
 from ferrollm.llama import Llama
@@ -30,14 +32,18 @@ from ferrollm.tokenizer import Tokenizer
 
 __all__ = [
     "GGUFError",
+    "GrammarError",
     "Imatrix",
     "Llama",
     "LlamaCache",
     "LlamaDiskCache",
     "LlamaDraftModel",
+    "LlamaGrammar",
     "LlamaPromptLookupDecoding",
     "LlamaRAMCache",
     "LlamaState",
+    "LogitsProcessorList",
+    "StoppingCriteriaList",
     "Tokenizer",
     "UnsupportedTypeError",
     "__version__",

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from typing_extensions import Self
@@ -29,13 +29,17 @@ from typing_extensions import Self
 from ferrollm import _core, gguf, hub, llama_cache, llama_state, speculative
 from ferrollm import embedding as embeddings
 from ferrollm.chat import ChatPrompt, chat_formatter, render
+from ferrollm.decoding import LogitsProcessorList, StoppingCriteriaList, TokenChooser
 from ferrollm.embedding import LLAMA_POOLING_TYPE_UNSPECIFIED
+from ferrollm.grammar import LlamaGrammar, response_format_grammar
 from ferrollm.llama_cache import BaseLlamaCache
 from ferrollm.llama_speculative import LlamaDraftModel
 from ferrollm.llama_state import LlamaState
+from ferrollm.logprobs import TokenLogprob, chat_shape, completion_shape, prompt_logprobs, token_logprob
 from ferrollm.sampler import Sampler, SamplingParams
 from ferrollm.textstream import TextStream
 from ferrollm.tokenizer import Tokenizer
+from ferrollm.tools import ToolCalling
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
@@ -95,6 +99,15 @@ def parse_override(text: str) -> tuple[str, bool | int | float | str]:
     except ValueError:
         raise ValueError(f"override {text!r}: {value!r} is not a valid {kind}") from None
     raise ValueError(f"override {text!r}: unknown type {kind!r} (int, float, bool, str)")
+
+
+class Piece(NamedTuple):
+    """A piece of generated text; the last of a generation carries ``finish``."""
+
+    text: str
+    finish: str | None
+    n_out: int  # completion tokens so far
+    logprobs: list[TokenLogprob]  # of the tokens generated since the previous piece
 
 
 class Llama:
@@ -340,21 +353,30 @@ class Llama:
         logit_bias: Mapping[int, float] | None = None,
         seed: int | None = None,
         reset: bool = True,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        grammar: LlamaGrammar | None = None,
         **_: Any,
     ) -> Iterator[int]:
-        """Yields sampled tokens forever (until the context is full); the caller stops it."""
+        """Yields sampled tokens until the context is full or a stopping criterion says so; the
+        caller stops it otherwise."""
         params = SamplingParams(
             temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
             logit_bias={int(k): float(v) for k, v in (logit_bias or {}).items()},
         )  # fmt: skip
-        sampler = self._sampler(params, seed)
+        constraint = grammar.constraint(self.tokenizer_) if grammar is not None else None
+        choose = TokenChooser(self._sampler(params, seed), logits_processor, constraint, stopping_criteria)
         self._prefill(list(tokens))
-        if self.draft_model is not None:
-            yield from speculative.generate(self, sampler.sample, self.draft_model)
+        # The speculative loop takes a plain chooser (always a token): a stopping criterion
+        # decodes one token at a time.
+        if self.draft_model is not None and stopping_criteria is None:
+            yield from speculative.generate(self, choose, self.draft_model)
             return
         while True:
-            token = sampler.sample(self.last_logits(), self.input_ids)
+            token = choose(self.last_logits(), self.input_ids)
+            if token is None:
+                return
             yield token
             if self.n_tokens >= self.n_ctx():
                 return
@@ -368,9 +390,11 @@ class Llama:
         max_tokens: int | None,
         stop: Sequence[str],
         params: dict[str, Any],
-    ) -> Iterator[tuple[str, str | None, int]]:
-        """Yields (text piece, finish_reason, completion token count); the last item carries
-        the finish reason. Text that could be the start of a stop string is held back."""
+        logprobs: int | None = None,
+    ) -> Iterator[Piece]:
+        """Yields pieces of text; the last carries the finish reason. Text that could be the
+        start of a stop string is held back. With ``logprobs`` (how many alternatives), each
+        piece carries the log-probabilities of the tokens generated since the previous one."""
         self._engine()
         if len(prompt_tokens) >= self.n_ctx():
             raise ValueError(
@@ -381,6 +405,7 @@ class Llama:
             budget = min(budget, max_tokens)
         stream = TextStream(self.tokenizer_.stream_decoder(), stop)
         n_out, held = 0, ""
+        entries: list[TokenLogprob] = []
         finish = "length"
         t0 = time.perf_counter()
         t_first = None
@@ -394,6 +419,8 @@ class Llama:
                     finish = "stop"
                     break
                 n_out += 1
+                if logprobs is not None:
+                    entries.append(token_logprob(self.tokenizer_, self.last_logits(), token, logprobs))
                 piece, stopped = stream.push(token)
                 if stopped:
                     finish = "stop"
@@ -402,7 +429,10 @@ class Llama:
                     held = piece
                     break
                 if piece:
-                    yield piece, None, n_out
+                    yield Piece(piece, None, n_out, entries)
+                    entries = []
+            else:  # the generator ended by itself: a stopping criterion
+                finish = "stop"
         finally:
             gen.close()
         llama_cache.save(self)
@@ -415,7 +445,7 @@ class Llama:
             "completion_tokens": n_out,
             "completion_seconds": t_end - t_first,
         }
-        yield rest, finish, n_out
+        yield Piece(rest, finish, n_out, entries)
         if self.verbose:  # after the last piece, so the figures follow the text
             self._print_timings()
 
@@ -439,6 +469,25 @@ class Llama:
             tokens.insert(0, self.token_bos())
         return tokens
 
+    def _prompt_rows(self, tokens: list[int]) -> np.ndarray:
+        """The logits after every prompt token (echo with logprobs): the prompt is run again
+        whole, and stays cached for the generation that follows."""
+        engine = self._engine()
+        if len(tokens) > self.n_ctx():
+            raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {self.n_ctx()}")
+        with self._exclusive():
+            engine.truncate(0)
+            self.input_ids, self._scores = [], []
+            keep_all, self.logits_all = self.logits_all, True
+            try:
+                self.eval(tokens)
+            finally:
+                self.logits_all = keep_all
+            rows = self.scores
+            if not keep_all:
+                self._scores = [rows[-1:]]
+        return rows
+
     def create_completion(
         self,
         prompt: str | Sequence[int],
@@ -458,68 +507,94 @@ class Llama:
         stream: bool = False,
         seed: int | None = None,
         logit_bias: Mapping[int, float] | None = None,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        grammar: LlamaGrammar | None = None,
         **_: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """llama-cpp-python's completion. ``logprobs=N``: each token's log-probability and the N
+        most likely alternatives (with ``echo``, the prompt's too); ``grammar``: a LlamaGrammar
+        the text must follow; ``logits_processor`` / ``stopping_criteria``: llama-cpp-python's
+        hooks, called with (input_ids, logits)."""
         if suffix:
             raise NotImplementedError("suffix (fill-in-the-middle) is not supported")
-        if logprobs is not None:
-            raise NotImplementedError("logprobs are not supported yet")
+        if logprobs is not None and logprobs < 0:
+            raise ValueError(f"logprobs must be >= 0, got {logprobs}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         tokens = self._prompt_tokens(prompt)
         params = {
             "top_k": top_k, "top_p": top_p, "min_p": min_p, "temp": temperature, "repeat_penalty": repeat_penalty,
             "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty, "logit_bias": logit_bias,
-            "seed": seed,
+            "seed": seed, "logits_processor": logits_processor, "stopping_criteria": stopping_criteria,
+            "grammar": grammar,
         }  # fmt: skip
         prefix = prompt if isinstance(prompt, str) else self.detokenize(tokens).decode("utf-8", "replace")
-        pieces = self._completion_stream(tokens, max_tokens, stops, params)
+        echoed: list[TokenLogprob] = []
+        if echo and logprobs is not None:
+            echoed = prompt_logprobs(self.tokenizer_, self._prompt_rows(tokens), tokens, logprobs)
+        pieces = self._completion_stream(tokens, max_tokens, stops, params, logprobs)
         meta = {
             "id": f"cmpl-{uuid.uuid4()}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": self.model_path,
         }
+        # llama-cpp-python's text offsets count from the start of the prompt text.
+        offset = 0 if echo else len(prefix)
         if stream:
-            return self._stream_chunks(meta, pieces, prefix if echo else "")
-        text, finish, usage = self._collect(pieces, len(tokens))
+            return self._stream_chunks(
+                meta, pieces, prefix if echo else "", echoed, logprobs is not None, offset
+            )
+        text, finish, usage, entries = self._collect(pieces, len(tokens))
         choice = {
             "text": (prefix if echo else "") + text,
             "index": 0,
-            "logprobs": None,
+            "logprobs": completion_shape(echoed + entries, offset) if logprobs is not None else None,
             "finish_reason": finish,
         }
         return {**meta, "choices": [choice], "usage": usage}
 
     @staticmethod
-    def _collect(
-        pieces: Iterator[tuple[str, str | None, int]], n_prompt: int
-    ) -> tuple[str, str | None, dict]:
-        """Joins a non-streamed result: (text, finish_reason, usage)."""
-        text, finish, n_out = "", None, 0
-        for piece, finish, n_out in pieces:
-            text += piece
+    def _collect(pieces: Iterator[Piece], n_prompt: int) -> tuple[str, str | None, dict, list[TokenLogprob]]:
+        """Joins a non-streamed result: (text, finish_reason, usage, log-probabilities)."""
+        text, finish, n_out, entries = "", None, 0, []
+        for piece in pieces:
+            text += piece.text
+            finish, n_out = piece.finish, piece.n_out
+            entries += piece.logprobs
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
-        return text, finish, usage
+        return text, finish, usage, entries
 
     @staticmethod
     def _stream_chunks(
-        meta: dict, pieces: Iterator[tuple[str, str | None, int]], echo: str
+        meta: dict,
+        pieces: Iterator[Piece],
+        echo: str,
+        echoed: list[TokenLogprob],
+        logprobs: bool,
+        offset: int,
     ) -> Iterator[dict[str, Any]]:
+        def chunk(text: str, entries: list[TokenLogprob], finish: str | None) -> dict[str, Any]:
+            nonlocal offset
+            shaped = completion_shape(entries, offset) if logprobs and entries else None
+            offset += sum(len(e.text) for e in entries)
+            return {
+                **meta,
+                "choices": [{"text": text, "index": 0, "logprobs": shaped, "finish_reason": finish}],
+            }
+
         if echo:
-            yield {**meta, "choices": [{"text": echo, "index": 0, "logprobs": None, "finish_reason": None}]}
-        for piece, finish, _ in pieces:
-            if piece or finish:
-                yield {
-                    **meta,
-                    "choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": finish}],
-                }
+            yield chunk(echo, echoed, None)
+        for piece in pieces:
+            if piece.text or piece.finish or (logprobs and piece.logprobs):
+                yield chunk(piece.text, piece.logprobs, piece.finish)
 
     __call__ = create_completion
 
-    def chat_prompt(self, messages: Sequence[dict]) -> ChatPrompt:
+    def chat_prompt(self, messages: Sequence[dict], tools: list | None = None) -> ChatPrompt:
         bos = self.tokenizer_.tokens[self.token_bos()] if self.token_bos() >= 0 else ""
         eos = self.tokenizer_.tokens[self.token_eos()] if self.token_eos() >= 0 else ""
-        return render(self._formatter, messages, bos, eos)
+        return render(self._formatter, messages, bos, eos, tools=tools)
 
     def create_chat_completion(
         self,
@@ -536,40 +611,70 @@ class Llama:
         frequency_penalty: float = 0.0,
         repeat_penalty: float = 1.0,
         logit_bias: Mapping[int, float] | None = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        grammar: LlamaGrammar | None = None,
+        tools: Sequence[dict] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        functions: Sequence[dict] | None = None,
+        function_call: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        logits_processor: LogitsProcessorList | None = None,
+        stopping_criteria: StoppingCriteriaList | None = None,
         **_: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        chat = self.chat_prompt(messages)
+        """llama-cpp-python's chat completion, with OpenAI's ``logprobs``/``top_logprobs``,
+        ``response_format`` (``json_object``, ``json_schema``) and ``tools``/``tool_choice``
+        (see ferrollm.tools for how calls are prompted and constrained)."""
+        calling = ToolCalling.from_request(tools, tool_choice, functions, function_call, parallel_tool_calls)
+        if calling is not None:
+            chat = self.chat_prompt(messages, tools=calling.tools)
+            if chat.text == self.chat_prompt(messages).text:  # the template ignores tools: ours
+                chat = self.chat_prompt(calling.instructed(messages))
+            grammar = calling.grammar()
+        else:
+            chat = self.chat_prompt(messages)
+            grammar = response_format_grammar(response_format) or grammar
         stops = ([stop] if isinstance(stop, str) else list(stop or [])) + chat.stop
         tokens = self._prompt_tokens(chat.text, special=True)
         params = {
             "top_k": top_k, "top_p": top_p, "min_p": min_p, "temp": temperature, "repeat_penalty": repeat_penalty,
             "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty, "logit_bias": logit_bias,
-            "seed": seed,
+            "seed": seed, "logits_processor": logits_processor, "stopping_criteria": stopping_criteria,
+            "grammar": grammar,
         }  # fmt: skip
-        pieces = self._completion_stream(tokens, max_tokens, stops, params)
+        n_top = (top_logprobs or 0) if logprobs else None
+        pieces = self._completion_stream(tokens, max_tokens, stops, params, n_top)
         meta = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": self.model_path}
         if stream:
-            return self._chat_chunks(meta, pieces)
-        text, finish, usage = self._collect(pieces, len(tokens))
-        message = {"role": "assistant", "content": text.strip()}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            if calling is not None:
+                return calling.chunks(meta, pieces, n_top is not None)
+            return self._chat_chunks(meta, pieces, n_top is not None)
+        text, finish, usage, entries = self._collect(pieces, len(tokens))
+        message: dict[str, Any] = {"role": "assistant", "content": text.strip()}
+        if calling is not None:
+            message, finish = calling.message(text, finish)
+        shaped = chat_shape(entries) if n_top is not None else None
+        choice = {"index": 0, "message": message, "logprobs": shaped, "finish_reason": finish}
         return {**meta, "object": "chat.completion", "choices": [choice], "usage": usage}
 
     @staticmethod
-    def _chat_chunks(meta: dict, pieces: Iterator[tuple[str, str | None, int]]) -> Iterator[dict[str, Any]]:
-        def chunk(delta: dict, finish: str | None) -> dict[str, Any]:
+    def _chat_chunks(meta: dict, pieces: Iterator[Piece], logprobs: bool) -> Iterator[dict[str, Any]]:
+        def chunk(delta: dict, finish: str | None, entries: list[TokenLogprob] = ()) -> dict[str, Any]:
+            shaped = chat_shape(entries) if logprobs and entries else None
             return {
                 **meta,
                 "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": 0, "delta": delta, "logprobs": shaped, "finish_reason": finish}],
             }
 
         yield chunk({"role": "assistant"}, None)
-        for piece, finish, _ in pieces:
-            if piece:
-                yield chunk({"content": piece}, None)
-            if finish:
-                yield chunk({}, finish)
+        for piece in pieces:
+            if piece.text or piece.logprobs:
+                yield chunk({"content": piece.text}, None, piece.logprobs)
+            if piece.finish:
+                yield chunk({}, piece.finish)
 
     # -- embeddings, saved state, prompt cache, Hugging Face (ferrollm.embedding, llama_state,
     # llama_cache, hub)

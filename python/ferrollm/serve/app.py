@@ -25,6 +25,7 @@ from ferrollm import _core
 from ferrollm.chat import ChatTemplateError
 from ferrollm.demo import demo_model_path
 from ferrollm.llama import Llama, _kv_type, override_triples
+from ferrollm.logprobs import TokenLogprob, chat_shape, completion_shape
 from ferrollm.sampler import SamplingParams
 from ferrollm.serve.engine import Draining, Engine, Event, Job, QueueFull
 from ferrollm.serve.metrics import CONTENT_TYPE, Metrics
@@ -87,7 +88,9 @@ class State:
         path = c.model_path or demo_model_path()
         try:
             llama = Llama(path, vocab_only=True, chat_format=c.chat_format, verbose=False)
-            n_ctx_train = int(llama.metadata.get(f"{llama.metadata.get('general.architecture')}.context_length", 0))
+            n_ctx_train = int(
+                llama.metadata.get(f"{llama.metadata.get('general.architecture')}.context_length", 0)
+            )
             per_slot = c.n_ctx // c.n_slots if c.n_ctx else min(4096, n_ctx_train or 4096)
             if per_slot < 1:
                 raise ValueError(f"a context of {c.n_ctx} leaves no positions for each of {c.n_slots} slots")
@@ -145,12 +148,16 @@ def endpoint(auth: bool = True):
             try:
                 key = state.config.api_key
                 if auth and key and request.headers.get("authorization", "") != f"Bearer {key}":
-                    raise ApiError(401, "invalid or missing API key", "authentication_error", code="invalid_api_key")
+                    raise ApiError(
+                        401, "invalid or missing API key", "authentication_error", code="invalid_api_key"
+                    )
                 response = await handler(request, state)
             except ApiError as e:
                 response = e.response()
             except Exception as e:  # noqa: BLE001 - a bug must not take the server down
-                response = ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error").response()
+                response = ApiError(
+                    500, f"internal error: {type(e).__name__}: {e}", "server_error"
+                ).response()
             finally:
                 state.metrics.requests_in_flight.dec()
             state.metrics.http_responses.labels(str(response.status_code)).inc()
@@ -271,7 +278,9 @@ def _prompt_ids(llama: Llama, prompt: str | list[int], special: bool = False) ->
     ids = llama._prompt_tokens(prompt, special=special)
     bad = [t for t in ids if not 0 <= t < llama.n_vocab()]
     if bad:
-        raise ApiError(400, f"prompt: token id {bad[0]} is outside the vocabulary of {llama.n_vocab()}", param="prompt")
+        raise ApiError(
+            400, f"prompt: token id {bad[0]} is outside the vocabulary of {llama.n_vocab()}", param="prompt"
+        )
     return ids
 
 
@@ -290,22 +299,8 @@ class Shape:
     def __init__(self, kind: str, meta: dict[str, Any], echo: list[str] | None = None):
         self.kind, self.meta, self.echo = kind, meta, echo
 
-    def logprobs(self, entries: list[dict], offset: int) -> dict[str, Any]:
-        if self.kind == "chat":
-            return {"content": [{
-                "token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"],
-                "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in e["top"]],
-            } for e in entries]}  # fmt: skip
-        offsets, pos = [], offset
-        for e in entries:
-            offsets.append(pos)
-            pos += len(e["token"])
-        return {
-            "tokens": [e["token"] for e in entries],
-            "token_logprobs": [e["logprob"] for e in entries],
-            "top_logprobs": [dict(e["top"]) for e in entries],
-            "text_offset": offsets,
-        }
+    def logprobs(self, entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+        return chat_shape(entries) if self.kind == "chat" else completion_shape(entries, offset)
 
     def chunk(self, index: int, text: str | None, finish: str | None, logprobs: dict | None,
               first: bool = False) -> dict[str, Any]:  # fmt: skip
@@ -340,7 +335,7 @@ async def _answer(request: Request, gen: Generation, shape: Shape, req: Sampling
         return StreamingResponse(_stream(request, gen, shape, req, logprobs, echo), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
     texts = [echo[i // req.n] for i in range(n_choices)]
-    entries: list[list[dict]] = [[] for _ in range(n_choices)]
+    entries: list[list[TokenLogprob]] = [[] for _ in range(n_choices)]
     finish: list[str | None] = [None] * n_choices
     completion = 0
     try:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ferrollm import _core
+from ferrollm.logprobs import TokenLogprob, token_logprob
 from ferrollm.sampler import Sampler, SamplingParams
 from ferrollm.serve.metrics import Metrics
 from ferrollm.textstream import TextStream
@@ -46,7 +47,7 @@ class Event:
     finish: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    logprobs: list[dict] | None = None
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -88,24 +89,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
-
-
-def _logprob_entry(tokenizer: Tokenizer, logits: np.ndarray, token: int, top: int) -> dict:
-    """The chosen token's log-probability under the model (before sampling truncations, as
-    OpenAI and llama.cpp report it) and the ``top`` most likely alternatives."""
-    z = logits.astype(np.float64)
-    z -= z.max()
-    logp = z - np.log(np.exp(z).sum())
-    alternatives = np.argpartition(-logp, top)[:top] if 0 < top < len(logp) else np.arange(len(logp))[:top]
-    alternatives = alternatives[np.argsort(-logp[alternatives], kind="stable")]
-    piece = tokenizer.token_bytes(token).decode("utf-8", "replace")
-    return {
-        "token": piece,
-        "token_id": token,
-        "logprob": float(logp[token]),
-        "bytes": list(tokenizer.token_bytes(token)),
-        "top": [(tokenizer.token_bytes(int(t)).decode("utf-8", "replace"), float(logp[t])) for t in alternatives],
-    }
 
 
 class Engine:
@@ -167,7 +150,9 @@ class Engine:
         with self._cv:
             self._draining = True
             self._cv.notify()
-            return self._cv.wait_for(lambda: not self._waiting and all(s.job is None for s in self.slots), timeout)
+            return self._cv.wait_for(
+                lambda: not self._waiting and all(s.job is None for s in self.slots), timeout
+            )
 
     def stop(self) -> None:
         """Ends the thread (after ``drain`` for a graceful stop) and closes the model."""
@@ -300,12 +285,14 @@ class Engine:
         piece, stopped = job.stream.push(token)
         logprobs = None
         if job.top_logprobs is not None:
-            logprobs = [_logprob_entry(self.tokenizer, logits, token, job.top_logprobs)]
+            logprobs = [token_logprob(self.tokenizer, logits, token, job.top_logprobs)]
         if stopped:
             self._finish(slot, Event("done", job.stream.rest(flush=False), finish="stop", logprobs=logprobs))
             return
         if job.n_out >= job.budget:
-            self._finish(slot, Event("done", piece + job.stream.rest(flush=True), finish="length", logprobs=logprobs))
+            self._finish(
+                slot, Event("done", piece + job.stream.rest(flush=True), finish="length", logprobs=logprobs)
+            )
             return
         if piece or logprobs:
             job.emit(Event("piece", piece, logprobs=logprobs))

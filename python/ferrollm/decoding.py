@@ -1,0 +1,88 @@
+"""From the model's logits to the next token: llama-cpp-python's hooks (``logits_processor``,
+``stopping_criteria``), a grammar constraint, then the sampler.
+
+A grammar is checked on the token the sampler drew; only when the grammar refuses it is the full
+token mask computed and the token drawn again from the allowed ones. This is llama.cpp's order
+(common_sampler_sample): it costs one cheap check per token while the model follows the grammar
+by itself, and greedy decoding gives exactly the token that masking first would give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ferrollm.grammar import Constraint
+from ferrollm.sampler import Sampler
+
+LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
+StoppingCriteria = Callable[[np.ndarray, np.ndarray], bool]
+
+
+class LogitsProcessorList(list[LogitsProcessor]):
+    """Processors run in order, each given (input_ids, scores) and returning new scores."""
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+class StoppingCriteriaList(list[StoppingCriteria]):
+    """Generation ends (finish_reason "stop") as soon as one criterion returns True."""
+
+    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> bool:
+        results = [criterion(input_ids, logits) for criterion in self]  # every one sees every token
+        return any(results)
+
+
+class MinTokensLogitsProcessor:
+    """Forbids EOS until ``min_tokens`` tokens have been generated (llama-cpp-python's)."""
+
+    def __init__(self, min_tokens: int, token_eos: int):
+        self.min_tokens = min_tokens
+        self.token_eos = token_eos
+        self.prompt_tokens: int | None = None
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.prompt_tokens is None:
+            self.prompt_tokens = len(input_ids)
+        if len(input_ids) - self.prompt_tokens < self.min_tokens:
+            scores[self.token_eos] = -np.inf
+        return scores
+
+
+class TokenChooser:
+    def __init__(
+        self,
+        sampler: Sampler,
+        logits_processor: LogitsProcessor | None = None,
+        constraint: Constraint | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
+    ):
+        self.sampler = sampler
+        self.logits_processor = logits_processor
+        self.constraint = constraint
+        self.stopping_criteria = stopping_criteria
+        self.stopped = False  # a stopping criterion ended the generation
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int | None:
+        """The next token, or None when a stopping criterion ends the generation. ``logits``
+        is left untouched (log-probabilities are reported from it)."""
+        ids = None
+        scores = logits
+        if self.logits_processor is not None:
+            ids = np.asarray(history, dtype=np.intc)
+            scores = self.logits_processor(ids, np.array(logits, dtype=np.float32))
+        token = self.sampler.sample(scores, history)
+        if self.constraint is not None and not self.constraint.allows(token):
+            token = self.sampler.sample(self.constraint.mask(scores), history)
+        if self.stopping_criteria is not None:
+            ids = np.asarray(history, dtype=np.intc) if ids is None else ids
+            if self.stopping_criteria(ids, logits):
+                self.stopped = True
+                return None
+        if self.constraint is not None:
+            self.constraint.accept(token)
+        return token

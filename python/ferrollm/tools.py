@@ -1,0 +1,314 @@
+"""Tool calls in chat completions: OpenAI's ``tools`` and ``tool_choice`` (and the legacy
+``functions`` / ``function_call``), answered in OpenAI's shape (``message.tool_calls``,
+``finish_reason: "tool_calls"``, streamed ``delta.tool_calls``).
+
+The prompt: the tools go to the file's Jinja chat template (its ``tools`` variable). When the
+template does not show them (it ignores tools, or the chat format is a built-in one), a system
+message describes them instead, and earlier calls and tool results in the conversation are
+written out as text (the built-in format)::
+
+    <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>
+
+The answer: a call is always written in that form (the Hermes/Qwen convention, which templates
+that handle tools commonly teach), and its arguments are held to the function's JSON schema by
+the grammar engine:
+
+* ``tool_choice="auto"`` (the default with tools): the model chooses. Decoding is free until its
+  text starts (after blank space) with ``<tool_call>``; from there the grammar holds it to calls.
+* ``"required"``: one or more calls, from the first token.
+* ``{"type": "function", "function": {"name": NAME}}``: exactly one call of NAME.
+* ``"none"``: no tools; a plain answer.
+
+``parallel_tool_calls=False`` allows one call per answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import llguidance
+import numpy as np
+
+from ferrollm.grammar import JSON_OPTIONS, Constraint, GrammarError, LlamaGrammar, closed_objects
+from ferrollm.tokenizer import Tokenizer
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+_CALL_RE = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+
+
+class ToolError(ValueError):
+    """A malformed tool list or a tool_choice naming no given function."""
+
+
+def _function(tool: Any, i: int) -> dict:
+    if not isinstance(tool, Mapping) or tool.get("type", "function") != "function":
+        raise ToolError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}, not {tool!r}")
+    fn = tool.get("function")
+    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise ToolError(f"tools[{i}].function needs a 'name'")
+    params = fn.get("parameters") or {"type": "object", "properties": {}}
+    if not isinstance(params, Mapping):
+        raise ToolError(f"tools[{i}].function.parameters must be a JSON schema object")
+    return {**fn, "parameters": dict(params)}
+
+
+class ToolCalling:
+    """One request's tools and choice."""
+
+    def __init__(self, functions: list[dict], forced: str | None, parallel: bool):
+        self.functions = functions
+        self.forced = forced  # None: auto; "*": required; else the function's name
+        self.parallel = parallel and forced in (None, "*")
+        self._lazy: LazyToolGrammar | None = None
+
+    @classmethod
+    def from_request(
+        cls,
+        tools: Sequence[dict] | None,
+        tool_choice: str | Mapping[str, Any] | None,
+        functions: Sequence[dict] | None = None,
+        function_call: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+    ) -> ToolCalling | None:
+        """None when there is nothing to call (no tools, or ``tool_choice="none"``)."""
+        if functions is not None and tools is None:  # the legacy spelling
+            tools = [{"type": "function", "function": f} for f in functions]
+        if function_call is not None and tool_choice is None:
+            tool_choice = (
+                function_call
+                if isinstance(function_call, str)
+                else {"type": "function", "function": dict(function_call)}
+            )
+        if tools is not None and not isinstance(tools, (list, tuple)):
+            raise ToolError(f"tools must be a list, not {type(tools).__name__}")
+        fns = [_function(t, i) for i, t in enumerate(tools or [])]
+        names = [f["name"] for f in fns]
+        if len(set(names)) != len(names):
+            raise ToolError(f"tools name the same function twice: {names}")
+        choice = "auto" if tool_choice is None else tool_choice
+        if choice == "none":
+            return None
+        if not fns:
+            if choice == "auto":
+                return None
+            raise ToolError(f"tool_choice {choice!r} needs tools")
+        if choice == "auto":
+            return cls(fns, None, parallel_tool_calls)
+        if choice == "required":
+            return cls(fns, "*", parallel_tool_calls)
+        if isinstance(choice, Mapping):
+            fn = choice.get("function")
+            name = fn.get("name") if isinstance(fn, Mapping) else None
+            if name is None:
+                raise ToolError(f"tool_choice must name a function: {{'type': 'function', 'function': "
+                                f"{{'name': ...}}}}, not {choice!r}")  # fmt: skip
+            if name not in names:
+                raise ToolError(f"tool_choice names the function {name!r}, which is not among the tools "
+                                f"({', '.join(names)})")  # fmt: skip
+            return cls(fns, name, parallel_tool_calls)
+        raise ToolError(f"tool_choice must be 'auto', 'none', 'required' or a function, not {choice!r}")
+
+    @property
+    def tools(self) -> list[dict]:
+        """The tools as OpenAI writes them (for a chat template)."""
+        return [{"type": "function", "function": f} for f in self.functions]
+
+    # -- the prompt ----------------------------------------------------------------------------
+
+    def instructions(self) -> str:
+        listed = json.dumps(
+            [{k: f[k] for k in ("name", "description", "parameters") if k in f} for f in self.functions]
+        )
+        must = {None: "", "*": "You must call at least one function. "}.get(
+            self.forced, f"You must call the function {self.forced}. "
+        )
+        return (
+            f"You can call these functions:\n{listed}\n{must}To call a function, reply with "
+            f'{OPEN}{{"name": <function name>, "arguments": <arguments as a JSON object>}}{CLOSE} '
+            "(one block per call); otherwise reply with text."
+        )
+
+    def instructed(self, messages: Sequence[dict]) -> list[dict]:
+        """``messages`` for a prompt without the template's own tool support: the tools
+        described in the system message, earlier calls and results written as text."""
+        out: list[dict] = []
+        for m in messages:
+            role = m.get("role")
+            if role == "assistant" and m.get("tool_calls"):
+                calls = "".join(_call_text(c) for c in m["tool_calls"])
+                out.append({"role": "assistant", "content": (m.get("content") or "") + calls})
+            elif role == "tool":
+                out.append(
+                    {"role": "user", "content": f"<tool_response>{m.get('content') or ''}</tool_response>"}
+                )
+            else:
+                out.append(dict(m))
+        system = next((i for i, m in enumerate(out) if m.get("role") == "system"), None)
+        if system is None:
+            return [{"role": "system", "content": self.instructions()}, *out]
+        content = out[system].get("content") or ""
+        out[system] = {**out[system], "content": f"{content}\n\n{self.instructions()}".lstrip()}
+        return out
+
+    # -- the grammar ---------------------------------------------------------------------------
+
+    def call_grammar(self) -> LlamaGrammar:
+        """Calls only: blank space, then ``<tool_call>{...}</tool_call>`` once or, when
+        parallel, repeatedly; ``{...}`` is {"name", "arguments"} of one of the functions."""
+        chosen = [f for f in self.functions if self.forced in (None, "*", f["name"])]
+        one_call = {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"const": f["name"]},
+                        "arguments": closed_objects(f["parameters"]),
+                    },
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                }
+                for f in chosen
+            ],
+            "x-guidance": JSON_OPTIONS,
+        }
+        more = " (WS? call)*" if self.parallel else ""
+        lark = (
+            f"start: WS? call{more}\n"
+            f"call: {json.dumps(OPEN)} args {json.dumps(CLOSE)}\n"
+            f"args: %json {json.dumps(one_call)}\n"
+            "WS: /[ \\t\\r\\n]+/\n"
+        )
+        try:
+            return LlamaGrammar(llguidance.LLMatcher.grammar_from_lark(lark), lark, "tool call grammar")
+        except GrammarError as e:
+            raise ToolError(f"the tools' parameter schemas do not compile: {e}") from None
+
+    def grammar(self) -> LlamaGrammar | LazyToolGrammar:
+        """Forced choices: the call grammar from the first token; auto: switched on when the
+        model starts a call."""
+        calls = self.call_grammar()
+        if self.forced is not None:
+            return calls
+        self._lazy = LazyToolGrammar(calls)
+        return self._lazy
+
+    # -- the answer ----------------------------------------------------------------------------
+
+    def parse(self, text: str) -> list[dict]:
+        """The complete calls in ``text``, as OpenAI's ``tool_calls``."""
+        names = {f["name"] for f in self.functions}
+        calls = []
+        for match in _CALL_RE.finditer(text):
+            try:
+                call = json.loads(match.group(1))
+            except json.JSONDecodeError:
+                continue
+            if isinstance(call, dict) and call.get("name") in names:
+                arguments = call.get("arguments", {})
+                calls.append({
+                    "id": f"call_{uuid.uuid4().hex[:24]}",
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
+                })  # fmt: skip
+        return calls
+
+    def message(self, text: str, finish: str | None) -> tuple[dict, str | None]:
+        """(message, finish_reason) of a whole answer."""
+        calls = self.parse(text)
+        if not calls:
+            return {"role": "assistant", "content": text.strip()}, finish
+        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
+        if len(calls) == 1:  # llama-cpp-python also fills the legacy field
+            message["function_call"] = dict(calls[0]["function"])
+        return message, "tool_calls"
+
+    def chunks(self, meta: dict, pieces: Iterator[Any], logprobs: bool) -> Iterator[dict]:
+        """The streamed answer: text as ``content`` deltas once the model has chosen text, each
+        call as one ``tool_calls`` delta when its closing tag arrives."""
+        from ferrollm.logprobs import chat_shape
+
+        def chunk(delta: dict, finish: str | None, entries: list = ()) -> dict:
+            shaped = chat_shape(entries) if logprobs and entries else None
+            choice = {"index": 0, "delta": delta, "logprobs": shaped, "finish_reason": finish}
+            return {**meta, "object": "chat.completion.chunk", "choices": [choice]}
+
+        yield chunk({"role": "assistant", "content": None}, None)
+        text, sent_calls, held, held_entries, is_text = "", 0, "", [], False
+        for piece in pieces:
+            text += piece.text
+            if not is_text and self.forced is None and self._lazy is not None and self._lazy.state == "text":
+                is_text = True
+            if is_text:
+                if held + piece.text or piece.logprobs:
+                    yield chunk({"content": held + piece.text}, None, held_entries + piece.logprobs)
+                held, held_entries = "", []
+            else:
+                held += piece.text
+                held_entries += piece.logprobs
+                calls = self.parse(text)
+                for i in range(sent_calls, len(calls)):
+                    yield chunk({"tool_calls": [{"index": i, **calls[i]}]}, None)
+                sent_calls = len(calls)
+            if piece.finish:
+                if not is_text and not sent_calls and held:  # never became a call: it was text
+                    yield chunk({"content": held}, None, held_entries)
+                yield chunk({}, "tool_calls" if sent_calls else piece.finish)
+
+
+def _call_text(call: Mapping[str, Any]) -> str:
+    fn = call.get("function", {})
+    arguments = fn.get("arguments", "{}")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            pass
+    return f"{OPEN}{json.dumps({'name': fn.get('name'), 'arguments': arguments})}{CLOSE}"
+
+
+class LazyToolGrammar:
+    """For ``tool_choice="auto"``: no constraint while the text may still become a call; the
+    call grammar from the moment the text (after blank space) starts with ``<tool_call>``."""
+
+    def __init__(self, calls: LlamaGrammar):
+        self.calls = calls
+        self.state = "open"  # "open" (undecided), "text" or "call"
+
+    def constraint(self, tokenizer: Tokenizer) -> LazyConstraint:
+        self.state = "open"
+        return LazyConstraint(self, tokenizer)
+
+
+class LazyConstraint:
+    def __init__(self, owner: LazyToolGrammar, tokenizer: Tokenizer):
+        self._owner = owner
+        self._tokenizer = tokenizer
+        self._tokens: list[int] = []
+        self._inner: Constraint | None = None
+
+    def allows(self, token: int) -> bool:
+        return self._inner.allows(token) if self._inner is not None else True
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        return self._inner.mask(logits) if self._inner is not None else logits
+
+    def accept(self, token: int) -> None:
+        if self._inner is not None:
+            self._inner.accept(token)
+            return
+        if self._owner.state == "text":
+            return
+        self._tokens.append(token)
+        text = self._tokenizer.decode(self._tokens).lstrip()
+        if text.startswith(OPEN):
+            inner = self._owner.calls.constraint(self._tokenizer)
+            if inner.accept_all(self._tokens):
+                self._inner, self._owner.state = inner, "call"
+            else:  # e.g. "<tool_call>" followed by something the grammar refuses: text after all
+                self._owner.state = "text"
+        elif not OPEN.startswith(text):
+            self._owner.state = "text"
