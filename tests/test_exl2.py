@@ -176,6 +176,8 @@ def _set(name, fn):
     (_set(f"{L}.q_scale", lambda s: s[:, :-1]), f"{L}.q_scale: int32 of shape"),
     (_set(f"{L}.q_scale_max", lambda s: s[:1]), f"{L}.q_scale_max: 1 values for 2 groups"),
     (_drop("model.layers.0.mlp.up_proj.q_weight"), "missing tensor model.layers.0.mlp.up_proj.q_weight"),
+    (lambda t: t.update({f"{L}.q_perm": t[f"{L}.q_invperm"]}) if f"{L}.q_invperm" in t else None,
+     f"{L}.q_perm: not the inverse of {L}.q_invperm"),
 ])  # fmt: skip
 def test_bad_directory_is_refused_naming_the_tensor(models, tmp_path, change, message):
     exl2, _, _ = models["llama"]
@@ -185,6 +187,29 @@ def test_bad_directory_is_refused_naming_the_tensor(models, tmp_path, change, me
     with pytest.raises(EXL2Error, match=message.replace(".", r"\.").replace("(", r"\(")):
         ferrollm.convert(bad, str(out), "q8_0")
     assert os.listdir(tmp_path) == ["bad"]
+
+
+def test_older_files_q_perm_and_a_config_without_its_mark(models, tmp_path):
+    """Some files also store q_perm (argsort of q_invperm); a config that lost its
+    quantization_config is still read as EXL2 from its tensors."""
+    exl2, _, weights = models["llama"]
+    d = str(tmp_path / "old")
+
+    def add_perm(t):
+        for n in [n for n in t if n.endswith(".q_invperm")]:
+            t[n.replace("q_invperm", "q_perm")] = np.argsort(t[n]).astype(np.int16)
+
+    _tamper(exl2, d, add_perm)
+    with open(os.path.join(d, "config.json")) as f:
+        cfg = json.load(f)
+    del cfg["quantization_config"]
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    types = ferrollm.convert(d, str(tmp_path / "o.gguf"), "f32")
+    assert len(types) == len(weights)
+    f = ferrollm.gguf.open(tmp_path / "o.gguf")
+    np.testing.assert_array_equal(f.dequantize("blk.0.ffn_up.weight").reshape(128, 64),
+                                  weights["model.layers.0.mlp.up_proj.weight"])  # fmt: skip
 
 
 def test_other_quantization_methods_are_refused(models, tmp_path):

@@ -110,7 +110,11 @@ def open_model_dir(model_dir: str | os.PathLike):
     if method is not None:
         raise CheckpointError(f"{os.fspath(model_dir)}: quantization method {method!r} is not supported "
                               "(float checkpoints and EXL2 are)")  # fmt: skip
-    return HFCheckpoint(model_dir)
+    ck = HFCheckpoint(model_dir)
+    if any(n.endswith(".q_weight") for n in ck.names()):  # EXL2 layers, the config's mark lost
+        ck.close()
+        return EXL2Checkpoint(model_dir)
+    return ck
 
 
 def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str = "auto", imatrix=None,

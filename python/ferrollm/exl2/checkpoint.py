@@ -23,7 +23,7 @@ from ferrollm.checkpoint import ARCHITECTURES, CheckpointError, n_heads
 from ferrollm.exl2.linear import PARTS, EXL2Error, check_invperm, dequantize, groups_of
 from ferrollm.safetensors_io import SafetensorsFile
 
-_SUFFIXES = (*PARTS, "bias")
+_SUFFIXES = (*PARTS, "q_perm", "bias")  # q_perm: argsort(q_invperm), in some older files
 
 
 def quant_method(model_dir: str | os.PathLike) -> str | None:
@@ -123,7 +123,14 @@ class EXL2Checkpoint:
                             "features")  # fmt: skip
         try:
             groups_of(key, where["q_groups"].raw(f"{key}.q_groups"), qw_shape[0], rows)
-            check_invperm(key, invperm, rows)
+            p = check_invperm(key, invperm, rows)
+            perm = (
+                where["q_perm"].raw(f"{key}.q_perm").astype(np.int64).ravel() & 0xFFFF
+                if "q_perm" in where
+                else None
+            )
+            if perm is not None and not np.array_equal(perm, np.argsort(p)):
+                raise EXL2Error(f"{key}.q_perm: not the inverse of {key}.q_invperm")
         except EXL2Error as e:
             raise EXL2Error(f"{self.path}: {e}") from None
         return (out, rows)
@@ -153,7 +160,7 @@ class EXL2Checkpoint:
         if key is None:
             return self._lookup(name).get(name)
         where = self._parts[key]
-        tensors = {part: f.raw(f"{key}.{part}") for part, f in where.items()}
+        tensors = {part: f.raw(f"{key}.{part}") for part, f in where.items() if part in PARTS}
         try:
             return dequantize(key, tensors, self._shapes[key][0])
         except EXL2Error as e:
