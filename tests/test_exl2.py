@@ -176,6 +176,7 @@ def _set(name, fn):
     (_set(f"{L}.q_scale", lambda s: s[:, :-1]), f"{L}.q_scale: int32 of shape"),
     (_set(f"{L}.q_scale_max", lambda s: s[:1]), f"{L}.q_scale_max: 1 values for 2 groups"),
     (_drop("model.layers.0.mlp.up_proj.q_weight"), "missing tensor model.layers.0.mlp.up_proj.q_weight"),
+    (lambda t: t.update({f"{L}.bias": np.zeros(32, np.float16)}), f"{L}.bias: linear layers with a bias"),
     (lambda t: t.update({f"{L}.q_perm": t[f"{L}.q_invperm"]}) if f"{L}.q_invperm" in t else None,
      f"{L}.q_perm: not the inverse of {L}.q_invperm"),
 ])  # fmt: skip

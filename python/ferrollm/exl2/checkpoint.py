@@ -79,20 +79,21 @@ class EXL2Checkpoint:
         if not files:
             raise CheckpointError(f"{self.path}: no .safetensors files")
         self._files = [SafetensorsFile(p) for p in files]
+        stored = [(f, name) for f in self._files for name in sorted(f.names())]
+        quantized = {n.rpartition(".")[0] for _, n in stored if n.rpartition(".")[2] in PARTS}
         plain: dict[str, SafetensorsFile] = {}
         parts: dict[str, dict[str, SafetensorsFile]] = {}  # layer -> {part: file}
         self._order: list[str] = []
-        for f in self._files:
-            for stored in sorted(f.names()):
-                key, _, part = stored.rpartition(".")
-                if part in _SUFFIXES and (part != "bias" or key in parts or f"{key}.q_weight" in f.names()):
-                    if key not in parts:
-                        parts[key] = {}
-                        self._order.append(f"{key}.weight")
-                    parts[key][part] = f
-                else:
-                    plain[stored] = f
-                    self._order.append(stored)
+        for f, name in stored:
+            key, _, part = name.rpartition(".")
+            if key in quantized and part in _SUFFIXES:
+                if key not in parts:
+                    parts[key] = {}
+                    self._order.append(f"{key}.weight")
+                parts[key][part] = f
+            else:
+                plain[name] = f
+                self._order.append(name)
         self._plain, self._parts = plain, parts
         self._shapes = {}
         expected = linear_shapes(self.config)
