@@ -35,6 +35,7 @@ def measure(name: str, quant: bool) -> dict:
         row["llama_cpp_vs_transformers"] = float(cosines(peer, hf).min())
     except Exception as e:  # noqa: BLE001 - the peer's failure is a figure of the table
         peer, row["llama_cpp_error"] = None, str(e)[:200]
+    row["ablations"] = {a: float(cosines(art.ablation_logits(a), hf).min()) for a in art.case.ablations}
     ours, error = ferrollm_logits(art.f32, tokens)
     if error is not None:
         row["ferrollm_error"] = error

@@ -47,6 +47,9 @@ class Case:
     llama_cpp_positions: int | None = None
     # Why llama.cpp cannot compute this checkpoint's function at all (the comparison is skipped).
     llama_cpp_differs: str = ""
+    # Features switched off in transformers (config overrides, same weights): each must move the
+    # logits past the tolerance, or the comparison could not see an engine ignoring it.
+    ablations: dict = field(default_factory=dict)
 
     def spec(self) -> dict:
         return {"model_type": self.model_type, "hf_class": self.hf_class, "tokenizer": self.tokenizer,
@@ -62,62 +65,78 @@ class Case:
         return h.hexdigest()[:12]
 
 
-def _longrope_factors(n: int, lo: float, hi: float) -> list[float]:
-    return [round(float(x), 4) for x in np.linspace(lo, hi, n)]
-
-
 _ROPE = 10000.0
+
+
+def _longrope(long_hi: float) -> dict:
+    """Phi-3 longrope parameters: short factors 1..1.5, long factors 1..long_hi over the 32 frequencies."""
+    factors = [[round(float(x), 4) for x in np.linspace(1.0, hi, 32)] for hi in (1.5, long_hi)]
+    return {"rope_type": "longrope", "rope_theta": _ROPE, "short_factor": factors[0], "long_factor": factors[1],
+            "original_max_position_embeddings": 64}  # fmt: skip
+
+
+_PLAIN_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": _ROPE}}
 _PHI3_TOKENS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # its defaults lie past this vocab
+_GEMMA3_ROPE = {"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": _ROPE}}  # fmt: skip
+_NO_WINDOW = {"sliding_window": 4096}
+
 # fmt: off
 CASES = [
     Case("llama", "llama", "LlamaForCausalLM", "spm", {"rope_theta": _ROPE}, "llama"),
     # convert_hf_to_gguf.py drops Mistral's sliding_window and llama.cpp's llama ignores the key, so the
     # harness writes llama.attention.sliding_window itself and compares llama.cpp inside the window only.
     Case("mistral-swa", "mistral", "MistralForCausalLM", "spm", {"sliding_window": WINDOW, "rope_theta": _ROPE},
-         "llama", extra_keys={"llama.attention.sliding_window": ("u32", WINDOW)}, llama_cpp_positions=WINDOW),
+         "llama", extra_keys={"llama.attention.sliding_window": ("u32", WINDOW)}, llama_cpp_positions=WINDOW,
+         ablations={"no_window": {"sliding_window": None}}),
     Case("llama-rope-llama3", "llama", "LlamaForCausalLM", "spm",
          {"rope_parameters": {"rope_type": "llama3", "rope_theta": _ROPE, "factor": 8.0, "low_freq_factor": 1.0,
-                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}, "llama"),
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}, "llama",
+         ablations={"plain_rope": _PLAIN_ROPE}),
     Case("llama-rope-yarn", "llama", "LlamaForCausalLM", "spm",
          {"rope_parameters": {"rope_type": "yarn", "rope_theta": _ROPE, "factor": 4.0,
-                              "original_max_position_embeddings": 64}}, "llama"),
+                              "original_max_position_embeddings": 64}}, "llama",
+         ablations={"plain_rope": _PLAIN_ROPE}),
     Case("llama-rope-linear", "llama", "LlamaForCausalLM", "spm",
-         {"rope_parameters": {"rope_type": "linear", "rope_theta": _ROPE, "factor": 2.0}}, "llama"),
+         {"rope_parameters": {"rope_type": "linear", "rope_theta": _ROPE, "factor": 2.0}}, "llama",
+         ablations={"plain_rope": _PLAIN_ROPE}),
     Case("mixtral", "mixtral", "MixtralForCausalLM", "spm",
          {"num_local_experts": 8, "num_experts_per_tok": 2, "intermediate_size": 256, "rope_theta": _ROPE}, "llama"),
     Case("qwen2", "qwen2", "Qwen2ForCausalLM", "bpe", {"rope_theta": _ROPE}, "qwen2"),
-    Case("qwen3", "qwen3", "Qwen3ForCausalLM", "bpe", {"head_dim": 64, "tie_word_embeddings": True, "rope_theta": _ROPE},
-         "qwen3"),
+    Case("qwen3", "qwen3", "Qwen3ForCausalLM", "bpe",
+         {"head_dim": 64, "tie_word_embeddings": True, "rope_theta": _ROPE}, "qwen3"),
     Case("qwen3moe-top4", "qwen3_moe", "Qwen3MoeForCausalLM", "bpe",
          {"head_dim": 64, "num_experts": 8, "num_experts_per_tok": 4, "moe_intermediate_size": 256,
-          "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "rope_theta": _ROPE}, "qwen3moe"),
+          "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "rope_theta": _ROPE}, "qwen3moe",
+         ablations={"unnormed": {"norm_topk_prob": False}}),
     # The converter writes nothing for norm_topk_prob and llama.cpp's qwen3moe always renormalises the
     # top-k weights: the harness writes qwen3moe.expert_weights_norm = false (the key llama.cpp defines).
     Case("qwen3moe-top2-unnormed", "qwen3_moe", "Qwen3MoeForCausalLM", "bpe",
          {"head_dim": 64, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 256,
           "norm_topk_prob": False, "decoder_sparse_step": 1, "mlp_only_layers": [], "rope_theta": _ROPE}, "qwen3moe",
          extra_keys={"qwen3moe.expert_weights_norm": ("bool", False)},
-         llama_cpp_differs="llama.cpp's qwen3moe always renormalises the top-k expert weights"),
+         llama_cpp_differs="llama.cpp's qwen3moe always renormalises the top-k expert weights",
+         ablations={"normed": {"norm_topk_prob": True}}),
     # llama.cpp scales queries by 1/sqrt(head_dim) (hidden/heads for the 46-layer 27B only), so
     # query_pre_attn_scalar is head_dim; caps small enough to bite on these logits.
     Case("gemma2", "gemma2", "Gemma2ForCausalLM", "spm",
          {"num_hidden_layers": 4, "head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": WINDOW,
           "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0, "tie_word_embeddings": True,
-          "rope_theta": _ROPE}, "gemma2"),
+          "rope_theta": _ROPE}, "gemma2",
+         ablations={"no_attn_cap": {"attn_logit_softcapping": None}, "no_final_cap": {"final_logit_softcapping": None},
+                    "no_window": _NO_WINDOW}),
     # llama.cpp's gemma3 has every sixth layer global (the file carries no pattern): 6 layers.
     Case("gemma3", "gemma3_text", "Gemma3ForCausalLM", "spm",
          {"num_hidden_layers": 6, "head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": WINDOW,
-          "tie_word_embeddings": True,
-          "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
-                              "sliding_attention": {"rope_type": "default", "rope_theta": _ROPE}}}, "gemma3"),
+          "tie_word_embeddings": True, "rope_parameters": _GEMMA3_ROPE}, "gemma3",
+         ablations={"no_window": _NO_WINDOW,
+                    "one_rope_base": {"rope_parameters": {**_GEMMA3_ROPE,
+                                                          "sliding_attention": _GEMMA3_ROPE["full_attention"]}}}),
     Case("phi3", "phi3", "Phi3ForCausalLM", "spm", {**_PHI3_TOKENS, "rope_theta": _ROPE}, "phi3"),
     # Longer than original_max_position_embeddings, so both transformers and llama.cpp use the long factors.
     Case("phi3-longrope", "phi3", "Phi3ForCausalLM", "spm",
-         {**_PHI3_TOKENS, "original_max_position_embeddings": 64,
-          "rope_parameters": {"rope_type": "longrope", "rope_theta": _ROPE,
-                              "short_factor": _longrope_factors(32, 1.0, 1.5),
-                              "long_factor": _longrope_factors(32, 1.0, 6.0),
-                              "original_max_position_embeddings": 64}}, "phi3"),
+         {**_PHI3_TOKENS, "original_max_position_embeddings": 64, "rope_parameters": _longrope(6.0)}, "phi3",
+         ablations={"short_factors": {"rope_parameters": _longrope(1.5)}, "plain_rope": _PLAIN_ROPE}),
 ]
 # fmt: on
 BY_NAME = {c.name: c for c in CASES}
@@ -159,6 +178,21 @@ class Artifacts:
 
     def hf_logits(self) -> np.ndarray:
         return np.load(os.path.join(self.hf_dir, "logits.npy"))
+
+    def ablation_logits(self, name: str) -> np.ndarray:
+        """transformers' logits with the case's ablation ``name`` applied (cached)."""
+        overrides = self.case.ablations[name]
+        h = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode())
+        with open(os.path.join(HERE, "arch_ablation.py"), "rb") as f:
+            h.update(f.read())
+        out = os.path.join(self.hf_dir, f"ablation-{name}-{h.hexdigest()[:12]}.npy")
+        if not os.path.isfile(out):
+            spec = out[: -len(".npy")] + ".json"
+            with open(spec, "w") as f:
+                json.dump(overrides, f)
+            _run([ORACLE_PY, os.path.join(HERE, "arch_ablation.py"), self.hf_dir, spec, out + ".tmp.npy"])
+            os.replace(out + ".tmp.npy", out)
+        return np.load(out)
 
     def quantized(self, type_name: str) -> str:
         """The F32 file quantized by ``ferrollm quantize`` (cached)."""
