@@ -1,8 +1,10 @@
 """The architecture table of issue 21, from the cases of tests/test_oracle_archs.py: per case the
 minimum cosine over all positions of ferrollm's F32 logits against transformers' and against
 llama.cpp's, llama.cpp's own against transformers' (how far the peer is from the reference),
-top-1 agreement with llama.cpp where its margin is clear, and the quantized files and KV caches
-against ferrollm's F32 logits. Writes benches/results/arch_table.json.
+top-1 agreement with llama.cpp where its margin is clear, the ablations (transformers with the
+case's feature switched off: how far the oracle sees an engine that ignores it), and the quantized
+files and KV caches as their median position, against ferrollm's F32 logits and against llama.cpp
+on the same file. Writes benches/results/arch_table.json.
 
     python benches/arch_table.py [--cases llama,qwen2] [--no-quant] [--facts FILE.md]
 
@@ -17,11 +19,13 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from arch_oracle import BY_NAME, CASES, artifacts, cosines, ferrollm_logits, llama_cpp_logits, top1_agreement
 from ferrollm.atomic import AtomicFile
-from test_oracle_archs import KV_TYPES, VS_F32
+from test_oracle_archs import KV_CODES, KV_VS_F32, QUANT_VS_F32
 
 SKIPPED_ARRAYS = ("tokens", "scores", "token_type", "merges")
 
@@ -47,12 +51,24 @@ def measure(name: str, quant: bool) -> dict:
         row["vs_llama_cpp"] = float(cosines(ours[:n], peer[:n]).min())
         row["top1_agree"], row["top1_clear"] = top1_agreement(ours[:n], peer[:n])
     if quant:
-        for type_name in VS_F32:
-            q, _ = ferrollm_logits(art.quantized(type_name), tokens)
-            row[f"{type_name}_vs_f32"] = float(cosines(q, ours).min())
-        for kv in KV_TYPES:
+        same = peer is not None and not art.case.llama_cpp_differs
+        n = art.case.llama_cpp_positions or len(tokens)
+        for type_name in QUANT_VS_F32:
+            path = art.quantized(type_name)
+            q, _ = ferrollm_logits(path, tokens)
+            row[f"{type_name}_vs_f32"] = float(np.median(cosines(q, ours)))
+            if same:
+                row[f"{type_name}_vs_llama_cpp"] = float(
+                    np.median(cosines(q, llama_cpp_logits(path, tokens))[:n])
+                )
+        for kv in KV_VS_F32:
             q, _ = ferrollm_logits(art.f32, tokens, type_k=kv, type_v=kv)
-            row[f"kv_{kv}_vs_f32"] = float(cosines(q, ours).min())
+            row[f"kv_{kv}_vs_f32"] = float(np.median(cosines(q, ours)))
+            if same and kv == "q8_0":
+                theirs = llama_cpp_logits(
+                    art.f32, tokens, type_k=KV_CODES[kv], type_v=KV_CODES[kv], flash_attn=True
+                )
+                row[f"kv_{kv}_vs_llama_cpp"] = float(np.median(cosines(q, theirs)[:n]))
     return row
 
 
@@ -68,7 +84,8 @@ def _fmt(v) -> str:
 def print_table(rows: list[dict], quant: bool) -> None:
     cols = ["case", "arch", "vs_transformers", "vs_llama_cpp", "top1", "llama_cpp_vs_transformers"]
     if quant:
-        cols += [f"{t}_vs_f32" for t in VS_F32] + [f"kv_{kv}_vs_f32" for kv in KV_TYPES]
+        cols += [f"{t}_vs_{ref}" for t in QUANT_VS_F32 for ref in ("f32", "llama_cpp")]
+        cols += [f"kv_{kv}_vs_f32" for kv in KV_VS_F32] + ["kv_q8_0_vs_llama_cpp"]
     print(" | ".join(cols))
     for r in rows:
         r = {**r, "top1": f"{r['top1_agree']}/{r['top1_clear']}" if "top1_clear" in r else None}
