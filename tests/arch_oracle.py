@@ -79,6 +79,7 @@ _PLAIN_ROPE = {"rope_parameters": {"rope_type": "default", "rope_theta": _ROPE}}
 _PHI3_TOKENS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}  # its defaults lie past this vocab
 _GEMMA3_ROPE = {"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
                 "sliding_attention": {"rope_type": "default", "rope_theta": _ROPE}}  # fmt: skip
+_GEMMA3_LINEAR = {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0}
 _NO_WINDOW = {"sliding_window": 4096}
 
 # fmt: off
@@ -132,6 +133,11 @@ CASES = [
          ablations={"no_window": _NO_WINDOW,
                     "one_rope_base": {"rope_parameters": {**_GEMMA3_ROPE,
                                                           "sliding_attention": _GEMMA3_ROPE["full_attention"]}}}),
+    # Gemma 3 4B and up: linear rope scaling on the global layers only (llama.cpp: not on SWA layers).
+    Case("gemma3-rope-linear", "gemma3_text", "Gemma3ForCausalLM", "spm",
+         {"num_hidden_layers": 6, "head_dim": 64, "query_pre_attn_scalar": 64, "sliding_window": WINDOW,
+          "tie_word_embeddings": True, "rope_parameters": {**_GEMMA3_ROPE, "full_attention": _GEMMA3_LINEAR}},
+         "gemma3", ablations={"plain_rope": {"rope_parameters": _GEMMA3_ROPE}}),
     Case("phi3", "phi3", "Phi3ForCausalLM", "spm", {**_PHI3_TOKENS, "rope_theta": _ROPE}, "phi3"),
     # Longer than original_max_position_embeddings, so both transformers and llama.cpp use the long factors.
     Case("phi3-longrope", "phi3", "Phi3ForCausalLM", "spm",
