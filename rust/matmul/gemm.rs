@@ -71,7 +71,8 @@ fn unpack_row_32<B: Unpack32 + bytemuck::Pod>(
 
 /// Super-blocks through their integer form, with groups of `G` elements (for G = 32, the two
 /// 16-element halves of a group share their scale and min).
-fn unpack_row_k<B: UnpackK + bytemuck::Pod, const G: usize>(
+#[inline(always)]
+pub(super) fn unpack_row_k<B: UnpackK + bytemuck::Pod, const G: usize>(
     row: &[u8],
     q: &mut [u8],
     sd: &mut [f32],
@@ -80,15 +81,18 @@ fn unpack_row_k<B: UnpackK + bytemuck::Pod, const G: usize>(
     let blocks: &[B] = bytemuck::cast_slice(row);
     let mut u = IntSuperBlock::default();
     let per_block = QK_K / G;
-    for (b, block) in blocks.iter().enumerate() {
+    // Chunked (no index arithmetic) so that the stores vectorize: for Q2_K the group terms
+    // were 40% of the unpacking.
+    let groups = sd.chunks_exact_mut(per_block).zip(m.chunks_exact_mut(per_block));
+    for ((block, q), (sd, m)) in blocks.iter().zip(q.chunks_exact_mut(QK_K)).zip(groups) {
         block.unpack(&mut u);
-        for (d, &v) in q[QK_K * b..QK_K * (b + 1)].iter_mut().zip(&u.q) {
+        for (d, &v) in q.iter_mut().zip(&u.q) {
             *d = v as u8;
         }
-        for g in 0..per_block {
+        for (g, (sd, m)) in sd.iter_mut().zip(m.iter_mut()).enumerate() {
             let half = g * G / 16;
-            sd[per_block * b + g] = u.d * u.scales[half] as f32;
-            m[per_block * b + g] = u.dmin * u.mins[half] as f32;
+            *sd = u.d * u.scales[half] as f32;
+            *m = u.dmin * u.mins[half] as f32;
         }
     }
 }

@@ -135,12 +135,23 @@ impl Unpack32 for BlockIq4Nl {
     }
 }
 
-impl UnpackK for BlockQ2K {
-    fn unpack(&self, out: &mut IntSuperBlock) {
-        for (i, q) in out.q.iter_mut().enumerate() {
-            let (g, j, l) = (i / 128, (i / 32) % 4, i % 32);
-            *q = ((self.qs[32 * g + l] >> (2 * j)) & 3) as i8;
+/// The 2-bit fields of `qs` (32 bytes per 128 values: value 32j + l of a half is bits 2j of
+/// byte l) into `q`, as straight loops over 32 lanes so that they vectorize.
+#[inline(always)]
+fn crumbs(qs: &[u8; 64], mut each: impl FnMut(usize, usize, u8)) {
+    for g in 0..2 {
+        for j in 0..4 {
+            for l in 0..32 {
+                each(g, j * 32 + l, (qs[32 * g + l] >> (2 * j)) & 3);
+            }
         }
+    }
+}
+
+impl UnpackK for BlockQ2K {
+    #[inline(always)]
+    fn unpack(&self, out: &mut IntSuperBlock) {
+        crumbs(&self.qs, |g, i, v| out.q[128 * g + i] = v as i8);
         for (s, &sc) in self.scales.iter().enumerate() {
             out.scales[s] = (sc & 0xF) as i16;
             out.mins[s] = (sc >> 4) as i16;
@@ -151,13 +162,13 @@ impl UnpackK for BlockQ2K {
 }
 
 impl UnpackK for BlockQ3K {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
-        for (i, q) in out.q.iter_mut().enumerate() {
-            let (g, j, l) = (i / 128, (i / 32) % 4, i % 32);
-            let low = ((self.qs[32 * g + l] >> (2 * j)) & 3) as i8;
-            let high_clear = (self.hmask[l] >> (i / 32)) & 1 == 0;
-            *q = low - if high_clear { 4 } else { 0 };
-        }
+        // q = low 2 bits - 4 where the hmask bit (bit i/32 of byte i%32) is clear.
+        crumbs(&self.qs, |g, i, v| {
+            let high = (self.hmask[i % 32] >> (4 * g + i / 32)) & 1;
+            out.q[128 * g + i] = (v + 4 * high) as i8 - 4;
+        });
         for s in 0..16 {
             out.scales[s] = q3k_scale(&self.scales, s) as i16;
         }
@@ -167,6 +178,7 @@ impl UnpackK for BlockQ3K {
     }
 }
 
+#[inline(always)]
 fn unpack_q45k(scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, out: &mut IntSuperBlock) {
     // Sub-blocks 2p and 2p+1 share the bytes qs[32p..32p+32] (low and high nibbles); written
     // as straight loops over 32 lanes so that they vectorize.
@@ -187,6 +199,7 @@ fn unpack_q45k(scales: &[u8; 12], qs: &[u8; 128], qh: Option<&[u8; 32]>, out: &m
 }
 
 impl UnpackK for BlockQ4K {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         unpack_q45k(&self.scales, &self.qs, None, out);
         out.d = self.d.to_f32();
@@ -195,6 +208,7 @@ impl UnpackK for BlockQ4K {
 }
 
 impl UnpackK for BlockQ5K {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         unpack_q45k(&self.scales, &self.qs, Some(&self.qh), out);
         out.d = self.d.to_f32();
@@ -203,12 +217,18 @@ impl UnpackK for BlockQ5K {
 }
 
 impl UnpackK for BlockQ6K {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
-        for (i, q) in out.q.iter_mut().enumerate() {
-            let (g, j, l) = (i / 128, (i / 32) % 4, i % 32);
-            let low = (self.ql[64 * g + 32 * (j % 2) + l] >> (4 * (j / 2))) & 0xF;
-            let high = (self.qh[32 * g + l] >> (2 * j)) & 3;
-            *q = (low | (high << 4)) as i8 - 32;
+        // Value 32j + l of half g: nibble j/2 of ql[64g + 32(j%2) + l], high bits 2j of
+        // qh[32g + l]; straight loops over 32 lanes so that they vectorize.
+        for g in 0..2 {
+            for j in 0..4 {
+                for l in 0..32 {
+                    let low = (self.ql[64 * g + 32 * (j % 2) + l] >> (4 * (j / 2))) & 0xF;
+                    let high = (self.qh[32 * g + l] >> (2 * j)) & 3;
+                    out.q[128 * g + 32 * j + l] = (low | (high << 4)) as i8 - 32;
+                }
+            }
         }
         out.scales = self.scales.map(|s| s as i16);
         out.mins = [0; 16];
@@ -226,6 +246,7 @@ fn signed_row(q: &mut [i8], row: u64, signs: u8) {
 }
 
 impl UnpackK for BlockIq2Xxs {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         for ib in 0..8 {
             let aux = u32_le(&self.qs[8 * ib + 4..]);
@@ -243,6 +264,7 @@ impl UnpackK for BlockIq2Xxs {
 }
 
 impl UnpackK for BlockIq2Xs {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         for e in 0..32 {
             let q = u16_le(self.qs[e]);
@@ -259,6 +281,7 @@ impl UnpackK for BlockIq2Xs {
 }
 
 impl UnpackK for BlockIq2S {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         for e in 0..32 {
             let high = ((self.qh[e / 4] >> (2 * (e % 4))) & 3) as usize;
@@ -279,6 +302,7 @@ fn rows4x2(a: u32, b: u32) -> u64 {
 }
 
 impl UnpackK for BlockIq3Xxs {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         for ib in 0..8 {
             let aux = u32_le(&self.scales_signs[4 * ib..]);
@@ -297,6 +321,7 @@ impl UnpackK for BlockIq3Xxs {
 }
 
 impl UnpackK for BlockIq3S {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         let index =
             |g: usize| self.qs[g] as usize | ((((self.qh[g / 8] >> (g % 8)) & 1) as usize) << 8);
@@ -322,6 +347,7 @@ fn iq1_row(q: &mut [i8], row: u64, negative_shift: bool) {
 }
 
 impl UnpackK for BlockIq1S {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         for ib in 0..8 {
             let qh = u16_le(self.qh[ib]);
@@ -342,6 +368,7 @@ impl UnpackK for BlockIq1S {
 }
 
 impl UnpackK for BlockIq1M {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         let sc = self.scales.map(u16_le);
         for e in 0..32 {
@@ -359,6 +386,7 @@ impl UnpackK for BlockIq1M {
 }
 
 impl UnpackK for BlockIq4Xs {
+    #[inline(always)]
     fn unpack(&self, out: &mut IntSuperBlock) {
         for ib in 0..8 {
             let qs: &[u8; 16] = self.qs[16 * ib..16 * ib + 16].try_into().expect("16 bytes");

@@ -22,7 +22,8 @@ mod q6k;
 use std::arch::x86_64::*;
 
 use super::VecDotFn;
-use super::gemm::{PanelForm, RowUnpackFn};
+use super::gemm::{PanelForm, RowUnpackFn, unpack_row_k};
+use crate::quant::kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K};
 use super::narrow::LanesFn;
 use crate::gguf::GgmlType;
 use crate::quant::block::F16Le;
@@ -99,7 +100,7 @@ dot_table!(
 );
 
 macro_rules! panel_table {
-    ($($ty:ident => $unpack:path, $group:literal),*) => {
+    ($($ty:ident => $unpack:path, $group:literal, $offset:literal),*) => {
         /// How `ty` enters the batched product with a 512-bit unpacker, where the CPU has the
         /// features.
         pub(super) fn panel_form(ty: GgmlType) -> Option<PanelForm> {
@@ -113,23 +114,27 @@ macro_rules! panel_table {
                     $unpack(row, q, sd, m)
                 }
             )*
-            let form = |unpack: RowUnpackFn, group| PanelForm { unpack, group, offset: false };
+            let form = |unpack: RowUnpackFn, group, offset| PanelForm { unpack, group, offset };
             match ty {
-                $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group)),)*
+                $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group, $offset)),)*
                 _ => None,
             }
         }
     };
 }
 
-// Each type with its scale grain (elements per scale) for the batched product.
+// Each type with its scale grain (elements per scale) and whether it has offsets (mins), for
+// the batched product. Q2_K..Q5_K take the portable unpackers, compiled here with the 512-bit
+// features (their straight lane loops vectorize; at the baseline ISA they ran 4-20x slower).
 panel_table!(
-    IQ2_XXS => unpack_row::<BlockIq2Xxs, 32>, 32, IQ2_XS => unpack_row::<BlockIq2Xs, 16>, 16,
-    IQ2_S => unpack_row::<BlockIq2S, 16>, 16, IQ3_XXS => unpack_row::<BlockIq3Xxs, 32>, 32,
-    IQ3_S => unpack_row::<BlockIq3S, 32>, 32, IQ1_S => unpack_row::<BlockIq1S, 32>, 32,
-    IQ1_M => unpack_row::<BlockIq1M, 16>, 16, IQ4_XS => unpack_row::<BlockIq4Xs, 32>, 32,
-    Q6_K => q6_k_row, 16, Q4_0 => unpack_row_pairs::<BlockQ4_0>, 32,
-    Q8_0 => unpack_row_pairs::<BlockQ8_0>, 32, IQ4_NL => unpack_row_pairs::<BlockIq4Nl>, 32
+    IQ2_XXS => unpack_row::<BlockIq2Xxs, 32>, 32, false, IQ2_XS => unpack_row::<BlockIq2Xs, 16>, 16, false,
+    IQ2_S => unpack_row::<BlockIq2S, 16>, 16, false, IQ3_XXS => unpack_row::<BlockIq3Xxs, 32>, 32, false,
+    IQ3_S => unpack_row::<BlockIq3S, 32>, 32, false, IQ1_S => unpack_row::<BlockIq1S, 32>, 32, false,
+    IQ1_M => unpack_row::<BlockIq1M, 16>, 16, false, IQ4_XS => unpack_row::<BlockIq4Xs, 32>, 32, false,
+    Q6_K => q6_k_row, 16, false, Q4_0 => unpack_row_pairs::<BlockQ4_0>, 32, false,
+    Q8_0 => unpack_row_pairs::<BlockQ8_0>, 32, false, IQ4_NL => unpack_row_pairs::<BlockIq4Nl>, 32, false,
+    Q2_K => unpack_row_k::<BlockQ2K, 16>, 16, true, Q3_K => unpack_row_k::<BlockQ3K, 16>, 16, false,
+    Q4_K => unpack_row_k::<BlockQ4K, 32>, 32, true, Q5_K => unpack_row_k::<BlockQ5K, 32>, 32, true
 );
 
 macro_rules! lanes_table {
