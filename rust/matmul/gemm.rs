@@ -83,7 +83,9 @@ pub(super) fn unpack_row_k<B: UnpackK + bytemuck::Pod, const G: usize>(
     let per_block = QK_K / G;
     // Chunked (no index arithmetic) so that the stores vectorize: for Q2_K the group terms
     // were 40% of the unpacking.
-    let groups = sd.chunks_exact_mut(per_block).zip(m.chunks_exact_mut(per_block));
+    let groups = sd
+        .chunks_exact_mut(per_block)
+        .zip(m.chunks_exact_mut(per_block));
     for ((block, q), (sd, m)) in blocks.iter().zip(q.chunks_exact_mut(QK_K)).zip(groups) {
         block.unpack(&mut u);
         for (d, &v) in q.iter_mut().zip(&u.q) {

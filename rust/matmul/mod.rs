@@ -36,6 +36,27 @@ use crate::quant::{Isa, quantize};
 /// One weight row (whole blocks) against one activation row of the companion type.
 pub type VecDotFn = fn(w: &[u8], a: &[u8]) -> f32;
 
+/// `out[t] = dot(w, a_t)` for `out.len()` activation rows back to back in `a` (at most
+/// `MAX_DOT_TOKENS`), each equal to the type's `VecDotFn` result bit for bit.
+pub type VecDotManyFn = fn(w: &[u8], a: &[u8], out: &mut [f32]);
+
+/// Most activation rows a `VecDotManyFn` takes.
+pub const MAX_DOT_TOKENS: usize = 8;
+/// Up to this many activation rows, types with a multi-token dot product use it rather than
+/// the narrow or batched products.
+const MANY_DOT_UP_TO: usize = 8;
+
+/// The multi-token dot product of `ty`, where the type and CPU have one (the codebook types:
+/// taking a super-block apart costs more than its products, so it is done once per row).
+pub fn dot_many_fn(ty: GgmlType, isa: Isa) -> Option<VecDotManyFn> {
+    #[cfg(target_arch = "x86_64")]
+    if isa.min(Isa::detected()) >= Isa::Avx512 && avx512::detected() {
+        return avx512::many_table(ty);
+    }
+    let _ = (ty, isa);
+    None
+}
+
 /// The type activations are converted to before a dot product with weights of `ty`.
 pub fn activation_type(ty: GgmlType) -> Option<GgmlType> {
     use GgmlType::*;
@@ -276,7 +297,8 @@ pub fn matmul_many(
         *o = SharedOut(y.as_mut_ptr());
     }
     let outs = &outs[..ws.len()];
-    if gemm::supported(w0.ty, isa.min(Isa::detected())) {
+    let many = dot_many_fn(w0.ty, isa).filter(|_| (2..=MANY_DOT_UP_TO).contains(&n));
+    if gemm::supported(w0.ty, isa.min(Isa::detected())) && many.is_none() {
         if narrow::takes(n, w0.ty) {
             return narrow::narrow(pool, ws, x, outs, scratch);
         }
@@ -300,6 +322,17 @@ pub fn matmul_many(
         for tile in first..(first + tiles_per_task).min(tiles.total) {
             let (m, rows) = tiles.locate(tile);
             let (w, out) = (&ws[m], outs[m]);
+            if let Some(many) = many {
+                let mut sums = [0f32; MAX_DOT_TOKENS];
+                for r in rows.clone() {
+                    many(w.row(r), acts, &mut sums[..n]);
+                    for (t, &v) in sums[..n].iter().enumerate() {
+                        // SAFETY: each (m, t, r) is written by exactly one task, t < n, r < rows.
+                        unsafe { *out.at(t * w.rows + r) = v };
+                    }
+                }
+                continue;
+            }
             for (t, a) in acts.chunks_exact(act_row_bytes).enumerate() {
                 for r in rows.clone() {
                     // SAFETY: each (m, t, r) is written by exactly one task, t < n, r < rows.

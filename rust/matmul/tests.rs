@@ -360,3 +360,27 @@ fn the_vector_panel_unpackers_equal_the_portable_ones() {
         );
     }
 }
+
+#[test]
+fn multi_token_dot_products_equal_the_single_ones_bit_for_bit() {
+    for &ty in DOT_TYPES {
+        let Some(many) = dot_many_fn(ty, Isa::detected()) else {
+            continue;
+        };
+        let (dot, _) = dot_fn(ty, Isa::detected()).unwrap();
+        let cols = 3 * 256;
+        let w = random_weights(ty, 11 + ty.id() as u64, cols / ty.block_elems());
+        let act_ty = activation_type(ty).unwrap();
+        let mut acts = Vec::new();
+        quantize_activations(act_ty, &random_floats(13, MAX_DOT_TOKENS * cols), &mut acts).unwrap();
+        let row = acts.len() / MAX_DOT_TOKENS;
+        for n in 1..=MAX_DOT_TOKENS {
+            let mut out = vec![0f32; n];
+            many(&w, &acts[..n * row], &mut out);
+            for (t, got) in out.iter().enumerate() {
+                let want = dot(&w, &acts[t * row..][..row]);
+                assert_eq!(got.to_bits(), want.to_bits(), "{ty} n {n} token {t}");
+            }
+        }
+    }
+}

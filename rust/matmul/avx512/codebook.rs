@@ -7,6 +7,7 @@
 
 use std::arch::x86_64::*;
 
+use super::super::MAX_DOT_TOKENS;
 use super::{PREFETCH_BYTES, fp16, load_table, nibbles64};
 use crate::quant::grids::*;
 use crate::quant::iquants::*;
@@ -33,7 +34,12 @@ pub(super) trait ZmmBlock: bytemuck::Pod {
 /// i32 lanes whose total is the super-block's integer dot product with `ab`.
 #[inline(always)]
 unsafe fn block_dot<B: ZmmBlock>(wb: &B, ab: &BlockQ8K) -> __m512i {
-    let s = wb.spans();
+    spans_dot::<B>(&wb.spans(), ab)
+}
+
+/// As `block_dot`, from the super-block already taken apart.
+#[inline(always)]
+unsafe fn spans_dot<B: ZmmBlock>(s: &Spans, ab: &BlockQ8K) -> __m512i {
     let mut acc = _mm512_setzero_si512();
     for c in 0..4 {
         let scales = span_scales(s.groups, c);
@@ -102,6 +108,33 @@ pub(super) unsafe fn dot<B: ZmmBlock>(w: &[u8], a: &[u8]) -> f32 {
         acc = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(block_dot(wb, ab)), acc);
     }
     _mm512_reduce_add_ps(acc)
+}
+
+/// `out[t] = dot(w, a_t)` for the `out.len()` (at most `MAX_DOT_TOKENS`) activation rows
+/// back to back in `a`: each super-block is taken apart once for all of them. Each token's
+/// sums run in `dot`'s order, so its result is `dot`'s, bit for bit.
+#[inline(always)]
+pub(super) unsafe fn dot_many<B: ZmmBlock>(w: &[u8], a: &[u8], out: &mut [f32]) {
+    let w: &[B] = bytemuck::cast_slice(w);
+    let a: &[BlockQ8K] = bytemuck::cast_slice(a);
+    let (n, per_row) = (out.len(), w.len());
+    let mut acc = [_mm512_setzero_ps(); MAX_DOT_TOKENS];
+    for (b, wb) in w.iter().enumerate() {
+        let p = (wb as *const B as *const i8).wrapping_add(PREFETCH_BYTES);
+        for line in 0..std::mem::size_of::<B>().div_ceil(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line));
+        }
+        let s = wb.spans();
+        let scale = wb.scale();
+        for (t, acc) in acc.iter_mut().enumerate().take(n) {
+            let ab = &a[t * per_row + b];
+            let factor = _mm512_set1_ps(scale * f32::from_le_bytes(ab.d));
+            *acc = _mm512_fmadd_ps(factor, _mm512_cvtepi32_ps(spans_dot::<B>(&s, ab)), *acc);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        *o = _mm512_reduce_add_ps(acc);
+    }
 }
 
 /// The 64 activations of span `c` (0..4) of a super-block.

@@ -21,13 +21,13 @@ mod q6k;
 
 use std::arch::x86_64::*;
 
-use super::VecDotFn;
 use super::gemm::{PanelForm, RowUnpackFn, unpack_row_k};
-use crate::quant::kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K};
 use super::narrow::LanesFn;
+use super::{VecDotFn, VecDotManyFn};
 use crate::gguf::GgmlType;
 use crate::quant::block::F16Le;
 use crate::quant::iquants::*;
+use crate::quant::kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K};
 use crate::quant::legacy::{BlockIq4Nl, BlockQ4_0, BlockQ8_0};
 use codebook::*;
 use pairs::{dot_pairs, lanes_pairs, unpack_row_pairs};
@@ -97,6 +97,33 @@ dot_table!(
     IQ3_XXS => dot::<BlockIq3Xxs>, IQ3_S => dot::<BlockIq3S>, IQ1_S => dot::<BlockIq1S>,
     IQ1_M => dot::<BlockIq1M>, IQ4_XS => dot::<BlockIq4Xs>,
     Q4_0 => dot_pairs::<BlockQ4_0>, Q8_0 => dot_pairs::<BlockQ8_0>, IQ4_NL => dot_pairs::<BlockIq4Nl>
+);
+
+/// As `dot_table`, the products of one row with several activation rows (`codebook::dot_many`).
+macro_rules! dot_many_table {
+    ($($ty:ident => $kernel:path),*) => {
+        /// The 512-bit multi-token dot product for `ty`, if it has one; only call when
+        /// `detected()`.
+        pub(super) fn many_table(ty: GgmlType) -> Option<VecDotManyFn> {
+            $(
+                #[allow(non_snake_case)]
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
+                unsafe fn $ty(w: &[u8], a: &[u8], out: &mut [f32]) {
+                    $kernel(w, a, out)
+                }
+            )*
+            match ty {
+                $(GgmlType::$ty => Some(|w, a, out| unsafe { $ty(w, a, out) }),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+dot_many_table!(
+    IQ2_XXS => dot_many::<BlockIq2Xxs>, IQ2_XS => dot_many::<BlockIq2Xs>, IQ2_S => dot_many::<BlockIq2S>,
+    IQ3_XXS => dot_many::<BlockIq3Xxs>, IQ3_S => dot_many::<BlockIq3S>, IQ1_S => dot_many::<BlockIq1S>,
+    IQ1_M => dot_many::<BlockIq1M>, IQ4_XS => dot_many::<BlockIq4Xs>
 );
 
 macro_rules! panel_table {
