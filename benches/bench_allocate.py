@@ -46,6 +46,9 @@ CALIBRATION_CHARS = 60000
 MIXTRAL_WEIGHTS = 46.70e9
 MIXTRAL_TENSORS = 32 * 7 + 2  # attn q/k/v/o and the three stacked expert tensors per layer, embedding, head
 MIXTRAL_PREFILL_TOK_S = 20.4  # ferrollm, IQ2_XS, 2 threads (benches/results/engines-8x7b.json)
+# Weights --error-rows 1024 quantizes per non-anchor type: expert gate/up 30.07B x 1024/14336,
+# expert down 15.03B x 1024/4096, attn q/o 1.07B / 4, k/v 0.27B whole, embedding and head 0.26B / 31.
+MIXTRAL_SAMPLED_WEIGHTS = 6.46e9
 
 
 def weight_bpw(path) -> tuple[float, int]:
@@ -99,6 +102,32 @@ def validate(src, imatrix_path, calibration, measurement, n_tensors: int, tmp) -
                     rows.append({"tensor": name, "type": t, "proxy": e["loss"], "direct": direct})
                     print(f"  {name:<30} {t:<8} proxy {e['loss']:.3e} direct {direct:.3e}", flush=True)
     return rows
+
+
+def estimate_8x7b(m) -> dict:
+    """Measurement time of Mixtral 8x7B on this machine, from the demo model's rates (printed)."""
+    n_weights = sum(e["elements"] for e in m.tensors.values())
+    n_types = len(next(iter(m.tensors.values()))["types"])
+    n_anchor = sum(len(anchor_types(tuple(e["types"]), m.key["anchors"])) for e in m.tensors.values())
+    quant_rate = n_weights * n_types / m.seconds["quantize"]  # weights quantized per second
+    kld_each = m.seconds["kld"] / n_anchor
+    est_quant = MIXTRAL_WEIGHTS * n_types / quant_rate
+    est_kld = MIXTRAL_TENSORS * 4 * m.key["n_tokens"] / MIXTRAL_PREFILL_TOK_S
+    # --error-rows 1024 --anchors 2 --measure-tokens 512: the anchors quantize whole, the rest sampled
+    lite_quant = (2 * MIXTRAL_WEIGHTS + (n_types - 2) * MIXTRAL_SAMPLED_WEIGHTS) / quant_rate
+    lite_kld = MIXTRAL_TENSORS * 2 * 512 / MIXTRAL_PREFILL_TOK_S
+    estimate = {"quantize_s": est_quant, "kld_s": est_kld, "total_h": (est_quant + est_kld) / 3600,
+                "lite_quantize_s": lite_quant, "lite_kld_s": lite_kld, "lite_total_h": (lite_quant + lite_kld) / 3600,
+                "quant_rate_weights_s": quant_rate, "kld_eval_s_demo": kld_each}  # fmt: skip
+    print(f"\nmeasurement on the demo model: {m.seconds['total']:.0f} s ({m.seconds['quantize']:.0f} s quantizing "
+          f"{n_types} types x {n_weights / 1e6:.1f}M weights, {m.seconds['kld']:.0f} s for {n_anchor} KLD passes of "
+          f"{m.key['n_tokens']} tokens, {kld_each:.1f} s each)")  # fmt: skip
+    print(f"8x7B estimate (same 2 cores): quantizing {n_types} types x 46.7B weights at {quant_rate / 1e6:.2f}M/s = "
+          f"{est_quant / 3600:.1f} h; {MIXTRAL_TENSORS} tensors x 4 anchors x {m.key['n_tokens']} tokens at "
+          f"{MIXTRAL_PREFILL_TOK_S} tok/s = {est_kld / 3600:.1f} h")  # fmt: skip
+    print(f"  with --error-rows 1024 --anchors 2 --measure-tokens 512: {lite_quant / 3600:.1f} h quantizing, "
+          f"{lite_kld / 3600:.1f} h of KLD passes")  # fmt: skip
+    return estimate
 
 
 def plot(records, path) -> None:
@@ -200,21 +229,7 @@ def main() -> None:
 
         validation = validate(src, imatrix_path, calibration, m, args.validate, tmp) if args.validate else []
 
-    n_weights = sum(e["elements"] for e in m.tensors.values())
-    n_types = len(next(iter(m.tensors.values()))["types"])
-    n_anchor = sum(len(anchor_types(tuple(e["types"]), m.key["anchors"])) for e in m.tensors.values())
-    quant_rate = n_weights * n_types / m.seconds["quantize"]  # weights quantized per second
-    kld_each = m.seconds["kld"] / n_anchor
-    est_quant = MIXTRAL_WEIGHTS * n_types / quant_rate
-    est_kld = MIXTRAL_TENSORS * 4 * m.key["n_tokens"] / MIXTRAL_PREFILL_TOK_S
-    estimate = {"quantize_s": est_quant, "kld_s": est_kld, "total_h": (est_quant + est_kld) / 3600,
-                "quant_rate_weights_s": quant_rate, "kld_eval_s_demo": kld_each}  # fmt: skip
-    print(f"\nmeasurement on the demo model: {m.seconds['total']:.0f} s ({m.seconds['quantize']:.0f} s quantizing "
-          f"{n_types} types x {n_weights / 1e6:.1f}M weights, {m.seconds['kld']:.0f} s for {n_anchor} KLD passes of "
-          f"{m.key['n_tokens']} tokens, {kld_each:.1f} s each)")  # fmt: skip
-    print(f"8x7B estimate (same 2 cores): quantizing {n_types} types x 46.7B weights at {quant_rate / 1e6:.2f}M/s = "
-          f"{est_quant / 3600:.1f} h; {MIXTRAL_TENSORS} tensors x 4 anchors x {m.key['n_tokens']} tokens at "
-          f"{MIXTRAL_PREFILL_TOK_S} tok/s = {est_kld / 3600:.1f} h")  # fmt: skip
+    estimate = estimate_8x7b(m)
     if validation:
         ratio = np.array([np.log(v["proxy"] / v["direct"]) for v in validation if v["direct"] > 0])
         print(f"proxy vs direct KLD over {len(ratio)} (tensor, type) pairs: median |log ratio| "
