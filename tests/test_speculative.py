@@ -126,8 +126,8 @@ def test_smaller_gguf_as_draft(plain, q4_draft):
         demo_model_path(), n_ctx=256, verbose=False, draft_model=GGUFDraftModel(q4_draft, num_pred_tokens=3)
     )
     for prompt in (CODE, EDIT):
-        expected, calls = complete(plain, prompt, max_tokens=64)
-        text, spec_calls = complete(llm, prompt, max_tokens=64)
+        expected, calls = complete(plain, prompt, max_tokens=32)
+        text, spec_calls = complete(llm, prompt, max_tokens=32)
         assert text == expected
         assert spec_calls < calls
     assert llm.draft_model.llm.n_ctx() == 256  # opened with the target's context
