@@ -182,3 +182,21 @@ def test_prompt_lookup_as_llama_cpp_python(ids, max_ngram, n_pred):
     ids = np.array(ids, dtype=np.intc)
     ours = LlamaPromptLookupDecoding(max_ngram, n_pred)(ids)
     assert ours.tolist() == peer(max_ngram, n_pred)(ids).tolist()
+
+
+@pytest.mark.peer
+def test_readme_example_as_llama_cpp_python():
+    """llama-cpp-python's README example with only the import changed: same shape, same text."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding as PeerLookup
+
+    peer = llama_cpp.Llama(
+        demo_model_path(), n_ctx=512, verbose=False, draft_model=PeerLookup(num_pred_tokens=10)
+    )
+    ours = Llama(
+        demo_model_path(), n_ctx=512, verbose=False, draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10)
+    )
+    a = peer.create_completion(CODE, max_tokens=32, temperature=0)
+    b = ours.create_completion(CODE, max_tokens=32, temperature=0)
+    assert set(a) == set(b) and set(a["choices"][0]) == set(b["choices"][0])
+    assert b["choices"][0]["text"] == a["choices"][0]["text"]
