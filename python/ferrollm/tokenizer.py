@@ -171,8 +171,8 @@ class Tokenizer:
         if self._pre is not None and self._pre.escape_spaces:
             text = text.replace(" ", SPIECE_SPACE)
         if self.model == "gemma4":
-            # llama.cpp takes a run of newlines that is one piece whole (Gemma 4's merges would
-            # not build it).
+            # As llama.cpp (its Gemma 4 fix): a run of newlines that is a piece is that piece,
+            # whatever the merges would make of it.
             ids: list[int] = []
             for run in re.split("(\n+)", text):
                 if run in self._newline_runs:
