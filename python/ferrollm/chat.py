@@ -108,6 +108,8 @@ BUILTIN_FORMATS: dict[str, Callable[[Sequence[Message], str, str], ChatPrompt]] 
     "llama-2": format_llama2,
     "mistral-instruct": format_mistral,
     "chatml": format_chatml,
+    # llama-cpp-python's name for chatml with tools; ferrollm.tools handles tools for every format
+    "chatml-function-calling": format_chatml,
     "cerebrum": format_cerebrum,
 }
 
