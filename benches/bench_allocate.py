@@ -2,6 +2,7 @@
 against llama.cpp's fixed mixes on the embedded demo model.
 
     flock /tmp/ferrollm-heavy.lock python benches/bench_allocate.py [--chunks 24] [--validate 6]
+    flock /tmp/ferrollm-heavy.lock python benches/bench_allocate.py --anchors 0 --no-curve  # no proxy
 
 The source is the F32 export of the embedded model (its Q8_0 values, exactly). The importance
 matrix is collected by ferrollm on the calibration text (the first 60,000 characters of
@@ -13,7 +14,8 @@ model on held-out text: the rest of heldout.txt, which neither the imatrix nor t
 saw. ``--validate N`` also measures every type of N tensors directly, to check the proxy
 that places the types between the measured anchors.
 
-Writes benches/results/size_quality.json and benches/results/size_quality.png.
+Writes benches/results/size_quality.json and benches/results/size_quality.png (with --anchors
+other than 4: size_quality-anchorsN.json).
 """
 
 from __future__ import annotations
@@ -160,10 +162,15 @@ def plot(records, path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--chunks", type=int, default=24, help="held-out chunks of 512 tokens scored per file")
-    ap.add_argument("--measurement", default=str(RESULTS / "size_quality-measurement.json"))
+    ap.add_argument("--measurement", default=None, help="default: benches/results/<name>-measurement.json")
+    ap.add_argument("--anchors", type=int, default=4, help="KLD-measured types per tensor (0: all, no proxy)")
+    ap.add_argument("--no-curve", action="store_true", help="only the mixes' sizes")
     ap.add_argument("--validate", type=int, default=0, help="check the proxy on this many tensors")
     ap.add_argument("--step", type=float, default=0.25)
     args = ap.parse_args()
+    name = "size_quality" if args.anchors == 4 else f"size_quality-anchors{args.anchors}"
+    args.measurement = args.measurement or str(RESULTS / f"{name}-measurement.json")
+    anchors = None if args.anchors == 0 else args.anchors
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = (ROOT / "tests" / "data" / "heldout.txt").read_text(encoding="utf-8")
     calibration, heldout = text[:CALIBRATION_CHARS], text[CALIBRATION_CHARS:]
@@ -196,7 +203,7 @@ def main() -> None:
 
         # The measurement (or the saved one), timed.
         t0, load0 = time.perf_counter(), load_average()
-        first = plan_allocation(src, Target(bpw=4.0), imatrix_path, calibration, args.measurement,
+        first = plan_allocation(src, Target(bpw=4.0), imatrix_path, calibration, args.measurement, anchors=anchors,
                                 progress=ProgressBar(sys.stderr), log=print)  # fmt: skip
         m = first.measurement
         measure_s = m.seconds.get("total", time.perf_counter() - t0)
@@ -205,7 +212,8 @@ def main() -> None:
 
         def allocated(target: Target, kind: str, qtype: str) -> dict:
             out = os.path.join(tmp, "ours.gguf")
-            res = quantize_to_target(src, out, target, imatrix=imatrix_path, measurement=args.measurement)
+            res = quantize_to_target(src, out, target, imatrix=imatrix_path, measurement=args.measurement,
+                                     anchors=anchors)  # fmt: skip
             r = {**common, "kind": kind, "qtype": qtype, "engine": "ferrollm", "predicted_kld": res.allocation.loss,
                  "types": res.allocation.types, **score(out, base_lp)}  # fmt: skip
             os.unlink(out)
@@ -220,7 +228,7 @@ def main() -> None:
                   f"{'' if r['file_bytes'] <= peer['file_bytes'] else '  SIZE!'}", flush=True)  # fmt: skip
 
         print(f"\n{'target':>6} {'bpw':>6} {'bytes':>9} {'KLD':>9} {'predicted':>9}")
-        for bpw in np.arange(1.75, 6.5 + 1e-9, args.step):
+        for bpw in [] if args.no_curve else np.arange(1.75, 6.5 + 1e-9, args.step):
             r = allocated(Target(bpw=float(bpw)), "curve", f"alloc@{bpw:.2f}")
             r["target_bpw"] = float(bpw)
             records.append(r)
@@ -236,9 +244,10 @@ def main() -> None:
               f"{np.median(np.abs(ratio)):.3f}, 90% {np.percentile(np.abs(ratio), 90):.3f}")  # fmt: skip
     out = {"records": records, "measurement_seconds": m.seconds, "measurement_key": m.key,
            "estimate_8x7b": estimate, "validation": validation, "load_average_end": load_average()}  # fmt: skip
-    (RESULTS / "size_quality.json").write_text(json.dumps(out, indent=1))
-    plot(records, RESULTS / "size_quality.png")
-    print(f"wrote {RESULTS / 'size_quality.json'} and {RESULTS / 'size_quality.png'}")
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    if not args.no_curve:
+        plot(records, RESULTS / f"{name}.png")
+    print(f"wrote {RESULTS / name}.json" + ("" if args.no_curve else " and .png"))
 
 
 if __name__ == "__main__":
