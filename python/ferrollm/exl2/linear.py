@@ -145,10 +145,18 @@ def dequantize(key: str, t: dict[str, np.ndarray], out_features: int | None = No
     columns = np.arange(out_features, dtype=np.int32)
     stored = np.empty((rows, out_features), np.float32)  # (in, out), activation order
     for i, g in enumerate(groups):
-        # every (value, column) pair's weight in a table, looked up: cheaper than rounding each weight
-        levels = np.arange(1 << g.bits, dtype=np.float32) - np.float32(1 << (g.bits - 1))
+        q = unpack_columns(words[g.qrow : g.qrow + g.qrows], g.bits, g.rows)
+        zero = np.float32(1 << (g.bits - 1))
+        if 1 << g.bits > g.rows // 2:  # few rows for their levels (8-bit groups of 32): round each weight
+            v = q.astype(np.float32)
+            v -= zero
+            v *= scales[i]
+            stored[g.row : g.row + g.rows] = v.astype(np.float16)
+            continue
+        # else every (level, column) pair's weight in a table, looked up: cheaper than rounding each weight
+        levels = np.arange(1 << g.bits, dtype=np.float32) - zero
         table = (levels[:, None] * scales[i]).astype(np.float16).astype(np.float32).ravel()
-        index = unpack_columns(words[g.qrow : g.qrow + g.qrows], g.bits, g.rows).astype(np.int32)
+        index = q.astype(np.int32)
         index *= np.int32(out_features)
         index += columns
         np.take(table, index, out=stored[g.row : g.row + g.rows])
