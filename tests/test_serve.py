@@ -211,7 +211,9 @@ def test_bad_completion_requests_are_400_with_openai_errors(server, body, param)
 def test_bad_chat_requests_and_unknown_routes(server):
     for body in [{"messages": []}, {"messages": [{"role": "wizard", "content": "x"}]},
                  {"messages": [{"role": "user", "content": 3}]},
-                 {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}]:  # fmt: skip
+                 {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "xml"}},
+                 {"messages": [{"role": "user", "content": "x"}],
+                  "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 3}}}}]:  # fmt: skip
         r = server.post("/v1/chat/completions", body)
         assert r.status_code == 400 and r.json()["error"]["param"], r.text
     with pytest.raises(openai.BadRequestError):
@@ -219,6 +221,22 @@ def test_bad_chat_requests_and_unknown_routes(server):
     assert httpx.get(f"{server.url}/v2/nothing").status_code == 404
     assert httpx.get(f"{server.url}/v1/completions").status_code == 405
     assert server.health()["status"] == "ok"
+
+
+def test_response_format_json_schema_for_every_choice(server):
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10},
+              "n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["name", "n"]}  # fmt: skip
+    r = server.client().chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "A record"}], max_tokens=60, temperature=0.9, seed=1, n=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "record", "schema": schema, "strict": True}},
+    )  # fmt: skip
+    for choice in r.choices:
+        assert choice.finish_reason == "stop"
+        value = json.loads(choice.message.content)
+        assert set(value) == {"name", "n"} and isinstance(value["name"], str) and 0 <= value["n"] <= 9
+    r = server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 40,
+                                             "response_format": {"type": "json_object"}})  # fmt: skip
+    assert isinstance(json.loads(r.json()["choices"][0]["message"]["content"]), dict)
 
 
 def test_tokenize_detokenize_metrics(server):

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from ferrollm import _core
 from ferrollm.chat import ChatTemplateError
 from ferrollm.demo import demo_model_path
+from ferrollm.grammar import GrammarError, LlamaGrammar, response_format_grammar
 from ferrollm.llama import Llama, _kv_type, override_triples
 from ferrollm.logprobs import TokenLogprob, chat_shape, completion_shape
 from ferrollm.sampler import SamplingParams
@@ -205,7 +206,7 @@ class Generation:
     """The jobs of one request (n choices x prompts) and the queue their events arrive on."""
 
     def __init__(self, state: State, prompts: list[list[int]], req: Sampling, max_tokens: int, stops: list[str],
-                 top_logprobs: int | None):  # fmt: skip
+                 top_logprobs: int | None, grammar: LlamaGrammar | None = None):  # fmt: skip
         self.engine = state.ready_engine()
         self.mailbox = _mailbox(state)
         self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
@@ -228,7 +229,7 @@ class Generation:
                 index = p * req.n + j
                 seed = None if req.seed is None else req.seed + j
                 self.jobs.append(Job(prompt, params, max_tokens, stops, self._emitter(index), seed=seed,
-                                     top_logprobs=top_logprobs, deadline=deadline))  # fmt: skip
+                                     top_logprobs=top_logprobs, deadline=deadline, grammar=grammar))  # fmt: skip
         try:
             self.engine.submit(self.jobs)
         except QueueFull as e:
@@ -416,7 +417,11 @@ async def chat_completions(request: Request, state: State) -> Response:
         raise ApiError(400, f"messages: {e}", param="messages") from None
     prompt = _prompt_ids(llama, chat.text, special=True)
     top = (req.top_logprobs or 0) if req.logprobs else None
-    gen = Generation(state, [prompt], req, req.limit(), req.stops() + chat.stop, top)
+    try:
+        grammar = response_format_grammar(req.response_format.as_dict()) if req.response_format else None
+    except GrammarError as e:
+        raise ApiError(400, f"response_format: {e}", param="response_format") from None
+    gen = Generation(state, [prompt], req, req.limit(), req.stops() + chat.stop, top, grammar)
     meta = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": state.model_name}
     return await _answer(request, gen, Shape("chat", meta), req, req.logprobs)
 

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from ferrollm import _core
+from ferrollm.decoding import TokenChooser
+from ferrollm.grammar import GrammarError, LlamaGrammar
 from ferrollm.logprobs import TokenLogprob, token_logprob
 from ferrollm.sampler import Sampler, SamplingParams
 from ferrollm.serve.metrics import Metrics
@@ -59,10 +61,12 @@ class Job:
     emit: Callable[[Event], None]
     seed: int | None = None
     top_logprobs: int | None = None  # None: no log-probabilities; else how many alternatives
+    grammar: LlamaGrammar | None = None  # the text must follow it (response_format)
     deadline: float | None = None  # time.monotonic() after which the job ends with an error
     cancelled: bool = False
     # Engine-side state.
     sampler: Sampler = field(init=False)
+    choose: TokenChooser = field(init=False)  # the sampler, under the grammar if any
     stream: TextStream | None = None
     pending: list[int] = field(default_factory=list)  # tokens still to evaluate
     n_out: int = 0
@@ -221,6 +225,12 @@ class Engine:
             del slot.tokens[keep:]
             job.pending = job.prompt[keep:]
             job.sampler = Sampler(job.params, job.seed)
+            try:
+                constraint = job.grammar.constraint(self.tokenizer) if job.grammar is not None else None
+            except GrammarError as e:  # checked when the request came; a matcher may still fail
+                job.emit(Event("error", str(e)))
+                continue
+            job.choose = TokenChooser(job.sampler, constraint=constraint)
             job.stream = TextStream(self.tokenizer.stream_decoder(), job.stops)
             slot.job = job
             self.metrics.prompt_tokens_cached.inc(keep)
@@ -277,7 +287,7 @@ class Engine:
         self.metrics.kv_cache_usage.set(used / (self.n_ctx * len(self.slots)))
 
     def _sample(self, slot: Slot, job: Job, logits: np.ndarray) -> None:
-        token = job.sampler.sample(logits, slot.tokens)
+        token = job.choose(logits, slot.tokens)
         if token == self._eos:
             self._finish(slot, Event("done", job.stream.rest(flush=False), finish="stop"))
             return

@@ -17,8 +17,23 @@ class StreamOptions(Strict):
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(Strict):
+    name: StrictStr
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
 class ResponseFormat(Strict):
-    type: Literal["text"]  # constrained decoding (json_object, json_schema) does not exist yet
+    """OpenAI's ``text`` / ``json_object`` / ``json_schema``; ``schema`` beside ``json_object``
+    is llama-cpp-python's spelling of a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
 
 
 Number = Union[StrictInt, float]
