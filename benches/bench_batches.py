@@ -57,14 +57,19 @@ def main() -> int:
         for n in BATCHES:
             xs = x[:n]
             _core.matmul(w, qt.name, rows, cols, xs, pool=pool)
-            ms = cpu_ms(lambda xs=xs: _core.matmul(w, qt.name, rows, cols, xs, pool=pool), args.reps)
+            ms = cpu_ms(
+                lambda xs=xs, w=w, t=qt.name: _core.matmul(w, t, rows, cols, xs, pool=pool), args.reps
+            )
             single = single or ms
             line += f"{ms:>7.2f} {ms / single:>4.1f}x"
             records.append({"bench": "small_batch", "qtype": qt.name, "threads": 1, "engine": "ferrollm",
                             "shape": f"{rows}x{cols}", "n_tokens": n, "cpu_ms": round(ms, 3),
                             "ratio_to_one": round(ms / single, 3)})  # fmt: skip
         alone = sum(
-            cpu_ms(lambda r=r: _core.matmul(w, qt.name, rows, cols, x[r : r + 1], pool=pool), args.reps)
+            cpu_ms(
+                lambda xr=x[r : r + 1], w=w, t=qt.name: _core.matmul(w, t, rows, cols, xr, pool=pool),
+                args.reps,
+            )
             for r in range(4)
         )
         records.append({"bench": "small_batch_rows_alone", "qtype": qt.name, "threads": 1,
