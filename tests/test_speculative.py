@@ -106,6 +106,18 @@ def test_stream_and_penalties(plain, lookup):
     assert "".join(c["choices"][0]["text"] for c in chunks) == complete(plain, EDIT, max_tokens=40)[0]
 
 
+def test_logprobs_and_scores_are_those_without_a_draft():
+    kw = {"n_ctx": 256, "verbose": False, "logits_all": True}
+    plain = Llama(demo_model_path(), **kw)
+    lookup = Llama(demo_model_path(), draft_model=LlamaPromptLookupDecoding(), **kw)
+    a = plain(EDIT, max_tokens=40, temperature=0, logprobs=3)["choices"][0]["logprobs"]
+    b = lookup(EDIT, max_tokens=40, temperature=0, logprobs=3)["choices"][0]["logprobs"]
+    assert a == b
+    n = min(plain.n_tokens, lookup.n_tokens)  # a draft may leave kept guesses past the last token
+    np.testing.assert_array_equal(lookup.scores[:n], plain.scores[:n])
+    assert len(lookup.scores) == lookup.n_tokens
+
+
 def test_filling_the_context(plain):
     small = Llama(demo_model_path(), n_ctx=72, verbose=False, draft_model=LlamaPromptLookupDecoding())
     plain_small = Llama(demo_model_path(), n_ctx=72, verbose=False)

@@ -60,15 +60,24 @@ def generate(llm: Llama, sample: SampleFn, draft: LlamaDraftModel) -> Iterator[i
             guesses = [int(t) for t in np.asarray(proposed).reshape(-1)[:room]]
             if any(not 0 <= t < n_vocab for t in guesses):
                 raise ValueError(f"the draft model proposed token ids outside the vocabulary of {n_vocab}")
-        sampled = verify(llm, sample, [token, *guesses])
+        sampled, rows = verify(llm, sample, [token, *guesses])
         token = sampled.pop()  # the first token the draft did not guess, not yet evaluated
-        yield from sampled  # guesses kept: the cache holds them, no context check needed between
+        shown = 0
+        try:
+            # Each kept guess is yielded with the logits it was sampled from as the last ones
+            # (as decoding without a draft shows them: logprobs read them).
+            for shown, kept in enumerate(sampled, 1):
+                record(llm, rows[shown - 1 : shown])
+                yield kept  # the cache holds it: no context check needed between
+        finally:
+            record(llm, rows[shown:])  # the logits end after the last cached token again
 
 
-def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> list[int]:
+def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> tuple[list[int], np.ndarray]:
     """Evaluates ``pending`` (a sampled token, then guesses), ROWS_PER_EVAL rows per engine
     call, while the sampler agrees with the guesses; returns the tokens sampled (the guesses
-    kept, then the next token) and leaves the cache holding ``pending`` up to the last kept."""
+    kept, then the next token) and the logits they were sampled from, and leaves the cache
+    holding ``pending`` up to the last guess kept."""
     base = llm.n_tokens
     sampled: list[int] = []
     rows: list[np.ndarray] = []
@@ -82,8 +91,10 @@ def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> list[int]:
             agreed = sampled[-1] == guess
             if not agreed:
                 break
-    keep(llm, base + len(sampled), np.concatenate(rows)[: len(sampled)])
-    return sampled
+    with llm._exclusive():  # rejected guesses out of the cache
+        llm._engine().truncate(base + len(sampled))
+        del llm.input_ids[base + len(sampled) :]
+    return sampled, np.concatenate(rows)[: len(sampled)]
 
 
 def evaluate(llm: Llama, tokens: list[int]) -> np.ndarray:
@@ -100,12 +111,11 @@ def evaluate(llm: Llama, tokens: list[int]) -> np.ndarray:
     return rows
 
 
-def keep(llm: Llama, n: int, rows: np.ndarray) -> None:
-    """Cuts cache and history to ``n`` tokens, whose last logits rows are ``rows``."""
-    with llm._exclusive():
-        llm._engine().truncate(n)
-        del llm.input_ids[n:]
-        if llm.logits_all:
-            llm._scores.append(rows)
-        else:
-            llm._scores = [rows[-1:]]
+def record(llm: Llama, rows: np.ndarray) -> None:
+    """Logits rows as ``Llama.eval`` records them: all kept with ``logits_all``, else the last."""
+    if len(rows) == 0:
+        return
+    if llm.logits_all:
+        llm._scores.append(rows)
+    else:
+        llm._scores = [rows[-1:]]
