@@ -7,9 +7,9 @@ Prompts: the README's "def fibonacci(n):" (the model writes new code: few guesse
 copy task (a held-out stdlib function, then its first lines again: the model copies, as in
 code edits, where prompt lookup pays).
 Drafts: none; prompt lookup (llama-cpp-python's LlamaPromptLookupDecoding defaults: n-grams of
-2, 10 guesses), verified ROWS_PER_EVAL=2 rows per engine call (exact) and, for information,
-16 rows per call (faster, but the engine's 3+-row products round differently, so the text may
-differ at near-ties); the demo model quantized to Q4_0 as a GGUF draft (4 guesses).
+2, 10 guesses), verified as many rows per engine call as the engine evaluates exactly (its
+`exact_batch_rows`: 2 for this Q8_0 file) and, for information, 16 rows per call (the engine's
+3+-row Q8_0 products round differently, so the text may differ at near-ties); the demo model quantized to Q4_0 as a GGUF draft (4 guesses).
 Each configuration: one warm-up, then --reps rounds of [reset; stream --n-gen tokens at
 temperature 0]; decode tokens/s counts from the first streamed piece (after the prefill and
 one token) to the last, median over the rounds. Records
@@ -155,7 +155,7 @@ def main() -> int:
                     f"  load={rec['loadavg']:.1f}",
                     flush=True,
                 )
-            speculative.ROWS_PER_EVAL = 2
+            speculative.ROWS_PER_EVAL = None
             if hasattr(llm, "close"):
                 llm.close()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

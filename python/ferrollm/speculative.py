@@ -1,7 +1,7 @@
 """Speculative decoding: the token loop of ``Llama.generate`` when a draft model is set.
 
 Each step feeds the sampled token and the draft's guesses after it to the engine (logits for
-every row, ROWS_PER_EVAL rows per call), then samples row by row: a guess is kept while it
+every row, as many rows per call as the engine evaluates exactly), then samples row by row: a guess is kept while it
 equals what the sampler picks from the row before it; the first disagreement (or, every guess
 kept, the row after the last) gives the next token, and the rejected positions are cut from
 the KV cache. The sampler is called on exactly the rows, histories and in the order that
@@ -20,13 +20,15 @@ if TYPE_CHECKING:
     from ferrollm.llama import Llama
     from ferrollm.llama_speculative import LlamaDraftModel
 
-# Rows per engine call. The engine evaluates a token bit for bit alike alone or beside one
-# other (per-row dot products); from 3 rows on it switches to narrow and panel products whose
-# rounding differs, up to ~0.1 in the logits on the demo model, which changes greedy text
-# where two tokens nearly tie. Two keeps the output identical to decoding without a draft;
-# raise it once the engine's rows do not depend on the batch (test_speculative.py,
-# test_rows_do_not_depend_on_the_batch).
-ROWS_PER_EVAL = 2
+# Rows per engine call; None takes the engine's `exact_batch_rows`: the most rows for which
+# each row's logits are the bits it gets alone (the per-row and multi-token dot products; the
+# narrow and panel products of larger batches round otherwise, up to ~0.1 in the logits on the
+# demo model's MoE, which changes greedy text where two tokens nearly tie). That keeps the
+# output identical to decoding without a draft: 2 rows for Q4_0/Q8_0 (the demo model), 3 for
+# the K-quants, 8 for the IQ types. A number overrides it (benches/bench_speculative.py).
+ROWS_PER_EVAL: int | None = None
+# Rows per call at most, whatever the engine allows (float weights take any number exactly).
+MAX_ROWS_PER_EVAL = 16
 
 # sample(logits of one position, tokens up to and including it) -> next token
 SampleFn = Callable[[np.ndarray, Sequence[int]], int]
@@ -74,16 +76,17 @@ def generate(llm: Llama, sample: SampleFn, draft: LlamaDraftModel) -> Iterator[i
 
 
 def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> tuple[list[int], np.ndarray]:
-    """Evaluates ``pending`` (a sampled token, then guesses), ROWS_PER_EVAL rows per engine
+    """Evaluates ``pending`` (a sampled token, then guesses), ``per_call`` rows per engine
     call, while the sampler agrees with the guesses; returns the tokens sampled (the guesses
     kept, then the next token) and the logits they were sampled from, and leaves the cache
     holding ``pending`` up to the last guess kept."""
     base = llm.n_tokens
+    per_call = ROWS_PER_EVAL or min(llm._engine().exact_batch_rows, MAX_ROWS_PER_EVAL)
     sampled: list[int] = []
     rows: list[np.ndarray] = []
     agreed = True
     while agreed:
-        rows.append(evaluate(llm, pending[len(sampled) : len(sampled) + ROWS_PER_EVAL]))
+        rows.append(evaluate(llm, pending[len(sampled) : len(sampled) + per_call]))
         for row in rows[-1]:
             position = len(sampled)  # of the token whose logits `row` holds
             sampled.append(sample(row, llm.input_ids[: base + 1 + position]))

@@ -46,6 +46,20 @@ pub const MAX_DOT_TOKENS: usize = 8;
 /// the narrow or batched products.
 const MANY_DOT_UP_TO: usize = 8;
 
+/// The most activation rows for which `matmul` gives each row the bits it gets alone (the
+/// per-row and multi-token dot products; the narrow and batched products sum in another
+/// order). Speculative decoding verifies that many guesses per call, so that its greedy text
+/// is decoding's.
+pub fn exact_rows(ty: GgmlType, isa: Isa) -> usize {
+    if dot_many_fn(ty, isa).is_some() {
+        return MANY_DOT_UP_TO.max(1);
+    }
+    if gemm::supported(ty, isa.min(Isa::detected())) {
+        return narrow::first(ty).min(GEMM_MIN_TOKENS) - 1;
+    }
+    usize::MAX
+}
+
 /// The multi-token dot product of `ty`, where the type and CPU have one (the codebook types:
 /// taking a super-block apart costs more than its products, so it is done once per row).
 pub fn dot_many_fn(ty: GgmlType, isa: Isa) -> Option<VecDotManyFn> {

@@ -295,6 +295,25 @@ impl Model {
     pub fn kv_cache_bytes(&self) -> usize {
         self.cache.bytes()
     }
+    /// The most tokens one `eval` may take for each token's logits to be the bits it gets
+    /// alone (see `matmul::exact_rows`), over the model's weight types.
+    pub fn exact_batch_rows(&self) -> usize {
+        // The token embedding is only read row by row, unless it is also the output head.
+        let w = &self.weights;
+        let types: std::collections::HashSet<GgmlType> = w
+            .matrices()
+            .iter()
+            .filter(|t| t.start != w.token_embd.start || w.output.start == t.start)
+            .map(|t| t.ty)
+            .collect();
+        types
+            .into_iter()
+            .map(|ty| crate::matmul::exact_rows(ty, self.isa))
+            .min()
+            .unwrap_or(1)
+            .max(1)
+    }
+
     pub fn kv_types(&self) -> (GgmlType, GgmlType) {
         (self.cache.k.ty, self.cache.v.ty)
     }

@@ -435,29 +435,30 @@ impl Weights {
         })
     }
 
-    /// Every weight tensor's byte range, for prefetching the map with progress.
-    pub fn ranges(&self) -> Vec<(usize, usize)> {
-        let mut out = vec![(self.token_embd.start, self.token_embd.len)];
+    /// Every weight matrix the products read (views of fused tensors counted apart).
+    pub fn matrices(&self) -> Vec<Tensor> {
+        let mut out = vec![self.token_embd];
         for layer in &self.layers {
-            for t in [layer.wq, layer.wk, layer.wv, layer.wo] {
-                out.push((t.start, t.len));
-            }
+            out.extend([layer.wq, layer.wk, layer.wv, layer.wo]);
             let experts: &[ExpertFfn] = match &layer.ffn {
                 Ffn::Dense(e) => std::slice::from_ref(e),
                 Ffn::Moe { router, experts } => {
-                    out.push((router.start, router.len));
+                    out.push(*router);
                     experts
                 }
             };
             for e in experts {
-                for t in [e.gate, e.up, e.down] {
-                    out.push((t.start, t.len));
-                }
+                out.extend([e.gate, e.up, e.down]);
             }
         }
         if self.output.start != self.token_embd.start {
-            out.push((self.output.start, self.output.len));
+            out.push(self.output);
         }
         out
+    }
+
+    /// Every weight tensor's byte range, for prefetching the map with progress.
+    pub fn ranges(&self) -> Vec<(usize, usize)> {
+        self.matrices().iter().map(|t| (t.start, t.len)).collect()
     }
 }

@@ -174,6 +174,14 @@ impl PyModel {
         PyArray1::from_vec(py, out).reshape([tokens.len(), n_embd])
     }
 
+    /// The most tokens one `eval` may take for each token's logits to be the bits it gets
+    /// evaluated alone (the products of the model's weight types that keep a row's sums in
+    /// its single order); speculative decoding verifies that many guesses per call.
+    #[getter]
+    fn exact_batch_rows(&self) -> PyResult<usize> {
+        Ok(self.model()?.exact_batch_rows())
+    }
+
     /// Seconds per component of the forward pass (embed_norm, attention, router, experts,
     /// head) with the tokens and batches evaluated, since load or the previous call.
     fn take_profile<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
