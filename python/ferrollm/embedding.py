@@ -91,7 +91,7 @@ def embed(
         llm.reset()  # each input alone in the cache, from position 0
         with llm._exclusive():
             try:
-                hidden = engine.hidden_states(tokens)[-1]  # after the output norm
+                hidden = engine.embeddings(tokens)  # after the output norm, no head
             finally:
                 engine.truncate(0)
         vector = pool(hidden, pooling)
