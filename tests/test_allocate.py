@@ -220,3 +220,21 @@ def test_proxy_error_from_a_sample_of_rows(model, measured):
         for t, v in e["types"].items():
             assert v.get("kld") == full[t].get("kld")  # anchors are measured on the whole tensor
             assert v["error"] == pytest.approx(full[t]["error"], rel=0.35), (name, t)
+
+
+def test_cli_reads_the_calibration_file(model, tmp_path, monkeypatch):
+    """--calibration names a file: the measurement gets its text, not the path's characters."""
+    import ferrollm.allocate as allocate
+
+    text_file = tmp_path / "calib.txt"
+    text_file.write_text(model["calibration"], encoding="utf-8")
+    seen = {}
+
+    def fake(src, dst, target, calibration=None, **kw):
+        seen["text"] = allocate._read_calibration(calibration)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(allocate, "quantize_to_target", fake)
+    args = ["quantize", model["src"], str(tmp_path / "x.gguf"), "--target-bpw", "4", "--calibration", str(text_file)]
+    assert main(args) == 1
+    assert seen["text"] == model["calibration"]

@@ -274,8 +274,9 @@ def cmd_quantize_to_target(args: argparse.Namespace, target) -> int:
 
     start = time.perf_counter()
     types = tuple(t.strip().upper() for t in args.types.split(",")) if args.types else None
+    calibration = pathlib.Path(args.calibration) if args.calibration else None  # a str would be the text
     result = quantize_to_target(
-        args.input, args.output, target, imatrix=args.imatrix, calibration=args.calibration,
+        args.input, args.output, target, imatrix=args.imatrix, calibration=calibration,
         measurement=args.measurement, types=types, anchors=None if args.anchors == 0 else args.anchors,
         n_tokens=args.measure_tokens, error_rows=args.error_rows, threads=args.threads, progress=None if args.quiet else ProgressBar(sys.stderr),
         log=lambda msg: print(msg, file=sys.stderr),
