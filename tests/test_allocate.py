@@ -224,7 +224,7 @@ def test_proxy_error_from_a_sample_of_rows(model, measured):
 
 def test_cli_reads_the_calibration_file(model, tmp_path, monkeypatch):
     """--calibration names a file: the measurement gets its text, not the path's characters."""
-    import ferrollm.allocate as allocate
+    from ferrollm import allocate
 
     text_file = tmp_path / "calib.txt"
     text_file.write_text(model["calibration"], encoding="utf-8")
