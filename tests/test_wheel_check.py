@@ -21,13 +21,13 @@ FILES = ["ferrollm/__init__.py", "ferrollm/_core.abi3.so", "ferrollm/data/demo-m
 
 def _wheel(tmp_path: Path, name: str = GOOD, files: list[str] = FILES, tag: str | None = None) -> Path:
     path = tmp_path / name
-    tag = tag or "-".join(name[: -len(".whl")].split("-")[2:])
+    python, abi, platforms = name[: -len(".whl")].split("-")[2:]
+    tags = [tag] if tag else [f"{python}-{abi}-{p}" for p in platforms.split(".")]
     with zipfile.ZipFile(path, "w") as z:
         for f in files:
             z.writestr(f, b"x")
-        z.writestr(
-            "ferrollm-0.1.0.dist-info/WHEEL", f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n"
-        )
+        z.writestr("ferrollm-0.1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\n"
+                   + "".join(f"Tag: {t}\n" for t in tags))  # fmt: skip
     return path
 
 
@@ -35,6 +35,12 @@ def test_a_good_wheel_passes_and_is_reported(tmp_path, capsys):
     wheel_tool.check(_wheel(tmp_path))
     out = capsys.readouterr().out
     assert GOOD in out and "tag  cp39-abi3-manylinux_2_34_x86_64" in out and "MiB" in out
+
+
+def test_a_compressed_tag_set_passes(tmp_path):
+    wheel_tool.check(
+        _wheel(tmp_path, "ferrollm-0.1.0-cp39-abi3-manylinux2014_x86_64.manylinux_2_17_x86_64.whl")
+    )
 
 
 @pytest.mark.parametrize(
@@ -45,6 +51,10 @@ def test_a_good_wheel_passes_and_is_reported(tmp_path, capsys):
             "platform linux_x86_64 is not a manylinux tag",
         ),
         ({"name": "ferrollm-0.1.0-cp311-cp311-manylinux_2_34_x86_64.whl"}, "not the abi3 wheel"),
+        (
+            {"name": "ferrollm-0.1.0-cp39-abi3-manylinux_2_17_x86_64.linux_x86_64.whl"},
+            "linux_x86_64 is not a",
+        ),
         ({"tag": "py3-none-any"}, "the WHEEL file does not say Tag: cp39-abi3-manylinux_2_34_x86_64"),
         ({"files": [*FILES, "ferrollm/_core.cpython-311-x86_64-linux-gnu.so"]}, "want exactly one"),
         ({"files": [*FILES, "ferrollm.libs/libgomp-a34b3233.so.1"]}, "shared libraries bundled"),

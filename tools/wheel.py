@@ -1,9 +1,9 @@
 """Build the release wheel, check it, install it where no Rust toolchain can be found, and run
 the test suite against the installed package (the README's test command; ``.ci/run``).
 
-    python tools/wheel.py build         # target/wheels/ferrollm-*.whl, checked
-    python tools/wheel.py install       # build, then a fresh venv (target/wheel-venv) + wheel[test]
-    python tools/wheel.py test [ARGS]   # python -m pytest ARGS in that venv, from the checkout
+    python tools/wheel.py build [--zig]     # target/wheels/ferrollm-*.whl, checked
+    python tools/wheel.py install [--zig]   # build, then a fresh venv (target/wheel-venv) + wheel[test]
+    python tools/wheel.py test [ARGS]       # python -m pytest ARGS in that venv, from the checkout
 
 The wheel is one abi3 file for CPython >= 3.9: the release profile, no ``target-cpu=native``
 (the kernels are chosen at run time), the embedded demo model inside. maturin builds it for
@@ -21,6 +21,7 @@ path; ``FERROLLM_TEST_INSTALLED`` makes ``tests/conftest.py`` check it).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -34,15 +35,17 @@ WHEELS = ROOT / "target" / "wheels"
 VENV = ROOT / "target" / "wheel-venv"
 # The build machine's glibc (Debian 12: 2.36) makes Rust's std use the pthread symbols of
 # glibc 2.34, so 2.34 is the oldest policy a plain build meets (Ubuntu 22.04, Debian 12, RHEL 9
-# and later). Older systems need a build against an older glibc (maturin --zig, or the
-# manylinux2014 container).
+# and later). --zig links with zig against glibc 2.17 instead (manylinux2014: CentOS 7, Ubuntu
+# 18.04, RHEL 8 and later); it needs the ziglang package (about 400 MB installed).
 MANYLINUX = "manylinux_2_34"
+ZIG_MANYLINUX = "manylinux2014"
+ZIGLANG = "ziglang>=0.13,<0.18"  # 0.17 tested with maturin 1.16
 MAX_BYTES = 25 * 2**20
 MATURIN = "maturin>=1.5,<2"  # pyproject.toml's build-system
 # Passed through to pip: its configuration, certificates and proxies; nothing about Rust.
 KEEP_ENV = re.compile(r"HOME|LANG|LC_.*|TERM|TMPDIR|USER|PIP_.*|.*_CA_BUNDLE|SSL_CERT_.*|(?i:.*_proxy)")
 WHEEL_NAME = re.compile(
-    r"(?P<name>\w+)-(?P<version>[^-]+)-(?P<python>\w+)-(?P<abi>\w+)-(?P<platform>\w+)\.whl"
+    r"(?P<name>\w+)-(?P<version>[^-]+)-(?P<python>\w+)-(?P<abi>\w+)-(?P<platform>[\w.]+)\.whl"
 )
 
 
@@ -51,16 +54,25 @@ def _run(cmd: list[str], **kw) -> None:
     subprocess.run(cmd, check=True, **kw)
 
 
-def build() -> Path:
+def build(zig: bool = False) -> Path:
     flags = os.environ.get("RUSTFLAGS", "") + os.environ.get("CARGO_ENCODED_RUSTFLAGS", "")
     if "target-cpu=native" in flags:
         sys.exit("wheel: RUSTFLAGS has target-cpu=native: the wheel would crash on other CPUs; unset it")
     if shutil.which("maturin") is None:
         _run([sys.executable, "-m", "pip", "install", MATURIN])
+    policy = ["--compatibility", MANYLINUX]
+    env = dict(os.environ)
+    if zig:
+        if importlib.util.find_spec("ziglang") is None:
+            _run([sys.executable, "-m", "pip", "install", ZIGLANG])
+        policy = ["--zig", "--compatibility", ZIG_MANYLINUX]
+        # maturin runs `python3 -m ziglang`: this interpreter's, which has it.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     for old in WHEELS.glob("ferrollm-*.whl"):
         old.unlink()
-    _run(["maturin", "build", "--release", "--compatibility", MANYLINUX, "-i", sys.executable, "-o", str(WHEELS)],
-         cwd=ROOT)  # fmt: skip
+    _run(
+        ["maturin", "build", "--release", *policy, "-i", sys.executable, "-o", str(WHEELS)], cwd=ROOT, env=env
+    )
     (wheel,) = WHEELS.glob("ferrollm-*.whl")
     check(wheel)
     return wheel
@@ -73,15 +85,18 @@ def check(wheel: Path) -> None:
     if not m:
         sys.exit(f"wheel: {wheel.name} is not a wheel file name")
     tag = f"{m['python']}-{m['abi']}-{m['platform']}"
+    platforms = m["platform"].split(".")  # a compressed set: manylinux2014_x86_64.manylinux_2_17_x86_64
     if (m["python"], m["abi"]) != ("cp39", "abi3"):
         problems.append(f"tag {tag}: not the abi3 wheel for CPython >= 3.9")
-    if not re.fullmatch(r"manylinux_2_\d+_\w+|manylinux(1|2010|2014)_\w+", m["platform"]):
-        problems.append(f"platform {m['platform']} is not a manylinux tag")
+    for platform in platforms:
+        if not re.fullmatch(r"manylinux_2_\d+_\w+|manylinux(1|2010|2014)_\w+", platform):
+            problems.append(f"platform {platform} is not a manylinux tag")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         wheel_meta = z.read(f"ferrollm-{m['version']}.dist-info/WHEEL").decode()
-    if f"Tag: {tag}" not in wheel_meta or "Root-Is-Purelib: false" not in wheel_meta:
-        problems.append(f"the WHEEL file does not say Tag: {tag} and Root-Is-Purelib: false")
+    tags = [f"{m['python']}-{m['abi']}-{p}" for p in platforms]
+    if any(f"Tag: {t}\n" not in wheel_meta for t in tags) or "Root-Is-Purelib: false" not in wheel_meta:
+        problems.append(f"the WHEEL file does not say Tag: {', '.join(tags)} and Root-Is-Purelib: false")
     modules = [n for n in names if re.fullmatch(r"ferrollm/_core\..*(so|pyd)", n)]
     if len(modules) != 1:
         problems.append(f"extension modules {modules}: want exactly one ferrollm/_core.*.so")
@@ -121,8 +136,8 @@ def _has_rust(directory: str) -> bool:
     return any(os.path.exists(os.path.join(directory, t)) for t in ("cargo", "rustc", "rustup"))
 
 
-def install() -> None:
-    wheel = build()
+def install(zig: bool = False) -> None:
+    wheel = build(zig)
     env = clean_env()
     shutil.rmtree(VENV, ignore_errors=True)
     _run([sys.executable, "-m", "venv", str(VENV)], env=env)
@@ -151,18 +166,23 @@ def test(pytest_args: list[str]) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["test"]:  # everything after it is pytest's, options included
+        return test(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("step", choices=["build", "check", "install", "test"])
-    p.add_argument("args", nargs=argparse.REMAINDER, help="check: the wheel file; test: pytest's arguments")
+    steps = p.add_subparsers(dest="step", required=True)
+    for name in ("build", "install"):
+        steps.add_parser(name).add_argument(
+            "--zig", action="store_true", help=f"link for {ZIG_MANYLINUX} with zig"
+        )
+    steps.add_parser("check").add_argument("wheel", nargs="?", help="default: the one in target/wheels")
+    steps.add_parser("test", help="python -m pytest ARGS in the venv")
     a = p.parse_args()
     if a.step == "build":
-        build()
-    elif a.step == "check":
-        check(Path(a.args[0]) if a.args else next(WHEELS.glob("ferrollm-*.whl")))
+        build(a.zig)
     elif a.step == "install":
-        install()
-    else:
-        return test(a.args)
+        install(a.zig)
+    elif a.step == "check":
+        check(Path(a.wheel) if a.wheel else next(WHEELS.glob("ferrollm-*.whl")))
     return 0
 
 
