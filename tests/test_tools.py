@@ -65,7 +65,7 @@ def test_named_tool_choice_forces_one_valid_call(llm, temperature):
 
 def test_required_gives_calls(llm):
     out = llm.create_chat_completion(
-        MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=90, temperature=0
+        MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=60, temperature=0
     )
     calls = out["choices"][0]["message"]["tool_calls"]
     assert calls and out["choices"][0]["finish_reason"] == "tool_calls"

@@ -4,7 +4,9 @@
 A grammar is checked on the token the sampler drew; only when the grammar refuses it is the full
 token mask computed and the token drawn again from the allowed ones. This is llama.cpp's order
 (common_sampler_sample): it costs one cheap check per token while the model follows the grammar
-by itself, and greedy decoding gives exactly the token that masking first would give.
+by itself, and greedy decoding gives exactly the token that masking first would give. Where the
+grammar forces the next bytes (a JSON key, punctuation), the refused token is replaced by the
+forced one without a mask (the mask would allow that token alone).
 """
 
 from __future__ import annotations
@@ -75,14 +77,32 @@ class TokenChooser:
         if self.logits_processor is not None:
             ids = np.asarray(history, dtype=np.intc)
             scores = self.logits_processor(ids, np.array(logits, dtype=np.float32))
-        token = self.sampler.sample(scores, history)
-        if self.constraint is not None and not self.constraint.allows(token):
-            token = self.sampler.sample(self.constraint.mask(scores), history)
+        if self.constraint is None:
+            token = self.sampler.sample(scores, history)
+        else:
+            token = self._constrained(self.constraint, scores, history)
         if self.stopping_criteria is not None:
             ids = np.asarray(history, dtype=np.intc) if ids is None else ids
             if self.stopping_criteria(ids, logits):
                 self.stopped = True
                 return None
-        if self.constraint is not None:
-            self.constraint.accept(token)
+        return token
+
+    def _constrained(self, constraint: Constraint, scores: np.ndarray, history: Sequence[int]) -> int:
+        greedy = self.sampler.params.temperature <= 0
+        if greedy:  # Sampler.sample's greedy choice, with the penalized scores kept for a retry
+            z = self.sampler.penalized(scores, history)
+            token = int(np.argmax(z))
+        else:
+            token = self.sampler.sample(scores, history)
+        if constraint.take(token):
+            return token
+        token = constraint.forced()
+        if token is None:
+            token = (
+                int(np.argmax(constraint.mask(z)))
+                if greedy
+                else self.sampler.sample(constraint.mask(scores), history)
+            )
+        constraint.accept(token)
         return token

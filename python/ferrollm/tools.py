@@ -293,6 +293,15 @@ class LazyConstraint:
     def allows(self, token: int) -> bool:
         return self._inner.allows(token) if self._inner is not None else True
 
+    def take(self, token: int) -> bool:
+        if self._inner is not None:
+            return self._inner.take(token)
+        self.accept(token)
+        return True
+
+    def forced(self) -> int | None:
+        return self._inner.forced() if self._inner is not None else None
+
     def mask(self, logits: np.ndarray) -> np.ndarray:
         return self._inner.mask(logits) if self._inner is not None else logits
 
