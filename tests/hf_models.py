@@ -9,8 +9,8 @@ import json
 import os
 
 import numpy as np
-
 from ferrollm import safetensors_io
+from tiny_tokenizers import bpe_tokenizer
 
 
 def mistral_tokenizer_model() -> str | None:
@@ -74,27 +74,6 @@ def tensors(cfg: dict, seed: int = 0, fused: bool = False) -> dict[str, np.ndarr
     if not cfg.get("tie_word_embeddings"):
         out["lm_head.weight"] = mat(v, h)
     return out
-
-
-def bpe_tokenizer(path: str, vocab_size: int) -> None:
-    """A byte-level BPE tokenizer.json: the 256 byte symbols, a few merges, <s> and </s> added."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    alphabet.sort()
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for ch in alphabet:
-        vocab[ch] = len(vocab)
-    merges = []
-    for a, b in [("t", "h"), ("th", "e"), ("Ġ", "t"), ("i", "n"), ("e", "r"), ("a", "n")]:
-        if len(vocab) < vocab_size:
-            merges.append((a, b))
-            vocab[a + b] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(["<unk>", "<s>", "</s>"])
-    tok.save(path)
 
 
 def write_model(path: str, arch: str = "llama", seed: int = 0, dtype: str = "F32", shards: int = 1,

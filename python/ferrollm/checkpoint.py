@@ -53,17 +53,23 @@ class _Indexed:
             raise KeyError(f"{self.path}: no tensor {name!r}") from None
 
 
+def read_config(path: str, kind: str) -> dict:
+    """A checkpoint directory's config.json, of an architecture this converter handles."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(f"{path}: no config.json (not {kind} directory)")
+    with open(cfg_path, encoding="utf-8") as f:
+        config = json.load(f)
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: architecture {arch} is not supported (only {', '.join(ARCHITECTURES)})")
+    return config
+
+
 class HFCheckpoint(_Indexed):
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        cfg_path = os.path.join(self.path, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise CheckpointError(f"{self.path}: no config.json (not a Hugging Face model directory)")
-        with open(cfg_path, encoding="utf-8") as f:
-            self.config = json.load(f)
-        arch = (self.config.get("architectures") or ["?"])[0]
-        if arch not in ARCHITECTURES:
-            raise CheckpointError(f"{self.path}: architecture {arch} is not supported (only {', '.join(ARCHITECTURES)})")
+        self.config = read_config(self.path, "a Hugging Face model")
         files = sorted(glob.glob(os.path.join(self.path, "*.safetensors")))
         if not files:
             raise CheckpointError(f"{self.path}: no .safetensors files (PyTorch .bin checkpoints are not read)")
@@ -124,7 +130,7 @@ class GGUFCheckpoint(_Indexed):
         arch = md.get("general.architecture")
         if arch != "llama":
             raise CheckpointError(f"{self.path}: GGUF architecture {arch!r} is not supported (only llama)")
-        k = lambda key, default=None: md.get(f"llama.{key}", default)  # noqa: E731
+        k = lambda key, default=None: md.get(f"llama.{key}", default)
         n_exp = int(k("expert_count", 0) or 0)
         vocab = len(md.get("tokenizer.ggml.tokens", [])) or k("vocab_size")
         self.config = {

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from ferrollm.checkpoint import ARCHITECTURES, CheckpointError, n_heads
+from ferrollm.checkpoint import CheckpointError, n_heads, read_config
 from ferrollm.exl2.linear import PARTS, EXL2Error, check_invperm, dequantize, groups_of
 from ferrollm.safetensors_io import SafetensorsFile
 
@@ -65,16 +65,7 @@ def linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
 class EXL2Checkpoint:
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        cfg_path = os.path.join(self.path, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise CheckpointError(f"{self.path}: no config.json (not an EXL2 model directory)")
-        with open(cfg_path, encoding="utf-8") as f:
-            self.config = json.load(f)
-        arch = (self.config.get("architectures") or ["?"])[0]
-        if arch not in ARCHITECTURES:
-            raise CheckpointError(
-                f"{self.path}: architecture {arch} is not supported (only {', '.join(ARCHITECTURES)})"
-            )
+        self.config = read_config(self.path, "an EXL2 model")
         files = sorted(glob.glob(os.path.join(self.path, "*.safetensors")))
         if not files:
             raise CheckpointError(f"{self.path}: no .safetensors files")
