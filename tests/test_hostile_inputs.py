@@ -281,16 +281,23 @@ def test_gil_is_released_during_evaluation():
 
 def test_keyboard_interrupt_between_batches_leaves_a_consistent_model():
     import _thread
+    import signal
 
     llm = Llama(demo_model_path(), n_ctx=512, n_batch=8, verbose=False)
     prompt = llm.tokenize(b"def f(x):\n    return x\n" * 30)[:500]
+    # Python's own SIGINT handler, whatever was inherited (a background job starts with SIGINT
+    # ignored, and then interrupt_main does nothing).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.05, _thread.interrupt_main)
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        for _ in range(100):
-            llm.reset()
-            llm.eval(prompt)
-    timer.cancel()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for _ in range(100):
+                llm.reset()
+                llm.eval(prompt)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert llm.n_tokens == llm._engine().n_past
     llm.eval([1])  # still usable
 
