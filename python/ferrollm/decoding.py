@@ -91,7 +91,7 @@ class TokenChooser:
     def _constrained(self, constraint: Constraint, scores: np.ndarray, history: Sequence[int]) -> int:
         greedy = self.sampler.params.temperature <= 0
         if greedy:  # Sampler.sample's greedy choice, with the penalized scores kept for a retry
-            z = self.sampler.penalized(scores, history)
+            z = self.sampler.greedy_scores(scores, history)
             token = int(np.argmax(z))
         else:
             token = self.sampler.sample(scores, history)

@@ -57,6 +57,20 @@ class Sampler:
             z[ids] = seen - counts * p.frequency_penalty - p.presence_penalty
         return z
 
+    def greedy_scores(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
+        """What greedy decoding takes the argmax of: ``logits`` itself (not copied) when no bias
+        or penalty applies, else ``penalized`` (copying 32000 logits to float64 was 30 us a
+        token, a fifth of a grammar's cost on the demo model)."""
+        p = self.params
+        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
+            return self.penalized(logits, history)
+        if not p.logit_bias:
+            return logits
+        z = np.array(logits)  # only the biased entries change: no float64 widening
+        for token, bias in p.logit_bias.items():
+            z[int(token)] += bias
+        return z
+
     def candidates(self, logits: np.ndarray, history: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, probabilities) left after the truncations, most likely first (ties:
         lower id first)."""
@@ -84,7 +98,7 @@ class Sampler:
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
         if self.params.temperature <= 0:
-            return int(np.argmax(self.penalized(logits, history)))
+            return int(np.argmax(self.greedy_scores(logits, history)))
         ids, probs = self.candidates(logits, history)
         return int(ids[self.rng.choice(len(ids), p=probs)])
 
