@@ -291,7 +291,7 @@ class Llama:
         engine = self._engine()
         n_vocab = self.n_vocab()
         bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
-        if bad is not None:  # else a negative id is a bare OverflowError from the binding
+        if bad is not None:  # before the first batch: a refused call runs none of them
             raise ValueError(self.tokenizer_.out_of_vocabulary(bad))
         if len(self.input_ids) + len(tokens) > engine.n_ctx:
             raise ValueError(

@@ -137,6 +137,26 @@ pub struct Model {
     stats: Option<ActivationStats>,
     /// Activations a call copies out besides (or instead of) logits.
     capture: Option<Capture>,
+    /// `exact_batch_rows`, fixed by the weight types.
+    exact_rows: usize,
+}
+
+/// The most rows each product of `w` computes as it computes one (the minimum over its
+/// weight types); the token embedding counts only when it is also the output head, since it is
+/// otherwise read row by row.
+fn exact_rows(w: &Weights, isa: Isa) -> usize {
+    let types: std::collections::HashSet<GgmlType> = w
+        .matrices()
+        .iter()
+        .filter(|t| t.start != w.token_embd.start || w.output.start == t.start)
+        .map(|t| t.ty)
+        .collect();
+    types
+        .into_iter()
+        .map(|ty| crate::matmul::exact_rows(ty, isa))
+        .min()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// 1 / RMS of `row`, in f64 so that long rows sum exactly enough.
@@ -242,6 +262,7 @@ impl Model {
             .heads
             .resize_with(config.n_head, HeadScratch::default);
         let weight_ranges = weights.ranges();
+        let exact_rows = exact_rows(&weights, isa);
         Ok(Model {
             file,
             config,
@@ -259,6 +280,7 @@ impl Model {
             profile: Profile::default(),
             stats: None,
             capture: None,
+            exact_rows,
         })
     }
 
@@ -298,20 +320,7 @@ impl Model {
     /// The most tokens one `eval` may take for each token's logits to be the bits it gets
     /// alone (see `matmul::exact_rows`), over the model's weight types.
     pub fn exact_batch_rows(&self) -> usize {
-        // The token embedding is only read row by row, unless it is also the output head.
-        let w = &self.weights;
-        let types: std::collections::HashSet<GgmlType> = w
-            .matrices()
-            .iter()
-            .filter(|t| t.start != w.token_embd.start || w.output.start == t.start)
-            .map(|t| t.ty)
-            .collect();
-        types
-            .into_iter()
-            .map(|ty| crate::matmul::exact_rows(ty, self.isa))
-            .min()
-            .unwrap_or(1)
-            .max(1)
+        self.exact_rows
     }
 
     pub fn kv_types(&self) -> (GgmlType, GgmlType) {
@@ -441,11 +450,18 @@ impl Model {
         }
         let n_vocab = self.n_vocab();
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
-            return Err(Error::invalid(format!(
-                "token id {bad} is outside the vocabulary of {n_vocab}"
-            )));
+            return Err(self.out_of_vocabulary(bad as i64));
         }
         Ok(())
+    }
+
+    /// The error for a token id the vocabulary lacks (negative ones too, from the bindings).
+    pub fn out_of_vocabulary(&self, token: i64) -> Error {
+        let n_vocab = self.n_vocab();
+        Error::invalid(format!(
+            "token id {token} is outside the vocabulary of {n_vocab} (valid ids: 0..{})",
+            n_vocab - 1
+        ))
     }
 
     /// NaN/Inf weights (a corrupt or hostile file) poison everything downstream: refuses
@@ -655,12 +671,14 @@ impl Model {
                     start,
                     len: pos + 1,
                 });
-                // A sliding layer sees the last `swa_window` positions, itself included.
-                let first = (pos + 1).saturating_sub(c.swa_window);
-                s.spans_swa.push(KeySpan {
-                    start: start + first,
-                    len: pos + 1 - first,
-                });
+                if c.swa_window > 0 {
+                    // A sliding layer sees the last `swa_window` positions, itself included.
+                    let first = (pos + 1).saturating_sub(c.swa_window);
+                    s.spans_swa.push(KeySpan {
+                        start: start + first,
+                        len: pos + 1 - first,
+                    });
+                }
             }
         }
 

@@ -46,6 +46,15 @@ fn override_value(key: &str, ty: &str, value: &Bound<'_, PyAny>) -> PyResult<Val
     })
 }
 
+/// Token ids from Python, where a negative one would otherwise be a bare OverflowError: the
+/// engine's own "outside the vocabulary" error instead (ids past it are the engine's to refuse).
+fn token_ids(model: &Model, tokens: Vec<i64>) -> PyResult<Vec<u32>> {
+    tokens
+        .into_iter()
+        .map(|t| u32::try_from(t).map_err(|_| model.out_of_vocabulary(t).into()))
+        .collect()
+}
+
 #[pymethods]
 impl PyModel {
     #[new]
@@ -91,10 +100,11 @@ impl PyModel {
     fn eval<'py>(
         &mut self,
         py: Python<'py>,
-        tokens: Vec<u32>,
+        tokens: Vec<i64>,
         logits_all: bool,
         logits_from: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let tokens = token_ids(self.model()?, tokens)?;
         let first = match logits_from {
             Some(first) => first,
             None if logits_all => 0,
@@ -115,8 +125,12 @@ impl PyModel {
     fn eval_batch<'py>(
         &mut self,
         py: Python<'py>,
-        runs: Vec<(usize, Vec<u32>)>,
+        runs: Vec<(usize, Vec<i64>)>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let runs = runs
+            .into_iter()
+            .map(|(seq, tokens)| Ok((seq, token_ids(self.model()?, tokens)?)))
+            .collect::<PyResult<Vec<_>>>()?;
         let model = self
             .model
             .as_mut()
@@ -152,8 +166,9 @@ impl PyModel {
     fn hidden_states<'py>(
         &mut self,
         py: Python<'py>,
-        tokens: Vec<u32>,
+        tokens: Vec<i64>,
     ) -> PyResult<Bound<'py, numpy::PyArray3<f32>>> {
+        let tokens = token_ids(self.model()?, tokens)?;
         let model = self.model_mut()?;
         let (n_layer, n_embd) = (model.config.n_layer, model.config.n_embd);
         let hidden = py.detach(|| model.hidden_states(&tokens))?;
@@ -166,8 +181,9 @@ impl PyModel {
     fn embeddings<'py>(
         &mut self,
         py: Python<'py>,
-        tokens: Vec<u32>,
+        tokens: Vec<i64>,
     ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let tokens = token_ids(self.model()?, tokens)?;
         let model = self.model_mut()?;
         let n_embd = model.config.n_embd;
         let out = py.detach(|| model.embeddings(&tokens))?;
