@@ -9,8 +9,9 @@ import json
 import re
 
 import jsonschema
+import numpy as np
 import pytest
-from ferrollm import GrammarError, Llama, LlamaGrammar, demo_model_path
+from ferrollm import GrammarError, Llama, LlamaGrammar, StoppingCriteriaList, demo_model_path
 from ferrollm.grammar import closed_objects
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,6 +111,67 @@ def test_json_schema_response_formats(llm, response_format):
     value = json.loads(out["choices"][0]["message"]["content"])
     jsonschema.validate(value, PERSON)
     assert set(value) == {"name", "age", "tags"}  # no invented keys
+
+
+def _batches(monkeypatch):
+    """The token counts of the batches the decoding loop evaluates beside single tokens."""
+    from ferrollm import speculative
+
+    sizes = []
+    evaluate = speculative.evaluate
+
+    def counting(llm, tokens):
+        sizes.append(len(tokens))
+        return evaluate(llm, tokens)
+
+    monkeypatch.setattr(speculative, "evaluate", counting)
+    return sizes
+
+
+def test_forced_tokens_go_to_the_engine_as_one_batch(llm, monkeypatch):
+    """The keys and punctuation a schema forces are llguidance's fast-forward tokens: taken
+    without sampling and evaluated together, one forward pass for the run."""
+    sizes = _batches(monkeypatch)
+    out = llm("person = ", max_tokens=100, temperature=0, grammar=LlamaGrammar.from_json_schema(PERSON))
+    value = json.loads(out["choices"][0]["text"])
+    jsonschema.validate(value, PERSON)
+    assert sizes and max(sizes) >= 4  # ', "age": ' at least: the token before the run, then 3 forced
+    assert sum(sizes) - len(sizes) < out["usage"]["completion_tokens"]
+
+
+def test_log_probabilities_of_forced_tokens_come_from_their_own_rows(llm, monkeypatch):
+    """Each token of a forced batch reports the logits it follows, as teacher forcing gives them
+    (an off-by-one row would put whole nats between them)."""
+    sizes = _batches(monkeypatch)
+    prompt = "person = "
+    out = llm(prompt, max_tokens=100, temperature=0, logprobs=1, grammar=LlamaGrammar.from_json_schema(PERSON))
+    assert max(sizes) >= 4
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    reported = np.array(choice["logprobs"]["token_logprobs"])
+    prompt_tokens = llm.tokenize(prompt.encode())
+    generated = llm.input_ids[len(prompt_tokens) :]  # the tokens as generated, not re-tokenized
+    assert llm.detokenize(generated).decode() == choice["text"] and len(reported) == len(generated)
+    teacher = Llama(demo_model_path(), n_ctx=512, logits_all=True, verbose=False)
+    teacher.eval(prompt_tokens + generated)
+    rows = teacher.scores[len(prompt_tokens) - 1 : -1]
+    logp = rows - np.logaddexp.reduce(rows, axis=1, keepdims=True)
+    expected = logp[np.arange(len(generated)), generated]
+    gap = np.abs(reported - expected)
+    assert np.median(gap) < 0.02 and gap.max() < 0.3, gap
+
+
+def test_stopping_criteria_see_every_token_under_a_grammar(llm):
+    seen = []
+
+    def criterion(ids, logits):
+        seen.append(len(ids))
+        return False
+
+    out = llm("person = ", max_tokens=60, temperature=0, grammar=LlamaGrammar.from_json_schema(PERSON),
+              stopping_criteria=StoppingCriteriaList([criterion]))  # fmt: skip
+    assert seen == list(range(seen[0], seen[0] + len(seen)))
+    assert len(seen) == out["usage"]["completion_tokens"] + (out["choices"][0]["finish_reason"] == "stop")
 
 
 def test_closed_objects_leaves_explicit_choices_alone():

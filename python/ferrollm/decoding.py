@@ -6,7 +6,10 @@ token mask computed and the token drawn again from the allowed ones. This is lla
 (common_sampler_sample): it costs one cheap check per token while the model follows the grammar
 by itself, and greedy decoding gives exactly the token that masking first would give. Where the
 grammar forces the next bytes (a JSON key, punctuation), the refused token is replaced by the
-forced one without a mask (the mask would allow that token alone).
+forced ones without a mask: llguidance's fast-forward tokens. With ``fast_forward``, all of them
+are taken at once, also after a token the model chose, and left in ``forced_tail`` for the
+caller to evaluate as one batch: a run of forced tokens costs one forward pass, not one each.
+Otherwise the first alone replaces a refused token.
 """
 
 from __future__ import annotations
@@ -68,12 +71,18 @@ class TokenChooser:
         self.constraint = constraint
         self.stopping_criteria = stopping_criteria
         self.stopped = False  # a stopping criterion ended the generation
+        # Take every token the grammar forces at once (the caller evaluates `forced_tail`).
+        # Off where each token must come from this call: a stopping criterion sees every one,
+        # and speculative decoding verifies its guesses row by row.
+        self.fast_forward = False
+        self.forced_tail: list[int] = []  # forced tokens after the one returned, already taken
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int | None:
         """The next token, or None when a stopping criterion ends the generation. ``logits``
         is left untouched (log-probabilities are reported from it)."""
         ids = None
         scores = logits
+        self.forced_tail = []
         if self.logits_processor is not None:
             ids = np.asarray(history, dtype=np.intc)
             scores = self.logits_processor(ids, np.array(logits, dtype=np.float32))
@@ -95,14 +104,14 @@ class TokenChooser:
             token = int(np.argmax(z))
         else:
             token = self.sampler.sample(scores, history)
-        if constraint.take(token):
-            return token
-        token = constraint.forced()
-        if token is None:
-            token = (
-                int(np.argmax(constraint.mask(z)))
-                if greedy
-                else self.sampler.sample(constraint.mask(scores), history)
-            )
-        constraint.accept(token)
+        batch = self.fast_forward and self.stopping_criteria is None
+        if not constraint.take(token):
+            forced = constraint.forced(None if batch else 1)
+            if forced:
+                self.forced_tail = forced[1:]
+                return forced[0]
+            token = int(np.argmax(constraint.mask(z))) if greedy else self.sampler.sample(constraint.mask(scores), history)
+            constraint.accept(token)
+        if batch:  # the bytes after a token of the model's own choice may be forced too
+            self.forced_tail = constraint.forced()
         return token

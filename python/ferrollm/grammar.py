@@ -11,8 +11,8 @@ compile, raises ``GrammarError`` (a ``ValueError``) with the engine's message.
 
 While decoding, a ``Constraint`` follows one generation. The model's vocabulary is given to
 llguidance once per tokenizer (``lltokenizer``, cached); the token mask is computed only when the
-token the sampler drew is refused (``TokenChooser`` in decoding.py), which llama.cpp's sampler
-does too.
+token the sampler drew is refused and the grammar leaves a choice (``TokenChooser`` in
+decoding.py); where it forces the next bytes, their tokens are taken without the model.
 
 JSON schemas are compiled with single spaces after ``:`` and ``,`` and no other whitespace
 (the layout of Python's ``json.dumps``), so that a model cannot wander into endless blank
@@ -231,11 +231,11 @@ class Constraint:
             return True
         return self._matcher.try_consume_tokens([token]) == 1
 
-    def forced(self) -> int | None:
-        """The next token when the grammar forces the next bytes (llguidance's fast-forward
-        token, then the only one its mask allows), else None: no mask needed."""
-        ff = self._matcher.compute_ff_tokens()
-        return ff[0] if ff and self._matcher.validate_tokens(ff[:1]) == 1 else None
+    def forced(self, limit: int | None = None) -> list[int]:
+        """The tokens the grammar forces next (llguidance's fast-forward tokens: the forced
+        bytes, tokenized), at most ``limit``, taken; empty when the model has a choice."""
+        ff = self._matcher.compute_ff_tokens()[:limit]
+        return ff[: self._matcher.try_consume_tokens(ff)] if ff else []
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """``logits`` with every token the grammar refuses at -inf (a new array)."""

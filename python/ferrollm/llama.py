@@ -373,14 +373,21 @@ class Llama:
         if self.draft_model is not None and stopping_criteria is None:
             yield from speculative.generate(self, choose, self.draft_model)
             return
+        choose.fast_forward = True
         while True:
             token = choose(self.last_logits(), self.input_ids)
             if token is None:
                 return
+            forced = choose.forced_tail  # tokens the grammar forces after it: one batch
             yield token
             if self.n_tokens >= self.n_ctx():
                 return
-            self.eval([token])
+            if not forced:
+                self.eval([token])
+                continue
+            forced = forced[: self.n_ctx() - self.n_tokens - 1]
+            rows = speculative.evaluate(self, [token, *forced])
+            yield from speculative.replay(self, forced, rows)
 
     # -- completions ---------------------------------------------------------------------------
 

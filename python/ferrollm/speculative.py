@@ -64,15 +64,20 @@ def generate(llm: Llama, sample: SampleFn, draft: LlamaDraftModel) -> Iterator[i
                 raise ValueError(f"the draft model proposed token ids outside the vocabulary of {n_vocab}")
         sampled, rows = verify(llm, sample, [token, *guesses])
         token = sampled.pop()  # the first token the draft did not guess, not yet evaluated
-        shown = 0
-        try:
-            # Each kept guess is yielded with the logits it was sampled from as the last ones
-            # (as decoding without a draft shows them: logprobs read them).
-            for shown, kept in enumerate(sampled, 1):
-                record(llm, rows[shown - 1 : shown])
-                yield kept  # the cache holds it: no context check needed between
-        finally:
-            record(llm, rows[shown:])  # the logits end after the last cached token again
+        yield from replay(llm, sampled, rows)
+
+
+def replay(llm: Llama, tokens: list[int], rows: np.ndarray) -> Iterator[int]:
+    """Yields ``tokens``, already in the cache, each with the logits it was sampled from
+    (``rows[i]``) as the last ones, as decoding one token at a time shows them (logprobs read
+    them); the logits end with the rows after the last token."""
+    shown = 0
+    try:
+        for shown, kept in enumerate(tokens, 1):
+            record(llm, rows[shown - 1 : shown])
+            yield kept  # the cache holds it: no context check needed between
+    finally:
+        record(llm, rows[shown:])
 
 
 def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> tuple[list[int], np.ndarray]:

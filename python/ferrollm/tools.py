@@ -299,8 +299,8 @@ class LazyConstraint:
         self.accept(token)
         return True
 
-    def forced(self) -> int | None:
-        return self._inner.forced() if self._inner is not None else None
+    def forced(self, limit: int | None = None) -> list[int]:
+        return self._inner.forced(limit) if self._inner is not None else []
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         return self._inner.mask(logits) if self._inner is not None else logits
