@@ -8,7 +8,8 @@ copy task (a held-out stdlib function, then its first lines again: the model cop
 code edits, where prompt lookup pays).
 Drafts: none; prompt lookup (llama-cpp-python's LlamaPromptLookupDecoding defaults: n-grams of
 2, 10 guesses), verified as many rows per engine call as the engine evaluates exactly (its
-`exact_batch_rows`: 2 for this Q8_0 file) and, for information, 16 rows per call (the engine's
+`exact_batch_rows`: 2 for the shipped Q8_0 file, 8 for the IQ types: `--qtype IQ4_XS`
+re-quantizes the demo model) and, for information, 16 rows per call (the engine's
 3+-row Q8_0 products round differently, so the text may differ at near-ties); the demo model quantized to Q4_0 as a GGUF draft (4 guesses).
 Each configuration: one warm-up, then --reps rounds of [reset; stream --n-gen tokens at
 temperature 0]; decode tokens/s counts from the first streamed piece (after the prefill and
@@ -95,12 +96,11 @@ def measure(llm, prompt: str, n_gen: int, reps: int) -> dict:
     }
 
 
-def configs(q4_path: str, peer: bool, threads: int):
-    """(engine, draft name, rows per eval, factory)."""
-    path = ferrollm.demo_model_path()
+def configs(path: str, q4_path: str, peer: bool, threads: int):
+    """(engine, draft name, rows per eval (None: the engine's exact rows), factory)."""
     kw = {"n_ctx": 512, "n_threads": threads, "n_batch": 512, "verbose": False}
     yield "ferrollm", "none", None, lambda: Llama(path, **kw)
-    yield "ferrollm", "lookup", 2, lambda: Llama(path, draft_model=LlamaPromptLookupDecoding(), **kw)
+    yield "ferrollm", "lookup", None, lambda: Llama(path, draft_model=LlamaPromptLookupDecoding(), **kw)
     yield "ferrollm", "lookup", 16, lambda: Llama(path, draft_model=LlamaPromptLookupDecoding(), **kw)
     yield "ferrollm", "gguf-q4_0", 2, lambda: Llama(path, draft_model=GGUFDraftModel(q4_path, 4), **kw)
     if peer:
@@ -117,6 +117,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--qtype", default="Q8_0",
+                    help="the demo model as shipped (Q8_0) or re-quantized to this type (--pure), e.g. IQ4_XS")  # fmt: skip
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "speculative.json"))
     args = ap.parse_args()
     peer = not args.no_peer
@@ -132,16 +134,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         q4 = os.path.join(tmp, "demo-q4_0.gguf")
         ferrollm.quantize_file(ferrollm.demo_model_path(), q4, "Q4_0")
+        path = ferrollm.demo_model_path()
+        if args.qtype.upper() != "Q8_0":
+            path = os.path.join(tmp, f"demo-{args.qtype}.gguf")
+            ferrollm.quantize_file(ferrollm.demo_model_path(), path, args.qtype.upper(), pure=True)
         baseline: dict[tuple[str, str], dict] = {}
-        for engine, draft, rows, make in configs(q4, peer, args.threads):
+        for engine, draft, rows, make in configs(path, q4, peer, args.threads):
             llm = make()
             if rows is not None:
                 speculative.ROWS_PER_EVAL = rows
+            elif draft != "none" and isinstance(llm, Llama):
+                rows = llm._engine().exact_batch_rows
             for name, prompt in prompts().items():
                 r = measure(llm, prompt, args.n_gen, args.reps)
                 base = baseline.setdefault((engine, name), r)
                 records.append({
-                    "bench": "speculative", "model": "embedded-demo", "qtype": "Q8_0", "threads": args.threads,
+                    "bench": "speculative", "model": "embedded-demo", "qtype": args.qtype.upper(), "threads": args.threads,
                     "engine": engine, "draft": draft, "rows_per_eval": rows, "prompt": name,
                     "n_prompt": len(llm.tokenize(prompt.encode())), "n_gen": r["n_gen"],
                     "tok_s": round(r["tok_s"], 1), "speedup": round(r["tok_s"] / base["tok_s"], 3),
