@@ -198,3 +198,18 @@ def test_legacy_functions(llm):
     out = llm.create_chat_completion(MESSAGES, functions=[TOOLS[0]["function"]], function_call={"name": "get_weather"},
                                      max_tokens=120, temperature=0)  # fmt: skip
     assert out["choices"][0]["message"]["function_call"]["name"] == "get_weather"
+
+
+def test_constraints_of_one_auto_grammar_keep_their_own_state(llm):
+    """The server gives each of n choices a constraint of the same grammar: one choosing a
+    call must not switch the other's answer (text) to the call grammar, nor the reverse."""
+    grammar = ToolCalling.from_request(TOOLS, "auto").grammar()
+    call, text = grammar.constraint(llm.tokenizer_), grammar.constraint(llm.tokenizer_)
+    encode = lambda s: llm.tokenizer_._encode_text(s, space_prefix=False)
+    for token in encode(OPEN):
+        assert call.take(token)
+    for token in encode("Sunny, I think"):
+        assert text.take(token)
+    assert (call.state, text.state) == ("call", "text")
+    assert grammar.constraint(llm.tokenizer_).state == "open" and call.state == "call"
+    assert not call.allows(encode("Sunny")[0]) and text.allows(encode("{")[0])

@@ -39,7 +39,7 @@ from ferrollm.logprobs import TokenLogprob, chat_shape, completion_shape, prompt
 from ferrollm.sampler import Sampler, SamplingParams
 from ferrollm.textstream import TextStream
 from ferrollm.tokenizer import Tokenizer
-from ferrollm.tools import ToolCalling
+from ferrollm.tools import LazyToolGrammar, ToolCalling
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
@@ -108,6 +108,15 @@ class Piece(NamedTuple):
     finish: str | None
     n_out: int  # completion tokens so far
     logprobs: list[TokenLogprob]  # of the tokens generated since the previous piece
+
+
+class PreparedChat(NamedTuple):
+    """What a chat request decodes from: the prompt, the grammar the answer must follow
+    (None: free) and the request's tool calling (None without tools)."""
+
+    chat: ChatPrompt
+    grammar: LlamaGrammar | LazyToolGrammar | None
+    calling: ToolCalling | None
 
 
 class Llama:
@@ -603,6 +612,30 @@ class Llama:
         eos = self.tokenizer_.tokens[self.token_eos()] if self.token_eos() >= 0 else ""
         return render(self._formatter, messages, bos, eos, tools=tools)
 
+    def prepare_chat(
+        self,
+        messages: Sequence[dict],
+        tools: Sequence[dict] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        functions: Sequence[dict] | None = None,
+        function_call: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        response_format: Mapping[str, Any] | None = None,
+        grammar: LlamaGrammar | None = None,
+    ) -> PreparedChat:
+        """The prompt and grammar of a chat request (create_chat_completion and the server's
+        /v1/chat/completions). With tools, the template gets them; when it ignores them, the
+        built-in instructions (ferrollm.tools) describe them instead. Raises ToolError,
+        GrammarError (response_format) or ChatTemplateError."""
+        calling = ToolCalling.from_request(tools, tool_choice, functions, function_call, parallel_tool_calls)
+        if calling is None:
+            grammar = response_format_grammar(response_format) or grammar
+            return PreparedChat(self.chat_prompt(messages), grammar, None)
+        chat = self.chat_prompt(messages, tools=calling.tools)
+        if chat.text == self.chat_prompt(messages).text:  # the template ignores tools: ours
+            chat = self.chat_prompt(calling.instructed(messages))
+        return PreparedChat(chat, calling.grammar(), calling)
+
     def create_chat_completion(
         self,
         messages: Sequence[dict],
@@ -634,15 +667,8 @@ class Llama:
         """llama-cpp-python's chat completion, with OpenAI's ``logprobs``/``top_logprobs``,
         ``response_format`` (``json_object``, ``json_schema``) and ``tools``/``tool_choice``
         (see ferrollm.tools for how calls are prompted and constrained)."""
-        calling = ToolCalling.from_request(tools, tool_choice, functions, function_call, parallel_tool_calls)
-        if calling is not None:
-            chat = self.chat_prompt(messages, tools=calling.tools)
-            if chat.text == self.chat_prompt(messages).text:  # the template ignores tools: ours
-                chat = self.chat_prompt(calling.instructed(messages))
-            grammar = calling.grammar()
-        else:
-            chat = self.chat_prompt(messages)
-            grammar = response_format_grammar(response_format) or grammar
+        tool_args = (tools, tool_choice, functions, function_call, parallel_tool_calls)
+        chat, grammar, calling = self.prepare_chat(messages, *tool_args, response_format, grammar)
         stops = ([stop] if isinstance(stop, str) else list(stop or [])) + chat.stop
         tokens = self._prompt_tokens(chat.text, special=True)
         params = {

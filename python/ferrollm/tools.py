@@ -41,7 +41,12 @@ _CALL_RE = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
 
 
 class ToolError(ValueError):
-    """A malformed tool list or a tool_choice naming no given function."""
+    """A malformed tool list or a tool_choice naming no given function; ``param`` names the
+    request field at fault (for the server's HTTP 400)."""
+
+    def __init__(self, message: str, param: str = "tools"):
+        super().__init__(message)
+        self.param = param
 
 
 def _function(tool: Any, i: int) -> dict:
@@ -63,7 +68,6 @@ class ToolCalling:
         self.functions = functions
         self.forced = forced  # None: auto; "*": required; else the function's name
         self.parallel = parallel and forced in (None, "*")
-        self._lazy: LazyToolGrammar | None = None
 
     @classmethod
     def from_request(
@@ -75,9 +79,13 @@ class ToolCalling:
         parallel_tool_calls: bool = True,
     ) -> ToolCalling | None:
         """None when there is nothing to call (no tools, or ``tool_choice="none"``)."""
+        tools_param, choice_param = "tools", "tool_choice"
         if functions is not None and tools is None:  # the legacy spelling
-            tools = [{"type": "function", "function": f} for f in functions]
+            if not isinstance(functions, (list, tuple)):
+                raise ToolError(f"functions must be a list, not {type(functions).__name__}", "functions")
+            tools, tools_param = [{"type": "function", "function": f} for f in functions], "functions"
         if function_call is not None and tool_choice is None:
+            choice_param = "function_call"
             tool_choice = (
                 function_call
                 if isinstance(function_call, str)
@@ -85,17 +93,20 @@ class ToolCalling:
             )
         if tools is not None and not isinstance(tools, (list, tuple)):
             raise ToolError(f"tools must be a list, not {type(tools).__name__}")
-        fns = [_function(t, i) for i, t in enumerate(tools or [])]
+        try:
+            fns = [_function(t, i) for i, t in enumerate(tools or [])]
+        except ToolError as e:
+            raise ToolError(str(e), tools_param) from None
         names = [f["name"] for f in fns]
         if len(set(names)) != len(names):
-            raise ToolError(f"tools name the same function twice: {names}")
+            raise ToolError(f"tools name the same function twice: {names}", tools_param)
         choice = "auto" if tool_choice is None else tool_choice
         if choice == "none":
             return None
         if not fns:
             if choice == "auto":
                 return None
-            raise ToolError(f"tool_choice {choice!r} needs tools")
+            raise ToolError(f"tool_choice {choice!r} needs tools", choice_param)
         if choice == "auto":
             return cls(fns, None, parallel_tool_calls)
         if choice == "required":
@@ -105,12 +116,14 @@ class ToolCalling:
             name = fn.get("name") if isinstance(fn, Mapping) else None
             if name is None:
                 raise ToolError(f"tool_choice must name a function: {{'type': 'function', 'function': "
-                                f"{{'name': ...}}}}, not {choice!r}")  # fmt: skip
+                                f"{{'name': ...}}}}, not {choice!r}", choice_param)  # fmt: skip
             if name not in names:
                 raise ToolError(f"tool_choice names the function {name!r}, which is not among the tools "
-                                f"({', '.join(names)})")  # fmt: skip
+                                f"({', '.join(names)})", choice_param)  # fmt: skip
             return cls(fns, name, parallel_tool_calls)
-        raise ToolError(f"tool_choice must be 'auto', 'none', 'required' or a function, not {choice!r}")
+        raise ToolError(
+            f"tool_choice must be 'auto', 'none', 'required' or a function, not {choice!r}", choice_param
+        )
 
     @property
     def tools(self) -> list[dict]:
@@ -189,12 +202,10 @@ class ToolCalling:
 
     def grammar(self) -> LlamaGrammar | LazyToolGrammar:
         """Forced choices: the call grammar from the first token; auto: switched on when the
-        model starts a call."""
+        model starts a call. Each ``.constraint()`` of it (one per generation) keeps its own
+        state, so one grammar serves several choices at once."""
         calls = self.call_grammar()
-        if self.forced is not None:
-            return calls
-        self._lazy = LazyToolGrammar(calls)
-        return self._lazy
+        return calls if self.forced is not None else LazyToolGrammar(calls)
 
     # -- the answer ----------------------------------------------------------------------------
 
@@ -227,8 +238,7 @@ class ToolCalling:
         return message, "tool_calls"
 
     def chunks(self, meta: dict, pieces: Iterator[Any], logprobs: bool) -> Iterator[dict]:
-        """The streamed answer: text as ``content`` deltas once the model has chosen text, each
-        call as one ``tool_calls`` delta when its closing tag arrives."""
+        """The streamed answer of ``pieces`` (ferrollm.llama.Piece) as OpenAI's chunks."""
         from ferrollm.logprobs import chat_shape
 
         def chunk(delta: dict, finish: str | None, entries: list = ()) -> dict:
@@ -236,27 +246,61 @@ class ToolCalling:
             choice = {"index": 0, "delta": delta, "logprobs": shaped, "finish_reason": finish}
             return {**meta, "object": "chat.completion.chunk", "choices": [choice]}
 
-        yield chunk({"role": "assistant", "content": None}, None)
-        text, sent_calls, held, held_entries, is_text = "", 0, "", [], False
+        stream = CallStream(self)
+        yield chunk(stream.opening(), None)
         for piece in pieces:
-            text += piece.text
-            if not is_text and self.forced is None and self._lazy is not None and self._lazy.state == "text":
-                is_text = True
-            if is_text:
-                if held + piece.text or piece.logprobs:
-                    yield chunk({"content": held + piece.text}, None, held_entries + piece.logprobs)
-                held, held_entries = "", []
-            else:
-                held += piece.text
-                held_entries += piece.logprobs
-                calls = self.parse(text)
-                for i in range(sent_calls, len(calls)):
-                    yield chunk({"tool_calls": [{"index": i, **calls[i]}]}, None)
-                sent_calls = len(calls)
-            if piece.finish:
-                if not is_text and not sent_calls and held:  # never became a call: it was text
-                    yield chunk({"content": held}, None, held_entries)
-                yield chunk({}, "tool_calls" if sent_calls else piece.finish)
+            for delta, finish, entries in stream.push(piece.text, piece.logprobs, piece.finish):
+                yield chunk(delta, finish, entries)
+
+
+class CallStream:
+    """One streamed answer as OpenAI's chat deltas, fed text as it is generated: text goes out
+    as ``content`` once the model has chosen text, each call as one ``tool_calls`` delta (with
+    its ``index``) when its closing tag arrives. Used by ``ToolCalling.chunks`` and the server."""
+
+    def __init__(self, calling: ToolCalling):
+        self.calling = calling
+        self.text = ""  # all of the answer so far
+        self.sent_calls = 0
+        self.held, self.held_entries = "", []  # text that may still become a call
+        self.is_text = False
+
+    @staticmethod
+    def opening() -> dict:
+        return {"role": "assistant", "content": None}
+
+    def push(self, text: str, entries: list, finish: str | None) -> list[tuple[dict, str | None, list]]:
+        """The (delta, finish_reason, log-probability entries) to send for the next piece of
+        text; ``finish`` set on the last one."""
+        out: list[tuple[dict, str | None, list]] = []
+        self.text += text
+        if not self.is_text and self.calling.forced is None and _opening(self.text) == "text":
+            self.is_text = True
+        if self.is_text:
+            if self.held + text or entries:
+                out.append(({"content": self.held + text}, None, self.held_entries + list(entries)))
+            self.held, self.held_entries = "", []
+        else:
+            self.held += text
+            self.held_entries += entries
+            calls = self.calling.parse(self.text)
+            for i in range(self.sent_calls, len(calls)):
+                out.append(({"tool_calls": [{"index": i, **calls[i]}]}, None, []))
+            self.sent_calls = len(calls)
+        if finish:
+            if not self.is_text and not self.sent_calls and self.held:  # never became a call: text
+                out.append(({"content": self.held}, None, self.held_entries))
+            out.append(({}, "tool_calls" if self.sent_calls else finish, []))
+        return out
+
+
+def _opening(text: str) -> str:
+    """What the start of an answer under ``tool_choice="auto"`` is: "call" (it opens with
+    ``<tool_call>`` after blank space), "text", or "open" (it may still become either)."""
+    text = text.lstrip()
+    if text.startswith(OPEN):
+        return "call"
+    return "open" if OPEN.startswith(text) else "text"
 
 
 def _call_text(call: Mapping[str, Any]) -> str:
@@ -276,19 +320,20 @@ class LazyToolGrammar:
 
     def __init__(self, calls: LlamaGrammar):
         self.calls = calls
-        self.state = "open"  # "open" (undecided), "text" or "call"
 
     def constraint(self, tokenizer: Tokenizer) -> LazyConstraint:
-        self.state = "open"
-        return LazyConstraint(self, tokenizer)
+        return LazyConstraint(self.calls, tokenizer)
 
 
 class LazyConstraint:
-    def __init__(self, owner: LazyToolGrammar, tokenizer: Tokenizer):
-        self._owner = owner
+    """One generation's state under a LazyToolGrammar."""
+
+    def __init__(self, calls: LlamaGrammar, tokenizer: Tokenizer):
+        self._calls = calls
         self._tokenizer = tokenizer
         self._tokens: list[int] = []
         self._inner: Constraint | None = None
+        self.state = "open"  # "open" (undecided), "text" or "call"
 
     def allows(self, token: int) -> bool:
         return self._inner.allows(token) if self._inner is not None else True
@@ -309,15 +354,13 @@ class LazyConstraint:
         if self._inner is not None:
             self._inner.accept(token)
             return
-        if self._owner.state == "text":
+        if self.state == "text":
             return
         self._tokens.append(token)
-        text = self._tokenizer.decode(self._tokens).lstrip()
-        if text.startswith(OPEN):
-            inner = self._owner.calls.constraint(self._tokenizer)
+        self.state = _opening(self._tokenizer.decode(self._tokens))
+        if self.state == "call":
+            inner = self._calls.constraint(self._tokenizer)
             if inner.accept_all(self._tokens):
-                self._inner, self._owner.state = inner, "call"
+                self._inner = inner
             else:  # e.g. "<tool_call>" followed by something the grammar refuses: text after all
-                self._owner.state = "text"
-        elif not OPEN.startswith(text):
-            self._owner.state = "text"
+                self.state = "text"

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from ferrollm import _core
 from ferrollm.chat import ChatTemplateError
 from ferrollm.demo import demo_model_path
-from ferrollm.grammar import GrammarError, LlamaGrammar, response_format_grammar
+from ferrollm.grammar import GrammarError, LlamaGrammar
 from ferrollm.llama import Llama, _kv_type, override_triples
 from ferrollm.logprobs import TokenLogprob, chat_shape, completion_shape
 from ferrollm.sampler import SamplingParams
@@ -37,6 +37,7 @@ from ferrollm.serve.schemas import (
     Sampling,
     TokenizeRequest,
 )
+from ferrollm.tools import CallStream, LazyToolGrammar, ToolCalling, ToolError
 
 
 @dataclass
@@ -206,7 +207,7 @@ class Generation:
     """The jobs of one request (n choices x prompts) and the queue their events arrive on."""
 
     def __init__(self, state: State, prompts: list[list[int]], req: Sampling, max_tokens: int, stops: list[str],
-                 top_logprobs: int | None, grammar: LlamaGrammar | None = None):  # fmt: skip
+                 top_logprobs: int | None, grammar: LlamaGrammar | LazyToolGrammar | None = None):  # fmt: skip
         self.engine = state.ready_engine()
         self.mailbox = _mailbox(state)
         self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
@@ -295,10 +296,12 @@ def _sse(data: Any) -> bytes:
 
 
 class Shape:
-    """How one endpoint spells choices, chunks and log-probabilities."""
+    """How one endpoint spells choices, chunks and log-probabilities; a chat request with tools
+    spells its answers as ``calling`` does (calls or text)."""
 
-    def __init__(self, kind: str, meta: dict[str, Any], echo: list[str] | None = None):
-        self.kind, self.meta, self.echo = kind, meta, echo
+    def __init__(self, kind: str, meta: dict[str, Any], echo: list[str] | None = None,
+                 calling: ToolCalling | None = None):  # fmt: skip
+        self.kind, self.meta, self.echo, self.calling = kind, meta, echo, calling
 
     def logprobs(self, entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
         return chat_shape(entries) if self.kind == "chat" else completion_shape(entries, offset)
@@ -309,14 +312,19 @@ class Shape:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text:
                 delta["content"] = text
-            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            return {**self.meta, "object": "chat.completion.chunk", "choices": [choice]}
+            return self.delta_chunk(index, delta, finish, logprobs)
         choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
         return {**self.meta, "object": "text_completion", "choices": [choice]}
 
+    def delta_chunk(self, index: int, delta: dict, finish: str | None, logprobs: dict | None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return {**self.meta, "object": "chat.completion.chunk", "choices": [choice]}
+
     def choice(self, index: int, text: str, finish: str | None, logprobs: dict | None) -> dict[str, Any]:
         if self.kind == "chat":
-            message = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.calling is not None:
+                message, finish = self.calling.message(text, finish)
             return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
@@ -364,23 +372,31 @@ async def _answer(request: Request, gen: Generation, shape: Shape, req: Sampling
 async def _stream(request: Request, gen: Generation, shape: Shape, req: Sampling, logprobs: bool,
                   echo: list[str]) -> AsyncIterator[bytes]:  # fmt: skip
     sent = [0] * len(gen.jobs)  # characters sent per choice, for completion text offsets
+    calls = [CallStream(shape.calling) for _ in gen.jobs] if shape.calling is not None else None
     completion = 0
     try:
         for i in range(len(gen.jobs)):
             text = echo[i // req.n]
-            if shape.kind == "chat" or text:
+            if calls is not None:
+                yield _sse(shape.delta_chunk(i, calls[i].opening(), None, None))
+            elif shape.kind == "chat" or text:
                 yield _sse(shape.chunk(i, text or None, None, None, first=True))
                 sent[i] = len(text)
         async for index, event in gen.events():
             if event.kind == "error":
                 yield _sse(_error_from_event(event).body())
                 break
+            finish = event.finish if event.kind == "done" else None
+            completion += event.completion_tokens
+            if calls is not None:
+                for delta, end, entries in calls[index].push(event.text, event.logprobs or [], finish):
+                    lp = shape.logprobs(entries, 0) if logprobs and entries else None
+                    yield _sse(shape.delta_chunk(index, delta, end, lp))
+                continue
             lp = shape.logprobs(event.logprobs, sent[index]) if logprobs and event.logprobs else None
             sent[index] += len(event.text)
-            finish = event.finish if event.kind == "done" else None
             if event.text or lp or finish:
                 yield _sse(shape.chunk(index, event.text, finish, lp))
-            completion += event.completion_tokens
         else:
             if req.stream_options and req.stream_options.include_usage:
                 yield _sse(shape.usage_chunk(_usage(gen.prompts, completion)))
@@ -411,19 +427,21 @@ async def chat_completions(request: Request, state: State) -> Response:
     req: ChatRequest = await _body(request, ChatRequest)
     state.ready_engine()
     llama = state.llama
+    response_format = req.response_format.as_dict() if req.response_format else None
     try:
-        chat = llama.chat_prompt([m.as_dict() for m in req.messages])
+        chat, grammar, calling = llama.prepare_chat([m.as_dict() for m in req.messages], **req.tool_request(),
+                                                    response_format=response_format)  # fmt: skip
+    except ToolError as e:
+        raise ApiError(400, str(e), param=e.param) from None
+    except GrammarError as e:
+        raise ApiError(400, f"response_format: {e}", param="response_format") from None
     except ChatTemplateError as e:
         raise ApiError(400, f"messages: {e}", param="messages") from None
     prompt = _prompt_ids(llama, chat.text, special=True)
     top = (req.top_logprobs or 0) if req.logprobs else None
-    try:
-        grammar = response_format_grammar(req.response_format.as_dict()) if req.response_format else None
-    except GrammarError as e:
-        raise ApiError(400, f"response_format: {e}", param="response_format") from None
     gen = Generation(state, [prompt], req, req.limit(), req.stops() + chat.stop, top, grammar)
     meta = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": state.model_name}
-    return await _answer(request, gen, Shape("chat", meta), req, req.logprobs)
+    return await _answer(request, gen, Shape("chat", meta, calling=calling), req, req.logprobs)
 
 
 @endpoint()

@@ -29,6 +29,7 @@ from ferrollm.sampler import Sampler, SamplingParams
 from ferrollm.serve.metrics import Metrics
 from ferrollm.textstream import TextStream
 from ferrollm.tokenizer import Tokenizer
+from ferrollm.tools import LazyToolGrammar
 
 
 class QueueFull(Exception):
@@ -61,7 +62,7 @@ class Job:
     emit: Callable[[Event], None]
     seed: int | None = None
     top_logprobs: int | None = None  # None: no log-probabilities; else how many alternatives
-    grammar: LlamaGrammar | None = None  # the text must follow it (response_format)
+    grammar: LlamaGrammar | LazyToolGrammar | None = None  # response_format or tools; one constraint per job
     deadline: float | None = None  # time.monotonic() after which the job ends with an error
     cancelled: bool = False
     # Engine-side state.

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -92,17 +101,67 @@ class TextPart(Strict):
     text: StrictStr
 
 
+class FunctionCall(Strict):
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as OpenAI sends it
+
+
+class ToolCall(Strict):
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    tool_call_id: StrictStr | None = None  # the call a tool message answers
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls belong to assistant messages, not {self.role!r} ones")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id belongs to tool messages, not {self.role!r} ones")
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content or ""}
+        # "" rather than None: a Jinja template would print None as "None".
+        out: dict[str, Any] = {"role": role, "content": content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None and role == "tool":
+            out["name"] = self.name
+        return out
+
+
+class FunctionDef(Strict):
+    name: Annotated[StrictStr, Field(min_length=1)]
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema
+    strict: StrictBool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class FunctionName(Strict):
+    name: StrictStr
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: FunctionName
 
 
 class ChatRequest(Sampling):
@@ -112,11 +171,28 @@ class ChatRequest(Sampling):
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    functions: list[FunctionDef] | None = None  # the legacy spelling of tools
+    function_call: Literal["auto", "none"] | FunctionName | None = None
+    parallel_tool_calls: StrictBool = True
+
+    def tool_request(self) -> dict[str, Any]:
+        """The tool fields as ``Llama.prepare_chat`` takes them."""
+        fields = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls")
+        return {name: _plain(getattr(self, name)) for name in fields}
 
     def limit(self) -> int:
         """0: until the context is full."""
         value = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         return value or 0
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as plain JSON data (lists and dicts rather than models)."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
 
 
 class TokenizeRequest(Strict):
