@@ -210,12 +210,15 @@ def test_n2_each_choice_gets_its_own_constraint(server):
     for choice in _chat(server, **base)["choices"]:
         _check_choice(choice)
     chunks = list(
-        server.client().chat.completions.create(model="demo", stream=True, tool_choice=NAMED, **base)
+        server.client().chat.completions.create(
+            model="demo", stream=True, tool_choice=NAMED, stream_options={"include_usage": True}, **base
+        )
     )
     calls, finish = _streamed_calls(chunks)
     assert finish == {0: "tool_calls", 1: "tool_calls"}
     for i in (0, 1):
         _check_call(calls[i][0], "get_weather")
+    assert not chunks[-1].choices and chunks[-1].usage.completion_tokens > 2 * 10
 
 
 @pytest.mark.parametrize(

@@ -118,8 +118,8 @@ class ToolCalling:
                 raise ToolError(f"tool_choice must name a function: {{'type': 'function', 'function': "
                                 f"{{'name': ...}}}}, not {choice!r}", choice_param)  # fmt: skip
             if name not in names:
-                raise ToolError(f"tool_choice names the function {name!r}, which is not among the tools "
-                                f"({', '.join(names)})", choice_param)  # fmt: skip
+                raise ToolError(f"{choice_param} names the function {name!r}, which is not among the "
+                                f"{tools_param} ({', '.join(names)})", choice_param)  # fmt: skip
             return cls(fns, name, parallel_tool_calls)
         raise ToolError(
             f"tool_choice must be 'auto', 'none', 'required' or a function, not {choice!r}", choice_param
