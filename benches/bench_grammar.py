@@ -78,7 +78,11 @@ def main() -> int:
     t_matcher = time.perf_counter() - t0
 
     load0 = os.getloadavg()[0]
-    modes = {"unconstrained": (None, True), "json_schema": (grammar, True), "json_schema_1by1": (grammar, False)}
+    modes = {
+        "unconstrained": (None, True),
+        "json_schema": (grammar, True),
+        "json_schema_1by1": (grammar, False),
+    }
     rounds: dict[str, list[dict]] = {m: [] for m in modes}
     for rep in range(args.reps + 1):  # round 0 is the warm-up
         for mode, (g, fast_forward) in modes.items():

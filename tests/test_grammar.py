@@ -144,7 +144,9 @@ def test_log_probabilities_of_forced_tokens_come_from_their_own_rows(llm, monkey
     (an off-by-one row would put whole nats between them)."""
     sizes = _batches(monkeypatch)
     prompt = "person = "
-    out = llm(prompt, max_tokens=100, temperature=0, logprobs=1, grammar=LlamaGrammar.from_json_schema(PERSON))
+    out = llm(
+        prompt, max_tokens=100, temperature=0, logprobs=1, grammar=LlamaGrammar.from_json_schema(PERSON)
+    )
     assert max(sizes) >= 4
     choice = out["choices"][0]
     assert choice["finish_reason"] == "stop"

@@ -110,7 +110,11 @@ class TokenChooser:
             if forced:
                 self.forced_tail = forced[1:]
                 return forced[0]
-            token = int(np.argmax(constraint.mask(z))) if greedy else self.sampler.sample(constraint.mask(scores), history)
+            token = (
+                int(np.argmax(constraint.mask(z)))
+                if greedy
+                else self.sampler.sample(constraint.mask(scores), history)
+            )
             constraint.accept(token)
         if batch:  # the bytes after a token of the model's own choice may be forced too
             self.forced_tail = constraint.forced()

@@ -339,7 +339,7 @@ class Llama:
         if not self.logits_all:  # every row of `scores` must then come from this prompt
             keep = next((i for i, (a, b) in enumerate(zip(self.input_ids, prompt[:-1])) if a != b), None)
             keep = min(len(self.input_ids), len(prompt) - 1) if keep is None else keep
-        engine.truncate(keep)
+        keep = engine.truncate(keep)  # 0 where a sliding-window cache no longer holds the prefix
         self.input_ids = self.input_ids[:keep]
         self._scores = []
         self.eval(prompt[keep:])

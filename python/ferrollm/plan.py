@@ -6,7 +6,8 @@ What a run holds resident, each part computed from the file's header alone:
   tokens to every expert), so its size counts in full; nothing is copied into anonymous
   memory (no repacking);
 - the KV cache: layers x context x KV width x (K + V bytes per element of their types), the
-  "Max RAM required" column of the model cards adds exactly this to the file size;
+  "Max RAM required" column of the model cards adds exactly this to the file size; a
+  sliding-window layer holds its window and a batch rather than the context;
 - the engine's buffers for one batch of ``n_batch`` tokens (activations, quantized
   activations, the SwiGLU intermediates, logits) and the batched product's per-thread tile;
 - a fixed overhead: the Python interpreter with numpy and ferrollm loaded, and the tokenizer.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ferrollm import gguf
+from ferrollm import _core, gguf
 from ferrollm.quants import quant_type
 
 # Interpreter + numpy + ferrollm's extension + a 32000-piece tokenizer, as measured on
@@ -131,7 +132,7 @@ def plan(
     def hp(key: str, default: int = 0) -> int:
         return int(md.get(f"{arch}.{key}", default))
 
-    n_layer, n_embd = hp("block_count"), hp("embedding_length")
+    n_embd = hp("embedding_length")
     n_head = hp("attention.head_count", 1)
     n_head_kv = hp("attention.head_count_kv", n_head)
     head_dim = hp("attention.key_length", n_embd // max(n_head, 1))
@@ -143,7 +144,9 @@ def plan(
     n_vocab = len(md.get("tokenizer.ggml.tokens", [])) or 32000
 
     kv_width = n_head_kv * head_dim
-    kv_bytes = int(n_layer * n_ctx * kv_width * (_kv_elem_bytes(type_k) + _kv_elem_bytes(type_v)))
+    # Per layer: the context, or a sliding-window layer's ring (the engine's own arithmetic).
+    positions = sum(_core.kv_layer_positions(os.fspath(path), n_ctx, n_batch))
+    kv_bytes = int(positions * kv_width * (_kv_elem_bytes(type_k) + _kv_elem_bytes(type_v)))
 
     # One batch's buffers, as the engine sizes them (rust/model/mod.rs, ffn.rs, gemm.rs).
     n = max(1, min(n_batch, n_ctx))

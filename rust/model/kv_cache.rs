@@ -2,6 +2,12 @@
 //! stored in f16 (default), q8_0 or q4_0, chosen independently for K and V as llama.cpp's
 //! `-ctk`/`-ctv`. Allocated once for the whole context.
 //!
+//! A sliding-window layer only ever reads its last `window` positions, so it keeps a ring of
+//! `window` + a batch of them rather than the whole context (as llama.cpp's SWA cache does):
+//! position p lives in slot p mod ring. On Gemma 3, where 5 layers in 6 slide over 1024
+//! positions, that is most of the cache at long contexts. A saved state holds a sliding
+//! layer's last positions only (its window and up to `MIN_RING_MARGIN` more).
+//!
 //! Scores read K rows through the matrix kernels' dot products (the query is quantized to the
 //! K type's companion type, as llama.cpp does); V rows are dequantized one head at a time.
 
@@ -14,26 +20,41 @@ use crate::quant::{DequantFn, Isa, dequant_fn};
 
 pub const KV_TYPES: &[GgmlType] = &[GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0];
 
+/// Positions beyond the window that a sliding layer's ring holds at least: the rows a batch
+/// writes before it attends, and the rows a speculative verification may take back.
+pub const MIN_RING_MARGIN: usize = 64;
+
+/// Positions of a sequence each layer holds: the context for global layers; for a sliding
+/// layer (`window` > 0 in `sliding`), its window and `margin` more (at least
+/// `MIN_RING_MARGIN`), capped at the context.
+pub fn layer_positions(n_ctx: usize, window: usize, sliding: &[bool], margin: usize) -> Vec<usize> {
+    let ring = (window + margin.max(MIN_RING_MARGIN)).min(n_ctx);
+    sliding
+        .iter()
+        .map(|&s| if s && window > 0 { ring } else { n_ctx })
+        .collect()
+}
+
 /// Element storage of one cache (K or V) for every layer. Within a layer each KV head's
-/// positions are contiguous (`[head][pos]`), so that attention, which walks one head's
+/// positions are contiguous (`[head][slot]`), so that attention, which walks one head's
 /// positions, streams memory in order (deep in a context that is megabytes per head).
+/// Positions are `seq * n_ctx + p`; a layer holds `n_seq` runs of its `positions`.
 pub struct CacheStore {
     pub ty: GgmlType,
     /// Bytes of one head's slice of a row.
     pub head_bytes: usize,
     row_bytes: usize,
     n_ctx: usize,
+    n_seq: usize,
+    /// Per layer: positions of a sequence it holds (`n_ctx`, or a sliding layer's ring).
+    positions: Vec<usize>,
+    /// Per layer: whether it slides (a saved state keeps its last positions only).
+    sliding: Vec<bool>,
     layers: Vec<Vec<u8>>,
 }
 
 impl CacheStore {
-    fn new(
-        ty: GgmlType,
-        n_layer: usize,
-        n_ctx: usize,
-        n_head_kv: usize,
-        head_dim: usize,
-    ) -> Result<Self> {
+    fn new(ty: GgmlType, shape: &CacheShape, n_head_kv: usize, head_dim: usize) -> Result<Self> {
         if !KV_TYPES.contains(&ty) {
             return Err(Error::Unsupported(format!(
                 "tensor type {ty} as a KV cache type (supported: f16, q8_0, q4_0)"
@@ -47,18 +68,37 @@ impl CacheStore {
         }
         let head_bytes = head_dim / ty.block_elems() * ty.block_bytes();
         let row_bytes = head_bytes * n_head_kv;
-        let layers = (0..n_layer).map(|_| vec![0u8; n_ctx * row_bytes]).collect();
+        let layers = shape
+            .positions
+            .iter()
+            .map(|&p| vec![0u8; shape.n_seq * p * row_bytes])
+            .collect();
         Ok(CacheStore {
             ty,
             head_bytes,
             row_bytes,
-            n_ctx,
+            n_ctx: shape.n_ctx,
+            n_seq: shape.n_seq,
+            positions: shape.positions.clone(),
+            sliding: shape.sliding.clone(),
             layers,
         })
     }
 
     pub fn bytes(&self) -> usize {
-        self.layers.len() * self.n_ctx * self.row_bytes
+        self.layers.iter().map(Vec::len).sum()
+    }
+
+    /// Where position `pos` (`seq * n_ctx + p`) of `layer` starts for head `h`.
+    #[inline]
+    fn offset(&self, layer: usize, pos: usize, h: usize) -> usize {
+        let held = self.positions[layer];
+        let slot = if held == self.n_ctx {
+            pos
+        } else {
+            pos / self.n_ctx * held + pos % self.n_ctx % held
+        };
+        (h * self.n_seq * held + slot) * self.head_bytes
     }
 
     /// Stores one row (`kv_dim` floats, heads back to back) at `pos` of `layer`.
@@ -66,7 +106,7 @@ impl CacheStore {
         let heads = self.row_bytes / self.head_bytes;
         let head_dim = row.len() / heads;
         for (h, src) in row.chunks_exact(head_dim).enumerate() {
-            let start = (h * self.n_ctx + pos) * self.head_bytes;
+            let start = self.offset(layer, pos, h);
             encode_row(
                 self.ty,
                 src,
@@ -75,38 +115,50 @@ impl CacheStore {
         }
     }
 
-    /// Appends positions `base..base + n` of every layer and head to `out` (a saved state).
-    pub fn save(&self, base: usize, n: usize, out: &mut Vec<u8>) {
+    /// The positions of `base..base + n` that a saved state holds for `layer`: all of them,
+    /// or a sliding layer's last `recent`.
+    fn saved(&self, layer: usize, base: usize, n: usize, recent: usize) -> std::ops::Range<usize> {
+        let kept = if self.sliding[layer] {
+            recent.min(n)
+        } else {
+            n
+        };
+        base + n - kept..base + n
+    }
+
+    /// Appends positions `base..base + n` of every layer and head (of sliding layers, the last
+    /// `recent`) to `out` (a saved state).
+    pub fn save(&self, base: usize, n: usize, recent: usize, out: &mut Vec<u8>) {
         let heads = self.row_bytes / self.head_bytes;
-        for layer in &self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
             for h in 0..heads {
-                let start = (h * self.n_ctx + base) * self.head_bytes;
-                out.extend_from_slice(&layer[start..start + n * self.head_bytes]);
+                for pos in self.saved(l, base, n, recent) {
+                    let start = self.offset(l, pos, h);
+                    out.extend_from_slice(&layer[start..start + self.head_bytes]);
+                }
             }
         }
     }
 
     /// Bytes that `save` writes for `n` positions.
-    pub fn saved_len(&self, n: usize) -> usize {
-        self.layers.len() * n * self.row_bytes
+    pub fn saved_len(&self, n: usize, recent: usize) -> usize {
+        (0..self.layers.len())
+            .map(|l| self.saved(l, 0, n, recent).len() * self.row_bytes)
+            .sum()
     }
 
-    /// Restores positions `base..base + n` from `data` (`saved_len(n)` bytes made by `save`).
-    pub fn load(&mut self, base: usize, n: usize, data: &[u8]) {
-        let (heads, hb, n_ctx) = (
-            self.row_bytes / self.head_bytes,
-            self.head_bytes,
-            self.n_ctx,
-        );
-        if n == 0 {
-            return;
-        }
-        let mut chunks = data.chunks_exact(n * hb);
-        for layer in &mut self.layers {
+    /// Restores positions `base..base + n` from `data` (`saved_len(n, recent)` bytes made by
+    /// `save`).
+    pub fn load(&mut self, base: usize, n: usize, recent: usize, data: &[u8]) {
+        let (heads, hb) = (self.row_bytes / self.head_bytes, self.head_bytes);
+        let mut rows = data.chunks_exact(hb);
+        for l in 0..self.layers.len() {
             for h in 0..heads {
-                let start = (h * n_ctx + base) * hb;
-                let src = chunks.next().expect("checked by saved_len");
-                layer[start..start + n * hb].copy_from_slice(src);
+                for pos in self.saved(l, base, n, recent) {
+                    let start = self.offset(l, pos, h);
+                    let src = rows.next().expect("checked by saved_len");
+                    self.layers[l][start..start + hb].copy_from_slice(src);
+                }
             }
         }
     }
@@ -114,9 +166,18 @@ impl CacheStore {
     /// The bytes of head `h` at `pos`.
     #[inline]
     pub fn head(&self, layer: usize, pos: usize, h: usize) -> &[u8] {
-        let start = (h * self.n_ctx + pos) * self.head_bytes;
+        let start = self.offset(layer, pos, h);
         &self.layers[layer][start..start + self.head_bytes]
     }
+}
+
+/// What the cache holds: `n_seq` sequences of `n_ctx` positions, `positions[layer]` of each
+/// kept (see `layer_positions`), and which layers slide.
+pub struct CacheShape {
+    pub n_ctx: usize,
+    pub n_seq: usize,
+    pub positions: Vec<usize>,
+    pub sliding: Vec<bool>,
 }
 
 /// Converts floats to `ty` blocks in place (no allocation: the cache row is the destination).
@@ -144,7 +205,6 @@ fn encode_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) {
 }
 
 pub struct KvCache {
-    pub n_ctx: usize,
     pub k: CacheStore,
     pub v: CacheStore,
     /// Dot product of a K head with the query in `k_act` form.
@@ -155,21 +215,19 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(
-        n_layer: usize,
-        n_ctx: usize,
+        shape: &CacheShape,
         n_head_kv: usize,
         head_dim: usize,
         type_k: GgmlType,
         type_v: GgmlType,
     ) -> Result<KvCache> {
-        let k = CacheStore::new(type_k, n_layer, n_ctx, n_head_kv, head_dim)?;
-        let v = CacheStore::new(type_v, n_layer, n_ctx, n_head_kv, head_dim)?;
+        let k = CacheStore::new(type_k, shape, n_head_kv, head_dim)?;
+        let v = CacheStore::new(type_v, shape, n_head_kv, head_dim)?;
         let isa = Isa::active();
         let (k_dot, _) = dot_fn(type_k, isa).expect("every KV type has a dot product");
         let k_act = activation_type(type_k).expect("every KV type has an activation type");
         let (v_dequant, _) = dequant_fn(type_v, isa).expect("every KV type dequantizes");
         Ok(KvCache {
-            n_ctx,
             k,
             v,
             k_dot,

@@ -29,17 +29,20 @@ use profile::{Component, Profile, Timer};
 use weights::{Ffn, Weights};
 
 pub use config::Config;
-pub use kv_cache::{KV_TYPES, KvCache};
+use kv_cache::CacheShape;
+pub use kv_cache::{KV_TYPES, KvCache, layer_positions};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, Value};
 use crate::matmul::{Pool, matmul, matmul_many};
 use crate::quant::{DequantFn, Isa, dequant_fn};
 
-/// A saved KV state starts with this, then the cache's shape (3 x u32), K and V type ids
-/// (2 x u32) and the number of positions (u64), little-endian.
-const KV_MAGIC: &[u8; 8] = b"FLKVST01";
-const KV_HEADER_LEN: usize = 8 + 5 * 4 + 8;
+/// A saved KV state starts with this, then the cache's shape (layers, KV heads, head size,
+/// sliding window: 4 x u32), K and V type ids (2 x u32), the number of positions and the
+/// number the sliding layers keep (2 x u64), little-endian.
+const KV_MAGIC: &[u8; 8] = b"FLKVST02";
+const KV_SHAPE_LEN: usize = 8 + 6 * 4;
+const KV_HEADER_LEN: usize = KV_SHAPE_LEN + 2 * 8;
 
 #[derive(Clone)]
 pub struct ModelParams {
@@ -128,6 +131,11 @@ pub struct Model {
     n_ctx: usize,
     /// Positions filled in the KV cache, per sequence.
     n_past: Vec<usize>,
+    /// Per sequence, the first position every sliding layer still holds (their rings have
+    /// overwritten those before, or a loaded state lacked them); 0 without sliding layers.
+    held_from: Vec<usize>,
+    /// Positions of a sequence the sliding layers' rings hold (`n_ctx` without them).
+    ring: usize,
     scratch: Scratch,
     /// Every weight tensor's byte range in the file, for prefetching.
     weight_ranges: Vec<(usize, usize)>,
@@ -229,9 +237,17 @@ impl Model {
         if params.n_seq == 0 {
             return Err(Error::invalid("n_seq must be at least 1"));
         }
+        let positions =
+            layer_positions(n_ctx, config.swa_window, &config.swa_layers, params.n_batch);
+        let shape = CacheShape {
+            n_ctx,
+            n_seq: params.n_seq,
+            positions,
+            sliding: config.swa_layers.clone(),
+        };
+        let ring = shape.positions.iter().copied().min().unwrap_or(n_ctx);
         let cache = KvCache::new(
-            config.n_layer,
-            n_ctx * params.n_seq,
+            &shape,
             config.n_head_kv,
             config.head_dim,
             params.type_k,
@@ -275,6 +291,8 @@ impl Model {
             n_batch: params.n_batch,
             n_ctx,
             n_past: vec![0; params.n_seq],
+            held_from: vec![0; params.n_seq],
+            ring,
             scratch,
             weight_ranges,
             profile: Profile::default(),
@@ -351,13 +369,21 @@ impl Model {
         self.stats.take().map(ActivationStats::into_entries)
     }
 
-    /// Forgets sequence 0's cached positions from `n` on (to reuse a shared prompt prefix).
-    pub fn truncate(&mut self, n: usize) -> Result<()> {
+    /// Whether some layers attend through a sliding window.
+    fn sliding(&self) -> bool {
+        self.config.swa_window > 0 && self.config.swa_layers.contains(&true)
+    }
+
+    /// Forgets sequence 0's cached positions from `n` on (to reuse a shared prompt prefix);
+    /// returns the positions kept (see `truncate_seq`).
+    pub fn truncate(&mut self, n: usize) -> Result<usize> {
         self.truncate_seq(0, n)
     }
 
-    /// Forgets cached positions of `seq` from `n` on.
-    pub fn truncate_seq(&mut self, seq: usize, n: usize) -> Result<()> {
+    /// Forgets cached positions of `seq` from `n` on and returns how many are kept: `n`, or
+    /// 0 where the sliding layers no longer hold the window before `n` (their rings moved on,
+    /// or a loaded state lacked it): the sequence then starts over.
+    pub fn truncate_seq(&mut self, seq: usize, n: usize) -> Result<usize> {
         self.check_seq(seq)?;
         if n > self.n_past[seq] {
             return Err(Error::invalid(format!(
@@ -365,8 +391,13 @@ impl Model {
                 self.n_past[seq]
             )));
         }
+        let held = n.saturating_sub(self.config.swa_window) >= self.held_from[seq];
+        let n = if held { n } else { 0 };
+        if n == 0 {
+            self.held_from[seq] = 0;
+        }
         self.n_past[seq] = n;
-        Ok(())
+        Ok(n)
     }
 
     /// Sequence `seq`'s cached positions as bytes: a header that names the cache's shape and
@@ -375,10 +406,14 @@ impl Model {
     pub fn save_kv(&self, seq: usize) -> Result<Vec<u8>> {
         self.check_seq(seq)?;
         let n = self.n_past[seq];
-        let mut out = self.kv_header(n);
-        out.reserve(self.cache.k.saved_len(n) + self.cache.v.saved_len(n));
-        self.cache.k.save(seq * self.n_ctx, n, &mut out);
-        self.cache.v.save(seq * self.n_ctx, n, &mut out);
+        // Sliding layers: their window and what the ring holds before it, up to the margin
+        // every ring has (so that the restored prefix can still be cut back a little).
+        let held = n.saturating_sub(self.held_from[seq]);
+        let recent = held.min(self.config.swa_window + kv_cache::MIN_RING_MARGIN);
+        let mut out = self.kv_header(n, recent);
+        out.reserve(self.cache.k.saved_len(n, recent) + self.cache.v.saved_len(n, recent));
+        self.cache.k.save(seq * self.n_ctx, n, recent, &mut out);
+        self.cache.v.save(seq * self.n_ctx, n, recent, &mut out);
         Ok(out)
     }
 
@@ -390,9 +425,12 @@ impl Model {
         if data.len() < KV_HEADER_LEN || &data[..8] != KV_MAGIC {
             return Err(bad("it is not a ferrollm KV state".into()));
         }
-        let n =
-            u64::from_le_bytes(data[KV_HEADER_LEN - 8..KV_HEADER_LEN].try_into().unwrap()) as usize;
-        if data[..KV_HEADER_LEN] != self.kv_header(n)[..] {
+        let field = |i: usize| {
+            let at = KV_SHAPE_LEN + 8 * i;
+            u64::from_le_bytes(data[at..at + 8].try_into().unwrap()) as usize
+        };
+        let (n, recent) = (field(0), field(1));
+        if data[..KV_SHAPE_LEN] != self.kv_header(0, 0)[..KV_SHAPE_LEN] {
             return Err(bad(format!(
                 "it was saved from a cache of another shape or type (this model: {} layers, {} KV \
                  heads of {}, K {} and V {})",
@@ -409,7 +447,16 @@ impl Model {
                 self.n_ctx
             )));
         }
-        let (k_len, v_len) = (self.cache.k.saved_len(n), self.cache.v.saved_len(n));
+        let window = self.config.swa_window;
+        if self.sliding() && !(n.min(window)..=n.min(self.ring)).contains(&recent) {
+            return Err(bad(format!(
+                "its sliding-window layers hold {recent} of {n} positions (a window is {window})"
+            )));
+        }
+        let (k_len, v_len) = (
+            self.cache.k.saved_len(n, recent),
+            self.cache.v.saved_len(n, recent),
+        );
         let body = &data[KV_HEADER_LEN..];
         if body.len() != k_len + v_len {
             return Err(bad(format!(
@@ -419,21 +466,23 @@ impl Model {
             )));
         }
         let base = seq * self.n_ctx;
-        self.cache.k.load(base, n, &body[..k_len]);
-        self.cache.v.load(base, n, &body[k_len..]);
+        self.cache.k.load(base, n, recent, &body[..k_len]);
+        self.cache.v.load(base, n, recent, &body[k_len..]);
         self.n_past[seq] = n;
+        self.held_from[seq] = if self.sliding() { n - recent } else { 0 };
         Ok(())
     }
 
-    fn kv_header(&self, n: usize) -> Vec<u8> {
+    fn kv_header(&self, n: usize, recent: usize) -> Vec<u8> {
         let c = &self.config;
         let mut h = KV_MAGIC.to_vec();
-        for x in [c.n_layer, c.n_head_kv, c.head_dim] {
+        for x in [c.n_layer, c.n_head_kv, c.head_dim, c.swa_window] {
             h.extend_from_slice(&(x as u32).to_le_bytes());
         }
         h.extend_from_slice(&self.cache.k.ty.id().to_le_bytes());
         h.extend_from_slice(&self.cache.v.ty.id().to_le_bytes());
         h.extend_from_slice(&(n as u64).to_le_bytes());
+        h.extend_from_slice(&(recent as u64).to_le_bytes());
         h
     }
 
@@ -659,10 +708,23 @@ impl Model {
             scale: c.attn_scale,
             softcap: c.attn_softcap,
         };
+        // A sliding layer's ring must hold a run's rows and the window before them at once.
+        let margin = self.ring - c.swa_window.min(self.ring);
+        if self.ring < self.n_ctx
+            && let Some(run) = runs.iter().find(|r| r.len > margin)
+        {
+            return Err(Error::invalid(format!(
+                "{} tokens in one pass: the sliding-window layers' cache holds {margin} beyond                  their window (n_batch or less per pass)",
+                run.len
+            )));
+        }
         s.pos.clear();
         s.spans.clear();
         s.spans_swa.clear();
         for run in runs {
+            // The rows about to be written overwrite the ring's oldest (even if this pass fails).
+            let end = self.n_past[run.seq] + run.len;
+            self.held_from[run.seq] = self.held_from[run.seq].max(end.saturating_sub(self.ring));
             let (start, past) = (run.seq * self.n_ctx, self.n_past[run.seq]);
             for i in 0..run.len {
                 let pos = past + i;

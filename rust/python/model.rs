@@ -6,8 +6,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::quant::parse_type;
-use crate::gguf::Value;
-use crate::model::{Model, ModelParams};
+use crate::gguf::{GgufFile, Value};
+use crate::model::{Config, Model, ModelParams, layer_positions};
 
 /// A loaded model with its KV cache and thread pool.
 #[pyclass(name = "Model", module = "ferrollm._core")]
@@ -249,9 +249,11 @@ impl PyModel {
             .collect())
     }
 
-    /// Keeps the first `n` cached positions (of sequence `seq`) and forgets the rest.
+    /// Keeps the first `n` cached positions (of sequence `seq`) and forgets the rest; returns
+    /// the positions kept: `n`, or 0 where the sliding-window layers no longer hold the window
+    /// before `n` (the sequence starts over).
     #[pyo3(signature = (n, seq = 0))]
-    fn truncate(&mut self, n: usize, seq: usize) -> PyResult<()> {
+    fn truncate(&mut self, n: usize, seq: usize) -> PyResult<usize> {
         Ok(self.model_mut()?.truncate_seq(seq, n)?)
     }
 
@@ -352,6 +354,24 @@ impl PyModel {
     }
 }
 
+/// Positions of a sequence the KV cache holds per layer for a file and context (`plan`'s
+/// arithmetic before loading): the context, or a sliding layer's ring.
+#[pyfunction]
+#[pyo3(signature = (path, n_ctx, n_batch = 512))]
+fn kv_layer_positions(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    n_ctx: usize,
+    n_batch: usize,
+) -> PyResult<Vec<usize>> {
+    py.detach(|| {
+        let file = GgufFile::open(&path)?;
+        let c = Config::from_gguf(&file, &[])?;
+        Ok(layer_positions(n_ctx, c.swa_window, &c.swa_layers, n_batch))
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyModel>()
+    m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(kv_layer_positions, m)?)
 }

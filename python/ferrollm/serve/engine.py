@@ -222,7 +222,7 @@ class Engine:
             # The last prompt token is always evaluated: its logits give the first token.
             slot = max(free, key=lambda s: (_common_prefix(s.tokens, job.prompt[:-1]), -s.last_used))
             keep = _common_prefix(slot.tokens, job.prompt[:-1])
-            self.model.truncate(keep, slot.seq)
+            keep = self.model.truncate(keep, slot.seq)  # 0 where a sliding-window cache lost the prefix
             del slot.tokens[keep:]
             job.pending = job.prompt[keep:]
             job.sampler = Sampler(job.params, job.seed)
