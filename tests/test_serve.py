@@ -239,6 +239,28 @@ def test_response_format_json_schema_for_every_choice(server):
     assert isinstance(json.loads(r.json()["choices"][0]["message"]["content"]), dict)
 
 
+def test_forced_json_tokens_are_taken_in_one_step_as_the_llama_api_takes_them(server):
+    """Greedy under a schema: the server takes the grammar's forced tokens (keys, punctuation)
+    into one run of the slot's next step, as Llama.generate does: the same text."""
+    from ferrollm import Llama, demo_model_path
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+              "tags": {"type": "array", "items": {"enum": ["red", "green"]}, "maxItems": 3}},
+              "required": ["name", "tags"]}  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "thing", "schema": schema}}
+    messages = [{"role": "user", "content": "A thing"}]
+    llm = Llama(demo_model_path(), n_ctx=512, verbose=False)
+    want = llm.create_chat_completion(messages, max_tokens=80, temperature=0, response_format=fmt)
+    before = server.metric("ferrollm_generation_tokens_total")
+    r = server.client().chat.completions.create(model="demo", messages=messages, max_tokens=80, temperature=0,
+                                                response_format=fmt)  # fmt: skip
+    assert r.choices[0].message.content == want["choices"][0]["message"]["content"]
+    assert set(json.loads(r.choices[0].message.content)) == {"name", "tags"}
+    assert r.usage.completion_tokens == want["usage"]["completion_tokens"]
+    assert server.metric("ferrollm_generation_tokens_total") - before == r.usage.completion_tokens
+    server.wait_idle()
+
+
 def test_tokenize_detokenize_metrics(server):
     ids = server.post("/tokenize", {"content": "Hello world"}).json()["tokens"]
     assert ids and server.post("/detokenize", {"tokens": ids}).json()["content"].strip() == "Hello world"

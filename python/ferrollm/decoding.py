@@ -75,6 +75,7 @@ class TokenChooser:
         # Off where each token must come from this call: a stopping criterion sees every one,
         # and speculative decoding verifies its guesses row by row.
         self.fast_forward = False
+        self.max_forced: int | None = None  # the longest `forced_tail` (a caller's batch size)
         self.forced_tail: list[int] = []  # forced tokens after the one returned, already taken
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int | None:
@@ -106,7 +107,8 @@ class TokenChooser:
             token = self.sampler.sample(scores, history)
         batch = self.fast_forward and self.stopping_criteria is None
         if not constraint.take(token):
-            forced = constraint.forced(None if batch else 1)
+            limit = (None if self.max_forced is None else self.max_forced + 1) if batch else 1
+            forced = constraint.forced(limit)
             if forced:
                 self.forced_tail = forced[1:]
                 return forced[0]
@@ -117,5 +119,5 @@ class TokenChooser:
             )
             constraint.accept(token)
         if batch:  # the bytes after a token of the model's own choice may be forced too
-            self.forced_tail = constraint.forced()
+            self.forced_tail = constraint.forced(self.max_forced)
         return token

@@ -232,6 +232,10 @@ class Engine:
                 job.emit(Event("error", str(e)))
                 continue
             job.choose = TokenChooser(job.sampler, constraint=constraint)
+            # Tokens the grammar forces go in the slot's next run together (one step for the
+            # lot); not with log-probabilities, which would need each of their rows.
+            job.choose.fast_forward = job.top_logprobs is None
+            job.choose.max_forced = self.step_tokens - 1
             job.stream = TextStream(self.tokenizer.stream_decoder(), job.stops)
             slot.job = job
             self.metrics.prompt_tokens_cached.inc(keep)
@@ -242,7 +246,7 @@ class Engine:
         with self._cv:
             active = [s for s in self.slots if s.job is not None]
         decoding = [(s, list(s.job.pending)) for s in active if s.job.t_first is not None]
-        budget = self.step_tokens - len(decoding)
+        budget = self.step_tokens - sum(len(tokens) for _, tokens in decoding)
         runs = list(decoding)
         for slot in sorted((s for s in active if s.job.t_first is None), key=lambda s: s.job.t_queued):
             if budget <= 0:
@@ -279,7 +283,7 @@ class Engine:
                     job.t_first = time.monotonic()
                     self.metrics.time_to_first_token.observe(job.t_first - job.t_queued)
                 else:
-                    n_decoded += 1
+                    n_decoded += len(tokens)
                 self._sample(slot, job, row)
         if n_decoded:
             self.metrics.generation_tokens.inc(n_decoded)
@@ -292,22 +296,26 @@ class Engine:
         if token == self._eos:
             self._finish(slot, Event("done", job.stream.rest(flush=False), finish="stop"))
             return
-        job.n_out += 1
-        piece, stopped = job.stream.push(token)
         logprobs = None
         if job.top_logprobs is not None:
             logprobs = [token_logprob(self.tokenizer, logits, token, job.top_logprobs)]
-        if stopped:
-            self._finish(slot, Event("done", job.stream.rest(flush=False), finish="stop", logprobs=logprobs))
-            return
-        if job.n_out >= job.budget:
-            self._finish(
-                slot, Event("done", piece + job.stream.rest(flush=True), finish="length", logprobs=logprobs)
-            )
-            return
-        if piece or logprobs:
-            job.emit(Event("piece", piece, logprobs=logprobs))
-        job.pending = [token]
+        taken = [token, *job.choose.forced_tail]  # the grammar's forced tokens follow it
+        text = ""
+        for t in taken:
+            job.n_out += 1
+            piece, stopped = job.stream.push(t)
+            text += piece
+            if stopped:
+                self._finish(slot, Event("done", text + job.stream.rest(flush=False), finish="stop",
+                                         logprobs=logprobs))  # fmt: skip
+                return
+            if job.n_out >= job.budget:
+                self._finish(slot, Event("done", text + job.stream.rest(flush=True), finish="length",
+                                         logprobs=logprobs))  # fmt: skip
+                return
+        if text or logprobs:
+            job.emit(Event("piece", text, logprobs=logprobs))
+        job.pending = taken
 
     def info(self) -> dict[str, Any]:
         return {"slots": len(self.slots), "n_ctx_slot": self.n_ctx, "busy": self.busy}
