@@ -152,7 +152,7 @@ def load(llm: Llama, state: LlamaState) -> None:
     tokens = [int(t) for t in state.input_ids]
     with llm._exclusive():
         if state.n_tokens == 0:
-            engine.truncate(0)  # (load_kv of no positions panics in the engine of 2026-11-29)
+            engine.truncate(0)  # an empty state: nothing cached
         else:
             engine.load_kv(bytes(state.llama_state), 0)  # ValueError if the shape differs
         if engine.n_past != state.n_tokens:
