@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 
 import httpx
-import jsonschema
 import pytest
 from ferrollm import Llama, demo_model_path
 from test_serve import Server
-from test_tools import MESSAGES, NAMED, TOOLS, WEATHER
+from test_tools import MESSAGES, NAMED, TOOLS, _check_call
 
 ROUND_TRIP = [
     *MESSAGES,
@@ -33,18 +32,6 @@ def server():
 @pytest.fixture(scope="module")
 def llm():
     return Llama(demo_model_path(), n_ctx=512, verbose=False)
-
-
-def _check_call(call: dict, name: str | None = None) -> dict:
-    assert set(call) == {"id", "type", "function"} and call["type"] == "function"
-    assert call["id"].startswith("call_") and set(call["function"]) == {"name", "arguments"}
-    assert isinstance(call["function"]["arguments"], str)
-    arguments = json.loads(call["function"]["arguments"])
-    if name is not None:
-        assert call["function"]["name"] == name
-    if call["function"]["name"] == "get_weather":
-        jsonschema.validate(arguments, WEATHER)
-    return arguments
 
 
 def _check_choice(choice: dict) -> None:

@@ -42,6 +42,7 @@ def _check_call(call: dict, name: str | None = None) -> dict:
     assert set(call) == {"id", "type", "function"} and call["type"] == "function"
     assert call["id"].startswith("call_")
     assert set(call["function"]) == {"name", "arguments"}
+    assert isinstance(call["function"]["arguments"], str)
     arguments = json.loads(call["function"]["arguments"])
     if name is not None:
         assert call["function"]["name"] == name
