@@ -169,13 +169,17 @@ pub fn attend(
         for (t, span) in spans.iter().enumerate() {
             let (first, n_keys) = (span.start, span.len);
             let queries = &q[t * q_dim + kv_head * group * head_dim..][..group * head_dim];
+            let (keys, values) = (
+                cache.k.span(layer, first, kv_head),
+                cache.v.span(layer, first, kv_head),
+            );
             s.scores.resize(group * n_keys, 0.0);
             if simd_k {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
                 unsafe {
                     use super::attention_avx512::{F16Row, Q8Row, scores};
-                    let key = |p| cache.k.head(layer, first + p, kv_head);
+                    let key = |p| keys.at(p);
                     if cache.k.ty == GgmlType::F16 {
                         scores::<F16Row>(key, queries, head_dim, scale, n_keys, &mut s.scores)
                     } else {
@@ -187,7 +191,7 @@ pub fn attend(
                     .expect("finite (checked above), whole blocks");
                 let q_bytes = s.query.len() / group;
                 for p in 0..n_keys {
-                    let k = cache.k.head(layer, first + p, kv_head);
+                    let k = keys.at(p);
                     for j in 0..group {
                         s.scores[j * n_keys + p] =
                             (cache.k_dot)(k, &s.query[j * q_bytes..][..q_bytes]) * scale;
@@ -227,7 +231,7 @@ pub fn attend(
                 // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
                 unsafe {
                     use super::attention_avx512::{F16Row, Q8Row, weighted_values};
-                    let value = |p| cache.v.head(layer, first + p, kv_head);
+                    let value = |p| values.at(p);
                     let (w, out) = (&s.scores, &mut s.v_row);
                     if cache.v.ty == GgmlType::F16 {
                         weighted_values::<F16Row>(value, w, head_dim, n_keys, out)
@@ -246,7 +250,7 @@ pub fn attend(
                 s.out[(j * n + t) * head_dim..][..head_dim].fill(0.0);
             }
             for p in 0..n_keys {
-                (cache.v_dequant)(cache.v.head(layer, first + p, kv_head), &mut s.v_row);
+                (cache.v_dequant)(values.at(p), &mut s.v_row);
                 for j in 0..group {
                     let w = s.scores[j * n_keys + p];
                     let o = &mut s.out[(j * n + t) * head_dim..][..head_dim];

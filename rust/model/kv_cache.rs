@@ -163,11 +163,40 @@ impl CacheStore {
         }
     }
 
-    /// The bytes of head `h` at `pos`.
+    /// Head `h`'s positions of `layer` from `first` (`seq * n_ctx + p`) on, read by index:
+    /// where a ring wraps is worked out once here rather than with divisions per read.
+    pub fn span(&self, layer: usize, first: usize, h: usize) -> HeadSpan<'_> {
+        let held = self.positions[layer];
+        let (seq, p) = (first / self.n_ctx, first % self.n_ctx);
+        let base = (h * self.n_seq + seq) * held * self.head_bytes;
+        HeadSpan {
+            data: &self.layers[layer][base..base + held * self.head_bytes],
+            head_bytes: self.head_bytes,
+            start: p % held,
+            held,
+        }
+    }
+}
+
+/// One head's run of a sequence in one layer (see `CacheStore::span`).
+pub struct HeadSpan<'a> {
+    data: &'a [u8],
+    head_bytes: usize,
+    /// The slot of the span's first position.
+    start: usize,
+    held: usize,
+}
+
+impl<'a> HeadSpan<'a> {
+    /// The bytes of the span's `i`-th position (a span is never longer than what is held, so a
+    /// ring wraps at most once).
     #[inline]
-    pub fn head(&self, layer: usize, pos: usize, h: usize) -> &[u8] {
-        let start = self.offset(layer, pos, h);
-        &self.layers[layer][start..start + self.head_bytes]
+    pub fn at(&self, i: usize) -> &'a [u8] {
+        let mut slot = self.start + i;
+        if slot >= self.held {
+            slot -= self.held;
+        }
+        &self.data[slot * self.head_bytes..][..self.head_bytes]
     }
 }
 
