@@ -149,6 +149,7 @@ class JinjaTemplate:
     given)."""
 
     def __init__(self, source: str):
+        self.source = source  # what ferrollm.tool_syntax reads the template's call syntax from
         env = ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols]
         )

@@ -26,9 +26,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from typing_extensions import Self
 
-from ferrollm import _core, gguf, hub, llama_cache, llama_state, speculative
+from ferrollm import _core, gguf, hub, llama_cache, llama_state, speculative, tool_syntax
 from ferrollm import embedding as embeddings
-from ferrollm.chat import ChatPrompt, chat_formatter, render
+from ferrollm.chat import ChatPrompt, ChatTemplateError, chat_formatter, render
 from ferrollm.decoding import LogitsProcessorList, StoppingCriteriaList, TokenChooser
 from ferrollm.embedding import LLAMA_POOLING_TYPE_UNSPECIFIED
 from ferrollm.grammar import LlamaGrammar, response_format_grammar
@@ -624,17 +624,24 @@ class Llama:
         grammar: LlamaGrammar | None = None,
     ) -> PreparedChat:
         """The prompt and grammar of a chat request (create_chat_completion and the server's
-        /v1/chat/completions). With tools, the template gets them; when it ignores them, the
-        built-in instructions (ferrollm.tools) describe them instead. Raises ToolError,
+        /v1/chat/completions). With tools, the template gets them and the answer's calls take the
+        syntax it teaches (ferrollm.tool_syntax); when it ignores them, the built-in instructions
+        (ferrollm.tools) describe them instead. Raises ToolError,
         GrammarError (response_format) or ChatTemplateError."""
         calling = ToolCalling.from_request(tools, tool_choice, functions, function_call, parallel_tool_calls)
         if calling is None:
             grammar = response_format_grammar(response_format) or grammar
             return PreparedChat(self.chat_prompt(messages), grammar, None)
         chat = self.chat_prompt(messages, tools=calling.tools)
-        if chat.text == self.chat_prompt(messages).text:  # the template ignores tools: ours
+        try:
+            ignores_tools = chat.text == self.chat_prompt(messages).text
+        except ChatTemplateError:  # a tool-use template that needs tools (Hermes 2 Pro's) shows them
+            ignores_tools = False
+        if ignores_tools:  # ours
             chat = self.chat_prompt(calling.instructed(messages))
-        return PreparedChat(chat, calling.grammar(), calling)
+        else:  # calls in the syntax the template teaches
+            calling = calling.using(tool_syntax.detect(getattr(self._formatter, "source", None)))
+        return PreparedChat(chat, calling.grammar(self.tokenizer_), calling)
 
     def create_chat_completion(
         self,

@@ -9,35 +9,37 @@ written out as text (the built-in format)::
 
     <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>
 
-The answer: a call is always written in that form (the Hermes/Qwen convention, which templates
-that handle tools commonly teach), and its arguments are held to the function's JSON schema by
-the grammar engine:
+The answer: calls are written in the syntax the prompt taught (ferrollm.tool_syntax, a table):
+the template's own where it renders the tools and is one we recognise (Mistral's
+``[TOOL_CALLS][{...}]``, Llama 3's bare ``{"name": ..., "parameters": {...}}``), else the
+Hermes/Qwen form above. The syntax's grammar holds an answer to calls whose arguments follow the
+function's JSON schema, and its parser turns the text into ``tool_calls``:
 
 * ``tool_choice="auto"`` (the default with tools): the model chooses. Decoding is free until its
-  text starts (after blank space) with ``<tool_call>``; from there the grammar holds it to calls.
+  text starts (after blank space) with the syntax's opening (``<tool_call>``, ``[TOOL_CALLS]``,
+  ``<|python_tag|>``...; a control token counts by its text); from there the grammar holds it
+  to calls.
 * ``"required"``: one or more calls, from the first token.
 * ``{"type": "function", "function": {"name": NAME}}``: exactly one call of NAME.
 * ``"none"``: no tools; a plain answer.
 
-``parallel_tool_calls=False`` allows one call per answer.
+``parallel_tool_calls=False`` allows one call per answer (Llama 3's syntax always does).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import llguidance
 import numpy as np
 
-from ferrollm.grammar import JSON_OPTIONS, Constraint, GrammarError, LlamaGrammar, closed_objects
+from ferrollm.grammar import Constraint, GrammarError, LlamaGrammar, closed_objects
 from ferrollm.tokenizer import Tokenizer
+from ferrollm.tool_syntax import DEFAULT, HERMES, CallSyntax, arguments_of, valid_id
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
-_CALL_RE = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
+OPEN, CLOSE = "<tool_call>", "</tool_call>"  # the built-in (Hermes) format
 
 
 class ToolError(ValueError):
@@ -64,10 +66,18 @@ def _function(tool: Any, i: int) -> dict:
 class ToolCalling:
     """One request's tools and choice."""
 
-    def __init__(self, functions: list[dict], forced: str | None, parallel: bool):
+    def __init__(
+        self, functions: list[dict], forced: str | None, parallel: bool, syntax: CallSyntax = DEFAULT
+    ):
         self.functions = functions
         self.forced = forced  # None: auto; "*": required; else the function's name
-        self.parallel = parallel and forced in (None, "*")
+        self.asked_parallel = parallel
+        self.parallel = parallel and forced in (None, "*") and syntax.parallel
+        self.syntax = syntax
+
+    def using(self, syntax: CallSyntax) -> ToolCalling:
+        """The same request with calls written in ``syntax``."""
+        return ToolCalling(self.functions, self.forced, self.asked_parallel, syntax)
 
     @classmethod
     def from_request(
@@ -141,8 +151,7 @@ class ToolCalling:
         )
         return (
             f"You can call these functions:\n{listed}\n{must}To call a function, reply with "
-            f'{OPEN}{{"name": <function name>, "arguments": <arguments as a JSON object>}}{CLOSE} '
-            "(one block per call); otherwise reply with text."
+            f"{self.syntax.example()} (one block per call); otherwise reply with text."
         )
 
     def instructed(self, messages: Sequence[dict]) -> list[dict]:
@@ -152,7 +161,10 @@ class ToolCalling:
         for m in messages:
             role = m.get("role")
             if role == "assistant" and m.get("tool_calls"):
-                calls = "".join(_call_text(c) for c in m["tool_calls"])
+                calls = "".join(
+                    self.syntax.write(c.get("function", {}).get("name"), arguments_of(c), c.get("id", ""))
+                    for c in m["tool_calls"]
+                )
                 out.append({"role": "assistant", "content": (m.get("content") or "") + calls})
             elif role == "tool":
                 out.append(
@@ -169,63 +181,40 @@ class ToolCalling:
 
     # -- the grammar ---------------------------------------------------------------------------
 
-    def call_grammar(self) -> LlamaGrammar:
-        """Calls only: blank space, then ``<tool_call>{...}</tool_call>`` once or, when
-        parallel, repeatedly; ``{...}`` is {"name", "arguments"} of one of the functions."""
+    def call_grammar(self, tokenizer: Tokenizer | None = None) -> LlamaGrammar:
+        """Calls only, in the syntax's form: once or, when parallel, repeatedly; each is
+        {"name", arguments} of one of the functions. With ``tokenizer``, a marker that is one of
+        its control tokens is accepted as that token (and as text)."""
         chosen = [f for f in self.functions if self.forced in (None, "*", f["name"])]
-        one_call = {
-            "anyOf": [
-                {
-                    "type": "object",
-                    "properties": {
-                        "name": {"const": f["name"]},
-                        "arguments": closed_objects(f["parameters"]),
-                    },
-                    "required": ["name", "arguments"],
-                    "additionalProperties": False,
-                }
-                for f in chosen
-            ],
-            "x-guidance": JSON_OPTIONS,
-        }
-        more = " (WS? call)*" if self.parallel else ""
-        lark = (
-            f"start: WS? call{more}\n"
-            f"call: {json.dumps(OPEN)} args {json.dumps(CLOSE)}\n"
-            f"args: %json {json.dumps(one_call)}\n"
-            "WS: /[ \\t\\r\\n]+/\n"
-        )
+        calls = [self.syntax.call_schema(f["name"], closed_objects(f["parameters"])) for f in chosen]
+        lark = self.syntax.lark(self.syntax.marker_rule(tokenizer), {"anyOf": calls}, self.parallel)
         try:
             return LlamaGrammar(llguidance.LLMatcher.grammar_from_lark(lark), lark, "tool call grammar")
         except GrammarError as e:
             raise ToolError(f"the tools' parameter schemas do not compile: {e}") from None
 
-    def grammar(self) -> LlamaGrammar | LazyToolGrammar:
+    def grammar(self, tokenizer: Tokenizer | None = None) -> LlamaGrammar | LazyToolGrammar:
         """Forced choices: the call grammar from the first token; auto: switched on when the
         model starts a call. Each ``.constraint()`` of it (one per generation) keeps its own
         state, so one grammar serves several choices at once."""
-        calls = self.call_grammar()
-        return calls if self.forced is not None else LazyToolGrammar(calls)
+        calls = self.call_grammar(tokenizer)
+        return calls if self.forced is not None else LazyToolGrammar(calls, self.syntax)
 
     # -- the answer ----------------------------------------------------------------------------
 
     def parse(self, text: str) -> list[dict]:
-        """The complete calls in ``text``, as OpenAI's ``tool_calls``."""
+        """The complete calls in ``text`` (of functions among the tools), as OpenAI's
+        ``tool_calls``; a call keeps the model's own id where the syntax has one."""
         names = {f["name"] for f in self.functions}
-        calls = []
-        for match in _CALL_RE.finditer(text):
-            try:
-                call = json.loads(match.group(1))
-            except json.JSONDecodeError:
-                continue
-            if isinstance(call, dict) and call.get("name") in names:
-                arguments = call.get("arguments", {})
-                calls.append({
-                    "id": f"call_{uuid.uuid4().hex[:24]}",
-                    "type": "function",
-                    "function": {"name": call["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
-                })  # fmt: skip
-        return calls
+        return [
+            {
+                "id": call_id if valid_id(self.syntax, call_id) else self.syntax.new_id(),
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+            }
+            for name, arguments, call_id in self.syntax.parse(text)
+            if name in names
+        ]
 
     def message(self, text: str, finish: str | None) -> tuple[dict, str | None]:
         """(message, finish_reason) of a whole answer."""
@@ -274,7 +263,11 @@ class CallStream:
         text; ``finish`` set on the last one."""
         out: list[tuple[dict, str | None, list]] = []
         self.text += text
-        if not self.is_text and self.calling.forced is None and _opening(self.text) == "text":
+        if (
+            not self.is_text
+            and self.calling.forced is None
+            and self.calling.syntax.opening(self.text) == "text"
+        ):
             self.is_text = True
         if self.is_text:
             if self.held + text or entries:
@@ -294,43 +287,26 @@ class CallStream:
         return out
 
 
-def _opening(text: str) -> str:
-    """What the start of an answer under ``tool_choice="auto"`` is: "call" (it opens with
-    ``<tool_call>`` after blank space), "text", or "open" (it may still become either)."""
-    text = text.lstrip()
-    if text.startswith(OPEN):
-        return "call"
-    return "open" if OPEN.startswith(text) else "text"
-
-
-def _call_text(call: Mapping[str, Any]) -> str:
-    fn = call.get("function", {})
-    arguments = fn.get("arguments", "{}")
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            pass
-    return f"{OPEN}{json.dumps({'name': fn.get('name'), 'arguments': arguments})}{CLOSE}"
-
-
 class LazyToolGrammar:
     """For ``tool_choice="auto"``: no constraint while the text may still become a call; the
-    call grammar from the moment the text (after blank space) starts with ``<tool_call>``."""
+    call grammar from the moment the text (after blank space) starts with one of the syntax's
+    openings (``<tool_call>`` for Hermes)."""
 
-    def __init__(self, calls: LlamaGrammar):
+    def __init__(self, calls: LlamaGrammar, syntax: CallSyntax = HERMES):
         self.calls = calls
+        self.syntax = syntax
 
     def constraint(self, tokenizer: Tokenizer) -> LazyConstraint:
-        return LazyConstraint(self.calls, tokenizer)
+        return LazyConstraint(self.calls, tokenizer, self.syntax)
 
 
 class LazyConstraint:
     """One generation's state under a LazyToolGrammar."""
 
-    def __init__(self, calls: LlamaGrammar, tokenizer: Tokenizer):
+    def __init__(self, calls: LlamaGrammar, tokenizer: Tokenizer, syntax: CallSyntax = HERMES):
         self._calls = calls
         self._tokenizer = tokenizer
+        self._syntax = syntax
         self._tokens: list[int] = []
         self._inner: Constraint | None = None
         self.state = "open"  # "open" (undecided), "text" or "call"
@@ -357,7 +333,8 @@ class LazyConstraint:
         if self.state == "text":
             return
         self._tokens.append(token)
-        self.state = _opening(self._tokenizer.decode(self._tokens))
+        # special=True: a marker that is a control token ([TOOL_CALLS]) shows as its text
+        self.state = self._syntax.opening(self._tokenizer.decode(self._tokens, special=True))
         if self.state == "call":
             inner = self._calls.constraint(self._tokenizer)
             if inner.accept_all(self._tokens):

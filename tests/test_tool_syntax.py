@@ -1,0 +1,281 @@
+"""Tool calls in the syntax a chat template teaches (ferrollm.tool_syntax), with the real
+templates that ship with llama.cpp (skipped when the llama-cpp-python sdist is absent):
+Mistral Nemo's ``[TOOL_CALLS][...]``, Llama 3.x's bare ``{"name", "parameters"}`` and
+Hermes/Qwen's ``<tool_call>``. For each: the syntax detected from the template, a hand-written
+native answer parsed into OpenAI's tool_calls, the grammar accepting it and refusing arguments
+that break the schema, and a forced generation on the embedded model (its GGUF copied with the
+template, and for Mistral with ``[TOOL_CALLS]`` as control token 5, as in v0.3 vocabularies)
+whose answer is in that syntax, parses, validates, and streams the same."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+from ferrollm import Llama, LogitsProcessorList, demo_model_path, gguf
+from ferrollm.tokenizer import CONTROL, Tokenizer
+from ferrollm.tool_syntax import DEFAULT, HERMES, LLAMA3, MISTRAL, detect
+from ferrollm.tools import ToolCalling
+from test_chat_templates import needs_sdist, source
+from test_tools import MESSAGES, NAMED, TOOLS, WEATHER
+
+PARIS = {"city": "Paris", "unit": "celsius"}
+KELVIN = {"city": "Paris", "unit": "kelvin"}  # not in the schema's enum
+MISTRAL_TOKEN = 5  # [TOOL_CALLS] in Mistral v0.3's vocabulary
+# Hermes 2 Pro's template reads every function's description and every parameter's type
+TYPED = {
+    **WEATHER,
+    "properties": {**WEATHER["properties"], "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+}
+DESCRIBED = [
+    {"type": "function", "function": {**TOOLS[0]["function"], "parameters": TYPED}},
+    {"type": "function", "function": {**TOOLS[1]["function"], "description": "The time"}},
+]
+
+
+def _native(syntax_name: str, arguments: dict, marker: bool = True) -> str:
+    """A call of get_weather as a model of that family writes it."""
+    if syntax_name == "mistral":
+        body = json.dumps([{"name": "get_weather", "arguments": arguments, "id": "a1B2c3D4e"}])
+        return ("[TOOL_CALLS]" if marker else "") + body
+    if syntax_name == "llama3":
+        return ("<|python_tag|>" if marker else "") + json.dumps(
+            {"name": "get_weather", "parameters": arguments}
+        )
+    return f"<tool_call>\n{json.dumps({'name': 'get_weather', 'arguments': arguments})}\n</tool_call>"
+
+
+# template: the syntax it teaches (the last four are not ours to recognise: Hermes, the default)
+TEMPLATES = {
+    "mistralai-Mistral-Nemo-Instruct-2407.jinja": "mistral",
+    "meta-llama-Llama-3.1-8B-Instruct.jinja": "llama3",
+    "meta-llama-Llama-3.2-3B-Instruct.jinja": "llama3",
+    "meta-llama-Llama-3.3-70B-Instruct.jinja": "llama3",
+    "Qwen-Qwen2.5-7B-Instruct.jinja": "hermes",
+    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": "hermes",
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": "hermes",
+    "Mistral-Small-3.2-24B-Instruct-2506.jinja": "hermes",  # [TOOL_CALLS]name[ARGS]{...}
+    "unsloth-mistral-Devstral-Small-2507.jinja": "hermes",
+    "meetkai-functionary-medium-v3.1.jinja": "hermes",  # Llama 3's header, <function=...> calls
+    "google-gemma-2-2b-it.jinja": "hermes",  # no tools at all
+}
+GENERATED = [name for name, syntax in TEMPLATES.items() if syntax != "hermes"][:2] + [
+    "meta-llama-Llama-3.3-70B-Instruct.jinja",
+    "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja",
+]
+
+
+@needs_sdist
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_the_syntax_is_recognised_from_the_template(name):
+    assert detect(source(name)).name == TEMPLATES[name]
+
+
+def test_no_template_means_hermes():
+    assert detect(None) is DEFAULT is HERMES and detect("{{ messages }}") is HERMES
+
+
+def _weather_calls(calls: list[dict]) -> list[dict]:
+    out = []
+    for call in calls:
+        assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+        assert isinstance(call["function"]["arguments"], str)
+        out.append(json.loads(call["function"]["arguments"]))
+    return out
+
+
+@needs_sdist
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_a_native_answer_parses_into_tool_calls(name):
+    calling = ToolCalling.from_request(TOOLS, "auto").using(detect(source(name)))
+    for marker in (True, False):  # a control-token marker is not in the decoded text
+        answer = "  " + _native(TEMPLATES[name], PARIS, marker)
+        if not marker and calling.syntax is HERMES:
+            continue
+        calls = calling.parse(answer)
+        assert _weather_calls(calls) == [PARIS]
+        message, finish = calling.message(answer, "stop")
+        assert finish == "tool_calls" and message["content"] is None and message["tool_calls"][0]["function"]
+    assert calling.parse("The weather in Paris is fine.") == []
+
+
+def test_call_ids_fit_the_syntax():
+    mistral = ToolCalling.from_request(TOOLS, "auto").using(MISTRAL)
+    kept, *_ = mistral.parse(_native("mistral", PARIS))
+    assert kept["id"] == "a1B2c3D4e"  # the model's own: the template checks it on the next turn
+    made, *_ = mistral.parse('[TOOL_CALLS][{"name": "get_time", "arguments": {}}]')
+    assert len(made["id"]) == 9 and made["id"].isalnum()
+    for syntax in (HERMES, LLAMA3):
+        call, *_ = ToolCalling.from_request(TOOLS, "auto").using(syntax).parse(_native(syntax.name, PARIS))
+        assert call["id"].startswith("call_")
+
+
+def test_parallel_calls_in_one_mistral_array():
+    calling = ToolCalling.from_request(TOOLS, "required").using(MISTRAL)
+    answer = '[TOOL_CALLS][{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": ' \
+        + json.dumps(PARIS) + "}]"  # fmt: skip
+    assert [c["function"]["name"] for c in calling.parse(answer)] == ["get_time", "get_weather"]
+    assert calling.parallel and not ToolCalling.from_request(TOOLS, "required").using(LLAMA3).parallel
+
+
+# -- grammars ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_metadata() -> dict:
+    return dict(gguf.open(demo_model_path()).metadata)
+
+
+def _mistral_vocabulary(metadata: dict) -> dict:
+    """The demo model's metadata with token 5 the control token ``[TOOL_CALLS]`` (Mistral v0.3)."""
+    tokens, types = list(metadata["tokenizer.ggml.tokens"]), list(metadata["tokenizer.ggml.token_type"])
+    tokens[MISTRAL_TOKEN], types[MISTRAL_TOKEN] = "[TOOL_CALLS]", CONTROL
+    return {**metadata, "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types}
+
+
+def _accepts(grammar, tokenizer: Tokenizer, tokens: list[int]) -> bool:
+    constraint = grammar.constraint(tokenizer)
+    return constraint.accept_all(tokens) and constraint.is_accepting()
+
+
+@pytest.mark.parametrize("syntax", [MISTRAL, LLAMA3, HERMES], ids=lambda s: s.name)
+@pytest.mark.parametrize("vocabulary", ["demo", "mistral"])
+def test_the_grammar_holds_native_calls_to_the_schema(demo_metadata, syntax, vocabulary):
+    metadata = demo_metadata if vocabulary == "demo" else _mistral_vocabulary(demo_metadata)
+    tokenizer = Tokenizer(metadata)
+    encode = lambda s: tokenizer._encode_text(s, space_prefix=False)
+    grammar = ToolCalling.from_request(TOOLS, NAMED).using(syntax).grammar(tokenizer)
+    assert _accepts(grammar, tokenizer, encode(_native(syntax.name, PARIS)))
+    assert not _accepts(grammar, tokenizer, encode(_native(syntax.name, KELVIN)))
+    assert not _accepts(grammar, tokenizer, encode("The weather in Paris is fine."))
+    if syntax is MISTRAL and vocabulary == "mistral":  # the control token, as the model writes it
+        assert f"<[{MISTRAL_TOKEN}]>" in grammar.spec
+        body = encode(_native("mistral", PARIS, marker=False))
+        assert _accepts(grammar, tokenizer, [MISTRAL_TOKEN, *body])
+        assert not _accepts(grammar, tokenizer, [MISTRAL_TOKEN, *encode(_native("mistral", KELVIN, False))])
+        lazy = ToolCalling.from_request(TOOLS, "auto").using(MISTRAL).grammar(tokenizer).constraint(tokenizer)
+        assert lazy.take(MISTRAL_TOKEN) and lazy.state == "call"  # switched on by the token alone
+        assert not lazy.allows(encode("Sunny")[0])
+
+
+# -- generation on the embedded model, with the template in a copy of its GGUF -----------------------
+
+
+def _copy_with_template(path: str, template: str, mistral_vocabulary: bool) -> str:
+    src = gguf.open(demo_model_path())
+    keys = {"tokenizer.chat_template": ("str", template)}
+    if mistral_vocabulary:
+        tokens = _mistral_vocabulary(src.metadata)
+        for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
+            keys[key] = (src.metadata_types[key], tokens[key])
+    writer = gguf.GGUFWriter(path)
+    for key, value in src.metadata.items():
+        if key not in keys and key != "general.alignment":
+            writer.add(key, value, src.metadata_types[key])
+    for key, (type_name, value) in keys.items():
+        writer.add(key, value, type_name)
+    for t in src.tensors:
+        writer.add_tensor(t.name, src.tensor_bytes(t.name).tobytes(), t.type, t.shape)
+    writer.write()
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    made: dict[str, Llama] = {}
+
+    def get(name: str) -> Llama:
+        if name not in made:
+            path = str(tmp_path_factory.mktemp("templates") / "model.gguf")
+            _copy_with_template(path, source(name), TEMPLATES[name] == "mistral")
+            made[name] = Llama(path, n_ctx=512, seed=3, verbose=False)
+        return made[name]
+
+    return get
+
+
+def _check(calls: list[dict]) -> list[dict]:
+    arguments = _weather_calls(calls)
+    for a in arguments:
+        jsonschema.validate(a, WEATHER)
+    return arguments
+
+
+@needs_sdist
+@pytest.mark.parametrize("name", GENERATED)
+def test_a_forced_call_is_written_in_the_template_syntax(models, name):
+    llm = models(name)
+    chat, grammar, calling = llm.prepare_chat(MESSAGES, tools=DESCRIBED, tool_choice=NAMED)
+    assert calling.syntax.name == TEMPLATES[name] and "You can call" not in chat.text
+    prompt = llm._prompt_tokens(chat.text, special=True)
+    raw = llm.create_completion(prompt, grammar=grammar, max_tokens=150, temperature=0)["choices"][0]["text"]
+    answer = llm.tokenizer_.decode(llm.input_ids[len(prompt) :], special=True)
+    if calling.syntax is MISTRAL:  # the marker as control token 5 (not in the text) or spelled out
+        assert answer.lstrip().startswith('[TOOL_CALLS][{"name": "get_weather"')
+        assert ("[TOOL_CALLS]" in raw) != (MISTRAL_TOKEN in llm.input_ids[len(prompt) :])
+    elif calling.syntax is LLAMA3:
+        assert raw.lstrip().startswith(('{"name": "get_weather", "parameters": ', "<|python_tag|>"))
+    else:
+        assert raw.lstrip().startswith("<tool_call>") and raw.rstrip().endswith("</tool_call>")
+    assert answer.lstrip().startswith(calling.syntax.openings)
+    want = _check(calling.parse(raw))
+    assert len(want) == 1
+
+    whole = llm.create_chat_completion(
+        MESSAGES, tools=DESCRIBED, tool_choice=NAMED, max_tokens=150, temperature=0
+    )
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+    assert _check(whole["choices"][0]["message"]["tool_calls"]) == want
+    chunks = list(llm.create_chat_completion(MESSAGES, tools=DESCRIBED, tool_choice=NAMED, max_tokens=150,
+                                             temperature=0, stream=True))  # fmt: skip
+    deltas = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
+    assert [d["index"] for d in deltas] == [0] and chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert _check([{k: v for k, v in d.items() if k != "index"} for d in deltas]) == want
+
+
+def _first_token(token: int) -> LogitsProcessorList:
+    """A processor that makes the answer start with ``token``."""
+    start: list[int] = []
+
+    def force(input_ids, scores):
+        if not start:
+            start.append(len(input_ids))
+        if len(input_ids) == start[0]:
+            out = np.full_like(scores, -np.inf)
+            out[token] = 0.0
+            return out
+        return scores
+
+    return LogitsProcessorList([force])
+
+
+@needs_sdist
+def test_auto_switches_on_at_mistral_control_token_and_the_id_round_trips(models):
+    """Under auto, a Mistral model that emits the control token [TOOL_CALLS] is held to calls
+    from there, the answer (whose text lacks the marker) is a call, streamed and not, and its
+    id is one the template takes back on the next turn."""
+    llm = models("mistralai-Mistral-Nemo-Instruct-2407.jinja")
+    results = []
+    for stream in (False, True):
+        out = llm.create_chat_completion(MESSAGES, tools=DESCRIBED, max_tokens=150, temperature=0, stream=stream,
+                                         logits_processor=_first_token(MISTRAL_TOKEN))  # fmt: skip
+        if stream:
+            chunks = list(out)
+            calls = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
+            assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
+            calls = [{k: v for k, v in d.items() if k != "index"} for d in calls]
+            finish = chunks[-1]["choices"][0]["finish_reason"]
+        else:
+            calls, finish = out["choices"][0]["message"]["tool_calls"], out["choices"][0]["finish_reason"]
+        assert calls and finish == "tool_calls"
+        results.append([(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls])
+        for call in calls:
+            assert len(call["id"]) == 9 and call["id"].isalnum()
+    assert results[0] == results[1]
+    turn = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "21 C"}]  # fmt: skip
+    chat, _, _ = llm.prepare_chat(turn, tools=DESCRIBED)
+    assert f'"id": "{calls[0]["id"]}"' in chat.text and "[TOOL_RESULTS]" in chat.text
