@@ -279,3 +279,45 @@ def test_auto_switches_on_at_mistral_control_token_and_the_id_round_trips(models
             {"role": "tool", "tool_call_id": calls[0]["id"], "content": "21 C"}]  # fmt: skip
     chat, _, _ = llm.prepare_chat(turn, tools=DESCRIBED)
     assert f'"id": "{calls[0]["id"]}"' in chat.text and "[TOOL_RESULTS]" in chat.text
+
+
+@needs_sdist
+def test_the_server_answers_in_the_template_syntax(models, tmp_path):
+    """`ferrollm serve` on a Mistral Nemo model: a named call and, under auto, the call the
+    model opens with the control token (a logit bias makes it), calls of the functions Llama's
+    answer calls, with ids the template takes back on the next turn."""
+    from test_serve import Server
+
+    name = "mistralai-Mistral-Nemo-Instruct-2407.jinja"
+    path = _copy_with_template(str(tmp_path / "nemo.gguf"), source(name), mistral_vocabulary=True)
+    llm = models(name)
+    server = Server("-m", path)
+    try:
+        for extra in ({"tool_choice": NAMED}, {"logit_bias": {str(MISTRAL_TOKEN): 100}}):
+            body = {"model": "nemo", "messages": MESSAGES, "tools": DESCRIBED, "max_tokens": 150,
+                    "temperature": 0, **extra}  # fmt: skip
+            r = server.post("/v1/chat/completions", body)
+            assert r.status_code == 200, r.text
+            got = r.json()["choices"][0]
+            want = llm.create_chat_completion(
+                MESSAGES, tools=DESCRIBED, max_tokens=150, temperature=0,
+                **{**extra, "logit_bias": {MISTRAL_TOKEN: 100.0}} if "logit_bias" in extra else extra,
+            )["choices"][0]  # fmt: skip
+            assert got["finish_reason"] == want["finish_reason"] == "tool_calls"
+            calls = got["message"]["tool_calls"]
+            assert [c["function"]["name"] for c in calls] == [
+                c["function"]["name"] for c in want["message"]["tool_calls"]
+            ]  # the arguments may differ: the server's sampling defaults are llama.cpp's
+            for call in calls:
+                if call["function"]["name"] == "get_weather":
+                    jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
+            assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)
+            turn = [
+                *MESSAGES,
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": calls[0]["id"], "content": "21 C"},
+            ]
+            r = server.post("/v1/chat/completions", {**body, "messages": turn, "max_tokens": 4})
+            assert r.status_code == 200, r.text
+    finally:
+        server.stop()

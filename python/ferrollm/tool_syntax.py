@@ -51,7 +51,7 @@ class CallSyntax:
     # body), the JSON schema of one call object and whether several calls are allowed
     lark: Callable[[str, dict, bool], str]
     arguments_key: str  # "arguments" or "parameters": the key of one call object
-    optional: dict  # properties a call object may have besides name and arguments
+    id_pattern: str | None  # the call ids a model writes in the syntax (and its template takes)
     parallel: bool  # whether one answer may hold several calls
     # (d) the calls in an answer's text
     parse: Callable[[str], list[Call]]
@@ -62,6 +62,14 @@ class CallSyntax:
     @property
     def marker(self) -> str:
         return self.openings[0]
+
+    def keeps_id(self, call_id: Any) -> bool:
+        """Whether a model's own call id is kept (Mistral's templates refuse any other shape)."""
+        return (
+            bool(self.id_pattern)
+            and isinstance(call_id, str)
+            and re.fullmatch(self.id_pattern, call_id) is not None
+        )
 
     def matches(self, source: str) -> bool:
         return all(s in source for s in self.signs) and not any(s in source for s in self.not_signs)
@@ -86,9 +94,10 @@ class CallSyntax:
 
     def call_schema(self, name: str, parameters: dict) -> dict:
         """One call of function ``name`` whose arguments follow ``parameters``."""
+        ids = {"id": {"type": "string", "pattern": self.id_pattern}} if self.id_pattern else {}
         return {
             "type": "object",
-            "properties": {"name": {"const": name}, self.arguments_key: parameters, **self.optional},
+            "properties": {"name": {"const": name}, self.arguments_key: parameters, **ids},
             "required": ["name", self.arguments_key],
             "additionalProperties": False,
         }
@@ -170,7 +179,7 @@ HERMES = CallSyntax(
     openings=(_HERMES_OPEN,),
     lark=_hermes_lark,
     arguments_key="arguments",
-    optional={},
+    id_pattern=None,
     parallel=True,
     parse=_hermes_parse,
     write=lambda name, arguments, _id: (
@@ -205,7 +214,7 @@ MISTRAL = CallSyntax(
     openings=(_MISTRAL_MARKER, '[{"name"'),
     lark=_mistral_lark,
     arguments_key="arguments",
-    optional={"id": {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"}},  # Nemo writes it
+    id_pattern="^[a-zA-Z0-9]{9}$",  # Nemo writes one
     parallel=True,
     parse=_mistral_parse,
     write=lambda name, arguments, id_: (
@@ -230,7 +239,7 @@ LLAMA3 = CallSyntax(
     openings=(_PYTHON_TAG, '{"name"'),
     lark=_llama3_lark,
     arguments_key="parameters",
-    optional={},
+    id_pattern=None,
     parallel=False,
     parse=lambda text: _object_calls(_json_values(_strip_marker(text, _PYTHON_TAG)), "parameters"),
     write=lambda name, arguments, _id: json.dumps({"name": name, "parameters": arguments}),
@@ -248,13 +257,6 @@ def detect(template_source: str | None) -> CallSyntax:
             if syntax.matches(template_source):
                 return syntax
     return DEFAULT
-
-
-def valid_id(syntax: CallSyntax, call_id: Any) -> bool:
-    """Whether a model's own call id can be kept (Mistral's templates want 9 letters or digits)."""
-    if syntax is MISTRAL:
-        return isinstance(call_id, str) and len(call_id) == 9 and call_id.isalnum() and call_id.isascii()
-    return False
 
 
 def arguments_of(call: Mapping[str, Any]) -> Any:

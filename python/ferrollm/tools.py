@@ -37,7 +37,7 @@ import numpy as np
 
 from ferrollm.grammar import Constraint, GrammarError, LlamaGrammar, closed_objects
 from ferrollm.tokenizer import Tokenizer
-from ferrollm.tool_syntax import DEFAULT, HERMES, CallSyntax, arguments_of, valid_id
+from ferrollm.tool_syntax import DEFAULT, HERMES, CallSyntax, arguments_of
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"  # the built-in (Hermes) format
 
@@ -208,7 +208,7 @@ class ToolCalling:
         names = {f["name"] for f in self.functions}
         return [
             {
-                "id": call_id if valid_id(self.syntax, call_id) else self.syntax.new_id(),
+                "id": call_id if self.syntax.keeps_id(call_id) else self.syntax.new_id(),
                 "type": "function",
                 "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
             }
