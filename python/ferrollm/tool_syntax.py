@@ -86,10 +86,9 @@ class CallSyntax:
         """The marker in Lark: its control token where the vocabulary has one, else its text."""
         text = json.dumps(self.marker)
         if tokenizer is not None:
-            token = next((i for i, (t, ty) in enumerate(zip(tokenizer.tokens, tokenizer.token_types))
-                          if ty == CONTROL and t == self.marker), None)  # fmt: skip
-            if token is not None:
-                return f"<[{token}]> | {text}"
+            ids = tokenizer.encode(self.marker, add_bos=False, special=True)
+            if len(ids) == 1 and tokenizer.token_types[ids[0]] == CONTROL:
+                return f"<[{ids[0]}]> | {text}"
         return text
 
     def call_schema(self, name: str, parameters: dict) -> dict:
