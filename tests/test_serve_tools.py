@@ -239,3 +239,23 @@ def test_legacy_functions(server):
     message = got["choices"][0]["message"]
     assert message["function_call"]["name"] == "get_weather"
     _check_call(message["tool_calls"][0], "get_weather")
+
+
+def test_an_answer_sent_back_as_it_came_continues_the_conversation(server):
+    """Our one-call answer carries the legacy function_call beside tool_calls (as
+    llama-cpp-python's does); sent back unchanged, with its result as a legacy "function"
+    message, the conversation goes on."""
+    got = _chat(server, messages=MESSAGES, tools=TOOLS, tool_choice=NAMED, max_tokens=120, temperature=0)
+    answer = got["choices"][0]["message"]
+    assert answer["function_call"] and answer["tool_calls"]
+    result = {"role": "tool", "tool_call_id": answer["tool_calls"][0]["id"], "content": '{"temp": 21}'}
+    legacy = {"role": "function", "name": "get_weather", "content": '{"temp": 21}'}
+    for follow in (result, legacy):
+        r = server.post("/v1/chat/completions", {"messages": [*MESSAGES, answer, follow], "tools": TOOLS,
+                                                 "max_tokens": 4})  # fmt: skip
+        assert r.status_code == 200, r.text
+    only_legacy = {"role": "assistant", "content": None, "function_call": answer["function_call"]}
+    r = server.post("/v1/chat/completions", {"messages": [*MESSAGES, only_legacy, legacy], "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    bad = {"role": "user", "content": "x", "function_call": answer["function_call"]}
+    assert server.post("/v1/chat/completions", {"messages": [bad], "max_tokens": 4}).status_code == 400

@@ -4,6 +4,7 @@ field named), never silently ignored."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -113,16 +114,21 @@ class ToolCall(Strict):
 
 
 class Message(Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # "function": the legacy spelling of a tool result (with the function's name)
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
+    # The legacy spelling of one call; answers with one call carry it beside tool_calls, so a
+    # client that sends an answer back sends both.
+    function_call: FunctionCall | None = None
     tool_call_id: StrictStr | None = None  # the call a tool message answers
 
     @model_validator(mode="after")
     def _tool_fields(self) -> Message:
-        if self.tool_calls is not None and self.role != "assistant":
-            raise ValueError(f"tool_calls belong to assistant messages, not {self.role!r} ones")
+        for field in ("tool_calls", "function_call"):
+            if getattr(self, field) is not None and self.role != "assistant":
+                raise ValueError(f"{field} belongs to assistant messages, not {self.role!r} ones")
         if self.tool_call_id is not None and self.role != "tool":
             raise ValueError(f"tool_call_id belongs to tool messages, not {self.role!r} ones")
         return self
@@ -131,11 +137,14 @@ class Message(Strict):
         content = self.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
-        role = "system" if self.role == "developer" else self.role
+        role = {"developer": "system", "function": "tool"}.get(self.role, self.role)
         # "" rather than None: a Jinja template would print None as "None".
         out: dict[str, Any] = {"role": role, "content": content or ""}
-        if self.tool_calls:
-            out["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        calls = self.tool_calls
+        if not calls and self.function_call is not None:
+            calls = [ToolCall(id=f"call_{uuid.uuid4().hex[:24]}", function=self.function_call)]
+        if calls:
+            out["tool_calls"] = [call.model_dump() for call in calls]
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
         if self.name is not None and role == "tool":
