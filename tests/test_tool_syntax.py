@@ -307,7 +307,7 @@ def test_the_server_answers_in_the_template_syntax(models, tmp_path):
             calls = got["message"]["tool_calls"]
             assert [c["function"]["name"] for c in calls] == [
                 c["function"]["name"] for c in want["message"]["tool_calls"]
-            ]  # the arguments may differ: the server's sampling defaults are llama.cpp's
+            ]  # arguments may differ at near-ties: the server runs the head on a run's last row, Llama on all
             for call in calls:
                 if call["function"]["name"] == "get_weather":
                     jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER)
