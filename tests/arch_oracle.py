@@ -247,17 +247,7 @@ def add_keys(path: str, keys: dict) -> None:
     """Rewrite a GGUF file with metadata ``keys`` ({key: (type, value)}) added or replaced."""
     import ferrollm
 
-    src = ferrollm.gguf.open(path)
-    writer = ferrollm.gguf.GGUFWriter(path + ".tmp")
-    for key, value in src.metadata.items():
-        if key not in keys and key != "general.alignment":
-            writer.add(key, value, src.metadata_types[key])
-    for key, (type_name, value) in keys.items():
-        writer.add(key, value, type_name)
-    for t in src.tensors:
-        writer.add_tensor(t.name, src.tensor_bytes(t.name).tobytes(), t.type, t.shape)
-    writer.write()
-    del src
+    ferrollm.gguf.copy_with_metadata(path, path + ".tmp", keys)
     os.replace(path + ".tmp", path)
 
 

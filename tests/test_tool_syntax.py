@@ -165,21 +165,13 @@ def test_the_grammar_holds_native_calls_to_the_schema(demo_metadata, syntax, voc
 
 
 def _copy_with_template(path: str, template: str, mistral_vocabulary: bool) -> str:
-    src = gguf.open(demo_model_path())
     keys = {"tokenizer.chat_template": ("str", template)}
     if mistral_vocabulary:
+        src = gguf.open(demo_model_path())
         tokens = _mistral_vocabulary(src.metadata)
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
             keys[key] = (src.metadata_types[key], tokens[key])
-    writer = gguf.GGUFWriter(path)
-    for key, value in src.metadata.items():
-        if key not in keys and key != "general.alignment":
-            writer.add(key, value, src.metadata_types[key])
-    for key, (type_name, value) in keys.items():
-        writer.add(key, value, type_name)
-    for t in src.tensors:
-        writer.add_tensor(t.name, src.tensor_bytes(t.name).tobytes(), t.type, t.shape)
-    writer.write()
+    gguf.copy_with_metadata(demo_model_path(), path, keys)
     return path
 
 

@@ -207,3 +207,20 @@ def write_gguf(
     for name, data, *rest in tensors:
         writer.add_tensor(name, data, *rest)
     writer.write()
+
+
+def copy_with_metadata(
+    src: str | os.PathLike, dst: str | os.PathLike, keys: Mapping[str, tuple[str, Any]]
+) -> None:
+    """Writes ``dst``: ``src``'s tensors and metadata, with ``keys`` ({key: (type, value)})
+    added or replaced (a chat template, a vocabulary, a key a converter left out)."""
+    source = open(src)
+    writer = GGUFWriter(dst)
+    for key, value in source.metadata.items():
+        if key not in keys and key != "general.alignment":
+            writer.add(key, value, source.metadata_types[key])
+    for key, (type_name, value) in keys.items():
+        writer.add(key, value, type_name)
+    for t in source.tensors:
+        writer.add_tensor(t.name, source.tensor_bytes(t.name).tobytes(), t.type, t.shape)
+    writer.write()
