@@ -120,9 +120,9 @@ def _batches(monkeypatch):
     sizes = []
     evaluate = speculative.evaluate
 
-    def counting(llm, tokens):
+    def counting(llm, tokens, **kw):
         sizes.append(len(tokens))
-        return evaluate(llm, tokens)
+        return evaluate(llm, tokens, **kw)
 
     monkeypatch.setattr(speculative, "evaluate", counting)
     return sizes

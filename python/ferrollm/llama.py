@@ -365,10 +365,14 @@ class Llama:
         logits_processor: LogitsProcessorList | None = None,
         stopping_criteria: StoppingCriteriaList | None = None,
         grammar: LlamaGrammar | None = None,
+        *,
+        logits_per_token: bool = True,
         **_: Any,
     ) -> Iterator[int]:
         """Yields sampled tokens until the context is full or a stopping criterion says so; the
-        caller stops it otherwise."""
+        caller stops it otherwise. With ``logits_per_token=False`` (nobody reads the logits of
+        each token: no log-probabilities), a run of tokens the grammar forces keeps the logits
+        of its last one only, and the output head runs once for the run."""
         params = SamplingParams(
             temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
@@ -395,7 +399,7 @@ class Llama:
                 self.eval([token])
                 continue
             forced = forced[: self.n_ctx() - self.n_tokens - 1]
-            rows = speculative.evaluate(self, [token, *forced])
+            rows = speculative.evaluate(self, [token, *forced], every_row=logits_per_token or self.logits_all)
             yield from speculative.replay(self, forced, rows)
 
     # -- completions ---------------------------------------------------------------------------
@@ -426,7 +430,7 @@ class Llama:
         t0 = time.perf_counter()
         t_first = None
         llama_cache.restore_longest_prefix(self, prompt_tokens)
-        gen = self.generate(prompt_tokens, **params)
+        gen = self.generate(prompt_tokens, **params, logits_per_token=logprobs is not None)
         try:
             for token in gen:
                 if t_first is None:

@@ -70,7 +70,12 @@ def generate(llm: Llama, sample: SampleFn, draft: LlamaDraftModel) -> Iterator[i
 def replay(llm: Llama, tokens: list[int], rows: np.ndarray) -> Iterator[int]:
     """Yields ``tokens``, already in the cache, each with the logits it was sampled from
     (``rows[i]``) as the last ones, as decoding one token at a time shows them (logprobs read
-    them); the logits end with the rows after the last token."""
+    them); the logits end with the rows after the last token. ``rows`` may also be that last
+    row alone (nobody reads the others): the tokens then go by without logits of their own."""
+    if len(rows) == 1:
+        record(llm, rows)
+        yield from tokens
+        return
     shown = 0
     try:
         for shown, kept in enumerate(tokens, 1):
@@ -105,12 +110,13 @@ def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> tuple[list[int],
     return sampled, np.concatenate(rows)[: len(sampled)]
 
 
-def evaluate(llm: Llama, tokens: list[int]) -> np.ndarray:
-    """Runs ``tokens`` after the cache in one engine call; logits of every row."""
+def evaluate(llm: Llama, tokens: list[int], every_row: bool = True) -> np.ndarray:
+    """Runs ``tokens`` after the cache in one engine call; logits of every row, or of the
+    last one only."""
     engine = llm._engine()
     with llm._exclusive():
         try:
-            rows = engine.eval(tokens, logits_all=True)
+            rows = engine.eval(tokens, logits_all=every_row)
             llm.input_ids.extend(tokens)
         except BaseException:
             if engine.n_past > len(llm.input_ids):  # interrupted after the engine ran
