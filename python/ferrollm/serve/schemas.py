@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -185,11 +186,22 @@ class ChatRequest(Sampling):
     functions: list[FunctionDef] | None = None  # the legacy spelling of tools
     function_call: Literal["auto", "none"] | FunctionName | None = None
     parallel_tool_calls: StrictBool = True
+    # The tools as the client wrote them (checked above): templates print them as JSON, so a
+    # re-dumped model's key order would change the prompt.
+    _sent_tools: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_sent_tools(cls, data: Any, handler: Any) -> ChatRequest:
+        request = handler(data)
+        if isinstance(data, dict):
+            request._sent_tools = {k: data[k] for k in ("tools", "functions") if data.get(k) is not None}
+        return request
 
     def tool_request(self) -> dict[str, Any]:
         """The tool fields as ``Llama.prepare_chat`` takes them."""
         fields = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls")
-        return {name: _plain(getattr(self, name)) for name in fields}
+        return {**{name: _plain(getattr(self, name)) for name in fields}, **self._sent_tools}
 
     def limit(self) -> int:
         """0: until the context is full."""
