@@ -12,6 +12,8 @@ import pytest
 from ferrollm import Llama, _core
 from ferrollm.plan import plan
 from ferrollm.synthetic_model import ModelSpec, write_model
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from model_helpers import cosines
 from reference_model import ReferenceModel
 
@@ -117,3 +119,65 @@ def test_llama_reuses_a_prefix_only_while_the_rings_hold_it(path):
         fresh._prefill(prompt)
         assert llm.input_ids == prompt
         np.testing.assert_allclose(llm.last_logits(), fresh.last_logits(), rtol=1e-4, atol=1e-4)
+
+
+# -- random sequences of evaluation, cutting back and state round trips --------------------------
+
+SMALL_WINDOW, SMALL_CTX = 6, 128  # rings of 6 + 64 = 70 positions, well inside the context
+
+
+@pytest.fixture(scope="module")
+def small_path(tmp_path_factory):
+    out = tmp_path_factory.mktemp("swa-small") / "gemma3-small.gguf"
+    spec = ModelSpec(arch="gemma3", n_embd=64, n_ff=64, n_head=2, n_head_kv=1, n_layer=6, tied_embeddings=True,
+                     extra_metadata={"gemma3.attention.sliding_window": SMALL_WINDOW})  # fmt: skip
+    write_model(out, spec)
+    return str(out)
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("eval"), st.integers(1, N_BATCH)),
+        st.tuples(st.just("eval"), st.just(80)),  # ten passes: past the rings
+        st.tuples(st.just("cut"), st.floats(0, 1)),
+        st.tuples(st.just("reload"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ops=operations, seed=st.integers(0, 2**16))
+def test_any_sequence_of_steps_matches_the_full_cache(small_path, ops, seed):
+    """Through any sequence of passes, cuts and saved-state round trips, the ring model's
+    logits equal the full cache's bit for bit, and a cut keeps its positions exactly when the
+    rings still hold the window before it (a model of the rings kept here says which)."""
+    ring = _core.Model(small_path, n_ctx=SMALL_CTX, n_batch=N_BATCH)
+    full = _core.Model(small_path, n_ctx=SMALL_CTX, n_batch=SMALL_CTX)
+    held = SMALL_WINDOW + 64
+    rng = np.random.default_rng(seed)
+    oldest = 0  # the first position every ring still holds
+    for op, arg in ops:
+        if op == "eval":
+            k = min(arg, SMALL_CTX - ring.n_past)
+            if k == 0:
+                continue
+            tokens = [int(t) for t in rng.integers(3, 300, k)]
+            assert np.array_equal(ring.eval(tokens, logits_all=True), full.eval(tokens, logits_all=True))
+            oldest = max(oldest, ring.n_past - held)
+        elif op == "cut":
+            n = int(arg * ring.n_past)
+            want = n if max(n - SMALL_WINDOW, 0) >= oldest else 0
+            assert ring.truncate(n) == want
+            full.truncate(want)
+            event("a cut the rings could not keep" if want < n else "a cut kept")
+            if want == 0:
+                oldest = 0
+        else:
+            state = ring.save_kv()
+            ring.load_kv(state)
+            n = ring.n_past
+            recent = int.from_bytes(state[8 + 6 * 4 + 8 : 8 + 6 * 4 + 16], "little")
+            oldest = n - recent if n else 0
+        assert ring.n_past == full.n_past
