@@ -1,10 +1,12 @@
 """Tool calls in the syntax a chat template teaches (ferrollm.tool_syntax), with the real
 templates that ship with llama.cpp (skipped when the llama-cpp-python sdist is absent):
-Mistral Nemo's ``[TOOL_CALLS][...]``, Llama 3.x's bare ``{"name", "parameters"}`` and
+Mistral Nemo's ``[TOOL_CALLS][...]``, Mistral Small 3.2 / Devstral / Ministral 3's
+``[TOOL_CALLS]name[ARGS]{...}``, Llama 3.x's bare ``{"name", "parameters"}`` and
 Hermes/Qwen's ``<tool_call>``. For each: the syntax detected from the template, a hand-written
 native answer parsed into OpenAI's tool_calls, the grammar accepting it and refusing arguments
 that break the schema, and a forced generation on the embedded model (its GGUF copied with the
-template, and for Mistral with ``[TOOL_CALLS]`` as control token 5, as in v0.3 vocabularies)
+template, and for Mistral with ``[TOOL_CALLS]`` as control token 5, as in v0.3 vocabularies, and
+``[ARGS]`` as control token 6 for the newer syntax)
 whose answer is in that syntax, parses, validates, and streams the same."""
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 from ferrollm import Llama, LogitsProcessorList, demo_model_path, gguf
 from ferrollm.tokenizer import CONTROL, Tokenizer
-from ferrollm.tool_syntax import DEFAULT, HERMES, LLAMA3, MISTRAL, detect
+from ferrollm.tool_syntax import DEFAULT, HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, detect
 from ferrollm.tools import ToolCalling
 from test_chat_templates import needs_sdist, source
 from test_tools import MESSAGES, NAMED, TOOLS, WEATHER
@@ -24,6 +26,7 @@ from test_tools import MESSAGES, NAMED, TOOLS, WEATHER
 PARIS = {"city": "Paris", "unit": "celsius"}
 KELVIN = {"city": "Paris", "unit": "kelvin"}  # not in the schema's enum
 MISTRAL_TOKEN = 5  # [TOOL_CALLS] in Mistral v0.3's vocabulary
+ARGS_TOKEN = 6  # [ARGS], a control token in Tekken vocabularies too
 # Hermes 2 Pro's template reads every function's description and every parameter's type
 TYPED = {
     **WEATHER,
@@ -40,6 +43,9 @@ def _native(syntax_name: str, arguments: dict, marker: bool = True) -> str:
     if syntax_name == "mistral":
         body = json.dumps([{"name": "get_weather", "arguments": arguments, "id": "a1B2c3D4e"}])
         return ("[TOOL_CALLS]" if marker else "") + body
+    if syntax_name == "mistral_args":  # both markers are control tokens: not in the decoded text
+        return f"[TOOL_CALLS]get_weather[ARGS]{json.dumps(arguments)}" if marker else \
+            f"get_weather{json.dumps(arguments)}"  # fmt: skip
     if syntax_name == "llama3":
         return ("<|python_tag|>" if marker else "") + json.dumps(
             {"name": "get_weather", "parameters": arguments}
@@ -56,8 +62,9 @@ TEMPLATES = {
     "Qwen-Qwen2.5-7B-Instruct.jinja": "hermes",
     "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": "hermes",
     "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": "hermes",
-    "Mistral-Small-3.2-24B-Instruct-2506.jinja": "hermes",  # [TOOL_CALLS]name[ARGS]{...}
-    "unsloth-mistral-Devstral-Small-2507.jinja": "hermes",
+    "Mistral-Small-3.2-24B-Instruct-2506.jinja": "mistral_args",  # name[CALL_ID]id[ARGS]{...} back
+    "unsloth-mistral-Devstral-Small-2507.jinja": "mistral_args",
+    "mistralai-Ministral-3-14B-Reasoning-2512.jinja": "mistral_args",
     "meetkai-functionary-medium-v3.1.jinja": "hermes",  # Llama 3's header, <function=...> calls
     "google-gemma-2-2b-it.jinja": "hermes",  # no tools at all
 }
@@ -65,7 +72,9 @@ GENERATED = [name for name, syntax in TEMPLATES.items() if syntax != "hermes"][:
     "meta-llama-Llama-3.3-70B-Instruct.jinja",
     "Qwen-Qwen2.5-7B-Instruct.jinja",
     "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja",
+    "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
 ]
+SMALL_32 = "Mistral-Small-3.2-24B-Instruct-2506.jinja"
 
 
 @needs_sdist
@@ -121,6 +130,29 @@ def test_parallel_calls_in_one_mistral_array():
     assert calling.parallel and not ToolCalling.from_request(TOOLS, "required").using(LLAMA3).parallel
 
 
+@pytest.mark.parametrize("marker", [True, False], ids=["text-markers", "control-tokens"])
+def test_mistral_args_calls_parse_one_after_another(marker):
+    """``[TOOL_CALLS]name[ARGS]{...}`` per call, back to back (with the markers as control
+    tokens the decoded text is ``name{...}name{...}``); Small 3.2's ``[CALL_ID]`` id is kept."""
+    calling = ToolCalling.from_request(TOOLS, "required").using(MISTRAL_ARGS)
+    one = " " + _native("mistral_args", PARIS, marker) + "\n"
+    assert _weather_calls(calling.parse(one)) == [PARIS]
+    first = "[TOOL_CALLS]get_time[ARGS]{}" if marker else "get_time{}"
+    two = first + _native("mistral_args", PARIS, marker)
+    calls = calling.parse(two)
+    assert [c["function"]["name"] for c in calls] == ["get_time", "get_weather"]
+    assert json.loads(calls[1]["function"]["arguments"]) == PARIS
+    assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)  # the template takes them back
+    with_id, *_ = calling.parse("[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]" + json.dumps(PARIS))
+    assert with_id["id"] == "a1B2c3D4e" and json.loads(with_id["function"]["arguments"]) == PARIS
+    assert calling.parse("get_weather is a function") == [] and calling.parse("Hi {}") == []
+    for start in ("get_weather{", "get_weather[ARGS]", "[TOOL_CALLS]"):
+        assert MISTRAL_ARGS.opening(start, ("get_weather",)) == "call"
+    assert MISTRAL_ARGS.opening("get_weat", ("get_weather",)) == "open"
+    assert MISTRAL_ARGS.opening("get_weather{") == "text"  # a call opens with a function's name only
+    assert MISTRAL.opening("get_weather{", ("get_weather",)) == "text"
+
+
 # -- grammars ------------------------------------------------------------------------------------
 
 
@@ -129,10 +161,13 @@ def demo_metadata() -> dict:
     return dict(gguf.open(demo_model_path()).metadata)
 
 
-def _mistral_vocabulary(metadata: dict) -> dict:
-    """The demo model's metadata with token 5 the control token ``[TOOL_CALLS]`` (Mistral v0.3)."""
+def _mistral_vocabulary(metadata: dict, args: bool = False) -> dict:
+    """The demo model's metadata with token 5 the control token ``[TOOL_CALLS]`` (Mistral v0.3)
+    and, with ``args``, token 6 the control token ``[ARGS]`` (Small 3.2, Devstral, Ministral 3)."""
     tokens, types = list(metadata["tokenizer.ggml.tokens"]), list(metadata["tokenizer.ggml.token_type"])
     tokens[MISTRAL_TOKEN], types[MISTRAL_TOKEN] = "[TOOL_CALLS]", CONTROL
+    if args:
+        tokens[ARGS_TOKEN], types[ARGS_TOKEN] = "[ARGS]", CONTROL
     return {**metadata, "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types}
 
 
@@ -141,10 +176,11 @@ def _accepts(grammar, tokenizer: Tokenizer, tokens: list[int]) -> bool:
     return constraint.accept_all(tokens) and constraint.is_accepting()
 
 
-@pytest.mark.parametrize("syntax", [MISTRAL, LLAMA3, HERMES], ids=lambda s: s.name)
+@pytest.mark.parametrize("syntax", [MISTRAL, MISTRAL_ARGS, LLAMA3, HERMES], ids=lambda s: s.name)
 @pytest.mark.parametrize("vocabulary", ["demo", "mistral"])
 def test_the_grammar_holds_native_calls_to_the_schema(demo_metadata, syntax, vocabulary):
-    metadata = demo_metadata if vocabulary == "demo" else _mistral_vocabulary(demo_metadata)
+    args = syntax is MISTRAL_ARGS
+    metadata = demo_metadata if vocabulary == "demo" else _mistral_vocabulary(demo_metadata, args)
     tokenizer = Tokenizer(metadata)
     encode = lambda s: tokenizer._encode_text(s, space_prefix=False)
     grammar = ToolCalling.from_request(TOOLS, NAMED).using(syntax).grammar(tokenizer)
@@ -159,16 +195,29 @@ def test_the_grammar_holds_native_calls_to_the_schema(demo_metadata, syntax, voc
         lazy = ToolCalling.from_request(TOOLS, "auto").using(MISTRAL).grammar(tokenizer).constraint(tokenizer)
         assert lazy.take(MISTRAL_TOKEN) and lazy.state == "call"  # switched on by the token alone
         assert not lazy.allows(encode("Sunny")[0])
+    if syntax is MISTRAL_ARGS:  # several calls back to back when parallel; the name must be a function's
+        many = ToolCalling.from_request(TOOLS, "required").using(syntax).grammar(tokenizer)
+        two = "[TOOL_CALLS]get_time[ARGS]{}" + _native(syntax.name, PARIS)
+        assert _accepts(many, tokenizer, encode(two)) and not _accepts(grammar, tokenizer, encode(two))
+        assert not _accepts(many, tokenizer, encode("[TOOL_CALLS]get_date[ARGS]{}"))
+        assert not _accepts(many, tokenizer, encode(f"[TOOL_CALLS]get_weather{json.dumps(PARIS)}"))
+        if vocabulary == "mistral":  # both markers as the model writes them: control tokens 5 and 6
+            assert f"<[{MISTRAL_TOKEN}]>" in grammar.spec and f"<[{ARGS_TOKEN}]>" in grammar.spec
+            call = lambda a: [MISTRAL_TOKEN, *encode("get_weather"), ARGS_TOKEN, *encode(json.dumps(a))]
+            assert _accepts(grammar, tokenizer, call(PARIS))
+            assert not _accepts(grammar, tokenizer, call(KELVIN))
+            both = [MISTRAL_TOKEN, *encode("get_time"), ARGS_TOKEN, *encode("{}"), *call(PARIS)]
+            assert _accepts(many, tokenizer, both)
 
 
 # -- generation on the embedded model, with the template in a copy of its GGUF -----------------------
 
 
-def _copy_with_template(path: str, template: str, mistral_vocabulary: bool) -> str:
+def _copy_with_template(path: str, template: str, mistral_vocabulary: bool, args: bool = False) -> str:
     keys = {"tokenizer.chat_template": ("str", template)}
     if mistral_vocabulary:
         src = gguf.open(demo_model_path())
-        tokens = _mistral_vocabulary(src.metadata)
+        tokens = _mistral_vocabulary(src.metadata, args)
         for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
             keys[key] = (src.metadata_types[key], tokens[key])
     gguf.copy_with_metadata(demo_model_path(), path, keys)
@@ -182,7 +231,8 @@ def models(tmp_path_factory):
     def get(name: str) -> Llama:
         if name not in made:
             path = str(tmp_path_factory.mktemp("templates") / "model.gguf")
-            _copy_with_template(path, source(name), TEMPLATES[name] == "mistral")
+            syntax = TEMPLATES[name]
+            _copy_with_template(path, source(name), syntax.startswith("mistral"), syntax == "mistral_args")
             made[name] = Llama(path, n_ctx=512, seed=3, verbose=False)
         return made[name]
 
@@ -208,6 +258,9 @@ def test_a_forced_call_is_written_in_the_template_syntax(models, name):
     if calling.syntax is MISTRAL:  # the marker as control token 5 (not in the text) or spelled out
         assert answer.lstrip().startswith('[TOOL_CALLS][{"name": "get_weather"')
         assert ("[TOOL_CALLS]" in raw) != (MISTRAL_TOKEN in llm.input_ids[len(prompt) :])
+    elif calling.syntax is MISTRAL_ARGS:  # each marker as its control token or spelled out
+        assert answer.lstrip().startswith("[TOOL_CALLS]get_weather[ARGS]{")
+        assert ("[ARGS]" in raw) != (ARGS_TOKEN in llm.input_ids[len(prompt) :])
     elif calling.syntax is LLAMA3:
         assert raw.lstrip().startswith(('{"name": "get_weather", "parameters": ', "<|python_tag|>"))
     else:
@@ -313,3 +366,32 @@ def test_the_server_answers_in_the_template_syntax(models, tmp_path):
             assert r.status_code == 200, r.text
     finally:
         server.stop()
+
+
+@needs_sdist
+def test_auto_mistral_args_call_streams_like_whole_and_its_id_goes_back(models):
+    """Mistral Small 3.2 under auto, the answer opened with the control token [TOOL_CALLS]: the
+    call (whose decoded text is ``get_weather{...}``, no markers) comes out whole and streamed
+    alike, never as content, and its id is one the template writes back after ``[CALL_ID]``."""
+    llm = models(SMALL_32)
+    messages = [{"role": "system", "content": "Use the tools."}, *MESSAGES]  # not its long default
+    results = []
+    for stream in (False, True):
+        out = llm.create_chat_completion(messages, tools=DESCRIBED, max_tokens=150, temperature=0, stream=stream,
+                                         logits_processor=_first_token(MISTRAL_TOKEN))  # fmt: skip
+        if stream:
+            chunks = list(out)
+            assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
+            calls = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
+            calls = [{k: v for k, v in d.items() if k != "index"} for d in calls]
+            finish = chunks[-1]["choices"][0]["finish_reason"]
+        else:
+            calls, finish = out["choices"][0]["message"]["tool_calls"], out["choices"][0]["finish_reason"]
+        assert calls and finish == "tool_calls"
+        results.append([(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls])
+        assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)
+    assert results[0] == results[1]
+    turn = [*messages, {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "21 C"}]  # fmt: skip
+    chat, _, _ = llm.prepare_chat(turn, tools=DESCRIBED)
+    assert f"[CALL_ID]{calls[0]['id']}[ARGS]" in chat.text and f"[TOOL_RESULTS]{calls[0]['id']}" in chat.text

@@ -6,17 +6,23 @@
 * ``mistral`` (Mistral v0.3, Nemo): ``[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}]``,
   every call in one array; ``[TOOL_CALLS]`` is a control token in v0.3 vocabularies, and the
   template refuses earlier calls whose id is not 9 letters or digits.
+* ``mistral_args`` (Mistral Small 3.2, Devstral, Magistral, Ministral 3): ``[TOOL_CALLS]`` + the
+  function's name + ``[ARGS]`` + the arguments object, the marker repeated before each call;
+  both markers are control tokens in their vocabularies. Small 3.2's template writes earlier
+  calls with ``[CALL_ID]`` + id before ``[ARGS]`` and refuses ids that are not 9 characters; the
+  grammar leaves the id out (as llama.cpp's Ministral 3 grammar does), the parser takes one.
 * ``llama3`` (Llama 3.1, 3.2, 3.3): a bare ``{"name": ..., "parameters": {...}}``, optionally after
   ``<|python_tag|>`` (a control token); one call per answer (the templates refuse more).
 
 Recognition follows llama.cpp's common/chat.cpp (the strings a template holds); a template that
 matches none (or does not render tools at all) gets ``hermes``. Formats with other bodies
-(Qwen3-Coder's ``<function=...>`` XML, Mistral Small 3.2's ``[TOOL_CALLS]name[ARGS]``,
-functionary) are not recognised and fall back to ``hermes`` too.
+(Qwen3-Coder's ``<function=...>`` XML, functionary) are not recognised and fall back to
+``hermes`` too.
 
-A syntax's marker may be a control token: decoded answers (``special=False``) do not show it, so
-each syntax also names the openings its calls have without it, and its grammar accepts the
-marker as the token (``<[id]>`` in llguidance's Lark) or as text.
+A syntax's marker (and ``mistral_args``'s ``[ARGS]``) may be a control token: decoded answers
+(``special=False``) do not show it, so each syntax also names the openings its calls have
+without it (for ``mistral_args``, the function's name, then ``{`` or ``[ARGS]``), and its
+grammar accepts the marker as the token (``<[id]>`` in llguidance's Lark) or as text.
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ class CallSyntax:
     # (e) one earlier call written back, as the syntax spells it
     write: Callable[[str, Any, str], str]
     new_id: Callable[[], str]  # the id of a parsed call without one
+    # further strings the grammar spells as a control token or text: (Lark rule name, text)
+    tokens: tuple[tuple[str, str], ...] = ()
+    # without its control-token marker a call opens with the function's name (then "{" or a token)
+    name_opens: bool = False
 
     @property
     def marker(self) -> str:
@@ -74,22 +84,25 @@ class CallSyntax:
     def matches(self, source: str) -> bool:
         return all(s in source for s in self.signs) and not any(s in source for s in self.not_signs)
 
-    def opening(self, text: str) -> str:
+    def opening(self, text: str, names: tuple[str, ...] = ()) -> str:
         """What the start of an answer is: "call" (it opens with one of the openings after blank
-        space), "text", or "open" (it may still become either)."""
+        space, or with one of the functions ``names`` where calls open with it), "text", or
+        "open" (it may still become either)."""
         text = text.lstrip()
-        if any(text.startswith(o) for o in self.openings):
+        after = ("{", *(t for _, t in self.tokens)) if self.name_opens else ()  # "get_time[ARGS]"
+        openings = self.openings + tuple(n + a for n in names for a in after)
+        if any(text.startswith(o) for o in openings):
             return "call"
-        return "open" if any(o.startswith(text) for o in self.openings) else "text"
+        return "open" if any(o.startswith(text) for o in openings) else "text"
 
     def marker_rule(self, tokenizer: Tokenizer | None) -> str:
         """The marker in Lark: its control token where the vocabulary has one, else its text."""
-        text = json.dumps(self.marker)
-        if tokenizer is not None:
-            ids = tokenizer.encode(self.marker, add_bos=False, special=True)
-            if len(ids) == 1 and tokenizer.token_types[ids[0]] == CONTROL:
-                return f"<[{ids[0]}]> | {text}"
-        return text
+        return _token_rule(self.marker, tokenizer)
+
+    def grammar_text(self, tokenizer: Tokenizer | None, one_call: dict, parallel: bool) -> str:
+        """The whole Lark grammar of an answer made of calls (``lark`` and the ``tokens`` rules)."""
+        rules = "".join(f"{rule}: {_token_rule(text, tokenizer)}\n" for rule, text in self.tokens)
+        return self.lark(self.marker_rule(tokenizer), one_call, parallel) + rules
 
     def call_schema(self, name: str, parameters: dict) -> dict:
         """One call of function ``name`` whose arguments follow ``parameters``."""
@@ -104,9 +117,18 @@ class CallSyntax:
     def example(self) -> str:
         """How a call looks, for the built-in instructions."""
         text = self.write("NAME", "ARGUMENTS", "abcdefghi")
-        return text.replace('"NAME"', "<function name>").replace(
-            '"ARGUMENTS"', "<arguments as a JSON object>"
-        )
+        text = text.replace('"NAME"', "NAME").replace("NAME", "<function name>")  # quoted or bare
+        return text.replace('"ARGUMENTS"', "<arguments as a JSON object>")
+
+
+def _token_rule(text: str, tokenizer: Tokenizer | None) -> str:
+    """``text`` in Lark: its control token where the vocabulary has one, or the text."""
+    literal = json.dumps(text)
+    if tokenizer is not None:
+        ids = tokenizer.encode(text, add_bos=False, special=True)
+        if len(ids) == 1 and tokenizer.token_types[ids[0]] == CONTROL:
+            return f"<[{ids[0]}]> | {literal}"
+    return literal
 
 
 def _json(schema: dict) -> str:
@@ -222,6 +244,61 @@ MISTRAL = CallSyntax(
     new_id=_mistral_id,
 )
 
+# -- Mistral Small 3.2 / Devstral / Magistral / Ministral 3 ---------------------------------------
+
+_ARGS, _CALL_ID = "[ARGS]", "[CALL_ID]"
+# one call: the marker, the name, Small 3.2's [CALL_ID] + id, [ARGS], then the arguments object;
+# every marker optional, as a control token is not in the decoded text
+_ARGS_CALL_RE = re.compile(
+    r"\s*(?:" + re.escape(_MISTRAL_MARKER) + r")?([A-Za-z0-9_.\-]+)"
+    r"(?:" + re.escape(_CALL_ID) + r"([A-Za-z0-9]+))?(?:" + re.escape(_ARGS) + r")?(?=\{)"
+)
+
+
+def _args_lark(marker: str, one_call: dict, parallel: bool) -> str:
+    """One alternative per function: its name as a literal, [ARGS], its arguments' schema."""
+    calls = one_call["anyOf"]
+    functions = "".join(
+        f"fn{i}: {json.dumps(c['properties']['name']['const'])} args_marker fn{i}_args\n"
+        f"fn{i}_args: {_json(c['properties']['arguments'])}\n"
+        for i, c in enumerate(calls)
+    )
+    choice = " | ".join(f"fn{i}" for i in range(len(calls)))
+    return (
+        f"start: WS? call{'+' if parallel else ''}\n"  # the templates write calls back to back
+        f"call: marker ({choice})\n"
+        f"marker: {marker}\n{functions}"
+        "WS: /[ \\t\\r\\n]+/\n"
+    )
+
+
+def _args_parse(text: str) -> list[Call]:
+    decoder, calls, i = json.JSONDecoder(), [], 0
+    while match := _ARGS_CALL_RE.match(text, i):
+        try:
+            arguments, i = decoder.raw_decode(text, match.end())
+        except json.JSONDecodeError:
+            break
+        calls.append((match.group(1), arguments, match.group(2)))
+    return calls
+
+
+MISTRAL_ARGS = CallSyntax(
+    name="mistral_args",
+    signs=(_MISTRAL_MARKER, _ARGS),
+    not_signs=(),
+    openings=(_MISTRAL_MARKER,),
+    lark=_args_lark,
+    arguments_key="arguments",
+    id_pattern="^[a-zA-Z0-9]{9}$",  # Small 3.2's template takes back no other
+    parallel=True,
+    parse=_args_parse,
+    write=lambda name, arguments, _id: f"{_MISTRAL_MARKER}{name}{_ARGS}{json.dumps(arguments)}",
+    new_id=_mistral_id,
+    tokens=(("args_marker", _ARGS),),
+    name_opens=True,
+)
+
 # -- Llama 3.1 / 3.2 / 3.3 ------------------------------------------------------------------------
 
 _PYTHON_TAG = "<|python_tag|>"
@@ -245,7 +322,8 @@ LLAMA3 = CallSyntax(
     new_id=_openai_id,
 )
 
-SYNTAXES: dict[str, CallSyntax] = {s.name: s for s in (MISTRAL, LLAMA3, HERMES)}  # first match wins
+# first match wins
+SYNTAXES: dict[str, CallSyntax] = {s.name: s for s in (MISTRAL_ARGS, MISTRAL, LLAMA3, HERMES)}
 DEFAULT = HERMES
 
 

@@ -11,9 +11,10 @@ written out as text (the built-in format)::
 
 The answer: calls are written in the syntax the prompt taught (ferrollm.tool_syntax, a table):
 the template's own where it renders the tools and is one we recognise (Mistral's
-``[TOOL_CALLS][{...}]``, Llama 3's bare ``{"name": ..., "parameters": {...}}``), else the
-Hermes/Qwen form above. The syntax's grammar holds an answer to calls whose arguments follow the
-function's JSON schema, and its parser turns the text into ``tool_calls``:
+``[TOOL_CALLS][{...}]`` and newer ``[TOOL_CALLS]name[ARGS]{...}``, Llama 3's bare
+``{"name": ..., "parameters": {...}}``), else the Hermes/Qwen form above. The syntax's grammar
+holds an answer to calls whose arguments follow the function's JSON schema, and its parser
+turns the text into ``tool_calls``:
 
 * ``tool_choice="auto"`` (the default with tools): the model chooses. Decoding is free until its
   text starts (after blank space) with the syntax's opening (``<tool_call>``, ``[TOOL_CALLS]``,
@@ -187,7 +188,7 @@ class ToolCalling:
         its control tokens is accepted as that token (and as text)."""
         chosen = [f for f in self.functions if self.forced in (None, "*", f["name"])]
         calls = [self.syntax.call_schema(f["name"], closed_objects(f["parameters"])) for f in chosen]
-        lark = self.syntax.lark(self.syntax.marker_rule(tokenizer), {"anyOf": calls}, self.parallel)
+        lark = self.syntax.grammar_text(tokenizer, {"anyOf": calls}, self.parallel)
         try:
             return LlamaGrammar(llguidance.LLMatcher.grammar_from_lark(lark), lark, "tool call grammar")
         except GrammarError as e:
@@ -253,6 +254,7 @@ class CallStream:
         self.sent_calls = 0
         self.held, self.held_entries = "", []  # text that may still become a call
         self.is_text = False
+        self._names = tuple(f["name"] for f in calling.functions)  # a call may open with one
 
     @staticmethod
     def opening() -> dict:
@@ -266,7 +268,7 @@ class CallStream:
         if (
             not self.is_text
             and self.calling.forced is None
-            and self.calling.syntax.opening(self.text) == "text"
+            and self.calling.syntax.opening(self.text, self._names) == "text"
         ):
             self.is_text = True
         if self.is_text:
