@@ -22,13 +22,18 @@ RING = WINDOW + 64  # the window and the rings' smallest margin (n_batch is belo
 TOKENS = [int(t) for t in np.random.default_rng(5).integers(3, 320, 200)]
 
 
-@pytest.fixture(scope="module")
-def path(tmp_path_factory):
-    out = tmp_path_factory.mktemp("swa") / "gemma3-swa.gguf"
-    spec = ModelSpec(arch="gemma3", n_embd=256, n_ff=256, n_head=4, n_head_kv=2, n_layer=6, tied_embeddings=True,
-                     extra_metadata={"gemma3.attention.sliding_window": WINDOW})  # fmt: skip
+def gemma3_file(tmp_path_factory, window: int, width: int, heads: int) -> str:
+    """A synthetic Gemma 3 (5 sliding layers, then a global one) with this window."""
+    out = tmp_path_factory.mktemp("swa") / "gemma3.gguf"
+    spec = ModelSpec(arch="gemma3", n_embd=width, n_ff=width, n_head=heads, n_head_kv=heads // 2, n_layer=6,
+                     tied_embeddings=True, extra_metadata={"gemma3.attention.sliding_window": window})  # fmt: skip
     write_model(out, spec)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory):
+    return gemma3_file(tmp_path_factory, WINDOW, 256, 4)
 
 
 def ring_model(path, **kw):
@@ -128,11 +133,7 @@ SMALL_WINDOW, SMALL_CTX = 6, 128  # rings of 6 + 64 = 70 positions, well inside 
 
 @pytest.fixture(scope="module")
 def small_path(tmp_path_factory):
-    out = tmp_path_factory.mktemp("swa-small") / "gemma3-small.gguf"
-    spec = ModelSpec(arch="gemma3", n_embd=64, n_ff=64, n_head=2, n_head_kv=1, n_layer=6, tied_embeddings=True,
-                     extra_metadata={"gemma3.attention.sliding_window": SMALL_WINDOW})  # fmt: skip
-    write_model(out, spec)
-    return str(out)
+    return gemma3_file(tmp_path_factory, SMALL_WINDOW, 64, 2)
 
 
 operations = st.lists(

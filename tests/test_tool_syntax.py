@@ -297,29 +297,36 @@ def _first_token(token: int) -> LogitsProcessorList:
     return LogitsProcessorList([force])
 
 
-@needs_sdist
-def test_auto_switches_on_at_mistral_control_token_and_the_id_round_trips(models):
-    """Under auto, a Mistral model that emits the control token [TOOL_CALLS] is held to calls
-    from there, the answer (whose text lacks the marker) is a call, streamed and not, and its
-    id is one the template takes back on the next turn."""
-    llm = models("mistralai-Mistral-Nemo-Instruct-2407.jinja")
+def _mistral_auto_calls(llm, messages: list[dict]) -> list[dict]:
+    """The calls of an auto answer opened with the control token [TOOL_CALLS], after checking
+    that the whole and the streamed answer give the same calls (never content) and that their
+    ids are the 9 characters Mistral's templates take back."""
     results = []
     for stream in (False, True):
-        out = llm.create_chat_completion(MESSAGES, tools=DESCRIBED, max_tokens=150, temperature=0, stream=stream,
+        out = llm.create_chat_completion(messages, tools=DESCRIBED, max_tokens=150, temperature=0, stream=stream,
                                          logits_processor=_first_token(MISTRAL_TOKEN))  # fmt: skip
         if stream:
             chunks = list(out)
-            calls = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
             assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
+            calls = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
             calls = [{k: v for k, v in d.items() if k != "index"} for d in calls]
             finish = chunks[-1]["choices"][0]["finish_reason"]
         else:
             calls, finish = out["choices"][0]["message"]["tool_calls"], out["choices"][0]["finish_reason"]
         assert calls and finish == "tool_calls"
         results.append([(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls])
-        for call in calls:
-            assert len(call["id"]) == 9 and call["id"].isalnum()
+        assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)
     assert results[0] == results[1]
+    return calls
+
+
+@needs_sdist
+def test_auto_switches_on_at_mistral_control_token_and_the_id_round_trips(models):
+    """Under auto, a Mistral model that emits the control token [TOOL_CALLS] is held to calls
+    from there, the answer (whose text lacks the marker) is a call, streamed and not, and its
+    id is one the template takes back on the next turn."""
+    llm = models("mistralai-Mistral-Nemo-Instruct-2407.jinja")
+    calls = _mistral_auto_calls(llm, MESSAGES)
     turn = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": calls},
             {"role": "tool", "tool_call_id": calls[0]["id"], "content": "21 C"}]  # fmt: skip
     chat, _, _ = llm.prepare_chat(turn, tools=DESCRIBED)
@@ -375,22 +382,7 @@ def test_auto_mistral_args_call_streams_like_whole_and_its_id_goes_back(models):
     alike, never as content, and its id is one the template writes back after ``[CALL_ID]``."""
     llm = models(SMALL_32)
     messages = [{"role": "system", "content": "Use the tools."}, *MESSAGES]  # not its long default
-    results = []
-    for stream in (False, True):
-        out = llm.create_chat_completion(messages, tools=DESCRIBED, max_tokens=150, temperature=0, stream=stream,
-                                         logits_processor=_first_token(MISTRAL_TOKEN))  # fmt: skip
-        if stream:
-            chunks = list(out)
-            assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
-            calls = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
-            calls = [{k: v for k, v in d.items() if k != "index"} for d in calls]
-            finish = chunks[-1]["choices"][0]["finish_reason"]
-        else:
-            calls, finish = out["choices"][0]["message"]["tool_calls"], out["choices"][0]["finish_reason"]
-        assert calls and finish == "tool_calls"
-        results.append([(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls])
-        assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)
-    assert results[0] == results[1]
+    calls = _mistral_auto_calls(llm, messages)
     turn = [*messages, {"role": "assistant", "content": None, "tool_calls": calls},
             {"role": "tool", "tool_call_id": calls[0]["id"], "content": "21 C"}]  # fmt: skip
     chat, _, _ = llm.prepare_chat(turn, tools=DESCRIBED)
