@@ -35,6 +35,9 @@ from ferrollm import Llama, speculative
 from ferrollm.atomic import AtomicFile
 from ferrollm.llama_speculative import GGUFDraftModel, LlamaPromptLookupDecoding
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from model_helpers import CountingEngine
+
 HELDOUT = Path(__file__).parent.parent / "tests" / "data" / "heldout.txt"
 
 
@@ -48,18 +51,6 @@ def prompts() -> dict[str, str]:
         "fibonacci": "def fibonacci(n):",
         "copy": f"# ---- Lib/_strptime.py ----\n{source}\n\n# ---- Lib/_strptime_copy.py ----\n{head}",
     }
-
-
-class CountingEngine:
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
-
-    def eval(self, tokens, **kwargs):
-        self.calls += 1
-        return self.inner.eval(tokens, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 def streamed(llm, prompt: str, n: int) -> tuple[float, float, str]:

@@ -26,3 +26,12 @@ def pytest_configure(config):
     installed = os.environ.get("FERROLLM_TEST_INSTALLED")
     if installed and not Path(ferrollm.__file__).resolve().is_relative_to(Path(installed).resolve()):
         raise pytest.UsageError(f"ferrollm imports from {ferrollm.__file__}, not from the venv {installed}")
+
+
+@pytest.fixture(scope="session")
+def demo_q4_0(tmp_path_factory) -> str:
+    """The embedded model quantized to Q4_0: another file of the same vocabulary (a draft
+    model, a model whose saved state the demo's must refuse)."""
+    path = tmp_path_factory.mktemp("demo-q4_0") / "demo-q4_0.gguf"
+    ferrollm.quantize_file(ferrollm.demo_model_path(), path, "Q4_0")
+    return str(path)

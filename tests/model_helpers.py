@@ -24,3 +24,19 @@ def model_file(tmp_path_factory, **spec) -> str:
     if not path.exists():
         write_model(path, ModelSpec(**spec))
     return str(path)
+
+
+class CountingEngine:
+    """A model's engine that counts the calls to ``eval`` and the tokens they evaluate (how
+    speculative decoding, prompt caches and benchmarks see the work done)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.evaluated = inner, 0, 0
+
+    def eval(self, tokens, **kwargs):
+        self.calls += 1
+        self.evaluated += len(tokens)
+        return self.inner.eval(tokens, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)

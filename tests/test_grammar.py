@@ -115,16 +115,16 @@ def test_json_schema_response_formats(llm, response_format):
 
 def _batches(monkeypatch):
     """The token counts of the batches the decoding loop evaluates beside single tokens."""
-    from ferrollm import speculative
+    from ferrollm import batch_eval
 
     sizes = []
-    evaluate = speculative.evaluate
+    evaluate = batch_eval.evaluate
 
     def counting(llm, tokens, **kw):
         sizes.append(len(tokens))
         return evaluate(llm, tokens, **kw)
 
-    monkeypatch.setattr(speculative, "evaluate", counting)
+    monkeypatch.setattr(batch_eval, "evaluate", counting)
     return sizes
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ferrollm import Llama, demo_model_path, quantize_file, speculative
+from ferrollm import Llama, demo_model_path, speculative
 from ferrollm.llama_speculative import GGUFDraftModel, LlamaDraftModel, LlamaPromptLookupDecoding
 from ferrollm.synthetic_model import ModelSpec, write_model
 from hypothesis import given
 from hypothesis import strategies as st
+from model_helpers import CountingEngine
 
 CODE = "def fibonacci(n):"
 EDIT = (
@@ -18,18 +19,6 @@ EDIT = (
     "def perimeter(width, height):\n    return 2 * (width + height)\n\n\n"
     "def area"
 )
-
-
-class CountingEngine:
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
-
-    def eval(self, tokens, **kwargs):
-        self.calls += 1
-        return self.inner.eval(tokens, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 def complete(llm: Llama, prompt: str, **kwargs) -> tuple[str, int]:
@@ -127,16 +116,9 @@ def test_filling_the_context(plain):
     assert a[0] == b[0]
 
 
-@pytest.fixture(scope="module")
-def q4_draft(tmp_path_factory):
-    path = tmp_path_factory.mktemp("draft") / "demo-q4_0.gguf"
-    quantize_file(demo_model_path(), path, "Q4_0")
-    return str(path)
-
-
-def test_smaller_gguf_as_draft(plain, q4_draft):
+def test_smaller_gguf_as_draft(plain, demo_q4_0):
     llm = Llama(
-        demo_model_path(), n_ctx=256, verbose=False, draft_model=GGUFDraftModel(q4_draft, num_pred_tokens=3)
+        demo_model_path(), n_ctx=256, verbose=False, draft_model=GGUFDraftModel(demo_q4_0, num_pred_tokens=3)
     )
     for prompt in (CODE, EDIT):
         expected, calls = complete(plain, prompt, max_tokens=32)

@@ -8,27 +8,13 @@ import os
 
 import numpy as np
 import pytest
-from ferrollm import Llama, demo_model_path, quantize_file
+from ferrollm import Llama, demo_model_path
 from ferrollm.llama_cache import LlamaCache, LlamaDiskCache, LlamaRAMCache
 from ferrollm.llama_state import LlamaState
+from model_helpers import CountingEngine
 
 PROMPT = "def fibonacci(n):"
 OTHER = "import os\n\n\nclass Config:\n    def __init__(self, path):"
-
-
-class CountingEngine:
-    """The engine, counting the tokens it evaluates."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.evaluated = 0
-
-    def eval(self, tokens, **kwargs):
-        self.evaluated += len(tokens)
-        return self.inner.eval(tokens, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +64,8 @@ def test_seeded_sampling_continues_after_load(llm):
     assert llm(PROMPT, max_tokens=16, temperature=1.0)["choices"][0]["text"] == a
 
 
-@pytest.fixture(scope="module")
-def other_model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("state") / "demo-q4_0.gguf"
-    quantize_file(demo_model_path(), path, "Q4_0")
-    return str(path)
-
-
-def test_state_of_another_model_is_refused(llm, other_model):
-    other = Llama(other_model, n_ctx=256, verbose=False)
+def test_state_of_another_model_is_refused(llm, demo_q4_0):
+    other = Llama(demo_q4_0, n_ctx=256, verbose=False)
     other.eval(other.tokenize(PROMPT.encode()))
     with pytest.raises(ValueError, match="saved by another model"):
         llm.load_state(other.save_state())

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from typing_extensions import Self
 
-from ferrollm import _core, gguf, hub, llama_cache, llama_state, speculative, tool_syntax
+from ferrollm import _core, batch_eval, gguf, hub, llama_cache, llama_state, speculative, tool_syntax
 from ferrollm import embedding as embeddings
 from ferrollm.chat import ChatPrompt, ChatTemplateError, chat_formatter, render
 from ferrollm.decoding import LogitsProcessorList, StoppingCriteriaList, TokenChooser
@@ -314,10 +314,7 @@ class Llama:
                     batch = tokens[i : i + self.n_batch]
                     logits = engine.eval(batch, logits_all=self.logits_all)
                     self.input_ids.extend(batch)
-                    if self.logits_all:
-                        self._scores.append(logits)
-                    else:
-                        self._scores = [logits]
+                    batch_eval.record(self, logits)
             except BaseException:
                 # Interrupted after the engine ran a batch but before it was recorded: forget
                 # that batch, so the history always equals what the cache holds.
@@ -399,8 +396,8 @@ class Llama:
                 self.eval([token])
                 continue
             forced = forced[: self.n_ctx() - self.n_tokens - 1]
-            rows = speculative.evaluate(self, [token, *forced], every_row=logits_per_token or self.logits_all)
-            yield from speculative.replay(self, forced, rows)
+            rows = batch_eval.evaluate(self, [token, *forced], every_row=logits_per_token or self.logits_all)
+            yield from batch_eval.replay(self, forced, rows)
 
     # -- completions ---------------------------------------------------------------------------
 

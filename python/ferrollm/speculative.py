@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ferrollm.batch_eval import evaluate, replay
+
 if TYPE_CHECKING:
     from ferrollm.llama import Llama
     from ferrollm.llama_speculative import LlamaDraftModel
@@ -67,24 +69,6 @@ def generate(llm: Llama, sample: SampleFn, draft: LlamaDraftModel) -> Iterator[i
         yield from replay(llm, sampled, rows)
 
 
-def replay(llm: Llama, tokens: list[int], rows: np.ndarray) -> Iterator[int]:
-    """Yields ``tokens``, already in the cache, each with the logits it was sampled from
-    (``rows[i]``) as the last ones, as decoding one token at a time shows them (logprobs read
-    them); the logits end with the rows after the last token. ``rows`` may also be that last
-    row alone (nobody reads the others): the tokens then go by without logits of their own."""
-    if len(rows) == 1:
-        record(llm, rows)
-        yield from tokens
-        return
-    shown = 0
-    try:
-        for shown, kept in enumerate(tokens, 1):
-            record(llm, rows[shown - 1 : shown])
-            yield kept  # the cache holds it: no context check needed between
-    finally:
-        record(llm, rows[shown:])
-
-
 def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> tuple[list[int], np.ndarray]:
     """Evaluates ``pending`` (a sampled token, then guesses), ``per_call`` rows per engine
     call, while the sampler agrees with the guesses; returns the tokens sampled (the guesses
@@ -108,28 +92,3 @@ def verify(llm: Llama, sample: SampleFn, pending: list[int]) -> tuple[list[int],
         llm._engine().truncate(base + len(sampled))
         del llm.input_ids[base + len(sampled) :]
     return sampled, np.concatenate(rows)[: len(sampled)]
-
-
-def evaluate(llm: Llama, tokens: list[int], every_row: bool = True) -> np.ndarray:
-    """Runs ``tokens`` after the cache in one engine call; logits of every row, or of the
-    last one only."""
-    engine = llm._engine()
-    with llm._exclusive():
-        try:
-            rows = engine.eval(tokens, logits_all=every_row)
-            llm.input_ids.extend(tokens)
-        except BaseException:
-            if engine.n_past > len(llm.input_ids):  # interrupted after the engine ran
-                engine.truncate(len(llm.input_ids))
-            raise
-    return rows
-
-
-def record(llm: Llama, rows: np.ndarray) -> None:
-    """Logits rows as ``Llama.eval`` records them: all kept with ``logits_all``, else the last."""
-    if len(rows) == 0:
-        return
-    if llm.logits_all:
-        llm._scores.append(rows)
-    else:
-        llm._scores = [rows[-1:]]
