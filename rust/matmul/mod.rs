@@ -10,6 +10,7 @@
 //! at run time like the dequantizers.
 
 mod bandwidth;
+mod denormals;
 pub mod gemm;
 pub mod narrow;
 mod pool;
@@ -24,6 +25,7 @@ mod avx2;
 mod avx512;
 
 pub use bandwidth::read_bandwidth;
+pub use denormals::{FlushDenormals, flushing};
 pub use pool::{Pool, physical_cores};
 
 use crate::error::{Error, Result};

@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::denormals::FlushDenormals;
 use crate::error::{Error, Result};
 
 /// How long an idle worker spins before it parks.
@@ -103,6 +104,7 @@ impl Pool {
         if n_tasks == 0 {
             return;
         }
+        let _flush = FlushDenormals::on();
         if n_tasks == 1 || self.threads == 1 {
             (0..n_tasks).for_each(task);
             return;
@@ -187,6 +189,8 @@ fn run_tasks(s: &Shared, task: &Task, n_tasks: usize) {
 }
 
 fn worker(s: &Shared) {
+    // For the thread's lifetime: it only ever runs ferrollm's tasks.
+    let _flush = FlushDenormals::on();
     let mut seen = 0u64;
     loop {
         // Wait for a new epoch: spin, then park.

@@ -1,8 +1,11 @@
 //! RoPE and causal grouped-query attention over the KV cache.
 
 use super::arch::RopeStyle;
+#[cfg(target_arch = "x86_64")]
+use super::attention_simd;
 use super::config::RopeConfig;
 use super::kv_cache::KvCache;
+use super::softmax::{Tier, softmax};
 use crate::gguf::GgmlType;
 use crate::matmul::{Pool, all_finite, quantize_activations};
 use crate::{Error, Result};
@@ -155,12 +158,11 @@ pub fn attend(
             "attention shape: {n_head} query heads over {n_head_kv} KV heads (at most {MAX_GROUP} per KV head)"
         )));
     }
+    let tier = Tier::active();
     #[cfg(target_arch = "x86_64")]
-    let simd = crate::quant::Isa::active() >= crate::quant::Isa::Avx512
-        && super::attention_avx512::usable(head_dim);
+    let simd_type = |ty: GgmlType| attention_simd::usable(tier, head_dim, ty);
     #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
-    let simd_type = |ty: GgmlType| simd && matches!(ty, GgmlType::F16 | GgmlType::Q8_0);
+    let simd_type = |_: GgmlType| false;
     let (simd_k, simd_v) = (simd_type(cache.k.ty), simd_type(cache.v.ty));
     // One task per KV head: the `group` query heads that share it read each cached K row and
     // dequantize each V row once between them (GQA: 4 query heads per KV head in Mixtral).
@@ -176,16 +178,16 @@ pub fn attend(
             s.scores.resize(group * n_keys, 0.0);
             if simd_k {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
-                unsafe {
-                    use super::attention_avx512::{F16Row, Q8Row, scores};
-                    let key = |p| keys.at(p);
-                    if cache.k.ty == GgmlType::F16 {
-                        scores::<F16Row>(key, queries, head_dim, scale, n_keys, &mut s.scores)
-                    } else {
-                        scores::<Q8Row>(key, queries, head_dim, scale, n_keys, &mut s.scores)
-                    }
-                };
+                attention_simd::scores(
+                    tier,
+                    cache.k.ty,
+                    |p| keys.at(p),
+                    queries,
+                    head_dim,
+                    scale,
+                    n_keys,
+                    &mut s.scores,
+                );
             } else {
                 quantize_activations(cache.k_act, queries, &mut s.query)
                     .expect("finite (checked above), whole blocks");
@@ -203,42 +205,20 @@ pub fn attend(
             }
             // Softmax: the scores become the weights of the values.
             for scores in s.scores.chunks_exact_mut(n_keys) {
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let sum = if simd {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: usable(head_dim) was checked.
-                    unsafe {
-                        super::attention_avx512::exp_shifted(scores, max)
-                    }
-                    #[cfg(not(target_arch = "x86_64"))]
-                    unreachable!()
-                } else {
-                    let mut sum = 0f32;
-                    for score in scores.iter_mut() {
-                        *score = (*score - max).exp();
-                        sum += *score;
-                    }
-                    sum
-                };
-                let inv = 1.0 / sum;
-                for score in scores.iter_mut() {
-                    *score *= inv;
-                }
+                softmax(tier, scores);
             }
             if simd_v {
                 s.v_row.resize(group * head_dim, 0.0);
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: usable(head_dim) was checked; f16 rows of head_dim elements.
-                unsafe {
-                    use super::attention_avx512::{F16Row, Q8Row, weighted_values};
-                    let value = |p| values.at(p);
-                    let (w, out) = (&s.scores, &mut s.v_row);
-                    if cache.v.ty == GgmlType::F16 {
-                        weighted_values::<F16Row>(value, w, head_dim, n_keys, out)
-                    } else {
-                        weighted_values::<Q8Row>(value, w, head_dim, n_keys, out)
-                    }
-                };
+                attention_simd::weighted_values(
+                    tier,
+                    cache.v.ty,
+                    |p| values.at(p),
+                    &s.scores,
+                    head_dim,
+                    n_keys,
+                    &mut s.v_row,
+                );
                 for j in 0..group {
                     s.out[(j * n + t) * head_dim..][..head_dim]
                         .copy_from_slice(&s.v_row[j * head_dim..][..head_dim]);

@@ -8,6 +8,7 @@
 use super::arch::Activation;
 use super::imatrix::{Input, LayerRecorder};
 use super::profile::{Component, Profile, Timer};
+use super::softmax::{exp_normal, normal_or_zero};
 use super::weights::{ExpertFfn, Tensor};
 use crate::error::Result;
 use crate::matmul::{Pool, matmul, matmul_many};
@@ -35,7 +36,8 @@ pub struct FfnContext<'a> {
 }
 
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    // exp_normal: a large activation's exp(-x) is 0, not a subnormal.
+    x / (1.0 + exp_normal(-x))
 }
 
 /// GELU's tanh approximation (`gelu_pytorch_tanh`, ggml's `gelu`).
@@ -114,12 +116,13 @@ fn route(logits: &[f32], k: usize, renorm: bool, token: usize, routes: &mut Vec<
     }
     let max = routes[start].2;
     let sum: f32 = if renorm {
-        routes[start..].iter().map(|r| (r.2 - max).exp()).sum()
+        routes[start..].iter().map(|r| exp_normal(r.2 - max)).sum()
     } else {
-        logits.iter().map(|&l| (l - max).exp()).sum()
+        logits.iter().map(|&l| exp_normal(l - max)).sum()
     };
     for r in &mut routes[start..] {
-        r.2 = (r.2 - max).exp() / sum;
+        // A weight is 0 or normal: it scales a whole expert's output.
+        r.2 = normal_or_zero(exp_normal(r.2 - max) / sum);
     }
 }
 

@@ -12,12 +12,15 @@
 pub mod arch;
 mod attention;
 #[cfg(target_arch = "x86_64")]
-mod attention_avx512;
+mod attention_simd;
 pub mod config;
 mod ffn;
 pub mod imatrix;
 pub mod kv_cache;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 pub mod profile;
+pub mod softmax;
 pub mod weights;
 
 use std::path::Path;
@@ -34,7 +37,7 @@ pub use kv_cache::{KV_TYPES, KvCache, layer_positions};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, Value};
-use crate::matmul::{Pool, matmul, matmul_many};
+use crate::matmul::{FlushDenormals, Pool, matmul, matmul_many};
 use crate::quant::{DequantFn, Isa, dequant_fn};
 
 /// A saved KV state starts with this, then the cache's shape (layers, KV heads, head size,
@@ -676,6 +679,8 @@ impl Model {
     /// One batch of `runs` (tokens back to back); appends to `logits` those of the rows in
     /// `scratch.rows`.
     fn forward(&mut self, tokens: &[u32], runs: &[Run], logits: &mut Vec<f32>) -> Result<()> {
+        // No subnormal operand anywhere in the pass (see matmul::denormals).
+        let _flush = FlushDenormals::on();
         let c = &self.config;
         let n = tokens.len();
         let (e, qd, kvd) = (c.n_embd, c.q_dim(), c.kv_dim());
