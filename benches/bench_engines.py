@@ -57,7 +57,8 @@ def models_dir(arg: str | None) -> Path:
 def ensure_model(directory: Path, shape: str, qtype: str) -> Path:
     from ferrollm.synthetic_model import shape_spec, write_model
 
-    path = directory / f"{shape}-{qtype}.gguf"
+    # "-t": written with trained-like statistics (sharp heads, outlier channels, wide norms).
+    path = directory / f"{shape}-{qtype}-t.gguf"
     if not path.exists():
         t0 = time.perf_counter()
         write_model(path, shape_spec(shape, qtype))

@@ -74,6 +74,12 @@ class ModelSpec:
     # with blocks drawn at random from a pool of N valid blocks of the same statistics, so
     # that multi-gigabyte benchmark models are written at disk speed.
     pool_blocks: int = 0
+    # Statistics of a trained model where they change the engine's paths (the benchmark shapes
+    # turn it on): a quarter of the query heads (and their KV heads) sharp, with attention
+    # scores of std ~25 (spans of 100+ nats over a few hundred keys: the softmax's weights
+    # reach the subnormal range), 4 outlier channels 100x the rest in the residual stream, and
+    # norm weights log-normal (0.25x to 4x) rather than near 1.
+    trained_stats: bool = False
 
 
 # The benchmark shapes of ../shared/BENCHMARKS.md (random weights; no download).
@@ -118,7 +124,7 @@ def shape_spec(shape: str, weight_type: str, **overrides: Any) -> ModelSpec:
     fields: dict[str, Any] = {
         "n_vocab": 32000, "n_ctx_train": 32768, "n_expert_used": 2, "weight_type": weight_type,
         "tensor_types": quantizer_head_types(weight_type), "pool_blocks": 1 << 15, "rope_freq_base": 1e6,
-        "tokenizer": mistral_tokenizer(),
+        "tokenizer": mistral_tokenizer(), "trained_stats": True,
     }  # fmt: skip
     fields.update(SHAPES[shape])
     fields.update(overrides)
@@ -223,7 +229,9 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
 
     pools: dict[tuple[str, int, float], Any] = {}
 
-    def add_matrices(name: str, rows: int, cols: int, std: float, type_name: str, count: int = 1):
+    def add_matrices(
+        name: str, rows: int, cols: int, std: float, type_name: str, count: int = 1, row_scale=None
+    ):
         """`count` rows x cols matrices (stacked: experts) of random weights, in full or, when
         large, as blocks sampled from a pool of the same type, row length and scale. A row that
         is not whole super-blocks gets llama.cpp's fallback type, as its quantizer does."""
@@ -231,6 +239,14 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
         if cols % qt.block_elems:
             qt = quants.quant_type(_FALLBACK.get(qt.name, "Q8_0"))
         shape = [cols, rows] + ([count] if count > 1 else [])
+        if row_scale is not None:  # runs of rows at their own scale, each drawn in full
+            cuts = [0] + [r for r in range(1, rows) if row_scale[r] != row_scale[r - 1]] + [rows]
+            runs = [_weight(rng, b - a, cols, qt.name, std * row_scale[a]) for a, b in zip(cuts, cuts[1:])]
+            if runs[0][1] is None:
+                w.add_tensor(name, np.concatenate([d for d, _, _ in runs]))
+            else:
+                w.add_tensor(name, np.concatenate([np.asarray(d).reshape(-1) for d, _, _ in runs]), qt.name, shape)
+            return
         if s.pool_blocks and qt.block_bytes > 4 and rows * count * cols // qt.block_elems > s.pool_blocks:
             key = (qt.name, cols, std)
             if key not in pools:
@@ -247,17 +263,39 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
             stacked = np.concatenate([np.asarray(d).reshape(-1) for d, _, _ in parts])
             w.add_tensor(name, stacked, qt.name, shape)
 
-    def matrix(name: str, rows: int, cols: int, std: float | None = None, type_name: str | None = None):
+    def matrix(name: str, rows: int, cols: int, std: float | None = None, type_name: str | None = None, row_scale=None):
         t = type_name or s.tensor_types.get(name, s.weight_type)
-        add_matrices(name, rows, cols, std or cols**-0.5, t)
+        add_matrices(name, rows, cols, std or cols**-0.5, t, row_scale=row_scale)
+
+    outliers = np.arange(4) * (s.n_embd // 4) + 7 if s.trained_stats else np.arange(0)
 
     def norm(name: str, n: int = s.n_embd):
-        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+        if not s.trained_stats:
+            w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+            return
+        g = np.exp(0.7 * rng.standard_normal(n)).clip(0.25, 4.0)
+        if n == s.n_embd:  # as trained norms do, they take the outlier channels back down
+            g[outliers] = 0.01
+        w.add_tensor(name, g.astype(np.float32))
+
+    # Sharp heads: q and k rows of every 4th KV head's group scaled so that their scores have
+    # a std of ~25 (x5 each), after the outliers' share of the RMS and the norms' mean square.
+    sharp = 5.0 * np.sqrt(1.0 + len(outliers) * 1e4 / s.n_embd) / np.sqrt(np.exp(0.98))
+    sharp_kv = np.arange(s.n_head_kv) % 4 == 0 if s.trained_stats else np.zeros(s.n_head_kv, bool)
+    group = s.n_head // s.n_head_kv
+    q_scale = np.repeat(np.where(np.repeat(sharp_kv, group), sharp, 1.0), head_dim) if sharp_kv.any() else None
+    k_scale = np.repeat(np.where(sharp_kv, sharp, 1.0), head_dim) if sharp_kv.any() else None
 
     def bias(name: str, n: int):
         w.add_tensor(name, (0.5 * rng.standard_normal(n)).astype(np.float32))
 
-    matrix("token_embd.weight", s.n_vocab, s.n_embd, std=1.0)
+    if s.trained_stats and s.tensor_types.get("token_embd.weight", s.weight_type).upper() in WRITABLE_TYPES:
+        # Outlier channels: 4 columns 100x the rest, as the residual streams of trained models.
+        embd = rng.standard_normal((s.n_vocab, s.n_embd)).astype(np.float32)
+        embd[:, outliers] *= 100.0
+        w.add_tensor("token_embd.weight", *quantize_tensor(embd, s.tensor_types.get("token_embd.weight", s.weight_type)))
+    else:
+        matrix("token_embd.weight", s.n_vocab, s.n_embd, std=1.0)
     for layer in range(s.n_layer):
         p = f"blk.{layer}."
         q_dim, kv_dim = s.n_head * head_dim, s.n_head_kv * head_dim
@@ -265,8 +303,8 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
         if "fused_qkv" in features:
             matrix(p + "attn_qkv.weight", q_dim + 2 * kv_dim, s.n_embd)
         else:
-            matrix(p + "attn_q.weight", q_dim, s.n_embd)
-            matrix(p + "attn_k.weight", kv_dim, s.n_embd)
+            matrix(p + "attn_q.weight", q_dim, s.n_embd, row_scale=q_scale)
+            matrix(p + "attn_k.weight", kv_dim, s.n_embd, row_scale=k_scale)
             matrix(p + "attn_v.weight", kv_dim, s.n_embd)
         if "qkv_bias" in features:
             for kind, n in (("q", q_dim), ("k", kv_dim), ("v", kv_dim)):

@@ -16,8 +16,10 @@
 //!   `k = 128 * sum_groups sd * sum(v)` taking the 128 back; the integer sums are exact.
 //!
 //! The weights stay in the file (the panel is a per-thread scratch of one tile, not a copy of
-//! the model). Needs AVX-512 VNNI; elsewhere, and for float weights, `matmul` keeps using the
-//! per-row kernels. The integer sums are exact; only float rounding differs from `scalar`.
+//! the model). The integer step is one `Kernel` per instruction set: 512-bit `vpdpbusd`, its
+//! 256-bit AVX-VNNI form (8 tokens per vector), or AVX2's `vpmaddubsw` + `vpmaddwd` (`avx2`);
+//! for float weights, and without AVX2, `matmul` keeps using the per-row kernels. The integer
+//! sums are exact; only float rounding differs from `scalar`.
 
 use std::cell::RefCell;
 
@@ -52,6 +54,7 @@ pub(super) struct PanelForm {
     pub offset: bool,
 }
 
+#[inline(always)]
 fn unpack_row_32<B: Unpack32 + bytemuck::Pod>(
     row: &[u8],
     q: &mut [u8],
@@ -99,44 +102,127 @@ pub(super) fn unpack_row_k<B: UnpackK + bytemuck::Pod, const G: usize>(
     }
 }
 
-pub(super) fn panel_form(ty: GgmlType) -> Option<PanelForm> {
+/// The panel form of `ty` for `kernel`: the 512-bit unpackers where that kernel runs, the
+/// portable ones (compiled for AVX2 on the 256-bit kernels) elsewhere.
+pub(super) fn panel_form(ty: GgmlType, kernel: Kernel) -> Option<PanelForm> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(form) = super::avx512::panel_form(ty) {
-        return Some(form);
+    match kernel {
+        Kernel::Avx512Vnni => super::avx512::panel_form(ty).or_else(|| scalar_panel_form(ty)),
+        _ => avx2_panel_form(ty),
     }
-    scalar_panel_form(ty)
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = kernel;
+        scalar_panel_form(ty)
+    }
 }
 
-/// The portable unpackers (through the integer forms of `unpack`).
-pub(super) fn scalar_panel_form(ty: GgmlType) -> Option<PanelForm> {
-    use GgmlType::*;
-    let form = |unpack: RowUnpackFn, group, offset| PanelForm {
-        unpack,
-        group,
-        offset,
+/// Each type with its portable unpacker, scale grain (elements per scale) and whether its
+/// groups have offsets: `scalar_panel_form` at the baseline instruction set and, on x86-64,
+/// `avx2_panel_form`, the same unpackers compiled with AVX2 (their lane loops vectorize; at
+/// the baseline ISA they ran 4-20x slower).
+macro_rules! portable_panels {
+    ($($ty:ident => $unpack:path, $group:literal, $offset:literal),* $(,)?) => {
+        pub(super) fn scalar_panel_form(ty: GgmlType) -> Option<PanelForm> {
+            let form = |unpack: RowUnpackFn, group, offset| PanelForm { unpack, group, offset };
+            match ty {
+                $(GgmlType::$ty => Some(form($unpack, $group, $offset)),)*
+                _ => None,
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        fn avx2_panel_form(ty: GgmlType) -> Option<PanelForm> {
+            $(
+                #[allow(non_snake_case)]
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn $ty(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]) {
+                    $unpack(row, q, sd, m)
+                }
+            )*
+            let form = |unpack: RowUnpackFn, group, offset| PanelForm { unpack, group, offset };
+            match ty {
+                // SAFETY: the 256-bit kernels, the only users, run where AVX2 was detected.
+                $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group, $offset)),)*
+                _ => None,
+            }
+        }
     };
-    Some(match ty {
-        Q4_0 => form(unpack_row_32::<BlockQ4_0>, 32, false),
-        Q4_1 => form(unpack_row_32::<BlockQ4_1>, 32, true),
-        Q5_0 => form(unpack_row_32::<BlockQ5_0>, 32, false),
-        Q5_1 => form(unpack_row_32::<BlockQ5_1>, 32, true),
-        Q8_0 => form(unpack_row_32::<BlockQ8_0>, 32, false),
-        IQ4_NL => form(unpack_row_32::<BlockIq4Nl>, 32, false),
-        Q2_K => form(unpack_row_k::<BlockQ2K, 16>, 16, true),
-        Q3_K => form(unpack_row_k::<BlockQ3K, 16>, 16, false),
-        Q4_K => form(unpack_row_k::<BlockQ4K, 32>, 32, true),
-        Q5_K => form(unpack_row_k::<BlockQ5K, 32>, 32, true),
-        Q6_K => form(unpack_row_k::<BlockQ6K, 16>, 16, false),
-        IQ2_XXS => form(unpack_row_k::<BlockIq2Xxs, 32>, 32, false),
-        IQ2_XS => form(unpack_row_k::<BlockIq2Xs, 16>, 16, false),
-        IQ2_S => form(unpack_row_k::<BlockIq2S, 16>, 16, false),
-        IQ3_XXS => form(unpack_row_k::<BlockIq3Xxs, 32>, 32, false),
-        IQ3_S => form(unpack_row_k::<BlockIq3S, 32>, 32, false),
-        IQ1_S => form(unpack_row_k::<BlockIq1S, 32>, 32, false),
-        IQ1_M => form(unpack_row_k::<BlockIq1M, 16>, 16, false),
-        IQ4_XS => form(unpack_row_k::<BlockIq4Xs, 32>, 32, false),
-        _ => return None,
-    })
+}
+
+portable_panels!(
+    Q4_0 => unpack_row_32::<BlockQ4_0>, 32, false,
+    Q4_1 => unpack_row_32::<BlockQ4_1>, 32, true,
+    Q5_0 => unpack_row_32::<BlockQ5_0>, 32, false,
+    Q5_1 => unpack_row_32::<BlockQ5_1>, 32, true,
+    Q8_0 => unpack_row_32::<BlockQ8_0>, 32, false,
+    IQ4_NL => unpack_row_32::<BlockIq4Nl>, 32, false,
+    Q2_K => unpack_row_k::<BlockQ2K, 16>, 16, true,
+    Q3_K => unpack_row_k::<BlockQ3K, 16>, 16, false,
+    Q4_K => unpack_row_k::<BlockQ4K, 32>, 32, true,
+    Q5_K => unpack_row_k::<BlockQ5K, 32>, 32, true,
+    Q6_K => unpack_row_k::<BlockQ6K, 16>, 16, false,
+    IQ2_XXS => unpack_row_k::<BlockIq2Xxs, 32>, 32, false,
+    IQ2_XS => unpack_row_k::<BlockIq2Xs, 16>, 16, false,
+    IQ2_S => unpack_row_k::<BlockIq2S, 16>, 16, false,
+    IQ3_XXS => unpack_row_k::<BlockIq3Xxs, 32>, 32, false,
+    IQ3_S => unpack_row_k::<BlockIq3S, 32>, 32, false,
+    IQ1_S => unpack_row_k::<BlockIq1S, 32>, 32, false,
+    IQ1_M => unpack_row_k::<BlockIq1M, 16>, 16, false,
+    IQ4_XS => unpack_row_k::<BlockIq4Xs, 32>, 32, false,
+);
+
+/// The integer step of the batched product, by instruction set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// 512-bit `vpdpbusd`: 16 tokens per vector.
+    Avx512Vnni,
+    /// AVX-VNNI's 256-bit `vpdpbusd`: 8 tokens per vector.
+    AvxVnni,
+    /// AVX2's `vpmaddubsw` on the activations plus 128: its 16-bit pair sums are exact while
+    /// |weight| <= 64 (every type but Q8_0, IQ4_NL and IQ4_XS).
+    Avx2,
+    /// AVX2's `vpmaddubsw` on |weight| and the activations with the weight's sign (as ggml's
+    /// AVX2 dot products): exact for any weight byte, one more operation per step.
+    Avx2Signed,
+}
+
+impl Kernel {
+    /// Whether activations enter as unsigned bytes (value + 128), each row's constants `k`
+    /// taking the 128 back; else as they are, with `k` = 0.
+    fn offset128(self) -> bool {
+        self != Kernel::Avx2Signed
+    }
+}
+
+/// Types whose weight bytes may exceed 64 in magnitude (a `vpmaddubsw` pair of them against
+/// bytes up to 255 would saturate 16 bits).
+fn wide_values(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ4_XS)
+}
+
+/// The kernel `gemm` runs `ty` with at tier `isa` on this CPU, if any.
+pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
+    scalar_panel_form(ty)?;
+    #[cfg(target_arch = "x86_64")]
+    {
+        let isa = isa.min(Isa::detected());
+        if isa >= Isa::Avx512 && vnni_detected() {
+            return Some(Kernel::Avx512Vnni);
+        }
+        if isa >= Isa::AvxVnni && is_x86_feature_detected!("avxvnni") {
+            return Some(Kernel::AvxVnni);
+        }
+        if isa >= Isa::Avx2 {
+            return Some(if wide_values(ty) {
+                Kernel::Avx2Signed
+            } else {
+                Kernel::Avx2
+            });
+        }
+    }
+    let _ = isa;
+    None
 }
 
 /// A tile of 16 weight rows: row r's bytes at `q[r * cols..]`, its group terms at
@@ -151,7 +237,7 @@ struct Panel {
 }
 
 impl Panel {
-    fn fill(&mut self, w: &QMatrix, s: &Shape, unpack: RowUnpackFn, first: usize) {
+    fn fill(&mut self, w: &QMatrix, s: &Shape, form: &PanelForm, kernel: Kernel, first: usize) {
         let (cols, group, groups) = (w.cols, s.group, w.cols / s.group);
         let blocks = groups / s.per_block;
         self.k.resize(blocks * TILE_ROWS, 0.0);
@@ -171,18 +257,35 @@ impl Panel {
                 continue;
             }
             let q = &mut self.q[r * cols..][..cols];
-            unpack(w.row(first + r), q, sd, m);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the panel is only built where the AVX-512 kernel runs (supported()).
-            unsafe {
-                avx512::row_constants(q, sd, group, s.per_block * group, k)
-            };
+            (form.unpack)(w.row(first + r), q, sd, m);
+            match kernel {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: this kernel runs only where its features were detected.
+                Kernel::Avx512Vnni => unsafe {
+                    avx512::row_constants(q, sd, group, s.per_block * group, k)
+                },
+                _ if kernel.offset128() => row_constants(q, sd, group, s.per_block * group, k),
+                _ => k.fill(0.0),
+            }
         }
     }
 }
 
+/// The rows' constants `k = 128 * sum over a block's elements of sd(group) * v` (as
+/// `avx512::row_constants`, summed in plain order).
+fn row_constants(q: &[u8], sd: &[f32], group: usize, block: usize, k: &mut [f32]) {
+    for (b, k) in k.iter_mut().enumerate() {
+        let groups = q[b * block..][..block].chunks_exact(group);
+        *k = 128.0
+            * groups
+                .zip(&sd[b * block / group..])
+                .map(|(g, &sd)| sd * g.iter().map(|&v| v as i8 as i32).sum::<i32>() as f32)
+                .sum::<f32>();
+    }
+}
+
 /// Activation rows in bands of 16 tokens: `x[band][col / 4][token][col % 4]` as Q8 bytes plus
-/// 128; per band and activation block the 16 scales `a`; per band and group the 16
+/// 128 (as they are for `Kernel::Avx2Signed`); per band and activation block the 16 scales `a`; per band and group the 16
 /// `a * sum(Q8 bytes)` where the weights have group offsets (zeros for the tokens past n).
 #[derive(Default)]
 struct Acts {
@@ -199,13 +302,15 @@ impl Acts {
         n: usize,
         cols: usize,
         form: &PanelForm,
+        offset128: bool,
     ) {
         let group = form.group;
         let bands = n.div_ceil(BAND);
         let (block_elems, block_bytes) = (act_ty.block_elems(), act_ty.block_bytes());
         let (blocks, groups) = (cols / block_elems, cols / group);
         self.x.clear();
-        self.x.resize(bands * BAND * cols, 128);
+        let (zero, flip) = if offset128 { (128, 0x80) } else { (0, 0) };
+        self.x.resize(bands * BAND * cols, zero);
         self.a.clear();
         self.a.resize(bands * blocks * BAND, 0.0);
         self.as_.clear();
@@ -221,7 +326,7 @@ impl Acts {
                 for (k, four) in qs.chunks_exact(4).enumerate() {
                     let at = ((col0 / 4 + k) * BAND + lane) * 4;
                     for (d, &v) in x[at..at + 4].iter_mut().zip(four) {
-                        *d = v ^ 0x80;
+                        *d = v ^ flip;
                     }
                 }
                 if !form.offset {
@@ -268,34 +373,27 @@ fn vnni_detected() -> bool {
 
 /// Whether `gemm` can run `ty` on this CPU at tier `isa`.
 pub fn supported(ty: GgmlType, isa: Isa) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        isa >= Isa::Avx512 && vnni_detected() && panel_form(ty).is_some()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (ty, isa);
-        false
-    }
+    kernel(ty, isa).is_some()
 }
 
 /// `y_i[t][r] = sum_c W_i[r][c] x[t][c]` for the n rows of `x` and matrices of one type and
-/// width; the caller checked the shapes and `supported(ws[0].ty, isa)`.
+/// width, with `kernel` (from `kernel(ws[0].ty, ..)`); the caller checked the shapes.
 pub(super) fn gemm(
     pool: &Pool,
     ws: &[QMatrix],
     x: &[f32],
     outs: &[SharedOut],
     scratch: &mut Vec<u8>,
+    kernel: Kernel,
 ) -> Result<()> {
     let w0 = &ws[0];
     let n = x.len() / w0.cols;
     let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
-    let form = panel_form(w0.ty).expect("checked by supported()");
+    let form = panel_form(w0.ty, kernel).expect("checked by kernel()");
     let (group, per_block) = (form.group, act_ty.block_elems() / form.group);
     quantize_activations(act_ty, x, scratch)?;
     ACTS.with_borrow_mut(|acts| {
-        acts.fill(act_ty, scratch, n, w0.cols, &form);
+        acts.fill(act_ty, scratch, n, w0.cols, &form, kernel.offset128());
         let acts = &*acts;
         let tiles = Tiles::new(ws, TILE_ROWS);
         pool.run(tiles.total, |tile| {
@@ -310,11 +408,19 @@ pub(super) fn gemm(
                     per_block,
                     offset: form.offset,
                 };
-                panel.fill(w, &shape, form.unpack, rows.start);
+                panel.fill(w, &shape, &form, kernel, rows.start);
+                let (out, first, valid) = (outs[m], rows.start, rows.len());
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: supported() checked the CPU; each task writes its own rows.
+                // SAFETY: kernel() checked the CPU's features; each task writes its own rows.
                 unsafe {
-                    avx512::tile(panel, acts, &shape, outs[m], rows.start, rows.len())
+                    match kernel {
+                        Kernel::Avx512Vnni => avx512::tile(panel, acts, &shape, out, first, valid),
+                        Kernel::AvxVnni => avx2::tile_vnni(panel, acts, &shape, out, first, valid),
+                        Kernel::Avx2 => avx2::tile_offset(panel, acts, &shape, out, first, valid),
+                        Kernel::Avx2Signed => {
+                            avx2::tile_signed(panel, acts, &shape, out, first, valid)
+                        }
+                    }
                 };
             })
         });
@@ -351,6 +457,9 @@ pub(super) struct Shape {
     pub per_block: usize,
     pub offset: bool,
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

@@ -56,8 +56,10 @@ pub fn exact_rows(ty: GgmlType, isa: Isa) -> usize {
     if dot_many_fn(ty, isa).is_some() {
         return MANY_DOT_UP_TO.max(1);
     }
-    if gemm::supported(ty, isa.min(Isa::detected())) {
-        return narrow::first(ty).min(GEMM_MIN_TOKENS) - 1;
+    match gemm::kernel(ty, isa) {
+        Some(gemm::Kernel::Avx512Vnni) => return narrow::first(ty).min(GEMM_MIN_TOKENS) - 1,
+        Some(_) => return GEMM_MIN_TOKENS - 1,
+        None => {}
     }
     usize::MAX
 }
@@ -314,12 +316,15 @@ pub fn matmul_many(
     }
     let outs = &outs[..ws.len()];
     let many = dot_many_fn(w0.ty, isa).filter(|_| (2..=MANY_DOT_UP_TO).contains(&n));
-    if gemm::supported(w0.ty, isa.min(Isa::detected())) && many.is_none() {
-        if narrow::takes(n, w0.ty) {
+    if let Some(kernel) = gemm::kernel(w0.ty, isa)
+        && many.is_none()
+    {
+        // The narrow product is written for 512-bit vectors only.
+        if kernel == gemm::Kernel::Avx512Vnni && narrow::takes(n, w0.ty) {
             return narrow::narrow(pool, ws, x, outs, scratch);
         }
         if n >= GEMM_MIN_TOKENS {
-            return gemm::gemm(pool, ws, x, outs, scratch);
+            return gemm::gemm(pool, ws, x, outs, scratch, kernel);
         }
     }
     let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");

@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::gemm::{PanelForm, Shape, TILE_ROWS, act_blocks, panel_form};
+use super::gemm::{Kernel, PanelForm, Shape, TILE_ROWS, act_blocks, panel_form};
 use super::{QMatrix, SharedOut, Tiles, activation_type, quantize_activations};
 use crate::error::Result;
 use crate::gguf::GgmlType;
@@ -251,7 +251,7 @@ pub(super) fn narrow(
     let w0 = &ws[0];
     let n = x.len() / w0.cols;
     let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
-    let form: PanelForm = panel_form(w0.ty).expect("checked by gemm::supported()");
+    let form: PanelForm = panel_form(w0.ty, Kernel::Avx512Vnni).expect("checked by gemm::kernel()");
     let direct = direct_form(w0.ty);
     let (group, per_block) = (form.group, act_ty.block_elems() / form.group);
     quantize_activations(act_ty, x, scratch)?;

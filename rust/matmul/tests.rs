@@ -160,17 +160,64 @@ fn bad_shapes_are_errors() {
     assert!(Pool::new(Some(0)).is_err());
 }
 
+/// The batched product's kernels this CPU runs for `ty`, one per tier.
+fn kernels(ty: GgmlType) -> impl Iterator<Item = gemm::Kernel> {
+    let mut found: Vec<gemm::Kernel> = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512]
+        .into_iter()
+        .filter_map(|isa| gemm::kernel(ty, isa))
+        .collect();
+    found.dedup();
+    found.into_iter()
+}
+
 #[test]
 fn the_batched_product_matches_the_per_row_kernels() {
-    // Token counts across bands (16 tokens each) and a ragged last tile of rows.
+    // Token counts across bands (16 tokens each, 8 per 256-bit half) and a ragged last tile
+    // of rows, on every kernel the CPU has.
     let pool = Pool::new(Some(2)).unwrap();
     for &ty in DOT_TYPES {
-        if !gemm::supported(ty, Isa::detected()) {
-            continue;
+        for kernel in kernels(ty) {
+            // cols: the 32-element types also at one block (rows shorter than a vector).
+            for cols in [ty.block_elems().max(256) * 2, ty.block_elems().max(32)] {
+                check_batched(&pool, ty, 37, cols, Product::Gemm(kernel));
+            }
         }
-        // cols: the 32-element types also at one block (rows shorter than a vector).
-        for cols in [ty.block_elems().max(256) * 2, ty.block_elems().max(32)] {
-            check_batched(&pool, ty, 37, cols, Product::Gemm);
+    }
+}
+
+/// The 256-bit kernels on extreme bytes: weights of every type at their largest magnitudes
+/// against activations at +-127, where a saturating 16-bit pair sum would show.
+#[test]
+fn the_256_bit_kernels_are_exact_at_the_extremes() {
+    let pool = Pool::new(Some(1)).unwrap();
+    for &ty in DOT_TYPES {
+        for kernel in kernels(ty).filter(|k| *k != gemm::Kernel::Avx512Vnni) {
+            let (rows, cols, n) = (5, ty.block_elems().max(256), 9);
+            let w = random_weights(ty, 900 + ty.id() as u64, rows * cols / ty.block_elems());
+            let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+            let mut wf = vec![0f32; rows * cols];
+            crate::quant::dequantize_with(ty, &w, &mut wf, Isa::Scalar).unwrap();
+            // Each activation the sign of its weight times the row's extreme: every product
+            // at its largest, all of one sign.
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| if wf[i % cols] < 0.0 { -1.0 } else { 1.0 } * (1 + i / cols) as f32)
+                .collect();
+            let mut y = vec![0f32; n * rows];
+            let out = [SharedOut(y.as_mut_ptr())];
+            gemm::gemm(&pool, &[m], &x, &out, &mut Vec::new(), kernel).unwrap();
+            let act_ty = activation_type(ty).unwrap();
+            for t in 0..n {
+                let mut a = Vec::new();
+                quantize_activations(act_ty, &x[t * cols..][..cols], &mut a).unwrap();
+                for r in 0..rows {
+                    let (exact, mag) = exact_dot(ty, m.row(r), act_ty, &a, cols);
+                    let got = y[t * rows + r] as f64;
+                    assert!(
+                        (got - exact).abs() <= 1e-5 * mag + 1e-6,
+                        "{ty} {kernel:?} token {t} row {r}: {got} vs exact {exact}"
+                    );
+                }
+            }
         }
     }
 }
@@ -179,7 +226,7 @@ fn the_batched_product_matches_the_per_row_kernels() {
 fn the_narrow_product_matches_the_per_row_kernels_whatever_the_batch() {
     let pool = Pool::new(Some(2)).unwrap();
     for &ty in DOT_TYPES {
-        if !gemm::supported(ty, Isa::detected()) {
+        if gemm::kernel(ty, Isa::detected()) != Some(gemm::Kernel::Avx512Vnni) {
             continue;
         }
         for cols in [ty.block_elems().max(256) * 2, ty.block_elems().max(32)] {
@@ -204,7 +251,7 @@ fn the_narrow_product_matches_the_per_row_kernels_whatever_the_batch() {
 
 #[derive(Clone, Copy)]
 enum Product {
-    Gemm,
+    Gemm(gemm::Kernel),
     Narrow,
 }
 
@@ -215,7 +262,7 @@ fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize, product: P
         let dot = reference_dot(ty).unwrap();
         let act_ty = activation_type(ty).unwrap();
         let counts: &[usize] = match product {
-            Product::Gemm => &[4, 17, 33],
+            Product::Gemm(_) => &[4, 9, 17, 33],
             Product::Narrow => &[2, 3, 5, 8],
         };
         for &n in counts {
@@ -224,7 +271,7 @@ fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize, product: P
             let mut scratch = Vec::new();
             let out = [SharedOut(y.as_mut_ptr())];
             match product {
-                Product::Gemm => gemm::gemm(pool, &[m], &x, &out, &mut scratch).unwrap(),
+                Product::Gemm(k) => gemm::gemm(pool, &[m], &x, &out, &mut scratch, k).unwrap(),
                 Product::Narrow => narrow::narrow(pool, &[m], &x, &out, &mut scratch).unwrap(),
             }
             for t in 0..n {
@@ -336,8 +383,12 @@ fn the_pool_runs_every_task_once_and_passes_panics_to_the_caller() {
 fn the_vector_panel_unpackers_equal_the_portable_ones() {
     // The portable unpackers of the codebook types and Q6_K only run on CPUs without the
     // 512-bit ones; here both unpack the same rows and must agree exactly.
-    for &ty in DOT_TYPES {
-        let (Some(fast), Some(portable)) = (gemm::panel_form(ty), gemm::scalar_panel_form(ty))
+    for (&ty, kernel) in DOT_TYPES
+        .iter()
+        .flat_map(|ty| kernels(*ty).map(move |k| (ty, k)))
+    {
+        let (Some(fast), Some(portable)) =
+            (gemm::panel_form(ty, kernel), gemm::scalar_panel_form(ty))
         else {
             continue;
         };
@@ -356,7 +407,7 @@ fn the_vector_panel_unpackers_equal_the_portable_ones() {
         };
         assert!(
             unpack(fast.unpack) == unpack(portable.unpack),
-            "{ty}: unpackers differ"
+            "{ty} {kernel:?}: unpackers differ"
         );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Three tiers per type, as in ggml: the reference (`Block::dequantize`, plain scalar code), and
 //! SIMD kernels per instruction set (`avx2`), all bit-identical to the reference. `Isa::active()`
-//! is detected once; `FERROLLM_ISA=scalar` (or `avx2`) forces a lower tier.
+//! is detected once; `FERROLLM_ISA=scalar` (or `avx2`, `avxvnni`) forces a lower tier.
 //!
 //! AVX-512 is detected (the matrix kernels will use it) but has no dequantization kernels:
 //! 16-lane versions of F16, Q8_0, Q4_0, Q4_K and IQ4_XS were measured no faster than AVX2
@@ -37,6 +37,9 @@ pub type DequantFn = fn(src: &[u8], dst: &mut [f32]);
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX2 with AVX-VNNI's 256-bit `vpdpbusd` (Intel since Alder Lake, AMD since Zen 4):
+    /// the batched product's integer kernel; everything else runs AVX2's kernels.
+    AvxVnni,
     Avx512,
 }
 
@@ -45,12 +48,13 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+        [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512]
             .into_iter()
             .find(|i| i.name() == name.to_ascii_lowercase())
     }
@@ -70,6 +74,9 @@ impl Isa {
                     && is_x86_feature_detected!("avx512vl");
                 if avx512 {
                     return Isa::Avx512;
+                }
+                if avx2 && is_x86_feature_detected!("avxvnni") {
+                    return Isa::AvxVnni;
                 }
                 if avx2 {
                     return Isa::Avx2;
