@@ -84,3 +84,22 @@ def test_penalty_window():
 def test_bad_parameters(bad):
     with pytest.raises(ValueError):
         SamplingParams(**bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spread=st.floats(100.0, 5000.0),
+    temperature=st.floats(0.05, 2.0),
+    top_k=st.sampled_from([0, 40]),
+    n=st.integers(2, 3000),
+)
+def test_no_probability_is_subnormal(spread, temperature, top_k, n):
+    # Logits spanning thousands of nats (logit biases of -1000, banned tokens): every
+    # probability is 0 or a normal float, and they still sum to 1.
+    rng = np.random.default_rng(n)
+    logits = (rng.random(n) * -spread).astype(np.float32)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=1.0, min_p=0.0)
+    _, probs = Sampler(params).candidates(logits)
+    tiny = np.finfo(np.float64).tiny
+    assert not ((probs > 0) & (probs < tiny)).any(), probs[(probs > 0) & (probs < tiny)]
+    assert abs(probs.sum() - 1.0) < 1e-9

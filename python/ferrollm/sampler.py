@@ -81,7 +81,7 @@ class Sampler:
         pool = _top_k_ids(z, p.top_k) if 0 < p.top_k < len(z) else np.arange(len(z))
         zmax = z[pool].max()
         # Truncations look at the untempered distribution; temperature reshapes what is left.
-        total = np.exp(z[pool] - zmax).sum()
+        total = _exp(z[pool] - zmax).sum()
         if p.min_p > 0.0:
             pool = pool[z[pool] - zmax >= np.log(p.min_p)]
         order = pool[np.lexsort((pool, -z[pool]))]
@@ -89,11 +89,11 @@ class Sampler:
         keep = len(z)
         if p.top_p < 1.0:
             # The smallest prefix whose mass reaches top_p (at least one token).
-            probs = np.exp(z - zmax) / total
+            probs = _exp(z - zmax) / total
             keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p) + 1))
         order, z = order[:keep], z[:keep]
         temp = p.temperature if p.temperature > 0 else 1.0
-        final = np.exp((z - z[0]) / temp)
+        final = _exp((z - z[0]) / temp)
         return order, final / final.sum()
 
     def sample(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
@@ -101,6 +101,17 @@ class Sampler:
             return int(np.argmax(self.greedy_scores(logits, history)))
         ids, probs = self.candidates(logits, history)
         return int(ids[self.rng.choice(len(ids), p=probs)])
+
+
+# exp(-650) over any vocabulary's sum is still a normal float64: below it a probability is an
+# exact 0, never a subnormal (logit biases of -1000, banned tokens, long penalties reach there).
+_EXP_CUT = -650.0
+
+
+def _exp(x: np.ndarray) -> np.ndarray:
+    """exp(x), with an exact 0 where x < _EXP_CUT (NaN stays NaN)."""
+    out = np.zeros_like(x)
+    return np.exp(x, out=out, where=~(x < _EXP_CUT))
 
 
 def _top_k_ids(z: np.ndarray, k: int) -> np.ndarray:

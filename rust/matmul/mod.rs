@@ -159,7 +159,34 @@ pub fn quantize_activations(act_ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> R
     {
         return Ok(());
     }
+    #[cfg(target_arch = "x86_64")]
+    if Isa::active() >= Isa::Avx2
+        && matches!(act_ty, GgmlType::Q8_0 | GgmlType::Q8_K)
+        && x.len().is_multiple_of(act_ty.block_elems())
+    {
+        // SAFETY: Isa::active() detected AVX2 and FMA; x holds whole blocks.
+        unsafe { quantize_activations_avx2(act_ty, x, out) };
+        return Ok(());
+    }
     quantize::quantize(act_ty, x, out)
+}
+
+/// The reference Q8_0 / Q8_K quantizers compiled for AVX2 (same operations, same bits): at the
+/// baseline ISA each rounding is a libm call (7% of an AVX2 prefill, measured with perf).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_activations_avx2(act_ty: GgmlType, x: &[f32], out: &mut Vec<u8>) {
+    if act_ty == GgmlType::Q8_K {
+        for c in x.chunks_exact(crate::gguf::QK_K) {
+            let block = quantize::quantize_q8_k(c.try_into().expect("whole blocks"));
+            out.extend_from_slice(bytemuck::bytes_of(&block));
+        }
+    } else {
+        for c in x.chunks_exact(32) {
+            let block = quantize::quantize_q8_0(c.try_into().expect("whole blocks"), None);
+            out.extend_from_slice(bytemuck::bytes_of(&block));
+        }
+    }
 }
 
 /// True when no value is NaN or Inf (v * 0 is NaN exactly for those); 16 lanes so that it

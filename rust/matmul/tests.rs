@@ -308,6 +308,13 @@ fn activation_quantizers_match_the_reference_bit_for_bit() {
             let mut reference = Vec::new();
             quantize::quantize(ty, x, &mut reference).unwrap();
             assert_eq!(fast, reference, "{ty}");
+            #[cfg(target_arch = "x86_64")]
+            if Isa::detected() >= Isa::Avx2 {
+                let mut avx2 = Vec::new();
+                // SAFETY: AVX2 and FMA were detected; whole blocks.
+                unsafe { super::quantize_activations_avx2(ty, x, &mut avx2) };
+                assert_eq!(avx2, reference, "{ty} (AVX2)");
+            }
         }
     }
 }

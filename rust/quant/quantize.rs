@@ -132,6 +132,7 @@ pub fn quantize_q5_1(x: &[f32; QK], im: Option<&[f32]>) -> BlockQ5_1 {
 }
 
 /// Q8_0 ignores the importance matrix, as llama.cpp does: 8 bits leave nothing to trade.
+#[inline(always)] // into matmul's AVX2 activation quantizer, where its rounding is inline
 pub fn quantize_q8_0(x: &[f32; QK], _im: Option<&[f32]>) -> BlockQ8_0 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -144,6 +145,7 @@ pub fn quantize_q8_0(x: &[f32; QK], _im: Option<&[f32]>) -> BlockQ8_0 {
 
 /// Q8_K as ggml's `quantize_row_q8_K_ref`: scale from the signed extreme so that it maps to
 /// -127 (the +128 side is never used), sums of each 16 values kept for the K-quant mins.
+#[inline(always)] // into matmul's AVX2 activation quantizer, where its rounding is inline
 pub fn quantize_q8_k(x: &[f32; QK_K]) -> BlockQ8K {
     let max = signed_absmax(x);
     if max == 0.0 {
