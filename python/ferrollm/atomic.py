@@ -18,6 +18,60 @@ class OutputError(OSError):
     pass
 
 
+class OverwritesInput(ValueError):
+    """An output that is, or would replace, one of the tool's inputs."""
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(output: str | os.PathLike, inputs) -> None:
+    """Refuses an ``output`` whose folder does not exist, or that is one of ``inputs`` or would
+    replace or damage one: the same
+    file (also through a symlink or a hard link), a folder that holds an input (a folder output
+    replaces the whole folder), or an existing file inside an input folder (a checkpoint's
+    weights or config). Every tool that writes calls it before it reads anything; ``None``
+    entries and objects that are not paths are skipped."""
+    check_folder(os.path.abspath(os.fspath(output)))
+    out = os.path.realpath(os.fspath(output))
+    for given in inputs:
+        if not isinstance(given, (str, os.PathLike)):
+            continue
+        src = os.path.realpath(os.fspath(given))
+        why = None
+        if out == src or _same_file(out, src):
+            why = "is"
+        elif _inside(src, out):
+            why = "is a folder that holds"
+        elif os.path.isdir(src) and os.path.lexists(out):
+            if _inside(out, src):
+                why = "would replace a file of"
+            elif os.path.isfile(out) and any(
+                _same_file(out, e.path) for e in os.scandir(src) if e.is_file(follow_symlinks=False)
+            ):
+                why = "is a hard link to a file of"
+        if why:
+            raise OverwritesInput(
+                f"output {os.fspath(output)} {why} the input {os.fspath(given)}: refusing to write over it "
+                "(nothing was written; choose another output path)"
+            )
+
+
+def check_folder(path: str) -> None:
+    """The error for an output whose folder is missing, naming the output (not a temporary)."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise OutputError(errno.ENOENT, f"cannot write {path}: the folder {parent} does not exist")
+
+
 def _disk_full(path: str, e: OSError) -> OSError:
     if e.errno == errno.ENOSPC:
         return OutputError(errno.ENOSPC, f"disk full while writing {path}: nothing was written there "
@@ -35,6 +89,7 @@ class AtomicFile:
         self._f = None
 
     def __enter__(self):
+        check_folder(self.path)
         d, base = os.path.split(self.path)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".partial", dir=d)
         self._f = os.fdopen(fd, "wb")

@@ -306,6 +306,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_imatrix(args: argparse.Namespace) -> int:
+    from ferrollm.atomic import check_output
+
+    check_output(args.output, [args.model, args.file])
     with open(args.file, encoding="utf-8", errors="replace") as f:
         text = f.read()
     start = time.perf_counter()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ferrollm import hf_vocab
+from ferrollm.atomic import check_output
 from ferrollm.checkpoint import CheckpointError, HFCheckpoint
 from ferrollm.exl2 import EXL2Checkpoint, quant_method
 from ferrollm.export import Progress, gguf_tensors, write_gguf_model
@@ -127,6 +128,7 @@ def convert(model_dir: str | os.PathLike, out: str | os.PathLike, outtype: str =
     ``target_bpw`` instead of a type: every tensor's type chosen by measurement
     (:func:`convert_to_target`; ``calibration``, ``measurement`` and the other options of
     :func:`ferrollm.allocate.quantize_to_target` pass through)."""
+    check_output(out, [model_dir, imatrix, allocation.get("calibration")])
     if target_bpw is not None:
         if outtype.lower() != "auto":
             raise ValueError(f"give an output type ({outtype}) or a target bpw, not both: the allocation "
@@ -155,6 +157,7 @@ def convert_to_target(model_dir: str | os.PathLike, out: str | os.PathLike, targ
     allocation's :class:`ferrollm.allocate.Result`."""
     from ferrollm.allocate import Target, quantize_to_target
 
+    check_output(out, [model_dir, options.get("imatrix"), options.get("calibration")])
     out = os.path.abspath(os.fspath(out))
     if os.path.isdir(out):
         raise IsADirectoryError(f"output {out} is a directory")

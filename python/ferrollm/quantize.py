@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ferrollm import _core, quants
+from ferrollm.atomic import check_output
 from ferrollm.gguf import GGUFFile, GGUFWriter
 from ferrollm.imatrix import Imatrix
 from ferrollm.quant_mixes import MIXES, ModelShape, fallback_type, mix_name, needs_imatrix, tensor_type
@@ -141,6 +142,7 @@ def quantize_file(
     ``tensor_types`` any tensor's (an allocation's choices; ``type_name`` then only names the
     file type). Returns {tensor name: type written}. ``progress(done_elements, total_elements,
     tensor name)`` follows the work."""
+    check_output(dst, [src, imatrix])
     if pure:
         target = quants.quant_type(type_name).name
         if target not in WRITABLE_TYPES:

@@ -179,8 +179,11 @@ pub enum Kernel {
     Avx512Vnni,
     /// AVX-VNNI's 256-bit `vpdpbusd`: 8 tokens per vector.
     AvxVnni,
+    /// AVX2's `vpmaddubsw` on the activations plus 128, two steps' 16-bit sums added before
+    /// `vpmaddwd`: exact while |weight| <= 32 (4 x 255 x 32 < 2^15).
+    Avx2Pairs,
     /// AVX2's `vpmaddubsw` on the activations plus 128: its 16-bit pair sums are exact while
-    /// |weight| <= 64 (every type but Q8_0, IQ4_NL and IQ4_XS).
+    /// |weight| <= 64 (IQ2's and IQ3_XXS's grids).
     Avx2,
     /// AVX2's `vpmaddubsw` on |weight| and the activations with the weight's sign (as ggml's
     /// AVX2 dot products): exact for any weight byte, one more operation per step.
@@ -195,10 +198,23 @@ impl Kernel {
     }
 }
 
-/// Types whose weight bytes may exceed 64 in magnitude (a `vpmaddubsw` pair of them against
-/// bytes up to 255 would saturate 16 bits).
-fn wide_values(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q8_0 | GgmlType::IQ4_NL | GgmlType::IQ4_XS)
+/// The largest magnitude of a type's weight bytes in the panel (its integer form, `unpack`).
+pub(super) fn weight_bound(ty: GgmlType) -> u32 {
+    use GgmlType::*;
+    match ty {
+        Q2_K => 3,
+        Q3_K => 4,
+        Q4_0 => 8,
+        IQ1_S | IQ1_M => 9,
+        Q4_1 | Q4_K | IQ3_S => 15,
+        Q5_0 => 16,
+        Q5_1 | Q5_K => 31,
+        Q6_K => 32,
+        IQ2_XXS | IQ2_XS | IQ2_S => 43,
+        IQ3_XXS => 62,
+        IQ4_NL | IQ4_XS => 127,
+        _ => 128, // Q8_0, and any byte
+    }
 }
 
 /// The kernel `gemm` runs `ty` with at tier `isa` on this CPU, if any.
@@ -214,10 +230,10 @@ pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
             return Some(Kernel::AvxVnni);
         }
         if isa >= Isa::Avx2 {
-            return Some(if wide_values(ty) {
-                Kernel::Avx2Signed
-            } else {
-                Kernel::Avx2
+            return Some(match weight_bound(ty) {
+                0..=32 => Kernel::Avx2Pairs,
+                33..=64 => Kernel::Avx2,
+                _ => Kernel::Avx2Signed,
             });
         }
     }
@@ -416,6 +432,9 @@ pub(super) fn gemm(
                     match kernel {
                         Kernel::Avx512Vnni => avx512::tile(panel, acts, &shape, out, first, valid),
                         Kernel::AvxVnni => avx2::tile_vnni(panel, acts, &shape, out, first, valid),
+                        Kernel::Avx2Pairs => {
+                            avx2::tile_pairs(panel, acts, &shape, out, first, valid)
+                        }
                         Kernel::Avx2 => avx2::tile_offset(panel, acts, &shape, out, first, valid),
                         Kernel::Avx2Signed => {
                             avx2::tile_signed(panel, acts, &shape, out, first, valid)

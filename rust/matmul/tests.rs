@@ -442,3 +442,30 @@ fn multi_token_dot_products_equal_the_single_ones_bit_for_bit() {
         }
     }
 }
+
+/// The 256-bit kernels are chosen by each type's largest weight byte: over random blocks
+/// (every grid entry, every scale), the panel's bytes reach that bound and never pass it.
+#[test]
+fn every_panel_byte_is_within_its_types_bound() {
+    for &ty in DOT_TYPES {
+        let Some(form) = gemm::scalar_panel_form(ty) else {
+            continue;
+        };
+        let cols = ty.block_elems().max(256) * 8;
+        let rows = 64;
+        let w = random_weights(ty, 1234 + ty.id() as u64, rows * cols / ty.block_elems());
+        let groups = cols / form.group;
+        let (mut q, mut sd, mut m) = (vec![0u8; cols], vec![0f32; groups], vec![0f32; groups]);
+        let mut most = 0;
+        for row in w.chunks_exact(w.len() / rows) {
+            (form.unpack)(row, &mut q, &mut sd, &mut m);
+            most = most.max(
+                q.iter()
+                    .map(|&v| (v as i8 as i32).unsigned_abs())
+                    .max()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(most, gemm::weight_bound(ty), "{ty}");
+    }
+}

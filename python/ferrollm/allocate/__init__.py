@@ -31,6 +31,7 @@ from ferrollm.allocate.measure import (
     measurement_key,
 )
 from ferrollm.allocate.solve import Allocation, solve
+from ferrollm.atomic import check_output
 from ferrollm.gguf import GGUFFile
 from ferrollm.imatrix import Imatrix
 from ferrollm.quant_mixes import MIXES
@@ -127,6 +128,7 @@ def quantize_to_target(src: str | os.PathLike, dst: str | os.PathLike, target: T
                        write_progress: Callable[[int, int, str], None] | None = None, **kwargs) -> Result:  # fmt: skip
     """``plan_allocation``, then write ``dst`` with the chosen types; the file is exactly the
     size the allocation predicts (checked)."""
+    check_output(dst, [src, imatrix, kwargs.get("calibration")])
     result = plan_allocation(src, target, imatrix, threads=threads, progress=progress, **kwargs)
     im = Imatrix.load(imatrix) if isinstance(imatrix, (str, os.PathLike)) else imatrix
     mix, _ = file_type_of(result.allocation.types, result.layout)

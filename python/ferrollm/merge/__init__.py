@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from ferrollm.checkpoint import HFCheckpoint
+from ferrollm.atomic import check_output
 from ferrollm.convert import llama_metadata
 from ferrollm.export import Progress, write_gguf_model, write_hf_model
 from ferrollm.merge import config as merge_config
@@ -77,7 +78,9 @@ def merge(config: str | os.PathLike | MergeConfig | dict, out: str | os.PathLike
     are paths (relative ones from the YAML's directory, or the working directory), or looked
     up in ``models``. Returns {tensor: type} for a GGUF."""
     cfg, base_dir = read_config(config, merge_config.load, merge_config.parse)
-    plan = MergePlan(cfg, resolver(base_dir, models))
+    resolve = resolver(base_dir, models)
+    check_output(out, [config, imatrix, *(resolve(m) for m in cfg.models)])
+    plan = MergePlan(cfg, resolve)
     try:
         dtype = cfg.out_dtype or cfg.dtype
         if os.fspath(out).lower().endswith(".gguf"):

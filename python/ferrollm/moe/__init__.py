@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ferrollm import hf_vocab
+from ferrollm.atomic import check_output
 from ferrollm.checkpoint import GGUFCheckpoint, HFCheckpoint
 from ferrollm.convert import convert, size_label
 from ferrollm.export import Progress, gguf_tensors, plan_types, write_gguf_model
@@ -107,7 +108,10 @@ def moe(config: str | os.PathLike | MoEConfig | dict, out: str | os.PathLike, ou
     out = os.fspath(out)
     if not out.lower().endswith(".gguf"):
         raise ValueError(f"output {out!r}: ferrollm moe writes a .gguf file")
-    plan = MoEPlan(cfg, resolver(base_dir, models))
+    resolve = resolver(base_dir, models)
+    sources = [cfg.base_model, *(e.source_model for e in cfg.experts)]
+    check_output(out, [config, imatrix, *(resolve(m) for m in sources)])
+    plan = MoEPlan(cfg, resolve)
     try:
         outtype = outtype or (cfg.dtype or "F16").lower()
         shapes = [(n, s) for n, s, _ in gguf_tensors(plan)]

@@ -8,6 +8,8 @@
 //! - `VNNI`: AVX-VNNI's `vpdpbusd` (activations plus 128, unsigned, against signed weights);
 //! - `OFFSET`: `vpmaddubsw` (the same operands; pairs summed to 16 bits, exact while
 //!   |weight| <= 64), then `vpmaddwd` with ones;
+//! - `PAIRS`: as `OFFSET`, two steps' 16-bit sums added before the one `vpmaddwd` (exact while
+//!   |weight| <= 32: the 4-, 5- and 6-bit types), a quarter fewer multiply operations;
 //! - `SIGNED`: `vpmaddubsw` on |weight| against the activations given the weight's sign (as
 //!   ggml's AVX2 dot products do), exact for any weight byte: activations are in -127..=127.
 
@@ -25,6 +27,7 @@ const HALF: usize = 8;
 const VNNI: u8 = 0;
 const OFFSET: u8 = 1;
 const SIGNED: u8 = 2;
+const PAIRS: u8 = 3;
 
 type TileArgs<'a> = (&'a Panel, &'a Acts, &'a Shape, SharedOut, usize, usize);
 
@@ -50,6 +53,18 @@ pub unsafe fn tile_offset(
     valid: usize,
 ) {
     tile::<OFFSET>((p, a, s, out, first, valid))
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn tile_pairs(
+    p: &Panel,
+    a: &Acts,
+    s: &Shape,
+    out: SharedOut,
+    first: usize,
+    valid: usize,
+) {
+    tile::<PAIRS>((p, a, s, out, first, valid))
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -139,12 +154,30 @@ unsafe fn pass<const QUADS: usize, const OFFSET_TERMS: bool, const MODE: u8>(
         for gb in 0..s.per_block {
             let g = b * s.per_block + gb;
             let mut isum = [_mm256_setzero_si256(); PASS_ROWS];
-            for q in 0..QUADS {
-                let quad = g * QUADS + q;
-                let xv = _mm256_loadu_si256(x.add(4 * BAND * quad) as *const __m256i);
-                for i in 0..PASS_ROWS {
-                    let wv = (wq[i].add(4 * quad) as *const i32).read_unaligned();
-                    isum[i] = step::<MODE>(isum[i], xv, _mm256_set1_epi32(wv));
+            let xq = |quad: usize| _mm256_loadu_si256(x.add(4 * BAND * quad) as *const __m256i);
+            let wq = |i: usize, quad: usize| {
+                _mm256_set1_epi32((wq[i].add(4 * quad) as *const i32).read_unaligned())
+            };
+            if MODE == PAIRS {
+                let ones = _mm256_set1_epi16(1);
+                for q in (0..QUADS).step_by(2) {
+                    let quad = g * QUADS + q;
+                    let (x0, x1) = (xq(quad), xq(quad + 1));
+                    for (i, sum) in isum.iter_mut().enumerate() {
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(x0, wq(i, quad)),
+                            _mm256_maddubs_epi16(x1, wq(i, quad + 1)),
+                        );
+                        *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, ones));
+                    }
+                }
+            } else {
+                for q in 0..QUADS {
+                    let quad = g * QUADS + q;
+                    let xv = xq(quad);
+                    for (i, sum) in isum.iter_mut().enumerate() {
+                        *sum = step::<MODE>(*sum, xv, wq(i, quad));
+                    }
                 }
             }
             for i in 0..PASS_ROWS {
