@@ -21,7 +21,7 @@ round, then --reps rounds of [prefill a --n-prompt token prompt from an empty ca
 --n-gen tokens greedily after it]; figures are medians. Both engines get the same file, the
 same prompt, 2 threads, n_ctx = n_prompt + n_gen rounded up to 256, n_batch 512, F16 KV cache,
 and the same greedy loop (eval one token, argmax of its logits in numpy). With --deep N: K cache
-q8_0, V cache f16, one prefill of N tokens (timed), 8 warm-up tokens, then --reps rounds of
+q8_0 (or --cache-type-k f16), V cache f16, one prefill of N tokens (timed), 8 warm-up tokens, then --reps rounds of
 --n-gen decoded tokens deep in the context.
 
 The peer is llama.cpp through llama-cpp-python (install: see README, "Benchmarks"). Writes
@@ -106,7 +106,7 @@ def worker(args: argparse.Namespace) -> dict:
     else:
         n_ctx = (args.n_prompt + args.n_gen + 1 + 255) // 256 * 256
     kw = {"n_ctx": n_ctx, "n_threads": args.threads, "n_batch": 512, "verbose": False}
-    if args.deep:  # K q8_0, V f16 (llama.cpp's GGML_TYPE_Q8_0 is 8)
+    if args.deep and args.cache_type_k != "f16":  # V f16 (llama.cpp's GGML_TYPE_Q8_0 is 8)
         kw["type_k"] = "q8_0" if args.worker == "ferrollm" else 8
     t0 = time.perf_counter()
     if args.worker == "ferrollm":
@@ -133,7 +133,7 @@ def worker(args: argparse.Namespace) -> dict:
         return deep_worker(args, llm, last_logits, load_s, n_ctx, rng)
     prompt = [1] + rng.integers(3, 32000, args.n_prompt - 1).tolist()
     engine = getattr(llm, "_model", None) if args.worker == "ferrollm" else None
-    prefill, decode, profiles, sampling = [], [], [], []
+    prefill, decode, profiles, prefill_profiles, sampling = [], [], [], [], []
     for rep in range(args.reps + 1):  # round 0 is the warm-up
         llm.reset()
         if engine is not None:
@@ -142,7 +142,7 @@ def worker(args: argparse.Namespace) -> dict:
         llm.eval(prompt)
         t_prefill = time.perf_counter() - t
         if engine is not None:
-            engine.take_profile()
+            prefill_profiles.append({**engine.take_profile(), "wall": t_prefill})
         token = int(np.argmax(last_logits()))
         t = time.perf_counter()
         for _ in range(args.n_gen):
@@ -180,6 +180,11 @@ def worker(args: argparse.Namespace) -> dict:
         per_token["python"] = per_token["wall"] - engine_s
         per_token["sampler"] = statistics.median(sampling)
         out["decode_profile_s_per_token"] = per_token
+        per_token = {}
+        for key in ("embed_norm", "attention", "router", "experts", "head", "wall"):
+            per_token[key] = statistics.median(p[key] / args.n_prompt for p in prefill_profiles[1:])
+        per_token["python"] = per_token["wall"] - sum(v for k, v in per_token.items() if k != "wall")
+        out["prefill_profile_s_per_token"] = per_token
     return out
 
 
@@ -272,10 +277,12 @@ def main() -> int:
     p.add_argument("--n-prompt", type=int, default=512)
     p.add_argument("--n-gen", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--deep", type=int, default=0, help="decode after this many cached tokens (K q8_0)")
+    p.add_argument("--deep", type=int, default=0, help="decode after this many cached tokens")
+    p.add_argument("--cache-type-k", default="q8_0", choices=["q8_0", "f16"], help="with --deep (V is f16)")
     p.add_argument("--allow-slow-peer", action="store_true", help="measure a peer built without native SIMD")
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--models-dir")
+    p.add_argument("--file", help="measure this GGUF (e.g. the embedded demo model: --file demo) instead of a shape")
     p.add_argument("--delete-models", action="store_true", help="remove each model after its run")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "engines.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -314,8 +321,15 @@ def main() -> int:
           f"{_core.isa_active()} kernels")  # fmt: skip
     directory = models_dir(args.models_dir)
     records, rows = [], []
+    if args.file:
+        from ferrollm import demo_model_path, gguf
+
+        path = Path(demo_model_path() if args.file == "demo" else args.file)
+        args.shape = path.stem
+        types = [gguf.open(path).tensor("blk.0.attn_q.weight").type]
     for qtype in types:
-        path = ensure_model(directory, args.shape, qtype)
+        if not args.file:
+            path = ensure_model(directory, args.shape, qtype)
         size = path.stat().st_size
         results = {e: run_worker(e, path, args) for e in engines}
         touched = bytes_per_decoded_token(path)
@@ -345,6 +359,7 @@ def main() -> int:
             ]  # fmt: skip
             if "decode_profile_s_per_token" in r:
                 records.append({"bench": "profile", **common, "s_per_token": r["decode_profile_s_per_token"]})
+                records.append({"bench": "prefill_profile", **common, "s_per_token": r["prefill_profile_s_per_token"]})
         rows.append((qtype, size, touched, limit, results))
         print_row(rows[-1], engines)
     print_table(rows, engines)
@@ -402,6 +417,13 @@ def print_table(rows, engines) -> None:
                 + " ".join(f"{1e3 * prof[k]:10.3f}" for k in keys)
                 + f" {100 * prof['python'] / prof['wall']:8.2f}%"
             )
+    print("\nferrollm prefill, ms per prompt token by component (Python = wall - engine):")
+    keys = ("attention", "router", "experts", "head", "embed_norm", "python", "wall")
+    print(f"{'type':<8} " + " ".join(f"{k:>10}" for k in keys))
+    for qtype, _, _, _, results in rows:
+        prof = (results.get("ferrollm") or {}).get("prefill_profile_s_per_token")
+        if prof:
+            print(f"{qtype:<8} " + " ".join(f"{1e3 * prof[k]:10.3f}" for k in keys))
 
 
 if __name__ == "__main__":

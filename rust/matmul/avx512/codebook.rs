@@ -282,23 +282,6 @@ unsafe fn gather8(grid: &[u64], idx: __m256i) -> __m512i {
     _mm512_i32gather_epi64::<8>(idx, grid.as_ptr() as *const i64)
 }
 
-/// The four spans' 8-value grid rows at indices `idx`.
-#[inline(always)]
-unsafe fn gather_spans(grid: &[u64], idx: [__m256i; 4]) -> [__m512i; 4] {
-    [
-        gather8(grid, idx[0]),
-        gather8(grid, idx[1]),
-        gather8(grid, idx[2]),
-        gather8(grid, idx[3]),
-    ]
-}
-
-/// Sixteen 4-value grid rows at i32 indices `idx`.
-#[inline(always)]
-unsafe fn gather16(grid: &[u32], idx: __m512i) -> __m512i {
-    _mm512_i32gather_epi32::<4>(idx, grid.as_ptr() as *const i32)
-}
-
 /// The i32 indices of 32 8-value rows given as u16 lanes: spans 0..4 of 8 each.
 #[inline(always)]
 unsafe fn span_indices(idx16: __m512i) -> [__m256i; 4] {
@@ -319,38 +302,21 @@ impl ZmmBlock for BlockIq2Xxs {
         let words = _mm512_loadu_si512(self.qs.as_ptr() as *const __m512i);
         static ODD: [u32; 16] = [1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0];
         let aux = _mm512_castsi512_si256(_mm512_permutexvar_epi32(load_table(&ODD), words));
-        // Index bytes to i32 lanes: lane j of the 32 takes byte 8 (j / 4) + j % 4.
+        // The 32 index bytes, in order: byte 8 (r / 4) + r % 4 of the words.
         static IDX: [u8; 64] = {
             let mut t = [0u8; 64];
-            let mut j = 0;
-            while j < 16 {
-                t[4 * j] = (8 * (j / 4) + j % 4) as u8;
-                j += 1;
+            let mut r = 0;
+            while r < 32 {
+                t[r] = (8 * (r / 4) + r % 4) as u8;
+                r += 1;
             }
             t
         };
-        static IDX_HI: [u8; 64] = {
-            let mut t = [0u8; 64];
-            let mut j = 0;
-            while j < 16 {
-                t[4 * j] = (32 + 8 * (j / 4) + j % 4) as u8;
-                j += 1;
-            }
-            t
-        };
-        let every4 = 0x1111_1111_1111_1111u64;
-        let lo = _mm512_maskz_permutexvar_epi8(every4, load_table(&IDX), words);
-        let hi = _mm512_maskz_permutexvar_epi8(every4, load_table(&IDX_HI), words);
-        let idx = [
-            _mm512_castsi512_si256(lo),
-            _mm512_extracti64x4_epi64::<1>(lo),
-            _mm512_castsi512_si256(hi),
-            _mm512_extracti64x4_epi64::<1>(hi),
-        ];
+        let idx = _mm512_permutexvar_epi8(load_table(&IDX), words);
         let signs = packed_signs(aux);
         let groups = groups_from_u32(odd(_mm256_srli_epi32(aux, 28)));
         Spans {
-            q: gather_spans(&IQ2XXS_GRID, idx),
+            q: rows8_from_codes(&IQ2XXS_CODES, idx, 0, 0),
             signs,
             groups,
         }
@@ -365,7 +331,7 @@ impl ZmmBlock for BlockIq2Xs {
     #[inline(always)]
     unsafe fn spans(&self) -> Spans {
         let qs = _mm512_loadu_si512(self.qs.as_ptr() as *const __m512i);
-        let idx = span_indices(_mm512_and_si512(qs, _mm512_set1_epi16(511)));
+        let (idx, bit8) = index_bytes(qs);
         // 7 sign bits per u16, parity as the 8th, narrowed to one byte per 8 elements.
         let s7 = _mm512_srli_epi16(qs, 9);
         let parity = _mm512_and_si512(_mm512_popcnt_epi16(s7), _mm512_set1_epi16(1));
@@ -373,7 +339,7 @@ impl ZmmBlock for BlockIq2Xs {
         let signs: [u64; 4] = std::mem::transmute(_mm512_cvtepi16_epi8(s8));
         let groups = odd_nibble_scales(&self.scales);
         Spans {
-            q: gather_spans(&IQ2XS_GRID, idx),
+            q: rows8_from_codes(&IQ2XS_CODES, idx, bit8, 0),
             signs,
             groups,
         }
@@ -434,12 +400,14 @@ impl ZmmBlock for BlockIq2S {
             _mm512_srlv_epi16(qh, load_table(&SHIFT_2_BY_4)),
             _mm512_set1_epi16(3),
         );
-        let idx = span_indices(_mm512_or_si512(low, _mm512_slli_epi16(high, 8)));
+        let idx16 = _mm512_or_si512(low, _mm512_slli_epi16(high, 8));
+        let (idx, bit8) = index_bytes(idx16);
+        let bit9 = _mm512_test_epi16_mask(idx16, _mm512_set1_epi16(0x200)) as u64;
         let signs: [u64; 4] =
             std::mem::transmute(_mm256_loadu_si256(self.signs.as_ptr() as *const __m256i));
         let groups = odd_nibble_scales(&self.scales);
         Spans {
-            q: gather_spans(&IQ2S_GRID, idx),
+            q: rows8_from_codes(&IQ2S_CODES, idx, bit8, bit9),
             signs,
             groups,
         }
@@ -450,19 +418,191 @@ impl ZmmBlock for BlockIq2S {
     }
 }
 
+/// The IQ2 grids' 8-value rows hold only 8, 25 and 43: a row is a 16-bit code of 2-bit levels,
+/// kept as two byte planes (low and high code bytes) for lookups by byte.
+const fn codes<const N: usize>(grid: &[u64; N]) -> [[u8; N]; 2] {
+    let mut planes = [[0u8; N]; 2];
+    let mut i = 0;
+    while i < N {
+        let mut code = 0u16;
+        let mut k = 0;
+        while k < 8 {
+            let level = match (grid[i] >> (8 * k)) as u8 {
+                8 => 0,
+                25 => 1,
+                43 => 2,
+                _ => panic!("an IQ2 grid value other than 8, 25, 43"),
+            };
+            code |= level << (2 * k);
+            k += 1;
+        }
+        planes[0][i] = code as u8;
+        planes[1][i] = (code >> 8) as u8;
+        i += 1;
+    }
+    planes
+}
+
+static IQ2XXS_CODES: [[u8; 256]; 2] = codes(&IQ2XXS_GRID);
+static IQ2XS_CODES: [[u8; 512]; 2] = codes(&IQ2XS_GRID);
+static IQ2S_CODES: [[u8; 1024]; 2] = codes(&IQ2S_GRID);
+
+/// The 8-value rows of 32 indices (low bytes `idx` in lanes 0..32, ninth and tenth bits as
+/// masks), as four spans of 8 rows, from the 16-bit codes: two byte lookups, the bytes paired
+/// into codes, and each code's 2-bit levels spread over a row's 8 bytes (`vpmultishiftqb`)
+/// and mapped to 8/25/43. Replaces four 8-row gathers (one load per element on AMD's cores).
+#[inline(always)]
+unsafe fn rows8_from_codes<const N: usize>(
+    codes: &[[u8; N]; 2],
+    idx: __m512i,
+    bit8: u64,
+    bit9: u64,
+) -> [__m512i; 4] {
+    let lo = lookup::<N>(codes[0].as_ptr(), idx, bit8, bit9);
+    let hi = lookup::<N>(codes[1].as_ptr(), idx, bit8, bit9);
+    static PAIR: [u8; 64] = {
+        let mut t = [0u8; 64];
+        let mut r = 0;
+        while r < 32 {
+            t[2 * r] = r as u8;
+            t[2 * r + 1] = 64 + r as u8;
+            r += 1;
+        }
+        t
+    };
+    let words = _mm512_permutex2var_epi8(lo, load_table(&PAIR), hi);
+    // Not closures: a closure would not take on the caller's target features.
+    [
+        code_rows(_mm512_castsi512_si128(words)),
+        code_rows(_mm512_extracti32x4_epi32::<1>(words)),
+        code_rows(_mm512_extracti32x4_epi32::<2>(words)),
+        code_rows(_mm512_extracti32x4_epi32::<3>(words)),
+    ]
+}
+
+/// 32 u16 indices as their low bytes (lanes 0..32) and their ninth bits.
+#[inline(always)]
+unsafe fn index_bytes(idx16: __m512i) -> (__m512i, u64) {
+    let bytes = _mm512_zextsi256_si512(_mm512_cvtepi16_epi8(idx16));
+    (
+        bytes,
+        _mm512_test_epi16_mask(idx16, _mm512_set1_epi16(0x100)) as u64,
+    )
+}
+
+/// Eight 16-bit codes as eight 8-value rows.
+#[inline(always)]
+unsafe fn code_rows(codes: __m128i) -> __m512i {
+    static VALUES: [u8; 16] = [8, 25, 43, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let values = _mm512_broadcast_i32x4(_mm_loadu_si128(VALUES.as_ptr() as *const __m128i));
+    // Byte j of each row: bits 2j.. of its code.
+    let shifts = _mm512_set1_epi64(0x0E0C_0A08_0604_0200);
+    let levels = _mm512_multishift_epi64_epi8(shifts, _mm512_cvtepu16_epi64(codes));
+    _mm512_shuffle_epi8(values, _mm512_and_si512(levels, _mm512_set1_epi8(3)))
+}
+
+/// Byte `j` of every row of a 4-byte grid, as four planes (for lookups by byte, below).
+const fn planes<const N: usize>(grid: &[u32; N]) -> [[u8; N]; 4] {
+    let mut planes = [[0u8; N]; 4];
+    let mut i = 0;
+    while i < N {
+        let mut j = 0;
+        while j < 4 {
+            planes[j][i] = (grid[i] >> (8 * j)) as u8;
+            j += 1;
+        }
+        i += 1;
+    }
+    planes
+}
+
+static IQ3XXS_PLANES: [[u8; 256]; 4] = planes(&IQ3XXS_GRID);
+static IQ3S_PLANES: [[u8; 512]; 4] = planes(&IQ3S_GRID);
+
+/// Byte `i` of a 256-entry table at byte indices `idx` (`high`: their top bits).
+#[inline(always)]
+unsafe fn lookup256(t: *const u8, idx: __m512i, high: u64) -> __m512i {
+    let t = t as *const __m512i;
+    let lo = _mm512_permutex2var_epi8(_mm512_loadu_si512(t), idx, _mm512_loadu_si512(t.add(1)));
+    let hi = _mm512_permutex2var_epi8(
+        _mm512_loadu_si512(t.add(2)),
+        idx,
+        _mm512_loadu_si512(t.add(3)),
+    );
+    _mm512_mask_blend_epi8(high, lo, hi)
+}
+
+/// The 4-byte grid rows of 64 byte indices, as four spans of 16 rows in index order. Each
+/// byte of a row comes from a 256-byte plane by two `vpermi2b` (indices below and above 128)
+/// and a blend on the index's top bit; the planes are then interleaved into rows. On AMD's
+/// cores this is several times faster than the four 16-row gathers it replaces (a gather is
+/// one load per element there: 3.5x the IQ3_XXS decode without them).
+/// Byte `i` of an `N`-entry table (256, 512 or 1024) for indices given as their low bytes
+/// `idx` and, per byte lane, their ninth and tenth bits.
+#[inline(always)]
+unsafe fn lookup<const N: usize>(t: *const u8, idx: __m512i, bit8: u64, bit9: u64) -> __m512i {
+    let high = _mm512_movepi8_mask(idx);
+    let mut v = lookup256(t, idx, high);
+    if N >= 512 {
+        v = _mm512_mask_blend_epi8(bit8, v, lookup256(t.add(256), idx, high));
+    }
+    if N == 1024 {
+        let w = lookup256(t.add(512), idx, high);
+        let w = _mm512_mask_blend_epi8(bit8, w, lookup256(t.add(768), idx, high));
+        v = _mm512_mask_blend_epi8(bit9, v, w);
+    }
+    v
+}
+
+/// `N` is 256 or 512 rows; for 512, `bit8` holds each index's ninth bit.
+#[inline(always)]
+unsafe fn rows4_from_planes<const N: usize>(
+    planes: &[[u8; N]; 4],
+    idx: __m512i,
+    bit8: u64,
+) -> [__m512i; 4] {
+    // A loop, not array::from_fn: a closure would not take on the caller's target features.
+    let mut p = [_mm512_setzero_si512(); 4];
+    for (j, plane) in p.iter_mut().enumerate() {
+        *plane = lookup::<N>(planes[j].as_ptr(), idx, bit8, 0);
+    }
+    // Per 128-bit lane L: t0/t1 pair bytes 0,1 (rows 16L..+8 / +8..+16), t2/t3 bytes 2,3;
+    // u_k then holds rows 16L + 4k .. +4 whole in lane L.
+    let (t0, t1) = (
+        _mm512_unpacklo_epi8(p[0], p[1]),
+        _mm512_unpackhi_epi8(p[0], p[1]),
+    );
+    let (t2, t3) = (
+        _mm512_unpacklo_epi8(p[2], p[3]),
+        _mm512_unpackhi_epi8(p[2], p[3]),
+    );
+    let u = [
+        _mm512_unpacklo_epi16(t0, t2),
+        _mm512_unpackhi_epi16(t0, t2),
+        _mm512_unpacklo_epi16(t1, t3),
+        _mm512_unpackhi_epi16(t1, t3),
+    ];
+    // Span c is lane c of u0..u3: a 4 x 4 transpose of 128-bit lanes.
+    let a = _mm512_shuffle_i64x2::<0b01_00_01_00>(u[0], u[1]);
+    let b = _mm512_shuffle_i64x2::<0b01_00_01_00>(u[2], u[3]);
+    let c = _mm512_shuffle_i64x2::<0b11_10_11_10>(u[0], u[1]);
+    let d = _mm512_shuffle_i64x2::<0b11_10_11_10>(u[2], u[3]);
+    [
+        _mm512_shuffle_i64x2::<0b10_00_10_00>(a, b),
+        _mm512_shuffle_i64x2::<0b11_01_11_01>(a, b),
+        _mm512_shuffle_i64x2::<0b10_00_10_00>(c, d),
+        _mm512_shuffle_i64x2::<0b11_01_11_01>(c, d),
+    ]
+}
+
 impl ZmmBlock for BlockIq3Xxs {
     #[inline(always)]
     unsafe fn spans(&self) -> Spans {
         let aux = _mm256_loadu_si256(self.scales_signs.as_ptr() as *const __m256i);
         let signs = packed_signs(aux);
         let groups = groups_from_u32(odd(_mm256_srli_epi32(aux, 28)));
-        let mut q = [_mm512_setzero_si512(); 4];
-        for c in 0..4 {
-            let idx = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                self.qs.as_ptr().add(16 * c) as *const __m128i
-            ));
-            q[c] = gather16(&IQ3XXS_GRID, idx);
-        }
+        let idx = _mm512_loadu_si512(self.qs.as_ptr() as *const __m512i);
+        let q = rows4_from_planes(&IQ3XXS_PLANES, idx, 0);
         Spans { q, signs, groups }
     }
     #[inline(always)]
@@ -483,15 +623,9 @@ impl ZmmBlock for BlockIq3S {
             _mm256_set1_epi32(0xF),
         );
         let groups = groups_from_u32(odd(s));
-        let mut q = [_mm512_setzero_si512(); 4];
-        for c in 0..4 {
-            let low = _mm512_cvtepu8_epi32(_mm_loadu_si128(
-                self.qs.as_ptr().add(16 * c) as *const __m128i
-            ));
-            let high = u16::from_le_bytes([self.qh[2 * c], self.qh[2 * c + 1]]);
-            let idx = _mm512_mask_or_epi32(low, high, low, _mm512_set1_epi32(256));
-            q[c] = gather16(&IQ3S_GRID, idx);
-        }
+        // Index i's ninth bit is bit i of qh.
+        let idx = _mm512_loadu_si512(self.qs.as_ptr() as *const __m512i);
+        let q = rows4_from_planes(&IQ3S_PLANES, idx, u64::from_le_bytes(self.qh));
         Spans { q, signs, groups }
     }
     #[inline(always)]
