@@ -458,7 +458,12 @@ unsafe fn q45_k<M: Madd>(
         _mm256_extracti128_si256(bsums, 1),
     );
     let mins_dot = _mm_madd_epi16(mins, sums32);
-    let high = qh.map(|qh| load(qh.as_ptr()));
+    // Not Option::map: a closure would not take on the caller's target features.
+    #[allow(clippy::manual_map)]
+    let high = match qh {
+        Some(qh) => Some(load(qh.as_ptr())),
+        None => None,
+    };
     let mut sums = _mm256_setzero_si256();
     for g in 0..4 {
         let bits = load(qs.as_ptr().add(32 * g));

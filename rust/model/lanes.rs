@@ -145,14 +145,18 @@ impl Lanes for V512 {
     /// One shuffle tree for the four instead of four.
     #[inline(always)]
     unsafe fn hsum4(v: [Self; 4]) -> [f32; 4] {
-        let halves = |x: __m512| {
-            _mm256_add_ps(
-                _mm512_castps512_ps256(x),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x))),
-            )
-        };
-        V256::hsum4(v.map(|x| V256(halves(x.0))))
+        // No closures here: a closure would not take on the caller's target features.
+        V256::hsum4([halves(v[0]), halves(v[1]), halves(v[2]), halves(v[3])])
     }
+}
+
+/// The sum of a vector's two 256-bit halves.
+#[inline(always)]
+unsafe fn halves(x: V512) -> V256 {
+    V256(_mm256_add_ps(
+        _mm512_castps512_ps256(x.0),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x.0))),
+    ))
 }
 
 #[derive(Clone, Copy)]

@@ -121,6 +121,20 @@ unsafe fn step<const MODE: u8>(acc: __m256i, x: __m256i, w: __m256i) -> __m256i 
     }
 }
 
+// Helpers are functions, not closures: a closure would not take on the caller's features.
+
+/// This half's 8 tokens x 4 bytes of quad `quad` (16 tokens x 4 bytes per quad).
+#[inline(always)]
+unsafe fn load_x(x: *const u8, quad: usize) -> __m256i {
+    _mm256_loadu_si256(x.add(4 * BAND * quad) as *const __m256i)
+}
+
+/// A row's 4 weight bytes of quad `quad`, in every lane.
+#[inline(always)]
+unsafe fn weights4(row: *const u8, quad: usize) -> __m256i {
+    _mm256_set1_epi32((row.add(4 * quad) as *const i32).read_unaligned())
+}
+
 /// Rows `r0..r0 + PASS_ROWS` of the panel against half `h` of one band: per row, 8 tokens'
 /// sums. `QUADS` is the group size in 4-byte steps; `OFFSET_TERMS` whether groups have an
 /// offset.
@@ -154,19 +168,15 @@ unsafe fn pass<const QUADS: usize, const OFFSET_TERMS: bool, const MODE: u8>(
         for gb in 0..s.per_block {
             let g = b * s.per_block + gb;
             let mut isum = [_mm256_setzero_si256(); PASS_ROWS];
-            let xq = |quad: usize| _mm256_loadu_si256(x.add(4 * BAND * quad) as *const __m256i);
-            let wq = |i: usize, quad: usize| {
-                _mm256_set1_epi32((wq[i].add(4 * quad) as *const i32).read_unaligned())
-            };
             if MODE == PAIRS {
                 let ones = _mm256_set1_epi16(1);
                 for q in (0..QUADS).step_by(2) {
                     let quad = g * QUADS + q;
-                    let (x0, x1) = (xq(quad), xq(quad + 1));
+                    let (x0, x1) = (load_x(x, quad), load_x(x, quad + 1));
                     for (i, sum) in isum.iter_mut().enumerate() {
                         let p = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(x0, wq(i, quad)),
-                            _mm256_maddubs_epi16(x1, wq(i, quad + 1)),
+                            _mm256_maddubs_epi16(x0, weights4(wq[i], quad)),
+                            _mm256_maddubs_epi16(x1, weights4(wq[i], quad + 1)),
                         );
                         *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(p, ones));
                     }
@@ -174,9 +184,9 @@ unsafe fn pass<const QUADS: usize, const OFFSET_TERMS: bool, const MODE: u8>(
             } else {
                 for q in 0..QUADS {
                     let quad = g * QUADS + q;
-                    let xv = xq(quad);
+                    let xv = load_x(x, quad);
                     for (i, sum) in isum.iter_mut().enumerate() {
-                        *sum = step::<MODE>(*sum, xv, wq(i, quad));
+                        *sum = step::<MODE>(*sum, xv, weights4(wq[i], quad));
                     }
                 }
             }
