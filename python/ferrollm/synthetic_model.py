@@ -106,6 +106,15 @@ _EMBD_TYPE = {"IQ1_S": "Q2_K", "IQ1_M": "Q2_K", "IQ2_XXS": "Q2_K", "IQ2_XS": "Q2
               "IQ2_S": "Q2_K", "IQ3_XXS": "IQ3_S", "IQ3_S": "IQ3_S"}  # fmt: skip
 
 
+def _row_type(type_name: str, cols: int):
+    """The type of rows of `cols` values: `type_name`, or llama.cpp's fallback where the rows
+    are not whole blocks of it."""
+    qt = quants.quant_type(type_name)
+    if cols % qt.block_elems:
+        qt = quants.quant_type(_FALLBACK.get(qt.name, "Q8_0"))
+    return qt
+
+
 def quantizer_head_types(weight_type: str) -> dict[str, str]:
     """The token embedding and output types llama.cpp's quantizer gives a `weight_type` model."""
     t = weight_type.upper()
@@ -235,9 +244,7 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
         """`count` rows x cols matrices (stacked: experts) of random weights, in full or, when
         large, as blocks sampled from a pool of the same type, row length and scale. A row that
         is not whole super-blocks gets llama.cpp's fallback type, as its quantizer does."""
-        qt = quants.quant_type(type_name)
-        if cols % qt.block_elems:
-            qt = quants.quant_type(_FALLBACK.get(qt.name, "Q8_0"))
+        qt = _row_type(type_name, cols)
         shape = [cols, rows] + ([count] if count > 1 else [])
         if row_scale is not None:  # runs of rows at their own scale, each drawn in full
             cuts = [0] + [r for r in range(1, rows) if row_scale[r] != row_scale[r - 1]] + [rows]
@@ -289,11 +296,12 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
     def bias(name: str, n: int):
         w.add_tensor(name, (0.5 * rng.standard_normal(n)).astype(np.float32))
 
-    if s.trained_stats and s.tensor_types.get("token_embd.weight", s.weight_type).upper() in WRITABLE_TYPES:
+    embd_type = _row_type(s.tensor_types.get("token_embd.weight", s.weight_type), s.n_embd).name
+    if s.trained_stats and embd_type in WRITABLE_TYPES:
         # Outlier channels: 4 columns 100x the rest, as the residual streams of trained models.
         embd = rng.standard_normal((s.n_vocab, s.n_embd)).astype(np.float32)
         embd[:, outliers] *= 100.0
-        w.add_tensor("token_embd.weight", *quantize_tensor(embd, s.tensor_types.get("token_embd.weight", s.weight_type)))
+        w.add_tensor("token_embd.weight", *quantize_tensor(embd, embd_type))
     else:
         matrix("token_embd.weight", s.n_vocab, s.n_embd, std=1.0)
     for layer in range(s.n_layer):
