@@ -30,7 +30,7 @@ use crate::quant::iquants::*;
 use crate::quant::kquants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K};
 use crate::quant::legacy::{BlockIq4Nl, BlockQ4_0, BlockQ8_0};
 use codebook::*;
-use pairs::{dot_pairs, lanes_pairs, unpack_row_pairs};
+use pairs::{dot_pairs, dot_q4_1, lanes_pairs, unpack_row_pairs};
 use q6k::q6_k_row;
 
 #[inline(always)]
@@ -96,7 +96,8 @@ dot_table!(
     IQ2_XXS => dot::<BlockIq2Xxs>, IQ2_XS => dot::<BlockIq2Xs>, IQ2_S => dot::<BlockIq2S>,
     IQ3_XXS => dot::<BlockIq3Xxs>, IQ3_S => dot::<BlockIq3S>, IQ1_S => dot::<BlockIq1S>,
     IQ1_M => dot::<BlockIq1M>, IQ4_XS => dot::<BlockIq4Xs>,
-    Q4_0 => dot_pairs::<BlockQ4_0>, Q8_0 => dot_pairs::<BlockQ8_0>, IQ4_NL => dot_pairs::<BlockIq4Nl>
+    Q4_0 => dot_pairs::<BlockQ4_0>, Q8_0 => dot_pairs::<BlockQ8_0>, IQ4_NL => dot_pairs::<BlockIq4Nl>,
+    Q4_1 => dot_q4_1
 );
 
 /// As `dot_table`, the products of one row with several activation rows (`codebook::dot_many`).
