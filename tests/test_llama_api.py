@@ -99,7 +99,7 @@ def test_chat_completion_shape_and_stream(llm):
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
-    assert text.strip() == msg["content"]
+    assert text == msg["content"]  # byte for byte: the same text, streamed or not
     assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
 
 
@@ -165,3 +165,19 @@ def test_parse_override(text, expected):
 def test_parse_override_rejects(text):
     with pytest.raises(ValueError):
         parse_override(text)
+
+
+def test_content_parts_other_than_text_are_refused_not_dropped(llm):
+    # An image dropped silently would answer a prompt the user did not send.
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    messages = [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}]
+    with pytest.raises(ValueError, match="'image_url' part needs a vision or audio projector"):
+        llm.create_chat_completion(messages, max_tokens=2)
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "!"}]}]
+    assert llm.create_chat_completion(text_only, max_tokens=2)["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_a_tool_whose_arguments_are_not_an_object_is_refused(llm):
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "integer"}}}
+    with pytest.raises(ValueError, match="must describe an object"):
+        llm.create_chat_completion([{"role": "user", "content": "x"}], tools=[tool], tool_choice="required")

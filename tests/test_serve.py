@@ -106,7 +106,7 @@ def test_chat_and_completion_with_the_openai_client(server):
         stream_options={"include_usage": True},
     ))  # fmt: skip
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert streamed.strip() == r.choices[0].message.content
+    assert streamed == r.choices[0].message.content  # byte for byte, leading whitespace too
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens and not chunks[-1].choices
     # Completions: streamed and not, the same greedy text; usage counts the max_tokens.
@@ -206,6 +206,45 @@ def test_bad_completion_requests_are_400_with_openai_errors(server, body, param)
     assert err["type"] == "invalid_request_error" and err["message"]
     if param:
         assert err["param"] and err["param"].split(".")[0] == param, err
+
+
+def test_hostile_bodies_are_refused_cleanly_and_health_stays_fast(server):
+    # Over the size limit: 413 as soon as the length is known, before the body is read whole.
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * (9 * 2**20)}]})
+    t = time.monotonic()
+    r = server.post("/v1/chat/completions", big)
+    assert r.status_code == 413 and "--max-body-bytes" in r.json()["error"]["message"], r.text
+    assert time.monotonic() - t < 5
+    # Deep nesting: 400, not a RecursionError's 500.
+    for depth in (100, 1000, 100_000):
+        for open_, close in (("[", "]"), ('{"a":', "}")):
+            body = '{"prompt": ' + open_ * depth + "1" + close * depth + "}"
+            r = server.post("/v1/completions", body)
+            assert r.status_code == 400 and "deeper than" in r.json()["error"]["message"], (depth, r.text)
+    # An image part: a clear 400 that names it (not a schema error about strings).
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    r = server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"}, image]}]})  # fmt: skip
+    assert r.status_code == 400 and "'image_url' part needs a vision" in r.json()["error"]["message"], r.text
+    # A tool whose parameters are not an object: 400.
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "integer"}}}
+    r = server.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tools": [tool],
+                                             "tool_choice": "required"})  # fmt: skip
+    assert r.status_code == 400 and "must describe an object" in r.json()["error"]["message"], r.text
+    # /health answers quickly while a large (allowed) prompt is tokenized.
+    body = json.dumps({"prompt": "word " * 1_000_000, "max_tokens": 1})
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(server.post, "/v1/completions", body)
+        time.sleep(0.2)
+        slowest = 0.0
+        while not pending.done():
+            t = time.monotonic()
+            server.health()
+            slowest = max(slowest, time.monotonic() - t)
+            time.sleep(0.05)
+        r = pending.result()
+        assert r.status_code == 400 and "cannot fit the context" in r.json()["error"]["message"], r.text
+    assert slowest < 0.5, slowest
 
 
 def test_bad_chat_requests_and_unknown_routes(server):

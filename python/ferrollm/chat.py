@@ -48,6 +48,16 @@ def _check(messages: Sequence[Message]) -> None:
             raise ChatTemplateError(f"message {i} needs a 'role' (got {m!r})")
         if m["role"] not in ("system", "user", "assistant", "tool"):
             raise ChatTemplateError(f"message {i}: unknown role {m['role']!r}")
+        parts = m.get("content")
+        for j, part in enumerate(parts if isinstance(parts, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                # Dropping it would answer a prompt the user did not send.
+                raise ChatTemplateError(
+                    f"message {i}, content part {j}: a {kind or type(part).__name__!r} part needs a vision or "
+                    "audio projector, which this model does not have (ferrollm runs text-only models): send "
+                    "text parts only"
+                )
 
 
 def _content(m: Message) -> str:

@@ -335,6 +335,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         type_k=args.cache_type_k, type_v=args.cache_type_v, api_key=args.api_key, chat_format=args.chat_format,
         overrides=dict(parse_override(o) for o in args.override_kv or []), max_queue=args.max_queue,
         timeout=args.timeout, step_tokens=args.batch_size, model_alias=args.alias,
+        max_body_bytes=args.max_body_bytes,
     )  # fmt: skip
     run(config, host=args.host, port=args.port)
     return 0
@@ -566,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--alias", default=None, help="the model name the API reports")
     srv.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
     srv.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take")
+    srv.add_argument("--max-body-bytes", type=int, default=8 * 2**20,
+                     help="larger request bodies are refused with 413 (default 8 MiB)")  # fmt: skip
     srv.set_defaults(run=cmd_serve)
 
     cv = sub.add_parser("convert", help="a Hugging Face or EXL2 Llama/Mistral/Mixtral checkpoint to GGUF, any type")

@@ -693,7 +693,7 @@ class Llama:
                 return calling.chunks(meta, pieces, n_top is not None)
             return self._chat_chunks(meta, pieces, n_top is not None)
         text, finish, usage, entries = self._collect(pieces, len(tokens))
-        message: dict[str, Any] = {"role": "assistant", "content": text.strip()}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
         if calling is not None:
             message, finish = calling.message(text, finish)
         shaped = chat_shape(entries) if n_top is not None else None

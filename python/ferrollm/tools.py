@@ -61,6 +61,12 @@ def _function(tool: Any, i: int) -> dict:
     params = fn.get("parameters") or {"type": "object", "properties": {}}
     if not isinstance(params, Mapping):
         raise ToolError(f"tools[{i}].function.parameters must be a JSON schema object")
+    if params.get("type", "object") != "object":
+        # A call's arguments are a JSON object (OpenAI's arguments field): "0" is not one.
+        raise ToolError(
+            f"tools[{i}].function.parameters must describe an object (type 'object'), not "
+            f"type {params.get('type')!r}: a call's arguments are a JSON object"
+        )
     return {**fn, "parameters": dict(params)}
 
 
@@ -221,7 +227,7 @@ class ToolCalling:
         """(message, finish_reason) of a whole answer."""
         calls = self.parse(text)
         if not calls:
-            return {"role": "assistant", "content": text.strip()}, finish
+            return {"role": "assistant", "content": text}, finish
         message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
         if len(calls) == 1:  # llama-cpp-python also fills the legacy field
             message["function_call"] = dict(calls[0]["function"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -56,6 +58,7 @@ class ServerConfig:
     step_tokens: int = 256  # tokens per forward pass: decoding slots plus prompt chunks
     model_alias: str | None = None
     drain_timeout: float = 60.0
+    max_body_bytes: int = 8 * 2**20  # a larger request body is refused (413) before it is read whole
 
 
 class ApiError(Exception):
@@ -127,9 +130,35 @@ def _validation_error(e: ValidationError) -> ApiError:
     return ApiError(400, f"{param}: {kind}" if param else kind, param=param)
 
 
+# JSON nested deeper than this is refused (400): no request needs it, and Python's parser
+# and validators recurse.
+MAX_DEPTH = 64
+
+
 async def _body(request: Request, schema: type[BaseModel]) -> Any:
+    """The request body validated by ``schema``: refused with 413 past the size limit (as soon as
+    the declared or the received length passes it), parsed and validated off the event loop."""
+    limit = request.app.state.ferrollm.config.max_body_bytes
+    too_large = ApiError(413, f"the request body is over this server's limit of {limit} bytes (--max-body-bytes)")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return await run_in_threadpool(_parse_body, b"".join(chunks), schema)
+
+
+def _parse_body(raw: bytes, schema: type[BaseModel]) -> Any:
     try:
-        data = json.loads(await request.body())
+        data = json.loads(raw)
+        if _depth_over(data, MAX_DEPTH):
+            raise RecursionError
+    except RecursionError:
+        raise ApiError(400, f"the request body nests JSON deeper than {MAX_DEPTH} levels") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
@@ -138,6 +167,19 @@ async def _body(request: Request, schema: type[BaseModel]) -> Any:
         return schema.model_validate(data)
     except ValidationError as e:
         raise _validation_error(e) from None
+
+
+def _depth_over(data: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` deep (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def endpoint(auth: bool = True):
@@ -276,7 +318,20 @@ def _error_from_event(event: Event) -> ApiError:
     return ApiError(500, event.text, "server_error")
 
 
-def _prompt_ids(llama: Llama, prompt: str | list[int], special: bool = False) -> list[int]:
+@functools.lru_cache(maxsize=8)
+def _max_token_bytes(tokenizer) -> int:
+    """An upper bound on the bytes of text one token stands for (its piece's UTF-8 length)."""
+    return max((len(t.encode("utf-8")) for t in tokenizer.tokens), default=1) or 1
+
+
+def _prompt_ids(llama: Llama, prompt: str | list[int], n_ctx: int, special: bool = False) -> list[int]:
+    if isinstance(prompt, str):
+        # Too long for a slot however it tokenizes: refused before the tokenizer (which holds
+        # the GIL) spends seconds on megabytes.
+        n_bytes, most = len(prompt.encode("utf-8", "surrogatepass")), _max_token_bytes(llama.tokenizer_)
+        if n_bytes > n_ctx * most:
+            raise ApiError(400, f"prompt: {n_bytes} bytes of text cannot fit the context of a slot ({n_ctx} "
+                           f"tokens of at most {most} bytes each)", param="prompt")  # fmt: skip
     ids = llama._prompt_tokens(prompt, special=special)
     bad = [t for t in ids if not 0 <= t < llama.n_vocab()]
     if bad:
@@ -362,7 +417,7 @@ async def _answer(request: Request, gen: Generation, shape: Shape, req: Sampling
     if gen.open:
         return Response(status_code=499)  # the client went away: nobody reads this
     choices = [
-        shape.choice(i, texts[i].strip() if shape.kind == "chat" else texts[i], finish[i],
+        shape.choice(i, texts[i], finish[i],
                      shape.logprobs(entries[i], len(echo[i // req.n])) if logprobs else None)
         for i in range(n_choices)
     ]  # fmt: skip
@@ -410,12 +465,18 @@ async def completions(request: Request, state: State) -> Response:
     req: CompletionRequest = await _body(request, CompletionRequest)
     if req.suffix:
         raise ApiError(400, "suffix (fill-in-the-middle) is not supported", param="suffix")
-    state.ready_engine()
+    n_ctx = state.ready_engine().n_ctx
     llama = state.llama
-    prompts = [_prompt_ids(llama, p) for p in req.prompts()]
+
+    def tokenized() -> tuple[list[list[int]], list[str] | None]:
+        prompts = [_prompt_ids(llama, p, n_ctx) for p in req.prompts()]
+        echo = [llama.detokenize(p).decode("utf-8", "replace") for p in prompts] if req.echo else None
+        return prompts, echo
+
+    # Off the event loop: a long prompt must not hold up the other requests (or /health).
+    prompts, echo = await run_in_threadpool(tokenized)
     if not prompts:
         raise ApiError(400, "prompt: no prompt given", param="prompt")
-    echo = [llama.detokenize(p).decode("utf-8", "replace") for p in prompts] if req.echo else None
     gen = Generation(state, prompts, req, req.max_tokens if req.max_tokens is not None else 0, req.stops(),
                      req.logprobs)  # fmt: skip
     meta = {"id": f"cmpl-{uuid.uuid4()}", "created": int(time.time()), "model": state.model_name}
@@ -425,19 +486,24 @@ async def completions(request: Request, state: State) -> Response:
 @endpoint()
 async def chat_completions(request: Request, state: State) -> Response:
     req: ChatRequest = await _body(request, ChatRequest)
-    state.ready_engine()
+    n_ctx = state.ready_engine().n_ctx
     llama = state.llama
     response_format = req.response_format.as_dict() if req.response_format else None
-    try:
-        chat, grammar, calling = llama.prepare_chat([m.as_dict() for m in req.messages], **req.tool_request(),
-                                                    response_format=response_format)  # fmt: skip
-    except ToolError as e:
-        raise ApiError(400, str(e), param=e.param) from None
-    except GrammarError as e:
-        raise ApiError(400, f"response_format: {e}", param="response_format") from None
-    except ChatTemplateError as e:
-        raise ApiError(400, f"messages: {e}", param="messages") from None
-    prompt = _prompt_ids(llama, chat.text, special=True)
+
+    def prepared():
+        # Off the event loop (template rendering, grammar, tokenization): see completions.
+        try:
+            chat, grammar, calling = llama.prepare_chat([m.as_dict() for m in req.messages], **req.tool_request(),
+                                                        response_format=response_format)  # fmt: skip
+        except ToolError as e:
+            raise ApiError(400, str(e), param=e.param) from None
+        except GrammarError as e:
+            raise ApiError(400, f"response_format: {e}", param="response_format") from None
+        except ChatTemplateError as e:
+            raise ApiError(400, f"messages: {e}", param="messages") from None
+        return chat, grammar, calling, _prompt_ids(llama, chat.text, n_ctx, special=True)
+
+    chat, grammar, calling, prompt = await run_in_threadpool(prepared)
     top = (req.top_logprobs or 0) if req.logprobs else None
     gen = Generation(state, [prompt], req, req.limit(), req.stops() + chat.stop, top, grammar)
     meta = {"id": f"chatcmpl-{uuid.uuid4()}", "created": int(time.time()), "model": state.model_name}

@@ -98,9 +98,13 @@ class CompletionRequest(Sampling):
         return list(p)  # several prompts, text or token ids
 
 
-class TextPart(Strict):
-    type: Literal["text"]
-    text: StrictStr
+class ContentPart(BaseModel):
+    """A content part: text, or any other kind (image_url, input_audio, ...), which the chat
+    renderer refuses with a message that names it (not a schema error about strings)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: StrictStr
+    text: StrictStr | None = None
 
 
 class FunctionCall(Strict):
@@ -117,7 +121,7 @@ class ToolCall(Strict):
 class Message(Strict):
     # "function": the legacy spelling of a tool result (with the function's name)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: StrictStr | list[TextPart] | None = None
+    content: StrictStr | list[ContentPart] | None = None
     name: StrictStr | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant's earlier calls
     # The legacy spelling of one call; answers with one call carry it beside tool_calls, so a
@@ -137,7 +141,10 @@ class Message(Strict):
     def as_dict(self) -> dict[str, Any]:
         content = self.content
         if isinstance(content, list):
-            content = "".join(part.text for part in content)
+            if all(part.type == "text" for part in content):
+                content = "".join(part.text or "" for part in content)
+            else:  # as sent: the renderer refuses it, naming the part
+                content = [part.model_dump(exclude_none=True) for part in content]
         role = {"developer": "system", "function": "tool"}.get(self.role, self.role)
         # "" rather than None: a Jinja template would print None as "None".
         out: dict[str, Any] = {"role": role, "content": content or ""}
