@@ -62,3 +62,28 @@ def test_the_cli_reports_a_directory_in_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip() == f"ferrollm: error: {tmp_path} is a directory, not a GGUF file"
+
+
+@pytest.mark.parametrize("kw, name", [({"n_ctx": -1}, "n_ctx"), ({"n_batch": -1}, "n_batch"),
+                                      ({"n_threads": -5}, "n_threads"), ({"n_threads": 0}, "n_threads")])  # fmt: skip
+def test_negative_sizes_name_their_parameter(kw, name):
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        Llama(demo_model_path(), verbose=False, **kw)
+
+
+def test_minus_one_threads_is_the_default():
+    assert Llama(demo_model_path(), n_ctx=64, n_threads=-1, verbose=False).n_threads >= 1
+
+
+@pytest.mark.parametrize("kw, name", [({"temperature": "hot"}, "temperature"), ({"top_p": None}, "top_p"),
+                                      ({"top_k": 2.5}, "top_k")])  # fmt: skip
+def test_sampling_parameters_of_the_wrong_type_name_themselves(llm, kw, name):
+    with pytest.raises(TypeError, match=rf"^{name} must be a"):
+        llm("hi", max_tokens=2, **kw)
+
+
+@pytest.mark.parametrize("args", [["run", "-c", "-1", "-p", "x"], ["run", "-t", "-3", "-p", "x"],
+                                  ["quantize", "a.gguf", "b.gguf", "Q4_0", "-t", "-3"]])  # fmt: skip
+def test_the_cli_names_a_negative_option(args):
+    r = subprocess.run([sys.executable, "-m", "ferrollm", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and "must be" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -392,6 +392,32 @@ def cmd_moe(args: argparse.Namespace) -> int:
     return _write_model(moe, args.config, args)
 
 
+def count_arg(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_arg(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def threads_arg(text: str) -> int | None:
+    """An argparse type: a thread count >= 1, or -1 for the default (llama.cpp's convention)."""
+    value = int(text)
+    if value == -1:
+        return None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (or -1: one per physical core), got {value}")
+    return value
+
+
 def _model_path_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="GGUF file (default: the embedded demo model)")
 
@@ -403,10 +429,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         "-n", "--n-predict", type=int, default=-1, help="tokens to generate (-1: until EOS or full context)"
     )
     p.add_argument(
-        "-c", "--ctx-size", type=int, default=None, help="context length (default: min(4096, trained))"
+        "-c", "--ctx-size", type=count_arg, default=None, help="context length (default: min(4096, trained))"
     )
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
-    p.add_argument("-b", "--batch-size", type=int, default=512, help="prompt tokens per forward pass")
+    p.add_argument("-t", "--threads", type=threads_arg, default=None, help="threads (default: physical cores)")
+    p.add_argument("-b", "--batch-size", type=positive_arg, default=512, help="prompt tokens per forward pass")
     p.add_argument("--temp", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -426,7 +452,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _stream_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that write a model tensor by tensor (convert, merge, moe)."""
     p.add_argument("--imatrix", metavar="FILE", help="importance matrix for the quantized types")
-    p.add_argument("-t", "--threads", type=int, default=None, help="quantizer threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=threads_arg, default=None, help="quantizer threads (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -474,12 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="the RAM a run needs, and whether it fits this machine")
     pl.add_argument("file")
     pl.add_argument(
-        "-c", "--ctx-size", type=int, default=4096, help="context (default 4096; 0: the trained one)"
+        "-c", "--ctx-size", type=count_arg, default=4096, help="context (default 4096; 0: the trained one)"
     )
     pl.add_argument("-ctk", "--cache-type-k", default="f16", help="K cache type: f16, q8_0, q4_0")
     pl.add_argument("-ctv", "--cache-type-v", default="f16", help="V cache type: f16, q8_0, q4_0")
-    pl.add_argument("-b", "--batch-size", type=int, default=512)
-    pl.add_argument("-t", "--threads", type=int, default=None)
+    pl.add_argument("-b", "--batch-size", type=positive_arg, default=512)
+    pl.add_argument("-t", "--threads", type=threads_arg, default=None)
     pl.set_defaults(run=cmd_plan)
 
     chat = sub.add_parser("chat", help="interactive chat using the model's chat template")
@@ -493,9 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_path_option(ppl)
     ppl.add_argument("-f", "--file", required=True, help="text file to score")
-    ppl.add_argument("-c", "--ctx-size", type=int, default=512, help="chunk length in tokens (default 512)")
-    ppl.add_argument("-b", "--batch-size", type=int, default=512)
-    ppl.add_argument("-t", "--threads", type=int, default=None)
+    ppl.add_argument("-c", "--ctx-size", type=count_arg, default=512, help="chunk length in tokens (default 512)")
+    ppl.add_argument("-b", "--batch-size", type=positive_arg, default=512)
+    ppl.add_argument("-t", "--threads", type=threads_arg, default=None)
     ppl.add_argument("--chunks", type=int, default=-1, help="score at most this many chunks (-1: all)")
     ppl.add_argument(
         "--kl-divergence-base",
@@ -519,14 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--pure", action="store_true", help="every weight matrix in TYPE (no mix rules)")
     qz.add_argument("--token-embedding-type", metavar="TYPE", help="type of token_embd.weight")
     qz.add_argument("--output-tensor-type", metavar="TYPE", help="type of output.weight")
-    qz.add_argument("-t", "--threads", type=int, default=None, help="threads (default: all cores)")
+    qz.add_argument("-t", "--threads", type=threads_arg, default=None, help="threads (default: all cores)")
     qz.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     alloc = qz.add_argument_group("allocation by measurement (instead of TYPE)")
     alloc.add_argument("--target-bpw", type=float, metavar="B",
                        help="bits per weight of the quantized matrices (norms and routers excluded)")  # fmt: skip
     alloc.add_argument("--target-size", metavar="BYTES", help="the whole file's size at most (e.g. 5123456, 4.8GiB)")
     alloc.add_argument("--fit-ram", metavar="SIZE", help="file + KV cache + buffers at context -c within SIZE (16GiB)")
-    alloc.add_argument("-c", "--ctx-size", type=int, default=4096, help="with --fit-ram: the context (default 4096)")
+    alloc.add_argument("-c", "--ctx-size", type=count_arg, default=4096, help="with --fit-ram: the context (default 4096)")
     alloc.add_argument("-ctk", "--cache-type-k", default="f16", help="with --fit-ram: K cache type")
     alloc.add_argument("-ctv", "--cache-type-v", default="f16", help="with --fit-ram: V cache type")
     alloc.add_argument("--calibration", metavar="TEXT", help="calibration text file for the measurement")
@@ -543,21 +569,21 @@ def build_parser() -> argparse.ArgumentParser:
     _model_path_option(imx)
     imx.add_argument("-f", "--file", required=True, help="calibration text")
     imx.add_argument("-o", "--output", default="imatrix.dat", help="output: .dat (legacy) or .gguf")
-    imx.add_argument("-c", "--ctx-size", type=int, default=512, help="chunk length in tokens (default 512)")
+    imx.add_argument("-c", "--ctx-size", type=count_arg, default=512, help="chunk length in tokens (default 512)")
     imx.add_argument("--chunks", type=int, default=-1, help="use at most this many chunks (-1: all)")
-    imx.add_argument("-b", "--batch-size", type=int, default=512)
-    imx.add_argument("-t", "--threads", type=int, default=None)
+    imx.add_argument("-b", "--batch-size", type=positive_arg, default=512)
+    imx.add_argument("-t", "--threads", type=threads_arg, default=None)
     imx.set_defaults(run=cmd_imatrix)
 
     srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching (llama-server)")
     _model_path_option(srv)
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8080)
-    srv.add_argument("-np", "--parallel", type=int, default=4, help="slots: sequences decoded together")
-    srv.add_argument("-c", "--ctx-size", type=int, default=0,
+    srv.add_argument("-np", "--parallel", type=positive_arg, default=4, help="slots: sequences decoded together")
+    srv.add_argument("-c", "--ctx-size", type=count_arg, default=0,
                      help="context of all slots together (default: each slot min(4096, trained))")  # fmt: skip
-    srv.add_argument("-t", "--threads", type=int, default=None)
-    srv.add_argument("-b", "--batch-size", type=int, default=256,
+    srv.add_argument("-t", "--threads", type=threads_arg, default=None)
+    srv.add_argument("-b", "--batch-size", type=positive_arg, default=256,
                      help="tokens per forward pass: decoding slots plus prompt chunks")  # fmt: skip
     srv.add_argument("-ctk", "--cache-type-k", default="f16", choices=["f16", "q8_0", "q4_0"])
     srv.add_argument("-ctv", "--cache-type-v", default="f16", choices=["f16", "q8_0", "q4_0"])

@@ -15,6 +15,7 @@ released); this layer tokenizes, samples, stops and streams.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
 import threading
@@ -145,6 +146,13 @@ class Llama:
         unknown = set(kwargs) - IGNORED_PARAMS
         if unknown:
             raise TypeError(f"Llama() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch)):
+            if not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        if n_threads == -1:  # llama.cpp's "default"
+            n_threads = None
+        if n_threads is not None and (not isinstance(n_threads, numbers.Integral) or n_threads < 1):
+            raise ValueError(f"n_threads must be 1 or more (None or -1: one per physical core), got {n_threads!r}")
         t0 = time.perf_counter()
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
@@ -178,6 +186,8 @@ class Llama:
             )
             if progress:
                 self._prefetch_with_progress()
+        # llama-cpp-python's attribute: the threads the engine runs (resolved from None / -1).
+        self.n_threads = self._model.n_threads if self._model is not None else n_threads
         self._sampler_rng = np.random.default_rng(None if seed == LLAMA_DEFAULT_SEED else seed)
         self.input_ids: list[int] = []
         self._scores: list[np.ndarray] = []
