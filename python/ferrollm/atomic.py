@@ -80,10 +80,13 @@ def _disk_full(path: str, e: OSError) -> OSError:
 
 
 class AtomicFile:
-    """``with AtomicFile(path) as f: f.write(...)``: binary file, renamed to ``path`` on success."""
+    """``with AtomicFile(path) as f: f.write(...)``: binary file, renamed to ``path`` on success.
+    ``verify(temporary_path)``, when given, runs on the complete file before the rename: if it
+    raises, the file is deleted and ``path`` is left as it was."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, verify=None):
         self.path = os.path.abspath(os.fspath(path))
+        self.verify = verify
         if os.path.isdir(self.path):
             raise IsADirectoryError(f"output {self.path} is a directory")
         self._f = None
@@ -119,6 +122,12 @@ class AtomicFile:
         if exc_type is not None:
             os.unlink(self.tmp)
             return
+        if self.verify is not None:
+            try:
+                self.verify(self.tmp)
+            except BaseException:
+                os.unlink(self.tmp)
+                raise
         os.chmod(self.tmp, 0o644)
         os.replace(self.tmp, self.path)
 

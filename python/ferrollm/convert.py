@@ -115,6 +115,14 @@ def open_model_dir(model_dir: str | os.PathLike):
     if any(n.endswith(".q_weight") for n in ck.names()):  # EXL2 layers, the config's mark lost
         ck.close()
         return EXL2Checkpoint(model_dir)
+    for name in ck.names():
+        dtype = ck.stored_dtype(name)
+        if dtype not in ("F32", "F16", "BF16", "F64"):
+            ck.close()
+            # Read as floats they would overflow into NaN weights.
+            raise CheckpointError(f"{os.fspath(model_dir)}: tensor {name} is {dtype}: the weights of a float "
+                                  "checkpoint are F32, F16 or BF16 (integer tensors are a quantized layout "
+                                  "this converter does not read)")  # fmt: skip
     return ck
 
 

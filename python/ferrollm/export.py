@@ -134,8 +134,23 @@ def write_gguf_model(path, source, metadata: list[tuple[str, str | None, object]
                 progress(done, total, name)
             yield blob
 
-    write_gguf_stream(path, metadata, plan, produce())
+    write_gguf_stream(path, metadata, plan, produce(), verify=check_loads)
     return types
+
+
+def check_loads(path: str) -> None:
+    """Raises ValueError unless the GGUF at ``path`` loads in ferrollm and holds no NaN or Inf:
+    every converted, merged or built model is checked before it appears (a config that
+    disagrees with its tensors, a tokenizer the engine refuses, weights that overflowed)."""
+    from ferrollm import _core
+    from ferrollm.gguf import open as open_gguf
+    from ferrollm.tokenizer import Tokenizer
+
+    try:
+        Tokenizer(open_gguf(path).metadata)
+        _core.Model(path, n_ctx=8, n_threads=1, check_tensors=True)
+    except (ValueError, KeyError, OSError) as e:
+        raise ValueError(f"the output would not load in ferrollm, so it was not written: {e}") from None
 
 
 def write_hf_model(path, source, dtype: str = "BF16", tokenizer_dir: str | None = None,

@@ -63,9 +63,9 @@ class PlannedTensor:
 
 
 def write_gguf_stream(path: str | os.PathLike, metadata: Iterable[tuple[str, str | None, Any]],
-                      plan: list[PlannedTensor], data: Iterator[np.ndarray]) -> None:  # fmt: skip
+                      plan: list[PlannedTensor], data: Iterator[np.ndarray], verify=None) -> None:  # fmt: skip
     """``metadata``: (key, type or None to infer, value); ``data`` yields each planned tensor's
-    raw bytes (or an array of its type) in plan order."""
+    raw bytes (or an array of its type) in plan order. ``verify``: see ``AtomicFile``."""
     metadata = [(k, t or infer_type(v), v) for k, t, v in metadata]
     align = next((int(v) for k, _, v in metadata if k == "general.alignment"), 32)
     out = [struct.pack("<4sIQQ", b"GGUF", 3, len(plan), len(metadata))]
@@ -77,7 +77,7 @@ def write_gguf_stream(path: str | os.PathLike, metadata: Iterable[tuple[str, str
         out.append(_string(t.name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, quant_type(t.type).id, offset))
         offset += t.nbytes + (-t.nbytes % align)
     header = b"".join(out)
-    with AtomicFile(path) as f:
+    with AtomicFile(path, verify) as f:
         f.write(header + b"\0" * (-len(header) % align))
         done = 0
         for t, blob in zip(plan, data):

@@ -1,0 +1,78 @@
+"""A converted file always loads: a checkpoint whose config disagrees with its tensors, whose
+tensors are integers, or whose tokenizer the engine refuses is an error naming the problem,
+and no file appears (``export.check_loads`` runs on the finished file before it is renamed
+into place; integer tensors are refused before anything is written)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import ferrollm
+from ferrollm import safetensors_io
+from hf_models import write_model
+
+
+def edit_json(path, change) -> None:
+    with open(path) as f:
+        data = json.load(f)
+    change(data)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda c: c.update(hidden_size=96), "would not load"),
+        (lambda c: c.update(num_hidden_layers=3), "would not load"),
+    ],
+    ids=["hidden_size", "layers"],
+)
+def test_a_config_that_disagrees_with_the_tensors(tmp_path, change, says):
+    ck = tmp_path / "ck"
+    write_model(str(ck), seed=1, tokenizer="bpe")
+    edit_json(ck / "config.json", change)
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ValueError, match=says):
+        ferrollm.convert(str(ck), str(out), "f32")
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+
+
+def test_a_wrongly_shaped_tensor(tmp_path):
+    ck = tmp_path / "ck"
+    w = write_model(str(ck), seed=2, tokenizer="bpe")
+    w["model.layers.0.self_attn.k_proj.weight"] = np.zeros((8, 64), np.float32)
+    safetensors_io.save(str(ck / "model.safetensors"), w, "F32", {"format": "pt"})
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ValueError):
+        ferrollm.convert(str(ck), str(out), "f32")
+    assert not out.exists()
+
+
+def test_integer_tensors_are_refused_before_writing(tmp_path):
+    ck = tmp_path / "ck"
+    w = write_model(str(ck), seed=3, tokenizer="bpe")
+    tensors = {n: v for n, v in w.items()}
+    tensors["model.norm.weight"] = (tensors["model.norm.weight"] * 1000).astype(np.int32)
+    path = str(ck / "model.safetensors")
+    safetensors_io.save(path, {n: v for n, v in tensors.items() if v.dtype != np.int32}, "F32", {"format": "pt"})
+    ints = {n: v for n, v in tensors.items() if v.dtype == np.int32}
+    safetensors_io.save(str(ck / "model-ints.safetensors"), ints, "I32", {"format": "pt"})
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ValueError, match="model.norm.weight is I32"):
+        ferrollm.convert(str(ck), str(out), "f32")
+    assert not out.exists()
+
+
+def test_a_bpe_tokenizer_without_merges(tmp_path):
+    ck = tmp_path / "ck"
+    write_model(str(ck), seed=4, tokenizer="bpe")
+    edit_json(ck / "tokenizer.json", lambda t: t["model"].update(merges=[]))
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ValueError, match="would not load"):
+        ferrollm.convert(str(ck), str(out), "f32")
+    assert not out.exists()
