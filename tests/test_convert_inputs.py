@@ -76,3 +76,37 @@ def test_a_bpe_tokenizer_without_merges(tmp_path):
     with pytest.raises(ValueError, match="would not load"):
         ferrollm.convert(str(ck), str(out), "f32")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["hidden_size", "num_attention_heads"])
+def test_a_config_without_a_key_names_file_and_key(tmp_path, key):
+    ck = tmp_path / "ck"
+    write_model(str(ck), seed=5, tokenizer="bpe")
+    edit_json(ck / "config.json", lambda c: c.pop(key))
+    with pytest.raises(ValueError, match=rf"config.json: {key} must be a positive whole number \(missing\)"):
+        ferrollm.convert(str(ck), str(tmp_path / "out.gguf"), "f32")
+
+
+def test_malformed_json_names_its_file(tmp_path):
+    ck = tmp_path / "ck"
+    write_model(str(ck), seed=6, tokenizer="bpe")
+    (ck / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_size": }')
+    with pytest.raises(ValueError, match=r"config.json: not valid JSON \(Expecting value"):
+        ferrollm.convert(str(ck), str(tmp_path / "out.gguf"), "f32")
+
+
+@pytest.mark.parametrize("value, says", [('"heavy"', "is not a number"), ("abc", "is not a number"),
+                                         (".nan", "is not a number")])  # fmt: skip
+def test_merge_parameters_that_are_not_numbers(tmp_path, value, says):
+    from ferrollm.merge import MergeError, merge
+
+    for name in "ab":
+        write_model(str(tmp_path / name), seed=7, tokenizer="bpe")
+    a, b = tmp_path / "a", tmp_path / "b"
+    lines = ["merge_method: slerp", f"base_model: {a}", "dtype: float32", "parameters:", f"  t: {value}",
+             "slices:", "  - sources:", f"      - model: {a}", "        layer_range: [0, 2]",
+             f"      - model: {b}", "        layer_range: [0, 2]"]  # fmt: skip
+    (tmp_path / "m.yml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(MergeError, match=says):
+        merge(str(tmp_path / "m.yml"), str(tmp_path / "out.gguf"))
+    assert not (tmp_path / "out.gguf").exists()

@@ -87,3 +87,14 @@ def test_sampling_parameters_of_the_wrong_type_name_themselves(llm, kw, name):
 def test_the_cli_names_a_negative_option(args):
     r = subprocess.run([sys.executable, "-m", "ferrollm", *args], capture_output=True, text=True)
     assert r.returncode == 2 and "must be" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_inputs_that_are_not_what_they_should_be(tmp_path):
+    binary = tmp_path / "data.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    r = subprocess.run([sys.executable, "-m", "ferrollm", "perplexity", "-f", str(binary)], capture_output=True,
+                       text=True)  # fmt: skip
+    assert r.returncode == 1 and f"{binary}: not UTF-8 text" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "ferrollm", "quantize", demo_model_path(), str(tmp_path / "o.gguf"),
+                        "--target-bpw", "nan"], capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 1 and "--target-bpw nan: give bits per weight above 0" in r.stderr, r.stderr

@@ -19,6 +19,7 @@ import json
 import mmap
 import os
 import re
+from typing import Any
 
 import numpy as np
 
@@ -53,16 +54,40 @@ class _Indexed:
             raise KeyError(f"{self.path}: no tensor {name!r}") from None
 
 
+def read_json(path: str, data: bytes | None = None) -> Any:
+    """A JSON file (or ``data`` read from it), with errors that name the file."""
+    try:
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read()
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply") from None
+
+
+# The config.json keys every supported architecture's converter reads.
+REQUIRED_CONFIG = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
+
+
 def read_config(path: str, kind: str) -> dict:
     """A checkpoint directory's config.json, of an architecture this converter handles."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise CheckpointError(f"{path}: no config.json (not {kind} directory)")
-    with open(cfg_path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_json(cfg_path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{cfg_path}: a JSON object is expected, not {type(config).__name__}")
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{path}: architecture {arch} is not supported (only {', '.join(ARCHITECTURES)})")
+    for key in REQUIRED_CONFIG:
+        value = config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            got = "missing" if key not in config else f"{value!r}"
+            raise CheckpointError(f"{cfg_path}: {key} must be a positive whole number ({got}); a {arch} "
+                                  f"config needs {', '.join(REQUIRED_CONFIG)}")  # fmt: skip
     return config
 
 

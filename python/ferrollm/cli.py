@@ -209,8 +209,7 @@ class _Progress:
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text(args.file)
     common = {"n_threads": args.threads, "n_batch": args.batch_size}
     if args.kl_divergence:
         if not args.kl_divergence_base:
@@ -262,6 +261,8 @@ def _allocation_target(args: argparse.Namespace):
     if args.type is not None:
         raise ValueError(f"give a TYPE or {given[0]}, not both: the allocation chooses every tensor's type")
     if args.target_bpw is not None:
+        if not 0 < args.target_bpw < 64:  # also NaN
+            raise ValueError(f"--target-bpw {args.target_bpw}: give bits per weight above 0 (e.g. 3.5)")
         return Target(bpw=args.target_bpw)
     if args.target_size is not None:
         return Target(file_bytes=parse_size(args.target_size))
@@ -390,6 +391,15 @@ def cmd_moe(args: argparse.Namespace) -> int:
     from ferrollm.moe import moe
 
     return _write_model(moe, args.config, args)
+
+
+def read_text(path: str) -> str:
+    """A UTF-8 text file, or an error that names it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); give a text file") from None
 
 
 def count_arg(text: str) -> int:

@@ -11,10 +11,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from typing import Any
+
+from ferrollm.checkpoint import read_json
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
@@ -81,8 +82,7 @@ def sentencepiece_pieces(path: str) -> list[tuple[str, float, int]]:
 def _json(path: str) -> Any:
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path)
 
 
 def _looks_special(token: str) -> bool:

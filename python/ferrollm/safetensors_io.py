@@ -57,7 +57,10 @@ class SafetensorsFile:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > size - 8:
                 raise ValueError(f"{self.path}: header of {n} bytes in a file of {size}")
-            header = json.loads(f.read(n))
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+                raise ValueError(f"{self.path}: the header is not valid JSON ({e})") from None
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else None
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
         self._data_start = 8 + n

@@ -116,10 +116,12 @@ class MergePlan:
                 if name not in known:
                     raise MergeError(f"{where}: {cfg.method} has no parameter {name!r} (it takes: "
                                      f"{', '.join(sorted(known)) or 'none'})")  # fmt: skip
-                if name in _BOUNDED.get(cfg.method, ()):
-                    for v in scalars(setting):
-                        if not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                            raise MergeError(f"{where}: {name} = {v!r} is outside [0, 1]")
+                for v in scalars(setting):
+                    # mergekit's parameters are numbers (or flags): a string is a typo.
+                    if isinstance(v, str) or (isinstance(v, float) and v != v):
+                        raise MergeError(f"{where}: {name} = {v!r} is not a number")
+                    if name in _BOUNDED.get(cfg.method, ()) and not 0 <= v <= 1:
+                        raise MergeError(f"{where}: {name} = {v!r} is outside [0, 1]")
         for i, sl in enumerate(cfg.slices):
             n = len(sl.sources) + (1 if m.needs_base and _base_of(cfg, sl) not in [s.model for s in sl.sources] else 0)
             if n < m.min_inputs or (m.max_inputs is not None and n > m.max_inputs):
