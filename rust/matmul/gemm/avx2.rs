@@ -31,53 +31,22 @@ const PAIRS: u8 = 3;
 
 type TileArgs<'a> = (&'a Panel, &'a Acts, &'a Shape, SharedOut, usize, usize);
 
-#[target_feature(enable = "avx2,fma,avxvnni")]
-pub unsafe fn tile_vnni(
-    p: &Panel,
-    a: &Acts,
-    s: &Shape,
-    out: SharedOut,
-    first: usize,
-    valid: usize,
-) {
-    tile::<VNNI>((p, a, s, out, first, valid))
+/// The kernels' entry points: one per step form, each compiled with its features.
+macro_rules! tile_fns {
+    ($($name:ident: $features:literal => $mode:expr),* $(,)?) => {$(
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(p: &Panel, a: &Acts, s: &Shape, out: SharedOut, first: usize, valid: usize) {
+            tile::<$mode>((p, a, s, out, first, valid))
+        }
+    )*};
 }
 
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile_offset(
-    p: &Panel,
-    a: &Acts,
-    s: &Shape,
-    out: SharedOut,
-    first: usize,
-    valid: usize,
-) {
-    tile::<OFFSET>((p, a, s, out, first, valid))
-}
-
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile_pairs(
-    p: &Panel,
-    a: &Acts,
-    s: &Shape,
-    out: SharedOut,
-    first: usize,
-    valid: usize,
-) {
-    tile::<PAIRS>((p, a, s, out, first, valid))
-}
-
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn tile_signed(
-    p: &Panel,
-    a: &Acts,
-    s: &Shape,
-    out: SharedOut,
-    first: usize,
-    valid: usize,
-) {
-    tile::<SIGNED>((p, a, s, out, first, valid))
-}
+tile_fns!(
+    tile_vnni: "avx2,fma,avxvnni" => VNNI,
+    tile_offset: "avx2,fma" => OFFSET,
+    tile_pairs: "avx2,fma" => PAIRS,
+    tile_signed: "avx2,fma" => SIGNED,
+);
 
 /// Every band of tokens against the panel's rows, `PASS_ROWS` rows at a time.
 #[inline(always)]
