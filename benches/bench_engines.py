@@ -294,6 +294,12 @@ def main() -> int:
     if args.quick:
         args.reps, args.n_gen = min(args.reps, 2), 32
     types = (args.types or ",".join(QUICK_TYPES if args.quick else TARGET_TYPES)).upper().split(",")
+    if args.file:  # one given file: its name stands for the shape, its layers' type for the type
+        from ferrollm import demo_model_path, gguf
+
+        path = Path(demo_model_path() if args.file == "demo" else args.file)
+        args.shape = path.stem
+        types = [gguf.open(path).tensor("blk.0.attn_q.weight").type]
     engines = args.engines.split(",")
     if "llama.cpp" in engines and not peer_available():
         print("llama-cpp-python is not installed: measuring ferrollm alone (see README, Benchmarks)")
@@ -321,12 +327,6 @@ def main() -> int:
           f"{_core.isa_active()} kernels")  # fmt: skip
     directory = models_dir(args.models_dir)
     records, rows = [], []
-    if args.file:
-        from ferrollm import demo_model_path, gguf
-
-        path = Path(demo_model_path() if args.file == "demo" else args.file)
-        args.shape = path.stem
-        types = [gguf.open(path).tensor("blk.0.attn_q.weight").type]
     for qtype in types:
         if not args.file:
             path = ensure_model(directory, args.shape, qtype)
