@@ -237,12 +237,17 @@ impl UnpackK for BlockQ6K {
     }
 }
 
-/// The 8 bytes of a packed grid row times the 8 signs (bit k set: negative).
+/// The 8 bytes of a packed grid row times the 8 signs (bit k set: negative), on the whole
+/// word at once (a select per byte made this a fifth of an AVX2 IQ2 prefill). The grids'
+/// bytes are 1..=127, so `(g ^ 0xFF) + 1` negates a byte without a carry into the next.
+#[inline(always)]
 fn signed_row(q: &mut [i8], row: u64, signs: u8) {
-    for (k, v) in q[..8].iter_mut().enumerate() {
-        let g = ((row >> (8 * k)) & 0xFF) as i8;
-        *v = if signs & (1 << k) != 0 { -g } else { g };
-    }
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    // Sign bit k to bit k of byte k, then to 1 in byte k.
+    let bits = (signs as u64).wrapping_mul(LOW) & 0x8040_2010_0804_0201;
+    let negative = ((bits + 0x7F7F_7F7F_7F7F_7F7F) >> 7) & LOW;
+    let v = (row ^ (negative * 0xFF)).wrapping_add(negative);
+    q[..8].copy_from_slice(&bytemuck::cast::<u64, [i8; 8]>(v.to_le()));
 }
 
 impl UnpackK for BlockIq2Xxs {
