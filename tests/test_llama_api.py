@@ -181,3 +181,15 @@ def test_a_tool_whose_arguments_are_not_an_object_is_refused(llm):
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "integer"}}}
     with pytest.raises(ValueError, match="must describe an object"):
         llm.create_chat_completion([{"role": "user", "content": "x"}], tools=[tool], tool_choice="required")
+
+
+def test_bytes_that_are_not_utf8_become_byte_tokens(llm):
+    # As llama.cpp with a byte-fallback vocabulary: kept as <0xXX> tokens, not dropped.
+    data = b"\xff\xfe invalid utf8 \xc3"
+    ids = llm.tokenize(data, add_bos=False)
+    pieces = [llm.tokenizer_.tokens[i] for i in ids]
+    assert "<0xFF>" in pieces and "<0xFE>" in pieces and pieces[-1] == "<0xC3>", pieces
+    # The invalid lead byte 0xFF takes 3 more bytes (0xFE and an escaped space's first two) into
+    # its byte tokens, as llama.cpp cuts it (tests/test_peer_llama_cpp_api.py compares).
+    assert llm.detokenize(ids) == b" \xff\xfe\xe2\x96\x81invalid utf8 \xc3"
+    assert llm.tokenize(b"plain text", add_bos=False) == llm.tokenize("plain text", add_bos=False)

@@ -180,3 +180,21 @@ def test_logprobs_equal_llama_cpp(path):
     ours_lp, peer_lp = np.array(pairs, dtype=float).T
     assert np.abs(ours_lp - peer_lp).mean() <= 0.005 * np.abs(peer_lp).mean()
     np.testing.assert_allclose(ours_lp, peer_lp, rtol=0.02, atol=0.005)
+
+
+def test_bytes_that_are_not_utf8_tokenize_as_llama_cpp_does(path):
+    # llama.cpp cuts a SentencePiece text into symbols by each lead byte's UTF-8 length, so an
+    # invalid byte takes the next bytes (an escaped space too) into its byte tokens.
+    import random
+
+    from llama_cpp import Llama
+
+    peer, ours = Llama(path, verbose=False, n_ctx=64), FerroLlama(path, verbose=False, n_ctx=64)
+    rng = random.Random(0)
+    alphabet = list(b"ab  c\xc3\xa9\xe2\x82\xac")
+    cases = [b"\xff\xfe invalid utf8 \xc3", b"ok \x80\x81 mid", b"\xe2\x82 cut"]
+    cases += [bytes(rng.choice([rng.randrange(256), *alphabet]) for _ in range(rng.randrange(1, 12)))
+              for _ in range(2000)]  # fmt: skip
+    for data in cases:
+        for bos in (False, True):
+            assert ours.tokenize(data, add_bos=bos) == peer.tokenize(data, add_bos=bos), data

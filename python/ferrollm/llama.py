@@ -277,7 +277,9 @@ class Llama:
 
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="ignore")
+            # Bytes that are not UTF-8 stay (as lone surrogates): byte tokens where the
+            # vocabulary has them, as llama.cpp.
+            text = text.decode("utf-8", errors="surrogateescape")
         return self.tokenizer_.encode(text, add_bos=add_bos and self.tokenizer_.add_bos, special=special)
 
     def detokenize(

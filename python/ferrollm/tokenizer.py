@@ -78,6 +78,12 @@ def _alternation(pieces: Iterable[str]) -> re.Pattern | None:
     return re.compile(f"({pattern})") if pattern else None
 
 
+# Bytes that were not UTF-8, as "surrogateescape" decoding leaves them (U+DC80..U+DCFF).
+_RAW_BYTES = re.compile("[\udc80-\udcff]")
+# llama.cpp's UTF-8 sequence length by a byte's high nibble (continuation bytes count as 1).
+_UTF8_LEN = (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4)
+
+
 class TokenizerError(ValueError):
     """The GGUF's tokenizer metadata is missing, inconsistent or of an unknown kind."""
 
@@ -182,6 +188,54 @@ class Tokenizer:
             return ids
         return self._backend.encode(text, add_special_tokens=False).ids
 
+    def _encode_part(self, text: str, space_prefix: bool) -> list[int]:
+        """``_encode_text``, where ``text`` may hold bytes that were not UTF-8 (as lone
+        surrogates, ``bytes.decode(..., "surrogateescape")``). With a byte-fallback vocabulary
+        they become ``<0xXX>`` tokens exactly as llama.cpp makes them: its SentencePiece
+        tokenizer cuts the (space-escaped) bytes into symbols by each lead byte's UTF-8 length,
+        so an invalid lead byte takes the next bytes with it, and a symbol that is not a
+        character is spelled in byte tokens; no merge crosses it. Elsewhere they are dropped."""
+        if not _RAW_BYTES.search(text):
+            return self._encode_text(text, space_prefix)
+        if not self._byte_ids:
+            return self._encode_text(_RAW_BYTES.sub("", text), space_prefix)
+        data = text.encode("utf-8", "surrogateescape")
+        if space_prefix and self.add_space_prefix:
+            data = b" " + data
+        # Spaces as SentencePiece's U+2581 before the cut, as llama.cpp escapes them.
+        data = data.replace(b" ", SPIECE_SPACE.encode("utf-8"))
+        ids: list[int] = []
+        run = bytearray()  # characters waiting to be encoded together
+        i = 0
+        while i < len(data):
+            symbol = data[i : i + _UTF8_LEN[data[i] >> 4]]
+            i += len(symbol)
+            try:
+                valid = len(symbol.decode("utf-8")) == 1
+            except UnicodeDecodeError:
+                valid = False
+            if valid:
+                run += symbol
+                continue
+            if run:
+                ids.extend(self._encode_text(run.decode("utf-8"), False))
+                run.clear()
+            ids.extend(self._byte_ids[b] for b in symbol)
+        if run:
+            ids.extend(self._encode_text(run.decode("utf-8"), False))
+        return ids
+
+    @cached_property
+    def _byte_ids(self) -> dict[int, int]:
+        """The ``<0xXX>`` byte tokens of a byte-fallback vocabulary, by byte (empty elsewhere)."""
+        if self.model != "llama":  # SentencePiece vocabularies (the byte-level ones have no such gap)
+            return {}
+        return {
+            int(t[3:5], 16): i
+            for i, (t, ty) in enumerate(zip(self.tokens, self.token_types))
+            if ty == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t)
+        }
+
     def _fragments(self, text: str, special: bool) -> list[str | int]:
         """``text`` cut around the pieces matched whole: strings and token ids in order."""
         pattern = self._special_re if special else self._user_re
@@ -219,7 +273,7 @@ class Tokenizer:
                 ids.append(part)
                 after_special = True
             else:
-                ids.extend(self._encode_text(part, after_special))
+                ids.extend(self._encode_part(part, after_special))
                 after_special = False
         if self.model == "bert" and add_special and self.sep_id >= 0:
             ids.append(self.sep_id)
