@@ -35,11 +35,10 @@ def _same_file(a: str, b: str) -> bool:
 
 def check_output(output: str | os.PathLike, inputs) -> None:
     """Refuses an ``output`` whose folder does not exist, or that is one of ``inputs`` or would
-    replace or damage one: the same
-    file (also through a symlink or a hard link), a folder that holds an input (a folder output
-    replaces the whole folder), or an existing file inside an input folder (a checkpoint's
-    weights or config). Every tool that writes calls it before it reads anything; ``None``
-    entries and objects that are not paths are skipped."""
+    replace or damage one: the same file (also through a symlink or a hard link), a folder that
+    holds an input (a folder output replaces the whole folder), or an existing file inside an
+    input folder (a checkpoint's weights or config). Every tool that writes calls it before it
+    reads anything; ``None`` entries and objects that are not paths are skipped."""
     check_folder(os.path.abspath(os.fspath(output)))
     out = os.path.realpath(os.fspath(output))
     for given in inputs:

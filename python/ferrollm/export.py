@@ -18,14 +18,16 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ferrollm import llama_layout
+from ferrollm import _core, llama_layout
 from ferrollm.atomic import AtomicDir
 from ferrollm.checkpoint import n_heads
+from ferrollm.gguf import open as open_gguf
 from ferrollm.gguf_stream import PlannedTensor, write_gguf_stream
 from ferrollm.imatrix import Imatrix
 from ferrollm.quant_mixes import MIXES, ModelShape, fallback_type, mix_name, needs_imatrix, tensor_type
 from ferrollm.quantize import WRITABLE_TYPES, keeps_f32, quantize_tensor
 from ferrollm.safetensors_io import f32_to_bf16, write_stream
+from ferrollm.tokenizer import Tokenizer
 
 Progress = Callable[[int, int, str], None]
 CONVERT_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7, "BF16": 32}  # outtype -> llama_ftype (general.file_type)
@@ -142,10 +144,6 @@ def check_loads(path: str) -> None:
     """Raises ValueError unless the GGUF at ``path`` loads in ferrollm and holds no NaN or Inf:
     every converted, merged or built model is checked before it appears (a config that
     disagrees with its tensors, a tokenizer the engine refuses, weights that overflowed)."""
-    from ferrollm import _core
-    from ferrollm.gguf import open as open_gguf
-    from ferrollm.tokenizer import Tokenizer
-
     try:
         Tokenizer(open_gguf(path).metadata)
         _core.Model(path, n_ctx=8, n_threads=1, check_tensors=True)

@@ -220,7 +220,7 @@ class Tokenizer:
             if run:
                 ids.extend(self._encode_text(run.decode("utf-8"), False))
                 run.clear()
-            ids.extend(self._byte_ids[b] for b in symbol)
+            ids.extend(self._byte_ids[b] for b in symbol if b in self._byte_ids)
         if run:
             ids.extend(self._encode_text(run.decode("utf-8"), False))
         return ids
