@@ -9,6 +9,7 @@ checkpoints ship in: BF16 is widened here to float32 exactly (it is the upper ha
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -44,6 +45,25 @@ def f32_to_bf16(values: np.ndarray) -> np.ndarray:
     return n.astype(np.uint16)
 
 
+def _sizes(values, count: int | None = None) -> bool:
+    """A JSON list of whole numbers >= 0 (``count`` of them if given)."""
+    return (
+        isinstance(values, list)
+        and (count is None or len(values) == count)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+    )
+
+
+def _well_formed(entry) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("dtype"), str)
+        and _sizes(entry.get("shape"))
+        and _sizes(entry.get("data_offsets"), 2)
+        and entry["data_offsets"][0] <= entry["data_offsets"][1]
+    )
+
+
 class SafetensorsFile:
     """One .safetensors file, memory-mapped. ``get`` copies one tensor out and releases its pages,
     so reading a whole checkpoint tensor by tensor keeps the resident set to one tensor."""
@@ -62,14 +82,22 @@ class SafetensorsFile:
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
                 raise ValueError(f"{self.path}: the header is not valid JSON ({e})") from None
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else None
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        if not isinstance(header, dict):
+            raise ValueError(f"{self.path}: the header is not a JSON object")
+        metadata = header.pop("__metadata__", None)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ValueError(f"{self.path}: __metadata__ is not a JSON object")
+        self.metadata: dict[str, str] = metadata or {}
         self._data_start = 8 + n
         self._entries: dict[str, dict] = header
         for name, e in header.items():
+            if not _well_formed(e):
+                raise ValueError(f"{self.path}: tensor {name!r} needs a dtype, a shape of sizes and two data "
+                                 f"offsets, got {e!r:.200}")  # fmt: skip
             begin, end = e["data_offsets"]
             if e["dtype"] not in _DTYPES:
                 raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {e['dtype']}")
-            want = int(np.prod(e["shape"], dtype=np.int64)) * np.dtype(_DTYPES[e["dtype"]]).itemsize
+            want = math.prod(e["shape"]) * np.dtype(_DTYPES[e["dtype"]]).itemsize  # exact: no overflow
             if end - begin != want or self._data_start + end > size:
                 raise ValueError(f"{self.path}: tensor {name!r} data offsets {begin}..{end} do not fit")
 

@@ -138,11 +138,13 @@ def parse(text_or_dict: str | dict) -> MergeConfig:
 
 
 def load(path: str | os.PathLike) -> MergeConfig:
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             return parse(f.read())
-        except yaml.YAMLError as e:
-            raise MergeConfigError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:
+        raise MergeConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise MergeConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 class FilterUse:

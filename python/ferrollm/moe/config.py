@@ -138,8 +138,10 @@ def check(cfg: MoEConfig) -> None:
 
 
 def load(path: str | os.PathLike) -> MoEConfig:
-    with open(path, encoding="utf-8") as f:
-        try:
+    try:
+        with open(path, encoding="utf-8") as f:
             return parse(f.read())
-        except yaml.YAMLError as e:
-            raise MoEConfigError(f"{path}: not valid YAML: {e}") from None
+    except yaml.YAMLError as e:
+        raise MoEConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise MoEConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
