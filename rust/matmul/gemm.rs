@@ -387,11 +387,6 @@ fn vnni_detected() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// Whether `gemm` can run `ty` on this CPU at tier `isa`.
-pub fn supported(ty: GgmlType, isa: Isa) -> bool {
-    kernel(ty, isa).is_some()
-}
-
 /// `y_i[t][r] = sum_c W_i[r][c] x[t][c]` for the n rows of `x` and matrices of one type and
 /// width, with `kernel` (from `kernel(ws[0].ty, ..)`); the caller checked the shapes.
 pub(super) fn gemm(

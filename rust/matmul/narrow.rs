@@ -148,7 +148,7 @@ impl Lanes {
             }
             let at = rg * QUARTER;
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: only built where supported() found the features.
+            // SAFETY: only built where gemm::kernel() chose the 512-bit kernel (features detected).
             unsafe {
                 avx512::interleave(&tmp.q, cols, &mut self.q[at * cols..][..QUARTER * cols]);
                 avx512::interleave_scales(
@@ -217,7 +217,7 @@ thread_local! {
 }
 
 /// Whether `narrow` is the fastest product for `n` rows of `ty` (the caller has checked
-/// `gemm::supported`). Below, the per-row dot products, whose cost grows by about one matrix-
+/// `gemm::kernel` chose the 512-bit kernel). Below, the per-row dot products, whose cost grows by about one matrix-
 /// vector product's arithmetic per row, are faster (measured on 14336 x 4096: from 3 rows on
 /// for the types unpacked straight into lanes, from 4 for the others).
 pub fn takes(n: usize, ty: GgmlType) -> bool {
@@ -287,7 +287,7 @@ pub(super) fn narrow(
                         let span = start..(start + step).min(w.cols);
                         lanes.fill(w, &form, direct, rows.start, span.clone(), next);
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: supported() checked the CPU.
+                        // SAFETY: gemm::kernel() chose the 512-bit kernel: the CPU has its features.
                         unsafe {
                             avx512::accumulate(lanes, acts, &shape, span, &mut sums)
                         };
