@@ -131,24 +131,40 @@ macro_rules! portable_panels {
             }
         }
 
+        // SAFETY (of the wrappers' calls): the 256-bit kernels, the only users, run where AVX2
+        // was detected.
         #[cfg(target_arch = "x86_64")]
-        fn avx2_panel_form(ty: GgmlType) -> Option<PanelForm> {
+        featured_panel_form!(fn avx2_panel_form, "avx2,fma,f16c", true;
+                             $($ty => $unpack, $group, $offset),*);
+    };
+}
+
+/// A panel-form table compiled with `features` (where `guard` holds): per type a wrapper with
+/// the features that its unpacker is inlined into (their lane loops vectorize there).
+macro_rules! featured_panel_form {
+    ($vis:vis fn $name:ident, $features:literal, $guard:expr;
+     $($ty:ident => $unpack:path, $group:literal, $offset:literal),* $(,)?) => {
+        $vis fn $name(ty: GgmlType) -> Option<PanelForm> {
+            if !$guard {
+                return None;
+            }
             $(
                 #[allow(non_snake_case)]
-                #[target_feature(enable = "avx2,fma,f16c")]
+                #[target_feature(enable = $features)]
                 unsafe fn $ty(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]) {
                     $unpack(row, q, sd, m)
                 }
             )*
             let form = |unpack: RowUnpackFn, group, offset| PanelForm { unpack, group, offset };
             match ty {
-                // SAFETY: the 256-bit kernels, the only users, run where AVX2 was detected.
                 $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group, $offset)),)*
                 _ => None,
             }
         }
     };
 }
+#[cfg(target_arch = "x86_64")]
+pub(super) use featured_panel_form;
 
 portable_panels!(
     Q4_0 => unpack_row_32::<BlockQ4_0>, 32, false,

@@ -21,7 +21,7 @@ mod q6k;
 
 use std::arch::x86_64::*;
 
-use super::gemm::{PanelForm, RowUnpackFn, unpack_row_k};
+use super::gemm::{PanelForm, RowUnpackFn, featured_panel_form, unpack_row_k};
 use super::narrow::LanesFn;
 use super::{VecDotFn, VecDotManyFn};
 use crate::gguf::GgmlType;
@@ -127,34 +127,13 @@ dot_many_table!(
     IQ1_M => dot_many::<BlockIq1M>, IQ4_XS => dot_many::<BlockIq4Xs>
 );
 
-macro_rules! panel_table {
-    ($($ty:ident => $unpack:path, $group:literal, $offset:literal),*) => {
-        /// How `ty` enters the batched product with a 512-bit unpacker, where the CPU has the
-        /// features.
-        pub(super) fn panel_form(ty: GgmlType) -> Option<PanelForm> {
-            if !detected() {
-                return None;
-            }
-            $(
-                #[allow(non_snake_case)]
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c")]
-                unsafe fn $ty(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]) {
-                    $unpack(row, q, sd, m)
-                }
-            )*
-            let form = |unpack: RowUnpackFn, group, offset| PanelForm { unpack, group, offset };
-            match ty {
-                $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group, $offset)),)*
-                _ => None,
-            }
-        }
-    };
-}
-
 // Each type with its scale grain (elements per scale) and whether it has offsets (mins), for
 // the batched product. Q2_K..Q5_K take the portable unpackers, compiled here with the 512-bit
 // features (their straight lane loops vectorize; at the baseline ISA they ran 4-20x slower).
-panel_table!(
+featured_panel_form!(
+    pub(super) fn panel_form,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,avx2,fma,f16c",
+    detected();
     IQ2_XXS => unpack_row::<BlockIq2Xxs, 32>, 32, false, IQ2_XS => unpack_row::<BlockIq2Xs, 16>, 16, false,
     IQ2_S => unpack_row::<BlockIq2S, 16>, 16, false, IQ3_XXS => unpack_row::<BlockIq3Xxs, 32>, 32, false,
     IQ3_S => unpack_row::<BlockIq3S, 32>, 32, false, IQ1_S => unpack_row::<BlockIq1S, 32>, 32, false,
