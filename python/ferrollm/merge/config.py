@@ -103,7 +103,7 @@ def parse(text_or_dict: str | dict) -> MergeConfig:
         raise MergeConfigError("a merge configuration is a YAML mapping")
     unknown = set(raw) - _KNOWN_KEYS
     if unknown:
-        raise MergeConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
+        raise MergeConfigError(f"unknown configuration key(s): {', '.join(sorted(map(str, unknown)))}")
     if "merge_method" not in raw:
         raise MergeConfigError("merge_method is missing")
     if bool(raw.get("models")) == bool(raw.get("slices")):

@@ -78,7 +78,7 @@ def _expert(raw, i: int) -> Expert:
         raise MoEConfigError(f"{where}: each expert is a mapping with a source_model, got {raw!r}")
     unknown = set(raw) - _EXPERT_KEYS
     if unknown:
-        raise MoEConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+        raise MoEConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))} "
                              f"(known: {', '.join(sorted(_EXPERT_KEYS))})")  # fmt: skip
     return Expert(str(raw["source_model"]), _prompts(raw.get("positive_prompts"), f"{where}.positive_prompts"),
                   _prompts(raw.get("negative_prompts"), f"{where}.negative_prompts"),
@@ -92,7 +92,7 @@ def parse(text_or_dict: str | dict) -> MoEConfig:
         raise MoEConfigError("a MoE configuration is a YAML mapping")
     unknown = set(raw) - _KNOWN_KEYS
     if unknown:
-        raise MoEConfigError(f"unknown configuration key(s): {', '.join(sorted(unknown))} "
+        raise MoEConfigError(f"unknown configuration key(s): {', '.join(sorted(map(str, unknown)))} "
                              f"(known: {', '.join(sorted(_KNOWN_KEYS))})")  # fmt: skip
     if raw.get("shared_experts"):
         raise MoEConfigError("shared_experts: the Mixtral output has no shared experts (mergekit writes those "
