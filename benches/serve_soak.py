@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import socket
 import statistics
 import subprocess
@@ -77,6 +78,18 @@ def abandoned_stream(url: str) -> int:
         return r.status_code
 
 
+def probe(url: str, stop, queue) -> None:
+    """/health every 100 ms until ``stop``; the latencies (seconds) go to ``queue``."""
+    latencies = []
+    with httpx.Client(timeout=5) as client:
+        while not stop.is_set():
+            t = time.monotonic()
+            client.get(url + "/health")
+            latencies.append(time.monotonic() - t)
+            time.sleep(0.1)
+    queue.put(latencies)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=8)
@@ -99,15 +112,11 @@ def main() -> int:
             send(url, path, body)
         rss_start = rss_mib(server.pid)
 
-        health: list[float] = []
-        stop = threading.Event()
-
-        def probe() -> None:
-            while not stop.is_set():
-                t = time.monotonic()
-                httpx.get(url + "/health", timeout=5)
-                health.append(time.monotonic() - t)
-                time.sleep(0.1)
+        # The probe runs in its own process with one kept-alive connection, so that what it
+        # measures is the server, not this process's client threads or a TLS context per call.
+        stop = multiprocessing.Event()
+        queue: multiprocessing.Queue = multiprocessing.Queue()
+        prober = multiprocessing.Process(target=probe, args=(url, stop, queue))
 
         results: list[tuple[str, int, int]] = []
         lock = threading.Lock()
@@ -125,7 +134,6 @@ def main() -> int:
                 with lock:
                     results.append((name, status, want))
 
-        prober = threading.Thread(target=probe)
         prober.start()
         t0 = time.monotonic()
         threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
@@ -135,6 +143,7 @@ def main() -> int:
             t.join()
         seconds = time.monotonic() - t0
         stop.set()
+        health = queue.get(timeout=60)
         prober.join()
         time.sleep(1.0)
         rss_end = rss_mib(server.pid)

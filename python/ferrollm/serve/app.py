@@ -139,7 +139,10 @@ async def _body(request: Request, schema: type[BaseModel]) -> Any:
     """The request body validated by ``schema``: refused with 413 past the size limit (as soon as
     the declared or the received length passes it), parsed and validated off the event loop."""
     limit = request.app.state.ferrollm.config.max_body_bytes
-    too_large = ApiError(413, f"the request body is over this server's limit of {limit} bytes (--max-body-bytes)")
+    # Connection: close, so that the rest of the body is dropped with the connection rather
+    # than read through the event loop.
+    too_large = ApiError(413, f"the request body is over this server's limit of {limit} bytes (--max-body-bytes)",
+                         headers={"connection": "close"})  # fmt: skip
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
