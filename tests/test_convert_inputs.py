@@ -110,3 +110,25 @@ def test_merge_parameters_that_are_not_numbers(tmp_path, value, says):
     with pytest.raises(MergeError, match=says):
         merge(str(tmp_path / "m.yml"), str(tmp_path / "out.gguf"))
     assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_an_exl2_scale_that_is_not_finite(tmp_path, bad):
+    from exl2_models import save_safetensors, write_exl2_model
+
+    from ferrollm.safetensors_io import SafetensorsFile
+
+    ck = tmp_path / "exl2"
+    write_exl2_model(str(ck), seed=9)
+    shard = next(p for p in sorted(ck.iterdir()) if p.suffix == ".safetensors"
+                 and any(n.endswith("q_scale_max") for n in SafetensorsFile(str(p)).names()))  # fmt: skip
+    f = SafetensorsFile(str(shard))
+    tensors = {n: f.raw(n) for n in f.names()}
+    f.close()
+    name = next(n for n in tensors if n.endswith("q_scale_max"))
+    tensors[name] = np.full_like(tensors[name], bad, dtype=np.float16)
+    save_safetensors(str(shard), tensors)
+    out = tmp_path / "out.gguf"
+    with pytest.raises(ValueError, match="would not load"):
+        ferrollm.convert(str(ck), str(out), "f16")
+    assert not out.exists()

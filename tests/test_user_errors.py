@@ -98,3 +98,12 @@ def test_cli_inputs_that_are_not_what_they_should_be(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ferrollm", "quantize", demo_model_path(), str(tmp_path / "o.gguf"),
                         "--target-bpw", "nan"], capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 1 and "--target-bpw nan: give bits per weight above 0" in r.stderr, r.stderr
+
+
+def test_debug_shows_the_traceback_that_is_otherwise_one_line(tmp_path):
+    missing = str(tmp_path / "missing.gguf")
+    plain = subprocess.run([sys.executable, "-m", "ferrollm", "info", missing], capture_output=True, text=True)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr and len(plain.stderr.strip().splitlines()) == 1
+    debug = subprocess.run([sys.executable, "-m", "ferrollm", "--debug", "info", missing], capture_output=True,
+                           text=True)  # fmt: skip
+    assert debug.returncode != 0 and "Traceback" in debug.stderr, debug.stderr

@@ -468,6 +468,7 @@ def _stream_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferrollm", description="Quantized LLMs on the CPU.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--version", action="version", version=f"ferrollm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -661,7 +662,15 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return 130
     except (GGUFError, ValueError, OSError, RuntimeError) as e:
+        if args.debug:
+            raise
         print(f"ferrollm: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line for the user, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"ferrollm: error: {type(e).__name__}: {e} (an input ferrollm did not expect, or a bug: "
+              "--debug shows the traceback)", file=sys.stderr)  # fmt: skip
         return 1
 
 
