@@ -129,6 +129,6 @@ def test_an_exl2_scale_that_is_not_finite(tmp_path, bad):
     tensors[name] = np.full_like(tensors[name], bad, dtype=np.float16)
     save_safetensors(str(shard), tensors)
     out = tmp_path / "out.gguf"
-    with pytest.raises(ValueError, match="would not load"):
+    with pytest.raises(ValueError, match="q_scale_max: a group's scale is (inf|nan)"):
         ferrollm.convert(str(ck), str(out), "f16")
     assert not out.exists()
