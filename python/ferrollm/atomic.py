@@ -44,7 +44,10 @@ def check_output(output: str | os.PathLike, inputs) -> None:
     for given in inputs:
         if not isinstance(given, (str, os.PathLike)):
             continue
-        src = os.path.realpath(os.fspath(given))
+        try:
+            src = os.path.realpath(os.fspath(given))
+        except ValueError:  # not a path at all (calibration given as text with a NUL in it)
+            continue
         why = None
         if out == src or _same_file(out, src):
             why = "is"

@@ -84,6 +84,13 @@ _RAW_BYTES = re.compile("[\udc80-\udcff]")
 _UTF8_LEN = (1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4)
 
 
+def _byte_of(token: str, token_type: int) -> int | None:
+    """The byte a ``<0xXX>`` byte-fallback token stands for (None for any other token)."""
+    if token_type == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+        return int(token[3:5], 16)
+    return None
+
+
 class TokenizerError(ValueError):
     """The GGUF's tokenizer metadata is missing, inconsistent or of an unknown kind."""
 
@@ -231,9 +238,7 @@ class Tokenizer:
         if self.model != "llama":  # SentencePiece vocabularies (the byte-level ones have no such gap)
             return {}
         return {
-            int(t[3:5], 16): i
-            for i, (t, ty) in enumerate(zip(self.tokens, self.token_types))
-            if ty == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t)
+            b: i for i, (t, ty) in enumerate(zip(self.tokens, self.token_types)) if (b := _byte_of(t, ty)) is not None
         }
 
     def _fragments(self, text: str, special: bool) -> list[str | int]:
@@ -293,8 +298,8 @@ class Tokenizer:
         for t, ty in zip(self.tokens, self.token_types):
             if ty == USER_DEFINED:
                 out.append(t.encode("utf-8"))
-            elif ty == BYTE and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
-                out.append(bytes([int(t[3:5], 16)]))
+            elif (b := _byte_of(t, ty)) is not None:
+                out.append(bytes([b]))
             elif ty not in (NORMAL, BYTE):
                 out.append(b"")
             elif byte_level and all(c in decode for c in t):
