@@ -13,8 +13,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ferrollm import Llama
-from ferrollm.synthetic_model import ModelSpec, write_model
-from ferrollm.tokenizer import sentencepiece_metadata
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
+from ferrollm.text.tokenizer import sentencepiece_metadata
 from model_helpers import ROUTER_MARGIN, cosines
 from reference_model import ReferenceModel
 from test_peer_llama_cpp import MISTRAL_MODEL, TEXT, _peer_logits

@@ -34,12 +34,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
 from ferrollm import collect_imatrix, demo_model_path, gguf, kl_divergence, perplexity, quantize_file
-from ferrollm.allocate import Target, plan_allocation, quantize_to_target
-from ferrollm.allocate.layout import Slot
-from ferrollm.allocate.measure import ModelWriter, anchor_types, calibration_chunks, measurement_base
-from ferrollm.allocate.probe import KLDProbe
-from ferrollm.imatrix import Imatrix
-from ferrollm.quantize import ProgressBar, keeps_f32, quantize_tensor
+from ferrollm.quant.allocate import Target, plan_allocation, quantize_to_target
+from ferrollm.quant.allocate.layout import Slot
+from ferrollm.quant.allocate.measure import ModelWriter, anchor_types, calibration_chunks, measurement_base
+from ferrollm.quant.allocate.probe import KLDProbe
+from ferrollm.quant.imatrix import Imatrix
+from ferrollm.quant.writer import ProgressBar, keeps_f32, quantize_tensor
 
 MIXES = ["IQ1_M", "IQ2_XXS", "IQ2_M", "IQ3_XS", "IQ3_M", "Q3_K_M", "Q4_K_M", "Q5_K_M"]
 LLAMA_QUANTIZE = os.environ.get("FERROLLM_LLAMA_QUANTIZE", "/work/peer/server-build/bin/llama-quantize")
@@ -54,7 +54,7 @@ MIXTRAL_SAMPLED_WEIGHTS = 6.46e9
 
 
 def weight_bpw(path) -> tuple[float, int]:
-    """(bpw over the weight matrices, norms and routers excluded: ferrollm.allocate's definition;
+    """(bpw over the weight matrices, norms and routers excluded: ferrollm.quant.allocate's definition;
     file bytes)."""
     with gguf.open(path) as f:
         mats = [t for t in f.tensors if not keeps_f32(t.name, t.numpy_shape)]

@@ -44,8 +44,8 @@ def main() -> int:
 
     import ferrollm
     import numpy as np
-    from ferrollm.quants import quant_type
-    from ferrollm.synthetic import random_blocks
+    from ferrollm.quant.block_types import quant_type
+    from ferrollm.gguf.synthetic import random_blocks
 
     gq = None
     if not args.no_numpy:
@@ -55,7 +55,7 @@ def main() -> int:
         except ImportError:
             print("gguf not installed: skipping the numpy reference", file=sys.stderr)
 
-    simd = ferrollm.quants.isa_active()
+    simd = ferrollm.quant.block_types.isa_active()
     rng = np.random.default_rng(0)
     records = []
     print(f"dequantization, {args.elems:,} elements per tensor, {args.threads} threads, "
@@ -83,7 +83,7 @@ def main() -> int:
                 gq.dequantize(blocks, qtype)
 
             row["numpy"] = out_gb / median_seconds(run_numpy, max(1, args.reps // 3))
-        tier = ferrollm.quants.kernel_isa(qt.name)
+        tier = ferrollm.quant.block_types.kernel_isa(qt.name)
         np_text = f"{row['numpy']:8.2f}" if "numpy" in row else f"{'-':>8}"
         print(f"{qt.name:<8} {qt.bits_per_weight:5.2f} {row['scalar']:8.2f} {row['simd']:8.2f} {tier:>7} "
               f"{row['simd'] / row['scalar']:7.1f}x {np_text}")  # fmt: skip

@@ -55,7 +55,7 @@ def models_dir(arg: str | None) -> Path:
 
 
 def ensure_model(directory: Path, shape: str, qtype: str) -> Path:
-    from ferrollm.synthetic_model import shape_spec, write_model
+    from ferrollm.gguf.synthetic_model import shape_spec, write_model
 
     # "-t": written with trained-like statistics (sharp heads, outlier channels, wide norms).
     path = directory / f"{shape}-{qtype}-t.gguf"
@@ -111,7 +111,7 @@ def worker(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if args.worker == "ferrollm":
         from ferrollm import Llama
-        from ferrollm.sampler import Sampler, SamplingParams
+        from ferrollm.generate.sampler import Sampler, SamplingParams
 
         llm = Llama(model_path=args.model, **kw)
 
@@ -317,7 +317,7 @@ def main() -> int:
 
     import numpy as np
     from ferrollm import _core
-    from ferrollm.plan import plan
+    from ferrollm.gguf.plan import plan
 
     buf = np.random.default_rng(0).integers(0, 256, size=1 << 30, dtype=np.uint8)
     bandwidth = _core.read_bandwidth(buf.nbytes, 5, _core.ThreadPool(args.threads))

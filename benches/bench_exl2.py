@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import ferrollm
 from exl2_models import pack_layer, write_exl2_model
-from ferrollm.exl2 import dequantize
+from ferrollm.checkpoints.exl2 import dequantize
 
 PRESET = ([8, 4, 3], [0.05, 0.1, 0.85], {8: 32, 4: 128, 3: 128})  # ExLlamaV2's 3.x bpw layers
 # (out, in) and count per layer of Mistral 7B's linear layers

@@ -29,8 +29,8 @@ SHAPES = {"up": (14336, 4096), "down": (4096, 14336)}
 def fill_valid_blocks(buf, type_name: str, rng) -> None:
     """Make the random bytes of ``buf`` valid blocks of ``type_name`` (finite scales), in
     chunks so that no large temporary is made."""
-    from ferrollm import synthetic
-    from ferrollm.quants import quant_type
+    from ferrollm.gguf import synthetic
+    from ferrollm.quant.block_types import quant_type
 
     if type_name in synthetic.FLOAT_TYPES:
         return  # any bits are a float; NaN/inf only make figures meaningless, not slower
@@ -54,7 +54,7 @@ def main() -> int:
     import ferrollm
     import numpy as np
     from ferrollm import _core
-    from ferrollm.quants import quant_type
+    from ferrollm.quant.block_types import quant_type
 
     rng = np.random.default_rng(0)
     pools = {1: _core.ThreadPool(1), 2: _core.ThreadPool(2)}
@@ -66,7 +66,7 @@ def main() -> int:
         for t, bw in read_bw.items()
     ]  # fmt: skip
     print(f"memory read: {read_bw[1]:.1f} GB/s (1 thread), {read_bw[2]:.1f} GB/s (2 threads), "
-          f"{args.buffer_mib} MiB buffer; SIMD tier {ferrollm.quants.isa_active()}")  # fmt: skip
+          f"{args.buffer_mib} MiB buffer; SIMD tier {ferrollm.quant.block_types.isa_active()}")  # fmt: skip
     mm_rows, mm_cols = (int(v) for v in args.matmul_shape.split("x"))
     print(f"matvec GB/s of weights (fraction of read bandwidth); matmul {args.tokens} x "
           f"{mm_cols} by {mm_rows} x {mm_cols}, GFLOP/s, 2 threads")  # fmt: skip

@@ -107,7 +107,7 @@ def mistral_tokenizer() -> Path:
 def ensure_checkpoint(path: Path, seed: int) -> None:
     """A random BF16 Llama checkpoint, written tensor by tensor; config.json last, as the mark
     of a complete directory."""
-    from ferrollm import safetensors_io
+    from ferrollm.checkpoints import safetensors_io
 
     if (path / "config.json").is_file():
         return
@@ -232,7 +232,7 @@ def run_pipeline(cfg: Path, scratch: Path, tools: dict) -> tuple[list[dict], Pat
 def check_outputs(cfg: Path, ours: Path, theirs: Path | None, merged: Path | None) -> dict:
     """Names and types of both Q4_K_M files; a few merged tensors against mergekit's."""
     from ferrollm import gguf
-    from ferrollm.checkpoint import HFCheckpoint
+    from ferrollm.checkpoints.checkpoint import HFCheckpoint
     from ferrollm.merge import MergePlan, config as merge_config
 
     out: dict = {}

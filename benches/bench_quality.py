@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from ferrollm import demo_model_path, gguf, kl_divergence, perplexity, quantize_file
-from ferrollm.quantize import WRITABLE_TYPES
+from ferrollm.quant.writer import WRITABLE_TYPES
 
 DEFAULT_TYPES = ["F16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_XS", "IQ4_NL",
                  "Q3_K", "Q2_K"]  # fmt: skip

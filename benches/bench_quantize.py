@@ -30,8 +30,8 @@ from pathlib import Path
 
 from bench_quality import weight_bits  # benches/ is on sys.path when run as a script
 from ferrollm import collect_imatrix, demo_model_path, kl_divergence, perplexity, quantize_file
-from ferrollm.imatrix import Imatrix
-from ferrollm.peer import peer_quantize
+from ferrollm.quant.imatrix import Imatrix
+from ferrollm.quant.peer import peer_quantize
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = ROOT / "tests" / "data" / "heldout.txt"

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 import ferrollm
-from ferrollm import Llama, speculative
+from ferrollm import Llama
+from ferrollm.generate import speculative
 from ferrollm.atomic import AtomicFile
 from ferrollm.llama_speculative import GGUFDraftModel, LlamaPromptLookupDecoding
 
@@ -72,10 +73,10 @@ def measure(llm, prompt: str, n_gen: int, reps: int) -> dict:
     for _ in range(reps):
         spy = None
         if isinstance(llm, Llama):
-            spy = llm._model = CountingEngine(llm._model)
+            spy = llm.session.engine = CountingEngine(llm.session.engine)
         _, seconds, text = streamed(llm, prompt, n_gen)
         if spy is not None:
-            llm._model = spy.inner
+            llm.session.engine = spy.inner
             calls = spy.calls - 1  # less the prefill's
         decode.append(seconds)
     return {
@@ -135,7 +136,7 @@ def main() -> int:
             if rows is not None:
                 speculative.ROWS_PER_EVAL = rows
             elif draft != "none" and isinstance(llm, Llama):
-                rows = llm._engine().exact_batch_rows
+                rows = llm.session.engine.exact_batch_rows
             for name, prompt in prompts().items():
                 r = measure(llm, prompt, args.n_gen, args.reps)
                 base = baseline.setdefault((engine, name), r)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from ferrollm import Llama
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 
 MIB = 2**20
 
@@ -37,7 +37,7 @@ def open_files() -> int:
 
 def long_generation(path: str, n_ctx: int, type_k: str, type_v: str) -> dict:
     llm = Llama(path, n_ctx=n_ctx, n_batch=512, type_k=type_k, type_v=type_v, logits_all=False, verbose=False)
-    engine = llm._engine()
+    engine = llm.session.engine
     rng = np.random.default_rng(0)
     base = rss()
     samples = []

@@ -13,12 +13,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from ferrollm import quants
-from ferrollm.synthetic import random_blocks, write_synthetic_gguf
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.quant import block_types
+from ferrollm.gguf.synthetic import random_blocks, write_synthetic_gguf
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 
 CORPUS = Path(__file__).parent / "corpus"
-TYPE_ORDER = list(quants.TYPES)  # the Rust GgmlType::ALL order: the fuzzers' selector byte indexes it
+TYPE_ORDER = list(block_types.TYPES)  # the Rust GgmlType::ALL order: the fuzzers' selector byte indexes it
 
 MODELS = {
     "dense_f32": ModelSpec(n_vocab=260, n_embd=32, n_ff=64, n_layer=1, n_head=4, n_head_kv=2, n_ctx_train=16),
@@ -45,7 +45,7 @@ def main() -> None:
         shutil.copy(CORPUS / "model_load" / f"{name}.gguf", CORPUS / "gguf_parse" / f"{name}.gguf")
     write_synthetic_gguf(CORPUS / "gguf_parse" / "every_type.gguf", rows=1, row_len=256, seed=0)
     for name in TYPE_ORDER:
-        t = quants.TYPES[name]
+        t = block_types.TYPES[name]
         if not t.can_dequantize:
             continue
         selector = TYPE_ORDER.index(name)

@@ -9,7 +9,7 @@ import json
 import os
 
 import numpy as np
-from ferrollm import safetensors_io
+from ferrollm.checkpoints import safetensors_io
 from tiny_tokenizers import bpe_tokenizer
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 
 # MoE positions whose float64 reference routing is a near-tie (gap between the k-th and the next
 # router logit, smallest over layers, below this) may legitimately pick other experts in an

@@ -1,4 +1,4 @@
-"""Allocation by measurement (ferrollm.allocate, ``ferrollm quantize --target-bpw``) on a small
+"""Allocation by measurement (ferrollm.quant.allocate, ``ferrollm quantize --target-bpw``) on a small
 synthetic model: sizes are exact and within the target, a larger target never measures worse,
 measurements are reused, and bad targets fail with clear messages before anything is written."""
 
@@ -10,13 +10,13 @@ import json
 import numpy as np
 import pytest
 from ferrollm import _core, collect_imatrix, gguf, quantize
-from ferrollm.allocate import Target, budget, layout, parse_size, plan_allocation, quantize_to_target, solve
-from ferrollm.allocate.layout import Layout, Slot
-from ferrollm.allocate.measure import calibrate
-from ferrollm.allocate.probe import KLDProbe
+from ferrollm.quant.allocate import Target, budget, layout, parse_size, plan_allocation, quantize_to_target, solve
+from ferrollm.quant.allocate.layout import Layout, Slot
+from ferrollm.quant.allocate.measure import calibrate
+from ferrollm.quant.allocate.probe import KLDProbe
 from ferrollm.cli import main
-from ferrollm.quantize import output_metadata
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.quant.writer import output_metadata
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 
 # Rows of 256 (K and IQ types) and of 384 (ffn_down: only the 32-element types fit).
 SPEC = {"n_vocab": 320, "n_embd": 256, "n_layer": 2, "n_head": 4, "n_head_kv": 2, "n_ff": 384, "n_ctx_train": 256, "seed": 3}
@@ -84,7 +84,7 @@ def test_target_size_is_met_exactly_or_under(model, measured, tmp_path):
 
 def layout_of(model):
     with gguf.open(model["src"]) as f:
-        from ferrollm.imatrix import Imatrix
+        from ferrollm.quant.imatrix import Imatrix
 
         im = Imatrix.load(model["imatrix"])
         return layout(f, output_metadata(f, 0, im), TYPES, True)
@@ -108,7 +108,7 @@ def test_solver_finds_the_best_choice():
     lay = Layout(slots, 1000, 32)
     losses = {s.name: dict(zip(s.options, np.sort(rng.random(4))[::-1])) for s in slots}
     for capacity in range(lay.file_bytes(lay.extreme(False)), lay.file_bytes(lay.extreme(True)) + 1, 97):
-        from ferrollm.allocate.budget import Budget
+        from ferrollm.quant.allocate.budget import Budget
 
         got = solve(lay, losses, Budget("file", capacity))
         best = min(sum(losses[s.name][t] for s, t in zip(slots, combo))
@@ -139,7 +139,7 @@ def test_measured_kld_is_zero_for_the_base_and_grows_with_the_error(model, measu
     for name, e in r.measurement.tensors.items():
         losses = [e["types"][t]["loss"] for t in sorted(e["types"], key=lambda t: e["types"][t]["error"])]
         assert all(a <= b * (1 + 1e-9) for a, b in zip(losses, losses[1:])), name
-    from ferrollm.tokenizer import Tokenizer
+    from ferrollm.text.tokenizer import Tokenizer
 
     with gguf.open(model["src"]) as f:
         tokens = Tokenizer(f.metadata).encode(model["calibration"])[:128]
@@ -169,7 +169,7 @@ def test_bad_targets_fail_before_writing(model, measured, tmp_path):
 
 
 def test_fit_ram_leaves_room_for_the_kv_cache_and_buffers(model, measured, tmp_path):
-    from ferrollm import plan
+    from ferrollm.gguf import plan
 
     p = plan.plan(model["src"], n_ctx=256)
     besides = p.kv_bytes + p.compute_bytes + p.overhead_bytes
@@ -224,7 +224,7 @@ def test_proxy_error_from_a_sample_of_rows(model, measured):
 
 def test_cli_reads_the_calibration_file(model, tmp_path, monkeypatch):
     """--calibration names a file: the measurement gets its text, not the path's characters."""
-    from ferrollm import allocate
+    from ferrollm.quant import allocate
 
     text_file = tmp_path / "calib.txt"
     text_file.write_text(model["calibration"], encoding="utf-8")

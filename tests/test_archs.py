@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ferrollm import UnsupportedTypeError, _core
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from model_helpers import ROUTER_MARGIN, cosines
 from reference_model import ReferenceModel
 

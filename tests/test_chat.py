@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ferrollm.chat import CEREBRUM_PREAMBLE, ChatTemplateError, JinjaTemplate, chat_formatter, render
+from ferrollm.text.chat import CEREBRUM_PREAMBLE, ChatTemplateError, JinjaTemplate, chat_formatter, render
 
 MESSAGES = [
     {"role": "user", "content": "What is self-consistency decoding?"},

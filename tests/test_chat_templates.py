@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from ferrollm.chat import ChatTemplateError, JinjaTemplate
+from ferrollm.text.chat import ChatTemplateError, JinjaTemplate
 
 LLAMA_CPP_DIR = Path(
     os.environ.get("FERROLLM_LLAMA_CPP_DIR", "/work/peer/llama_cpp_python-0.3.36/vendor/llama.cpp")

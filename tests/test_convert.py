@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import ferrollm
-from ferrollm.checkpoint import CheckpointError, GGUFCheckpoint
-from ferrollm.safetensors_io import f32_to_bf16
+from ferrollm.checkpoints.checkpoint import CheckpointError, GGUFCheckpoint
+from ferrollm.checkpoints.safetensors_io import f32_to_bf16
 from hf_models import mistral_tokenizer_model, write_model
 
 

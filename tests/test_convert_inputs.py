@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ferrollm
-from ferrollm import safetensors_io
+from ferrollm.checkpoints import safetensors_io
 from hf_models import write_model
 
 
@@ -116,7 +116,7 @@ def test_merge_parameters_that_are_not_numbers(tmp_path, value, says):
 def test_an_exl2_scale_that_is_not_finite(tmp_path, bad):
     from exl2_models import save_safetensors, write_exl2_model
 
-    from ferrollm.safetensors_io import SafetensorsFile
+    from ferrollm.checkpoints.safetensors_io import SafetensorsFile
 
     ck = tmp_path / "exl2"
     write_exl2_model(str(ck), seed=9)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from ferrollm import Llama, demo_model_path, gguf
 from ferrollm.cli import main
-from ferrollm.quantize import quantize_file
+from ferrollm.quant.writer import quantize_file
 from model_helpers import cosines
 
 TOOLS = Path(__file__).parent.parent / "tools" / "demo_model"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ferrollm
 import numpy as np
 import pytest
-from ferrollm.quants import TYPES, quant_type
-from ferrollm.synthetic import n_scale_fields, random_blocks, set_scales
+from ferrollm.quant.block_types import TYPES, quant_type
+from ferrollm.gguf.synthetic import n_scale_fields, random_blocks, set_scales
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,8 +103,8 @@ def test_every_dequantizable_type_is_tested():
 
 
 def test_active_kernel_tier_is_reported():
-    assert ferrollm.quants.isa_active() in TIERS
-    assert ferrollm.quants.kernel_isa("Q4_K", "scalar") == "scalar"
+    assert ferrollm.quant.block_types.isa_active() in TIERS
+    assert ferrollm.quant.block_types.kernel_isa("Q4_K", "scalar") == "scalar"
 
 
 def test_wrong_length_is_a_value_error():
@@ -120,7 +120,7 @@ def test_environment_variable_forces_the_scalar_path():
     import subprocess
     import sys
 
-    code = "import ferrollm; print(ferrollm.quants.isa_active(), ferrollm.quants.kernel_isa('Q4_K'))"
+    code = "import ferrollm; print(ferrollm.quant.block_types.isa_active(), ferrollm.quant.block_types.kernel_isa('Q4_K'))"
     env = {**__import__("os").environ, "FERROLLM_ISA": "scalar"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["scalar", "scalar"]

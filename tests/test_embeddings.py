@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ferrollm import Llama, demo_model_path
-from ferrollm.embedding import pooling_type
+from ferrollm.generate.embedding import pooling_type
 
 TEXT = "def add(a, b):\n    return a + b\n"
 
@@ -24,7 +24,7 @@ def test_default_pooling_is_none_one_vector_per_token(llm):
     assert np.array(out).shape == (n_tokens, llm.n_embd())
     assert all(isinstance(v, float) for v in out[0])
     # The last hidden state after the output norm, evaluated from an empty cache.
-    engine = llm._model
+    engine = llm.session.engine
     engine.truncate(0)
     hidden = engine.hidden_states(llm.tokenize(TEXT.encode()))[-1]
     engine.truncate(0)
@@ -79,7 +79,7 @@ def test_embedding_leaves_the_model_reset_for_completions(llm):
     expected = fresh("def fibonacci(n):", max_tokens=12, temperature=0)["choices"][0]["text"]
     llm("class A:", max_tokens=4, temperature=0)
     llm.embed(TEXT)
-    assert llm.n_tokens == 0 and llm._model.n_past == 0
+    assert llm.n_tokens == 0 and llm.session.engine.n_past == 0
     assert llm("def fibonacci(n):", max_tokens=12, temperature=0)["choices"][0]["text"] == expected
 
 

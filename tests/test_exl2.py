@@ -12,8 +12,8 @@ import ferrollm
 import numpy as np
 import pytest
 from exl2_models import pack_layer, save_safetensors, write_exl2_model
-from ferrollm.exl2 import EXL2Checkpoint, EXL2Error, dequantize
-from ferrollm.exl2.linear import unpack_columns
+from ferrollm.checkpoints.exl2 import EXL2Checkpoint, EXL2Error, dequantize
+from ferrollm.checkpoints.exl2.linear import unpack_columns
 
 
 def _weights(rng, out_f, in_f):
@@ -134,7 +134,7 @@ def test_cli_convert(models, tmp_path):
 
 def _tamper(src: str, dst: str, fn) -> None:
     """Copy EXL2 directory ``src`` to ``dst`` with its tensors changed by ``fn(dict)``."""
-    from ferrollm.safetensors_io import SafetensorsFile
+    from ferrollm.checkpoints.safetensors_io import SafetensorsFile
 
     os.makedirs(dst)
     for name in os.listdir(src):
@@ -227,7 +227,7 @@ def test_other_quantization_methods_are_refused(models, tmp_path):
     assert not (tmp_path / "o.gguf").exists()
 
 
-# --target-bpw: the allocation (ferrollm.allocate) measured against the lossless conversion
+# --target-bpw: the allocation (ferrollm.quant.allocate) measured against the lossless conversion
 
 FAST = {"types": ("Q2_K", "IQ3_S", "Q4_K", "Q6_K", "Q8_0", "IQ4_NL", "Q4_0"), "anchors": 2, "n_tokens": 256}
 

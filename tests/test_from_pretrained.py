@@ -9,7 +9,8 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from ferrollm import Llama, demo_model_path, hub
+from ferrollm import Llama, demo_model_path
+from ferrollm.checkpoints import hub
 
 pytest.importorskip("huggingface_hub")
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from ferrollm.merge import config as merge_config
 from ferrollm.moe import config as moe_config
-from ferrollm.safetensors_io import SafetensorsFile, save
+from ferrollm.checkpoints.safetensors_io import SafetensorsFile, save
 
 pytestmark = pytest.mark.fuzz
 
@@ -149,7 +149,7 @@ def exl2_dir(tmp_path_factory):
 @FUZZ
 @given(data=st.data())
 def test_exl2_reader(exl2_dir, data):
-    from ferrollm.exl2 import EXL2Checkpoint
+    from ferrollm.checkpoints.exl2 import EXL2Checkpoint
 
     tensors_file = next(p for p in sorted(os.listdir(exl2_dir)) if p.endswith(".safetensors"))
     original = (exl2_dir / tensors_file).read_bytes()

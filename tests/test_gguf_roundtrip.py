@@ -9,8 +9,8 @@ import ferrollm
 import numpy as np
 import pytest
 from ferrollm.gguf import GGUFWriter, write_gguf
-from ferrollm.quants import quant_type
-from ferrollm.synthetic import DEMO_TYPES, random_blocks
+from ferrollm.quant.block_types import quant_type
+from ferrollm.gguf.synthetic import DEMO_TYPES, random_blocks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -174,7 +174,7 @@ gguf = pytest.importorskip("gguf")
 
 def test_gguf_py_reads_our_files(tmp_path):
     path = tmp_path / "ours.gguf"
-    ferrollm.synthetic.write_synthetic_gguf(path, seed=3)
+    ferrollm.gguf.synthetic.write_synthetic_gguf(path, seed=3)
     ours = ferrollm.gguf.open(path)
     theirs = gguf.GGUFReader(path)
     assert {t.name for t in theirs.tensors} == {t.name for t in ours.tensors}
@@ -212,7 +212,7 @@ def test_we_read_gguf_py_files(tmp_path):
 
 def test_tensor_view_is_zero_copy_and_outlives_the_file_object(tmp_path):
     path = tmp_path / "v.gguf"
-    ferrollm.synthetic.write_synthetic_gguf(path, types=["Q4_K"])
+    ferrollm.gguf.synthetic.write_synthetic_gguf(path, types=["Q4_K"])
     f = ferrollm.gguf.open(path)
     view = f.tensor_bytes("synthetic.q4_k.weight")
     copy = np.array(view)

@@ -12,7 +12,7 @@ import jsonschema
 import numpy as np
 import pytest
 from ferrollm import GrammarError, Llama, LlamaGrammar, StoppingCriteriaList, demo_model_path
-from ferrollm.grammar import closed_objects
+from ferrollm.generate.grammar import closed_objects
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -115,16 +115,16 @@ def test_json_schema_response_formats(llm, response_format):
 
 def _batches(monkeypatch):
     """The token counts of the batches the decoding loop evaluates beside single tokens."""
-    from ferrollm import batch_eval
+    from ferrollm.session import Session
 
     sizes = []
-    evaluate = batch_eval.evaluate
+    evaluate = Session.evaluate
 
-    def counting(llm, tokens, **kw):
+    def counting(session, tokens, **kw):
         sizes.append(len(tokens))
-        return evaluate(llm, tokens, **kw)
+        return evaluate(session, tokens, **kw)
 
-    monkeypatch.setattr(batch_eval, "evaluate", counting)
+    monkeypatch.setattr(Session, "evaluate", counting)
     return sizes
 
 

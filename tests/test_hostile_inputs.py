@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ferrollm import GGUFError, Llama, _core, demo_model_path, gguf, quants
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm import GGUFError, Llama, _core, demo_model_path, gguf
+from ferrollm.quant import block_types
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -158,7 +159,7 @@ def test_nan_scales_are_dequantized_without_crash_and_refused_by_the_engine(tmp_
     llm = Llama(path, n_ctx=16, verbose=False)
     with pytest.raises(ValueError, match="non-finite .*NaN or Inf"):
         llm.eval([1, 5, 7])
-    assert llm.n_tokens == 0 and llm._engine().n_past == 0  # nothing half-kept
+    assert llm.n_tokens == 0 and llm.session.engine.n_past == 0  # nothing half-kept
 
 
 def test_check_tensors_refuses_nan_weights_at_load(tmp_path):
@@ -176,14 +177,14 @@ def test_check_tensors_refuses_nan_weights_at_load(tmp_path):
 @pytest.mark.parametrize(
     "call, error",
     [
-        (lambda: quants.dequantize(b"\0" * 33, "Q8_0"), ValueError),  # not whole blocks
-        (lambda: quants.dequantize(b"\0" * 34, "Q8_0", out=np.zeros(32, np.float64)), TypeError),
-        (lambda: quants.dequantize(b"\0" * 34, "Q8_0", out=np.zeros(31, np.float32)), ValueError),
-        (lambda: quants.dequantize(b"\0" * 34, "I32"), ValueError),  # no dequantizer
-        (lambda: quants.matmul(b"\0" * 34, "Q8_0", 1, 32, np.zeros(31)), ValueError),
-        (lambda: quants.matmul(b"\0" * 34, "Q8_0", 2, 32, np.zeros(32)), ValueError),
-        (lambda: quants.matmul(b"\0" * 34, "Q8_0", 1, 32, np.zeros(32), isa="avx9"), ValueError),
-        (lambda: quants.quantize(np.zeros(31), "Q4_0"), ValueError),
+        (lambda: block_types.dequantize(b"\0" * 33, "Q8_0"), ValueError),  # not whole blocks
+        (lambda: block_types.dequantize(b"\0" * 34, "Q8_0", out=np.zeros(32, np.float64)), TypeError),
+        (lambda: block_types.dequantize(b"\0" * 34, "Q8_0", out=np.zeros(31, np.float32)), ValueError),
+        (lambda: block_types.dequantize(b"\0" * 34, "I32"), ValueError),  # no dequantizer
+        (lambda: block_types.matmul(b"\0" * 34, "Q8_0", 1, 32, np.zeros(31)), ValueError),
+        (lambda: block_types.matmul(b"\0" * 34, "Q8_0", 2, 32, np.zeros(32)), ValueError),
+        (lambda: block_types.matmul(b"\0" * 34, "Q8_0", 1, 32, np.zeros(32), isa="avx9"), ValueError),
+        (lambda: block_types.quantize(np.zeros(31), "Q4_0"), ValueError),
         (lambda: Llama(demo_model_path(), n_threads=0, verbose=False), ValueError),
         (lambda: Llama(demo_model_path(), n_ctx=10**6, verbose=False), ValueError),
         (lambda: Llama(demo_model_path(), n_batch=0, verbose=False), ValueError),
@@ -197,7 +198,7 @@ def test_api_misuse_raises(call, error):
 def test_calls_after_close_are_errors():
     llm = Llama(demo_model_path(), n_ctx=64, verbose=False)
     llm.eval(llm.tokenize(b"import os"))
-    engine = llm._engine()
+    engine = llm.session.engine
     llm.close()
     with pytest.raises(RuntimeError, match="closed"):
         llm.eval([1])
@@ -233,7 +234,7 @@ def test_concurrent_calls_are_serialized_or_refused():
     for t in threads:
         t.join()
     assert "ran" in outcomes and len(outcomes) == 4
-    assert llm.n_tokens == llm._engine().n_past
+    assert llm.n_tokens == llm.session.engine.n_past
 
 
 def test_engine_refuses_overlapping_calls_from_threads():
@@ -298,7 +299,7 @@ def test_keyboard_interrupt_between_batches_leaves_a_consistent_model():
     finally:
         timer.cancel()
         signal.signal(signal.SIGINT, previous)
-    assert llm.n_tokens == llm._engine().n_past
+    assert llm.n_tokens == llm.session.engine.n_past
     llm.eval([1])  # still usable
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from ferrollm import Imatrix, collect_imatrix, demo_model_path, gguf, kl_divergence, perplexity, quantize
 from ferrollm.cli import main
-from ferrollm.imatrix import ImatrixEntry
-from ferrollm.quantize import QuantizedTensor, plan_types, quantize_file
+from ferrollm.quant.imatrix import ImatrixEntry
+from ferrollm.quant.writer import QuantizedTensor, plan_types, quantize_file
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf import quants as ref_quants
 from hypothesis import given
@@ -102,7 +102,7 @@ def test_imatrix_matches_numpy_for_layer_0_and_counts_routed_tokens(demo_imatrix
     experts = im.entries["blk.2.ffn_down_exps.weight"]
     assert experts.sums.shape == (4, 768) and experts.counts.sum() == tokens * 2  # top-2 routing
     # Layer 0's q/k/v input is rms_norm(embedding) * attn_norm: recompute it from the file.
-    from ferrollm.quality import Scorer
+    from ferrollm.quant.quality import Scorer
 
     scorer = Scorer(demo_model_path(), 256)
     chunks = scorer.chunks(HELDOUT[:60000], 6)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ferrollm import Llama
-from ferrollm.llama import parse_override
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.session import parse_override
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 
 mistral_common = pytest.importorskip("mistral_common")
 pytest.importorskip("sentencepiece")
-from ferrollm.tokenizer import sentencepiece_metadata
+from ferrollm.text.tokenizer import sentencepiece_metadata
 
 MISTRAL_MODEL = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
 
@@ -67,7 +67,7 @@ def test_cached_prefix_gives_the_same_logits(llm):
     llm.eval(llm.tokenize(b"Alpha beta gamma epsilon"))
     fresh = llm.last_logits().copy()
     llm("Alpha beta gamma delta", max_tokens=1, temperature=0)
-    llm._prefill(llm.tokenize(b"Alpha beta gamma epsilon"))
+    llm.session.prefill(llm.tokenize(b"Alpha beta gamma epsilon"))
     np.testing.assert_allclose(llm.last_logits(), fresh, atol=1e-4)
 
 
@@ -123,7 +123,7 @@ def test_kv_overrides_and_llama_cpp_arguments(model_path):
     llm = Llama(
         model_path, n_ctx=64, n_gpu_layers=33, kv_overrides={"llama.expert_used_count": 3}, verbose=False
     )
-    assert llm._engine().config()["n_expert_used"] == 3
+    assert llm.session.engine.config()["n_expert_used"] == 3
     with pytest.raises(ValueError, match="unknown override key"):
         Llama(model_path, kv_overrides={"llama.nonsense": 1}, verbose=False)
     with pytest.raises(TypeError, match="unexpected keyword"):
@@ -132,7 +132,7 @@ def test_kv_overrides_and_llama_cpp_arguments(model_path):
 
 def test_kv_cache_types_by_ggml_id(model_path):
     llm = Llama(model_path, n_ctx=64, type_k=8, type_v=2, verbose=False)
-    cfg = llm._engine().config()
+    cfg = llm.session.engine.config()
     assert (cfg["type_k"], cfg["type_v"]) == ("Q8_0", "Q4_0")
 
 

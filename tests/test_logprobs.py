@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ferrollm import Llama, LogitsProcessorList, StoppingCriteriaList, demo_model_path
-from ferrollm.decoding import MinTokensLogitsProcessor
-from ferrollm.logprobs import log_softmax
+from ferrollm.generate.decoding import MinTokensLogitsProcessor
+from ferrollm.generate.logprobs import log_softmax
 
 PROMPT = "def fibonacci(n):"
 

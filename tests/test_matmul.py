@@ -20,7 +20,9 @@ import functools
 
 import numpy as np
 import pytest
-from ferrollm import _core, quants, synthetic
+from ferrollm import _core
+from ferrollm.quant import block_types
+from ferrollm.gguf import synthetic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,7 +64,7 @@ def exact_activations(x: np.ndarray, act_type: str) -> tuple[np.ndarray, np.ndar
     scale (the quantization step)."""
     if act_type == "F32":
         return x.astype(np.float64), np.zeros(x.shape)
-    raw = quants.quantize(x.reshape(-1), act_type)
+    raw = block_types.quantize(x.reshape(-1), act_type)
     if act_type == "Q8_0":
         blocks = raw.reshape(-1, 34)
         d = blocks[:, :2].copy().view("<f2").astype(np.float64)
@@ -77,7 +79,7 @@ def exact_activations(x: np.ndarray, act_type: str) -> tuple[np.ndarray, np.ndar
 def check_product(
     type_name: str, rows: int, n_blocks: int, n_tokens: int, seed: int, scale: float, threads: int
 ):
-    qt = quants.quant_type(type_name)
+    qt = block_types.quant_type(type_name)
     act_type = _core.activation_type(type_name)
     cols = n_blocks * max(qt.block_elems, 256 if act_type == "Q8_K" else 32)
     rng = np.random.default_rng(seed)
@@ -85,7 +87,7 @@ def check_product(
     x = (rng.standard_normal((n_tokens, cols)) * scale).astype(np.float32)
     x[:, rng.integers(0, cols)] *= 50  # an outlier channel, as real activations have
 
-    wf = quants.dequantize(w, type_name).astype(np.float64).reshape(rows, cols)
+    wf = block_types.dequantize(w, type_name).astype(np.float64).reshape(rows, cols)
     a, step = exact_activations(x, act_type)
     exact = a @ wf.T
     magnitude = np.abs(a) @ np.abs(wf).T
@@ -159,9 +161,9 @@ def test_bad_shapes_raise():
 
 def test_python_wrapper_accepts_vectors_and_batches():
     rng = np.random.default_rng(1)
-    w = quants.quantize(rng.standard_normal(3 * 256).astype(np.float32), "Q4_K")
+    w = block_types.quantize(rng.standard_normal(3 * 256).astype(np.float32), "Q4_K")
     x = rng.standard_normal(256).astype(np.float32)
-    y = quants.matmul(w, "Q4_K", 3, 256, x)
+    y = block_types.matmul(w, "Q4_K", 3, 256, x)
     assert y.shape == (3,)
     # A batch goes through the batched kernels: the same sums, rounded in another order.
-    np.testing.assert_allclose(quants.matmul(w, "q4_k", 3, 256, np.stack([x, x]))[1], y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(block_types.matmul(w, "q4_k", 3, 256, np.stack([x, x]))[1], y, rtol=1e-5, atol=1e-5)

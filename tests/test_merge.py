@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ferrollm
-from ferrollm.checkpoint import GGUFCheckpoint, HFCheckpoint
+from ferrollm.checkpoints.checkpoint import GGUFCheckpoint, HFCheckpoint
 from ferrollm.merge import MergeConfigError, MergeError, merge
 from hf_models import write_model
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ferrollm import GGUFError, UnsupportedTypeError, _core
 from ferrollm.gguf import GGUFWriter
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from model_helpers import ROUTER_MARGIN, cosines, model_file
 from reference_model import ReferenceModel
 

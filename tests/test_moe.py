@@ -15,7 +15,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 import ferrollm
 from ferrollm._core import Model
-from ferrollm.checkpoint import GGUFCheckpoint
+from ferrollm.checkpoints.checkpoint import GGUFCheckpoint
 from ferrollm.moe import MoEConfigError, MoEError, moe
 from hf_models import write_model
 

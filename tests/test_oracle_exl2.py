@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 from exl2_models import dequantized, pack, plan_groups, quantize_layer
-from ferrollm.exl2 import dequantize
+from ferrollm.checkpoints.exl2 import dequantize
 from oracle import ORACLE_PY, run_oracle
 
 pytestmark = pytest.mark.oracle

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from ferrollm.checkpoint import HFCheckpoint
+from ferrollm.checkpoints.checkpoint import HFCheckpoint
 from ferrollm.merge import merge
 from hf_models import write_model
 from oracle import oracle_tool, run_oracle

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import ferrollm
-from ferrollm.checkpoint import GGUFCheckpoint, HFCheckpoint
+from ferrollm.checkpoints.checkpoint import GGUFCheckpoint, HFCheckpoint
 from ferrollm.moe import moe
-from ferrollm.safetensors_io import bf16_to_f32, f32_to_bf16
+from ferrollm.checkpoints.safetensors_io import bf16_to_f32, f32_to_bf16
 from hf_models import mistral_tokenizer_model, write_model
 from oracle import oracle_tool, run_oracle
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ferrollm import Llama, demo_model_path, gguf, perplexity, quantize_file
-from ferrollm.quality import Scorer, log_softmax
+from ferrollm.quant.quality import Scorer, log_softmax
 
 pytestmark = pytest.mark.peer
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -77,8 +77,8 @@ def test_llama_cpp_takes_our_imatrix_and_picks_the_same_types(tmp_path, calibrat
     """llama.cpp's quantizer accepts our importance matrix (the 1-2 bit mixes refuse to run
     without an entry of the right size for every matrix), writes the tensor types our mix
     rules predict, and reads our file of the same mix."""
-    from ferrollm.peer import peer_quantize
-    from ferrollm.quantize import plan_types
+    from ferrollm.quant.peer import peer_quantize
+    from ferrollm.quant.writer import plan_types
 
     peer_path, our_path = tmp_path / "peer.gguf", tmp_path / "ours.gguf"
     peer_quantize(demo_model_path(), peer_path, mix, calibration_imatrix)

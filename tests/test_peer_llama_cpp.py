@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ferrollm import Llama as FerroLlama
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from model_helpers import ROUTER_MARGIN, cosines
 from reference_model import ReferenceModel
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.peer
 llama_cpp = pytest.importorskip("llama_cpp")
 mistral_common = pytest.importorskip("mistral_common")
 pytest.importorskip("sentencepiece")
-from ferrollm.tokenizer import sentencepiece_metadata
+from ferrollm.text.tokenizer import sentencepiece_metadata
 
 MISTRAL_MODEL = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
 TEXT = (

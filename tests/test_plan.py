@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ferrollm import _core, cli, gguf, quants
+from ferrollm import _core, cli, gguf
+from ferrollm.quant import block_types
 from ferrollm.gguf import GGUFWriter
-from ferrollm.plan import FIXED_OVERHEAD_BYTES, plan
-from ferrollm.synthetic import random_blocks
-from ferrollm.synthetic_model import SHAPES, quantizer_head_types, shape_spec, write_model
+from ferrollm.gguf.plan import FIXED_OVERHEAD_BYTES, plan
+from ferrollm.gguf.synthetic import random_blocks
+from ferrollm.gguf.synthetic_model import SHAPES, quantizer_head_types, shape_spec, write_model
 from model_helpers import model_file
 
 SPEC = {"n_vocab": 320, "n_embd": 128, "n_ff": 256, "n_head": 4, "n_head_kv": 2, "n_expert": 4,
@@ -107,4 +108,4 @@ def test_pooled_model_runs_and_has_real_quantizer_head_types(tmp_path):
     assert types["blk.0.ffn_up_exps.weight"] == "IQ2_XS"
     logits = _core.Model(str(tmp_path / "m.gguf"), n_ctx=64).eval([1, 2, 3, 4, 5])
     assert np.isfinite(logits).all() and logits.shape == (1, 32000)
-    assert quants.quant_type("IQ2_XS").block_elems == 256
+    assert block_types.quant_type("IQ2_XS").block_elems == 256

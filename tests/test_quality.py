@@ -1,4 +1,4 @@
-"""Perplexity and KL-divergence (ferrollm.quality) with llama.cpp's definitions, on the embedded
+"""Perplexity and KL-divergence (ferrollm.quant.quality) with llama.cpp's definitions, on the embedded
 demo model and held-out text it never saw (tests/data/heldout.txt)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ferrollm import demo_model_path, kl_divergence, perplexity, quantize_file
-from ferrollm.quality import chunk_tokens, log_softmax, read_logprobs
-from ferrollm.tokenizer import Tokenizer
+from ferrollm.quant.quality import chunk_tokens, log_softmax, read_logprobs
+from ferrollm.text.tokenizer import Tokenizer
 from model_helpers import model_file
 
 pytest.importorskip("gguf")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ferrollm
 import numpy as np
 import pytest
-from ferrollm.quants import dequantize, quantize
+from ferrollm.quant.block_types import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -72,7 +72,7 @@ K_TYPES_RMSE = {
 
 
 def block_elems(type_name: str) -> int:
-    return ferrollm.quants.quant_type(type_name).block_elems
+    return ferrollm.quant.block_types.quant_type(type_name).block_elems
 
 
 @pytest.mark.parametrize("type_name", sorted(K_TYPES_RMSE))
@@ -100,7 +100,7 @@ def test_k_quantizer_properties(type_name):
     )
     def run(x, power):
         raw = quantize(x, type_name)
-        assert raw.nbytes == x.size // n * ferrollm.quants.quant_type(type_name).block_bytes
+        assert raw.nbytes == x.size // n * ferrollm.quant.block_types.quant_type(type_name).block_bytes
         y = dequantize(raw, type_name)
         assert np.all(np.isfinite(y))
         # f16 super-block scales are about max|x| / 4096 (Q6_K, IQ4_XS): below ~0.1 they are

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ferrollm import demo_model_path, gguf
 from ferrollm.cli import main
-from ferrollm.quantize import WRITABLE_TYPES, quantize_file, quantize_tensor
+from ferrollm.quant.writer import WRITABLE_TYPES, quantize_file, quantize_tensor
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q5_K", "IQ4_NL"])

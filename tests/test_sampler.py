@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ferrollm.sampler import Sampler, SamplingParams
+from ferrollm.generate.sampler import Sampler, SamplingParams
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays

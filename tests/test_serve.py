@@ -457,7 +457,7 @@ def test_health_is_503_until_the_model_is_loaded():
 
 def test_drain_waits_for_running_jobs_and_stop_ends_the_rest():
     from ferrollm import Llama, _core, demo_model_path
-    from ferrollm.sampler import SamplingParams
+    from ferrollm.generate.sampler import SamplingParams
     from ferrollm.serve.engine import Draining, Engine, Job
 
     llm = Llama(demo_model_path(), vocab_only=True, verbose=False)

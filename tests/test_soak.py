@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ferrollm.synthetic_model import write_model
+from ferrollm.gguf.synthetic_model import write_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benches"))
 from soak import cycles, long_generation, soak_spec

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ferrollm import Llama, demo_model_path, speculative
+from ferrollm import Llama, demo_model_path
+from ferrollm.generate import speculative
 from ferrollm.llama_speculative import GGUFDraftModel, LlamaDraftModel, LlamaPromptLookupDecoding
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from hypothesis import given
 from hypothesis import strategies as st
 from model_helpers import CountingEngine
@@ -23,13 +24,13 @@ EDIT = (
 
 def complete(llm: Llama, prompt: str, **kwargs) -> tuple[str, int]:
     """(text, engine calls)."""
-    spy = CountingEngine(llm._model)
-    llm._model = spy
+    spy = CountingEngine(llm.session.engine)
+    llm.session.engine = spy
     try:
         text = llm(prompt, **{"max_tokens": 48, "temperature": 0, **kwargs})["choices"][0]["text"]
     finally:
-        llm._model = spy.inner
-    assert llm._model.n_past == llm.n_tokens  # history and cache in step
+        llm.session.engine = spy.inner
+    assert llm.session.engine.n_past == llm.n_tokens  # history and cache in step
     return text, spy.calls
 
 
@@ -73,7 +74,7 @@ def test_larger_verification_batches_keep_the_cache_consistent(lookup, monkeypat
     "are exact up to 8 rows (test_exact_batch_rows)",
 )
 def test_rows_do_not_depend_on_the_batch(plain):
-    m = plain._model
+    m = plain.session.engine
     prompt = plain.tokenize(EDIT.encode())
     following = plain.tokenize(b" = width * height", add_bos=False) * 3
     m.truncate(0)
@@ -84,8 +85,7 @@ def test_rows_do_not_depend_on_the_batch(plain):
     batched = np.concatenate(
         [m.eval(following[i : i + 6], logits_all=True) for i in range(0, len(following), 6)]
     )
-    m.truncate(0)
-    plain.input_ids, plain._scores = [], []
+    plain.reset()  # the engine's cache and the Llama's history, emptied together
     np.testing.assert_array_equal(batched, single)
 
 
@@ -200,7 +200,7 @@ def test_readme_example_as_llama_cpp_python():
 def test_exact_batch_rows(plain, tmp_path):
     """The engine says how many rows it evaluates exactly: 2 for the Q8_0 demo model, 8 for an
     IQ4_XS file, whose rows then equal their one-token evaluations bit for bit."""
-    assert plain._model.exact_batch_rows == 2
+    assert plain.session.engine.exact_batch_rows == 2
     iq = tmp_path / "iq4_xs.gguf"
     write_model(
         iq, ModelSpec(weight_type="IQ4_XS", n_embd=256, n_ff=256, tensor_types={"output.weight": "IQ4_XS"})

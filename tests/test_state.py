@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ferrollm import Llama, demo_model_path
 from ferrollm.llama_cache import LlamaCache, LlamaDiskCache, LlamaRAMCache
-from ferrollm.llama_state import LlamaState
+from ferrollm.generate.saved_state import LlamaState
 from model_helpers import CountingEngine
 
 PROMPT = "def fibonacci(n):"
@@ -41,7 +41,7 @@ def test_restored_model_continues_exactly(llm):
     expected = greedy(llm, 20)
     llm(OTHER, max_tokens=8, temperature=0)  # the cache now holds something else
     llm.load_state(state)
-    assert llm.input_ids == state.input_ids.tolist() and llm._model.n_past == state.n_tokens
+    assert llm.input_ids == state.input_ids.tolist() and llm.session.engine.n_past == state.n_tokens
     np.testing.assert_array_equal(llm.scores, scores)
     assert greedy(llm, 20) == expected
 
@@ -85,12 +85,12 @@ def test_state_longer_than_the_context_is_refused(llm):
 
 
 def completion_with_spy(llm: Llama, prompt: str) -> tuple[str, int]:
-    spy = CountingEngine(llm._model)
-    llm._model = spy
+    spy = CountingEngine(llm.session.engine)
+    llm.session.engine = spy
     try:
         text = llm(prompt, max_tokens=12, temperature=0)["choices"][0]["text"]
     finally:
-        llm._model = spy.inner
+        llm.session.engine = spy.inner
     return text, spy.evaluated
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ferrollm import Llama, _core
-from ferrollm.plan import plan
-from ferrollm.synthetic_model import ModelSpec, write_model
+from ferrollm.gguf.plan import plan
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from model_helpers import cosines
@@ -119,9 +119,9 @@ def test_llama_reuses_a_prefix_only_while_the_rings_hold_it(path):
     fresh = Llama(path, n_ctx=N_CTX, n_batch=N_BATCH, verbose=False)
     llm.eval(TOKENS[:150])
     for prompt in (TOKENS[:148] + [7, 8], TOKENS[:40] + [9]):
-        llm._prefill(prompt)
+        llm.session.prefill(prompt)
         fresh.reset()
-        fresh._prefill(prompt)
+        fresh.session.prefill(prompt)
         assert llm.input_ids == prompt
         np.testing.assert_allclose(llm.last_logits(), fresh.last_logits(), rtol=1e-4, atol=1e-4)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ferrollm.tokenizer import (
+from ferrollm.text.tokenizer import (
     BYTE,
     CONTROL,
     NORMAL,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from ferrollm import gguf
-from ferrollm.pretokenize import PRE_TOKENIZERS, pre_tokenizer
-from ferrollm.tokenizer import CONTROL, USER_DEFINED, Tokenizer
+from ferrollm.text.pretokenize import PRE_TOKENIZERS, pre_tokenizer
+from ferrollm.text.tokenizer import CONTROL, USER_DEFINED, Tokenizer
 
 LLAMA_CPP_DIR = Path(
     os.environ.get("FERROLLM_LLAMA_CPP_DIR", "/work/peer/llama_cpp_python-0.3.36/vendor/llama.cpp")

@@ -1,4 +1,4 @@
-"""Tool calls in the syntax a chat template teaches (ferrollm.tool_syntax), with the real
+"""Tool calls in the syntax a chat template teaches (ferrollm.generate.tool_syntax), with the real
 templates that ship with llama.cpp (skipped when the llama-cpp-python sdist is absent):
 Mistral Nemo's ``[TOOL_CALLS][...]``, Mistral Small 3.2 / Devstral / Ministral 3's
 ``[TOOL_CALLS]name[ARGS]{...}``, Llama 3.x's bare ``{"name", "parameters"}`` and
@@ -17,9 +17,9 @@ import jsonschema
 import numpy as np
 import pytest
 from ferrollm import Llama, LogitsProcessorList, demo_model_path, gguf
-from ferrollm.tokenizer import CONTROL, Tokenizer
-from ferrollm.tool_syntax import DEFAULT, HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, detect
-from ferrollm.tools import ToolCalling
+from ferrollm.text.tokenizer import CONTROL, Tokenizer
+from ferrollm.generate.tool_syntax import DEFAULT, HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, detect
+from ferrollm.generate.tools import ToolCalling
 from test_chat_templates import needs_sdist, source
 from test_tools import MESSAGES, NAMED, TOOLS, WEATHER
 
@@ -182,7 +182,7 @@ def test_the_grammar_holds_native_calls_to_the_schema(demo_metadata, syntax, voc
     args = syntax is MISTRAL_ARGS
     metadata = demo_metadata if vocabulary == "demo" else _mistral_vocabulary(demo_metadata, args)
     tokenizer = Tokenizer(metadata)
-    encode = lambda s: tokenizer._encode_text(s, space_prefix=False)
+    encode = lambda s: tokenizer.encode_text(s, space_prefix=False)
     grammar = ToolCalling.from_request(TOOLS, NAMED).using(syntax).grammar(tokenizer)
     assert _accepts(grammar, tokenizer, encode(_native(syntax.name, PARIS)))
     assert not _accepts(grammar, tokenizer, encode(_native(syntax.name, KELVIN)))
@@ -252,7 +252,7 @@ def test_a_forced_call_is_written_in_the_template_syntax(models, name):
     llm = models(name)
     chat, grammar, calling = llm.prepare_chat(MESSAGES, tools=DESCRIBED, tool_choice=NAMED)
     assert calling.syntax.name == TEMPLATES[name] and "You can call" not in chat.text
-    prompt = llm._prompt_tokens(chat.text, special=True)
+    prompt = llm.prompt_tokens(chat.text, special=True)
     raw = llm.create_completion(prompt, grammar=grammar, max_tokens=150, temperature=0)["choices"][0]["text"]
     answer = llm.tokenizer_.decode(llm.input_ids[len(prompt) :], special=True)
     if calling.syntax is MISTRAL:  # the marker as control token 5 (not in the text) or spelled out

@@ -11,8 +11,8 @@ import jsonschema
 import numpy as np
 import pytest
 from ferrollm import Llama, LogitsProcessorList, demo_model_path
-from ferrollm.chat import JinjaTemplate
-from ferrollm.tools import OPEN, ToolCalling, ToolError
+from ferrollm.text.chat import JinjaTemplate
+from ferrollm.generate.tools import OPEN, ToolCalling, ToolError
 
 WEATHER = {
     "type": "object",
@@ -103,7 +103,7 @@ def test_none_and_auto_answer_with_text(llm):
 
 def _forcing(llm: Llama, text: str) -> LogitsProcessorList:
     """A processor that makes the model start its answer with ``text``."""
-    forced = llm.tokenizer_._encode_text(text, space_prefix=False)
+    forced = llm.tokenizer_.encode_text(text, space_prefix=False)
     start: list[int] = []
 
     def force(input_ids, scores):
@@ -166,13 +166,13 @@ def test_a_template_that_renders_tools_gets_them(llm, monkeypatch):
     )
     monkeypatch.setattr(llm, "_formatter", template)
     prompts = []
-    original = llm._prompt_tokens
+    original = llm.prompt_tokens
 
     def spy(text, special=False):
         prompts.append(text)
         return original(text, special)
 
-    monkeypatch.setattr(llm, "_prompt_tokens", spy)
+    monkeypatch.setattr(llm, "prompt_tokens", spy)
     out = llm.create_chat_completion(MESSAGES, tools=TOOLS, tool_choice=NAMED, max_tokens=120, temperature=0)
     assert prompts[-1].startswith("[AVAILABLE]get_weather,get_time[/AVAILABLE][user]What is")
     assert "You can call" not in prompts[-1]
@@ -206,7 +206,7 @@ def test_constraints_of_one_auto_grammar_keep_their_own_state(llm):
     call must not switch the other's answer (text) to the call grammar, nor the reverse."""
     grammar = ToolCalling.from_request(TOOLS, "auto").grammar()
     call, text = grammar.constraint(llm.tokenizer_), grammar.constraint(llm.tokenizer_)
-    encode = lambda s: llm.tokenizer_._encode_text(s, space_prefix=False)
+    encode = lambda s: llm.tokenizer_.encode_text(s, space_prefix=False)
     for token in encode(OPEN):
         assert call.take(token)
     for token in encode("Sunny, I think"):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from ferrollm.gguf import GGUFWriter
-from ferrollm.quantize import FILE_TYPE_IDS, keeps_f32, quantize_tensor
-from ferrollm.synthetic_model import METADATA_TYPES, ModelSpec, add_llama_hparams
-from ferrollm.tokenizer import sentencepiece_metadata
+from ferrollm.quant.writer import FILE_TYPE_IDS, keeps_f32, quantize_tensor
+from ferrollm.gguf.synthetic_model import METADATA_TYPES, ModelSpec, add_llama_hparams
+from ferrollm.text.tokenizer import sentencepiece_metadata
 
 sys.path.insert(0, str(Path(__file__).parent))
 from build_demo_corpus import mistral_tokenizer_model

@@ -15,6 +15,7 @@ released); this layer tokenizes, samples, stops and streams.
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import os
 import sys
@@ -27,20 +28,23 @@ from typing import Any, NamedTuple
 import numpy as np
 from typing_extensions import Self
 
-from ferrollm import _core, batch_eval, gguf, hub, llama_cache, llama_state, speculative, tool_syntax
-from ferrollm import embedding as embeddings
-from ferrollm.chat import ChatPrompt, ChatTemplateError, chat_formatter, render
-from ferrollm.decoding import LogitsProcessorList, StoppingCriteriaList, TokenChooser
-from ferrollm.embedding import LLAMA_POOLING_TYPE_UNSPECIFIED
-from ferrollm.grammar import LlamaGrammar, response_format_grammar
+from ferrollm import _core, gguf, llama_cache
+from ferrollm.generate import saved_state, speculative, tool_syntax
+from ferrollm.checkpoints import hub
+from ferrollm.generate import embedding as embeddings
+from ferrollm.text.chat import ChatPrompt, ChatTemplateError, chat_formatter, render
+from ferrollm.generate.decoding import LogitsProcessorList, StoppingCriteriaList, TokenChooser
+from ferrollm.generate.embedding import LLAMA_POOLING_TYPE_UNSPECIFIED
+from ferrollm.generate.grammar import LlamaGrammar, response_format_grammar
 from ferrollm.llama_cache import BaseLlamaCache
 from ferrollm.llama_speculative import LlamaDraftModel
-from ferrollm.llama_state import LlamaState
-from ferrollm.logprobs import TokenLogprob, chat_shape, completion_shape, prompt_logprobs, token_logprob
-from ferrollm.sampler import Sampler, SamplingParams
-from ferrollm.textstream import TextStream
-from ferrollm.tokenizer import Tokenizer
-from ferrollm.tools import LazyToolGrammar, ToolCalling
+from ferrollm.generate.saved_state import LlamaState
+from ferrollm.generate.logprobs import TokenLogprob, chat_shape, completion_shape, prompt_logprobs, token_logprob
+from ferrollm.generate.sampler import Sampler, SamplingParams
+from ferrollm.session import Session, context_error, open_engine
+from ferrollm.text.textstream import Completion
+from ferrollm.text.tokenizer import Tokenizer
+from ferrollm.generate.tools import LazyToolGrammar, ToolCalling
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
@@ -53,54 +57,6 @@ IGNORED_PARAMS = {
     "flash_attn", "last_n_tokens_size", "lora_base", "lora_scale", "lora_path", "numa", "chat_handler",
     "tokenizer", "spm_infill", "no_perf", "op_offload", "swa_full", "mul_mat_q",
 }  # fmt: skip
-
-# llama-cpp-python passes cache types as ggml type ids.
-_GGML_TYPE_IDS = {0: "F32", 1: "F16", 2: "Q4_0", 8: "Q8_0"}
-
-
-def _kv_type(value: int | str | None) -> str:
-    if value is None:
-        return "F16"
-    if isinstance(value, int):
-        if value not in _GGML_TYPE_IDS:
-            raise ValueError(f"KV cache type id {value} is not supported (f16=1, q8_0=8, q4_0=2)")
-        return _GGML_TYPE_IDS[value]
-    return str(value).upper()
-
-
-def override_triples(
-    kv_overrides: Mapping[str, bool | int | float | str] | None,
-) -> list[tuple[str, str, Any]]:
-    out = []
-    for key, value in (kv_overrides or {}).items():
-        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value))
-        if kind is None:
-            raise TypeError(f"override {key}: value {value!r} is not a bool, int, float or str")
-        out.append((key, kind, value))
-    return out
-
-
-def parse_override(text: str) -> tuple[str, bool | int | float | str]:
-    """llama.cpp's ``--override-kv KEY=TYPE:VALUE`` (TYPE: int, float, bool, str)."""
-    key, eq, rest = text.partition("=")
-    kind, colon, value = rest.partition(":")
-    if not (eq and colon and key):
-        raise ValueError(f"override {text!r} is not KEY=TYPE:VALUE (e.g. llama.expert_used_count=int:3)")
-    try:
-        if kind == "int":
-            return key, int(value)
-        if kind == "float":
-            return key, float(value)
-        if kind == "bool":
-            if value.lower() not in ("true", "false"):
-                raise ValueError(value)
-            return key, value.lower() == "true"
-        if kind == "str":
-            return key, value
-    except ValueError:
-        raise ValueError(f"override {text!r}: {value!r} is not a valid {kind}") from None
-    raise ValueError(f"override {text!r}: unknown type {kind!r} (int, float, bool, str)")
-
 
 class Piece(NamedTuple):
     """A piece of generated text; the last of a generation carries ``finish``."""
@@ -161,47 +117,38 @@ class Llama:
         self.tokenizer_ = Tokenizer(self.metadata)
         self._formatter = chat_formatter(chat_format, self.tokenizer_.chat_template)
         self.chat_format = chat_format
-        self._model: _core.Model | None = None
+        self._session: Session | None = None
         self._closed = False
         self.n_batch = max(1, n_batch)
-        # One evaluation at a time: the engine refuses overlapping calls anyway, and the
-        # Python-side token history must change in step with its cache.
-        self._busy = threading.RLock()
-        self.logits_all = logits_all
         self.embedding = embedding
         self._pooling_request = pooling_type
         if embedding:
             self.pooling_type()  # a bad request fails here, not at the first embed
         self.cache: BaseLlamaCache | None = None
+        self._logits_all = logits_all  # kept here for a vocab_only Llama, which has no session
         if not vocab_only:
-            self._model = _core.Model(
-                self.model_path,
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_batch=n_batch,
-                type_k=_kv_type(type_k),
-                type_v=_kv_type(type_v),
-                overrides=override_triples(kv_overrides),
-                check_tensors=check_tensors,
-            )
+            engine = open_engine(self.model_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
+                                 type_k=type_k, type_v=type_v, kv_overrides=kv_overrides,
+                                 check_tensors=check_tensors)  # fmt: skip
+            self._session = Session(engine, self.n_vocab(), n_batch=self.n_batch, logits_all=logits_all)
             if progress:
                 self._prefetch_with_progress()
         # llama-cpp-python's attribute: the threads the engine runs (resolved from None / -1).
-        self.n_threads = self._model.n_threads if self._model is not None else n_threads
-        self._sampler_rng = np.random.default_rng(None if seed == LLAMA_DEFAULT_SEED else seed)
-        self.input_ids: list[int] = []
-        self._scores: list[np.ndarray] = []
+        self.n_threads = self._session.engine.n_threads if self._session is not None else n_threads
+        # The sampler's random state when a call gives no seed (saved states carry it).
+        self.rng = np.random.default_rng(None if seed == LLAMA_DEFAULT_SEED else seed)
         self.load_seconds = time.perf_counter() - t0
         self.last_timings: dict[str, float] = {}
         self.draft_model = speculative.attach(draft_model, self)
-        if verbose and self._model is not None:
-            c = self._model.config()
+        if verbose and self._session is not None:
+            model = self._session.engine
+            c = model.config()
             experts = f", {c['n_expert_used']} of {c['n_expert']} experts" if c["n_expert"] else ""
             print(
                 f"ferrollm: {os.path.basename(self.model_path)}: {c['n_layer']} layers, "
                 f"embedding {c['n_embd']}{experts}; context {self.n_ctx()}, KV cache "
-                f"{c['type_k']}/{c['type_v']} {self._model.kv_cache_bytes / 2**20:.1f} MiB; "
-                f"{self._model.n_threads} threads, {_core.isa_active()} kernels; loaded in "
+                f"{c['type_k']}/{c['type_v']} {model.kv_cache_bytes / 2**20:.1f} MiB; "
+                f"{model.n_threads} threads, {_core.isa_active()} kernels; loaded in "
                 f"{self.load_seconds:.2f} s",
                 file=sys.stderr,
             )
@@ -211,13 +158,13 @@ class Llama:
     def _prefetch_with_progress(self) -> None:
         """Reads the weights once so that the first tokens do not wait on page faults,
         drawing a bar on stderr (llama.cpp's loading dots)."""
-        assert self._model is not None
-        n = self._model.n_tensors()
+        model = self.session.engine
+        n = model.n_tensors()
         total = sum(t.nbytes for t in self._file.tensors)
         live = sys.stderr.isatty()  # a log file gets the finished bar only
         done, shown = 0, -1
         for i in range(n):
-            done += self._model.prefetch(i) or 0
+            done += model.prefetch(i) or 0
             percent = int(100 * min(done / total, 1.0)) if total else 100
             if live and percent != shown:
                 shown = percent
@@ -231,21 +178,28 @@ class Llama:
 
     # -- llama-cpp-python's small accessors ---------------------------------------------------
 
-    def _engine(self) -> _core.Model:
+    @property
+    def session(self) -> Session:
+        """The engine's sequence: its cache, the tokens it holds and the logits kept."""
         if self._closed:
             raise RuntimeError("this Llama is closed")
-        if self._model is None:
+        if self._session is None:
             raise RuntimeError("this Llama was opened with vocab_only=True: it can only tokenize")
-        return self._model
+        return self._session
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What a saved state must have been saved by to load here (model and settings)."""
+        return saved_state.model_fingerprint(self.model_path, self._file, self.session.engine.config())
 
     def n_ctx(self) -> int:
-        return self._model.n_ctx if self._model else 0
+        return self._session.n_ctx if self._session else 0
 
     def n_vocab(self) -> int:
         return self.tokenizer_.n_vocab
 
     def n_embd(self) -> int:
-        return self._engine().config()["n_embd"]
+        return self.session.engine.config()["n_embd"]
 
     def token_bos(self) -> int:
         return self.tokenizer_.bos_id
@@ -254,24 +208,29 @@ class Llama:
         return self.tokenizer_.eos_id
 
     @property
+    def input_ids(self) -> list[int]:
+        """The tokens the cache holds."""
+        return self._session.tokens if self._session else []
+
+    @property
     def n_tokens(self) -> int:
         return len(self.input_ids)
 
     @property
+    def logits_all(self) -> bool:
+        return self._session.logits_all if self._session else self._logits_all
+
+    @property
     def scores(self) -> np.ndarray:
         """Logits so far: one row per evaluated token with ``logits_all``, else the last row."""
-        if not self._scores:
-            return np.zeros((0, self.n_vocab()), dtype=np.float32)
-        return np.concatenate(self._scores)
+        return self.session.scores if self._session else np.zeros((0, self.n_vocab()), dtype=np.float32)
 
     @property
     def eval_logits(self) -> list[list[float]]:
         return [list(map(float, row)) for row in self.scores]
 
     def last_logits(self) -> np.ndarray:
-        if not self._scores:
-            raise RuntimeError("nothing has been evaluated yet")
-        return self._scores[-1][-1]
+        return self.session.last_logits()
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -287,75 +246,21 @@ class Llama:
     ) -> bytes:
         return self.tokenizer_.detokenize(tokens, special=special)
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Refuses a second thread while one evaluates (the same thread may nest)."""
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("this Llama is evaluating in another thread: one call at a time per model")
-        try:
-            yield
-        finally:
-            self._busy.release()
-
     def reset(self) -> None:
-        with self._exclusive():
-            self.input_ids = []
-            self._scores = []
-            if self._model is not None:
-                self._model.truncate(0)
+        if self._session is not None:
+            self._session.reset()
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Runs ``tokens`` after the cached ones and keeps their logits."""
         tokens = [int(t) for t in tokens]
-        if not tokens:
-            return
-        engine = self._engine()
-        n_vocab = self.n_vocab()
-        bad = next((t for t in tokens if not 0 <= t < n_vocab), None)
-        if bad is not None:  # before the first batch: a refused call runs none of them
-            raise ValueError(self.tokenizer_.out_of_vocabulary(bad))
-        if len(self.input_ids) + len(tokens) > engine.n_ctx:
-            raise ValueError(
-                f"Requested tokens ({len(self.input_ids) + len(tokens)}) exceed context window of {engine.n_ctx}"
-            )
-        with self._exclusive():
-            try:
-                # One engine call per batch, as llama-cpp-python does, so that Ctrl-C lands
-                # between batches.
-                for i in range(0, len(tokens), self.n_batch):
-                    batch = tokens[i : i + self.n_batch]
-                    logits = engine.eval(batch, logits_all=self.logits_all)
-                    self.input_ids.extend(batch)
-                    batch_eval.record(self, logits)
-            except BaseException:
-                # Interrupted after the engine ran a batch but before it was recorded: forget
-                # that batch, so the history always equals what the cache holds.
-                if engine.n_past > len(self.input_ids):
-                    engine.truncate(len(self.input_ids))
-                raise
-
-    def _prefill(self, prompt: list[int]) -> None:
-        """Evaluates ``prompt``, reusing the longest cached prefix (the last prompt token is
-        always run again so that its logits are fresh)."""
-        engine = self._engine()
-        if len(prompt) > self.n_ctx():
-            raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx()}")
-        with self._exclusive():
-            self._prefill_locked(engine, prompt)
-
-    def _prefill_locked(self, engine: _core.Model, prompt: list[int]) -> None:
-        keep = 0
-        if not self.logits_all:  # every row of `scores` must then come from this prompt
-            keep = next((i for i, (a, b) in enumerate(zip(self.input_ids, prompt[:-1])) if a != b), None)
-            keep = min(len(self.input_ids), len(prompt) - 1) if keep is None else keep
-        keep = engine.truncate(keep)  # 0 where a sliding-window cache no longer holds the prefix
-        self.input_ids = self.input_ids[:keep]
-        self._scores = []
-        self.eval(prompt[keep:])
+        if tokens:
+            session = self.session
+            session.check(tokens, self.tokenizer_.out_of_vocabulary)  # none runs if one is bad
+            session.eval(tokens)
 
     def _sampler(self, params: SamplingParams, seed: int | None) -> Sampler:
         sampler = Sampler(params)
-        sampler.rng = np.random.default_rng(seed) if seed is not None else self._sampler_rng
+        sampler.rng = np.random.default_rng(seed) if seed is not None else self.rng
         return sampler
 
     def generate(
@@ -389,7 +294,7 @@ class Llama:
         )  # fmt: skip
         constraint = grammar.constraint(self.tokenizer_) if grammar is not None else None
         choose = TokenChooser(self._sampler(params, seed), logits_processor, constraint, stopping_criteria)
-        self._prefill(list(tokens))
+        self.session.prefill(list(tokens))
         # The speculative loop takes a plain chooser (always a token): a stopping criterion
         # decodes one token at a time.
         if self.draft_model is not None and stopping_criteria is None:
@@ -408,8 +313,8 @@ class Llama:
                 self.eval([token])
                 continue
             forced = forced[: self.n_ctx() - self.n_tokens - 1]
-            rows = batch_eval.evaluate(self, [token, *forced], every_row=logits_per_token or self.logits_all)
-            yield from batch_eval.replay(self, forced, rows)
+            rows = self.session.evaluate([token, *forced], every_row=logits_per_token or self.logits_all)
+            yield from self.session.replay(forced, rows)
 
     # -- completions ---------------------------------------------------------------------------
 
@@ -424,18 +329,15 @@ class Llama:
         """Yields pieces of text; the last carries the finish reason. Text that could be the
         start of a stop string is held back. With ``logprobs`` (how many alternatives), each
         piece carries the log-probabilities of the tokens generated since the previous one."""
-        self._engine()
+        self.session  # noqa: B018 - a closed or vocab_only Llama fails here
         if len(prompt_tokens) >= self.n_ctx():
-            raise ValueError(
-                f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self.n_ctx()}"
-            )
+            raise context_error(len(prompt_tokens), self.n_ctx())
         budget = self.n_ctx() - len(prompt_tokens)
         if max_tokens is not None and max_tokens > 0:
             budget = min(budget, max_tokens)
-        stream = TextStream(self.tokenizer_.stream_decoder(), stop)
-        n_out, held = 0, ""
+        out = Completion(self.tokenizer_.stream_decoder(), stop, self.token_eos(), budget)
         entries: list[TokenLogprob] = []
-        finish = "length"
+        finish, rest = None, ""
         t0 = time.perf_counter()
         t_first = None
         llama_cache.restore_longest_prefix(self, prompt_tokens)
@@ -444,28 +346,22 @@ class Llama:
             for token in gen:
                 if t_first is None:
                     t_first = time.perf_counter()
-                if token == self.token_eos():
-                    finish = "stop"
-                    break
-                n_out += 1
-                if logprobs is not None:
+                if logprobs is not None and token != self.token_eos():
                     entries.append(token_logprob(self.tokenizer_, self.last_logits(), token, logprobs))
-                piece, stopped = stream.push(token)
-                if stopped:
-                    finish = "stop"
-                    break
-                if n_out >= budget:
-                    held = piece
+                piece, finish = out.take([token])
+                if finish:
+                    rest = piece
                     break
                 if piece:
-                    yield Piece(piece, None, n_out, entries)
+                    yield Piece(piece, None, out.n_out, entries)
                     entries = []
-            else:  # the generator ended by itself: a stopping criterion
+            else:  # the generator ended by itself: a stopping criterion (or a full context)
                 finish = "stop"
+                rest = out.end(finish)
         finally:
             gen.close()
         llama_cache.save(self)
-        rest = held + stream.rest(flush=finish == "length")
+        n_out = out.n_out
         t_end = time.perf_counter()
         t_first = t_first or t_end
         self.last_timings = {
@@ -488,7 +384,7 @@ class Llama:
             file=sys.stderr,
         )
 
-    def _prompt_tokens(self, prompt: str | Sequence[int], special: bool = False) -> list[int]:
+    def prompt_tokens(self, prompt: str | Sequence[int], special: bool = False) -> list[int]:
         if isinstance(prompt, (list, tuple)):
             return [int(t) for t in prompt]
         if not isinstance(prompt, str):
@@ -501,21 +397,7 @@ class Llama:
     def _prompt_rows(self, tokens: list[int]) -> np.ndarray:
         """The logits after every prompt token (echo with logprobs): the prompt is run again
         whole, and stays cached for the generation that follows."""
-        engine = self._engine()
-        if len(tokens) > self.n_ctx():
-            raise ValueError(f"Requested tokens ({len(tokens)}) exceed context window of {self.n_ctx()}")
-        with self._exclusive():
-            engine.truncate(0)
-            self.input_ids, self._scores = [], []
-            keep_all, self.logits_all = self.logits_all, True
-            try:
-                self.eval(tokens)
-            finally:
-                self.logits_all = keep_all
-            rows = self.scores
-            if not keep_all:
-                self._scores = [rows[-1:]]
-        return rows
+        return self.session.prompt_rows(tokens)
 
     def create_completion(
         self,
@@ -550,7 +432,7 @@ class Llama:
         if logprobs is not None and logprobs < 0:
             raise ValueError(f"logprobs must be >= 0, got {logprobs}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        tokens = self._prompt_tokens(prompt)
+        tokens = self.prompt_tokens(prompt)
         params = {
             "top_k": top_k, "top_p": top_p, "min_p": min_p, "temp": temperature, "repeat_penalty": repeat_penalty,
             "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty, "logit_bias": logit_bias,
@@ -638,8 +520,8 @@ class Llama:
     ) -> PreparedChat:
         """The prompt and grammar of a chat request (create_chat_completion and the server's
         /v1/chat/completions). With tools, the template gets them and the answer's calls take the
-        syntax it teaches (ferrollm.tool_syntax); when it ignores them, the built-in instructions
-        (ferrollm.tools) describe them instead. Raises ToolError,
+        syntax it teaches (ferrollm.generate.tool_syntax); when it ignores them, the built-in instructions
+        (ferrollm.generate.tools) describe them instead. Raises ToolError,
         GrammarError (response_format) or ChatTemplateError."""
         calling = ToolCalling.from_request(tools, tool_choice, functions, function_call, parallel_tool_calls)
         if calling is None:
@@ -686,11 +568,11 @@ class Llama:
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """llama-cpp-python's chat completion, with OpenAI's ``logprobs``/``top_logprobs``,
         ``response_format`` (``json_object``, ``json_schema``) and ``tools``/``tool_choice``
-        (see ferrollm.tools for how calls are prompted and constrained)."""
+        (see ferrollm.generate.tools for how calls are prompted and constrained)."""
         tool_args = (tools, tool_choice, functions, function_call, parallel_tool_calls)
         chat, grammar, calling = self.prepare_chat(messages, *tool_args, response_format, grammar)
         stops = ([stop] if isinstance(stop, str) else list(stop or [])) + chat.stop
-        tokens = self._prompt_tokens(chat.text, special=True)
+        tokens = self.prompt_tokens(chat.text, special=True)
         params = {
             "top_k": top_k, "top_p": top_p, "min_p": min_p, "temp": temperature, "repeat_penalty": repeat_penalty,
             "frequency_penalty": frequency_penalty, "presence_penalty": presence_penalty, "logit_bias": logit_bias,
@@ -729,7 +611,7 @@ class Llama:
             if piece.finish:
                 yield chunk({}, piece.finish)
 
-    # -- embeddings, saved state, prompt cache, Hugging Face (ferrollm.embedding, llama_state,
+    # -- embeddings, saved state, prompt cache, Hugging Face (ferrollm.generate.embedding, llama_state,
     # llama_cache, hub)
 
     def pooling_type(self) -> int:
@@ -747,10 +629,10 @@ class Llama:
         return embeddings.create_embedding(self, input, model)
 
     def save_state(self) -> LlamaState:
-        return llama_state.save(self)
+        return saved_state.save(self)
 
     def load_state(self, state: LlamaState) -> None:
-        llama_state.load(self, state)
+        saved_state.load(self, state)
 
     def set_cache(self, cache: BaseLlamaCache | None) -> None:
         self.cache = cache
@@ -775,9 +657,9 @@ class Llama:
 
     def close(self) -> None:
         """Releases the weights' map, the KV cache and the threads; later calls are errors."""
-        if self._model is not None:
-            self._model.close()
-        self._model = None
+        if self._session is not None:
+            self._session.engine.close()
+        self._session = None
         self._closed = True
 
     def __enter__(self) -> Self:

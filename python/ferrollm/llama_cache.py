@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ferrollm.atomic import AtomicFile
-from ferrollm.llama_state import LlamaState
+from ferrollm.generate.saved_state import LlamaState
 
 if TYPE_CHECKING:
     from ferrollm.llama import Llama

@@ -1,7 +1,7 @@
 """Draft models for speculative decoding (``Llama(draft_model=...)``), llama-cpp-python's
 ``llama_speculative`` interface: a draft model is called with the token ids so far (the last
 one not yet evaluated) and returns the tokens it guesses come next; the model checks them all
-in one evaluation (ferrollm.speculative).
+in one evaluation (ferrollm.generate.speculative).
 
 - ``LlamaPromptLookupDecoding``: guesses by finding the last n-gram earlier in the text and
   proposing what followed it there (prompt lookup decoding; free, good on code and edits).
@@ -72,10 +72,8 @@ class GGUFDraftModel(LlamaDraftModel):
 
     def bind(self, target: Llama) -> None:
         """Opens the draft (if given as a path) and checks that it shares ``target``'s vocabulary."""
-        if self.llm is None:
-            from ferrollm.llama import Llama
-
-            self.llm = Llama(self._path, **{"n_ctx": target.n_ctx(), **self._kwargs})
+        if self.llm is None:  # opened as the target was (its class: no import of ferrollm.llama here)
+            self.llm = type(target)(self._path, **{"n_ctx": target.n_ctx(), **self._kwargs})
         if self.llm.tokenizer_.tokens != target.tokenizer_.tokens:
             raise ValueError(
                 f"draft model {os.path.basename(self.llm.model_path)} has another vocabulary than "
@@ -91,7 +89,7 @@ class GGUFDraftModel(LlamaDraftModel):
         room = llm.n_ctx() - len(ids)
         if room <= 0 or not ids:
             return np.array([], dtype=np.intc)
-        llm._prefill(ids)  # reuses the prefix its cache already holds
+        llm.session.prefill(ids)  # reuses the prefix its cache already holds
         guesses: list[int] = []
         while True:
             guesses.append(int(np.argmax(llm.last_logits())))
@@ -101,4 +99,4 @@ class GGUFDraftModel(LlamaDraftModel):
 
 
 def _is_llama(model: Any) -> bool:
-    return hasattr(model, "tokenizer_") and hasattr(model, "_prefill")
+    return hasattr(model, "tokenizer_") and hasattr(model, "session")

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
-from ferrollm.checkpoint import HFCheckpoint
+from ferrollm.checkpoints.checkpoint import HFCheckpoint
 from ferrollm.atomic import check_output
-from ferrollm.convert import llama_metadata
-from ferrollm.export import Progress, write_gguf_model, write_hf_model
+from ferrollm.checkpoints.convert import llama_metadata
+from ferrollm.checkpoints.export import Progress, write_gguf_model, write_hf_model
 from ferrollm.merge import config as merge_config
 from ferrollm.merge.config import MergeConfig, MergeConfigError
 from ferrollm.merge.methods import METHODS

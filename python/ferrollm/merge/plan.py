@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ferrollm.checkpoint import open_checkpoint
+from ferrollm.checkpoints.checkpoint import open_checkpoint
 from ferrollm.merge.config import FilterUse, MergeConfig, evaluate, scalars
 from ferrollm.merge.methods import METHODS, REQUIRED, Context, MergeMethod
-from ferrollm.safetensors_io import bf16_to_f32, f32_to_bf16
+from ferrollm.checkpoints.safetensors_io import bf16_to_f32, f32_to_bf16
 
 _PRE = ("model.embed_tokens.weight",)
 _POST = ("model.norm.weight", "lm_head.weight")

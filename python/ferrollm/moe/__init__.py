@@ -19,17 +19,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ferrollm import hf_vocab
+from ferrollm.text import hf_vocab
 from ferrollm.atomic import check_output
-from ferrollm.checkpoint import GGUFCheckpoint, HFCheckpoint
-from ferrollm.convert import convert, size_label
-from ferrollm.export import Progress, gguf_tensors, plan_types, write_gguf_model
+from ferrollm.checkpoints.checkpoint import GGUFCheckpoint, HFCheckpoint
+from ferrollm.checkpoints.convert import convert, size_label
+from ferrollm.checkpoints.export import Progress, gguf_tensors, plan_types, write_gguf_model
 from ferrollm.merge import gguf_metadata, read_config, resolver
 from ferrollm.moe import config as moe_config
 from ferrollm.moe import router
 from ferrollm.moe.config import GATE_MODES, MoEConfig, MoEConfigError
 from ferrollm.moe.plan import MoEError, MoEPlan
-from ferrollm.tokenizer import Tokenizer
+from ferrollm.text.tokenizer import Tokenizer
 
 __all__ = ["GATE_MODES", "MoEConfig", "MoEConfigError", "MoEError", "MoEPlan", "moe"]
 

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from ferrollm.checkpoint import open_checkpoint
+from ferrollm.checkpoints.checkpoint import open_checkpoint
 from ferrollm.moe.config import MoEConfig
 
 DENSE = ("LlamaForCausalLM", "MistralForCausalLM")  # one GGUF architecture (llama)

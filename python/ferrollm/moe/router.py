@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ferrollm.moe.config import Expert
-from ferrollm.tokenizer import Tokenizer
+from ferrollm.text.tokenizer import Tokenizer
 
 Summary = Callable[[list[list[int]]], np.ndarray]  # token lists -> (n_layer or 1, n_embd)
 

@@ -24,12 +24,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ferrollm import _core
-from ferrollm.chat import ChatTemplateError
+from ferrollm.text.chat import ChatTemplateError
 from ferrollm.demo import demo_model_path
-from ferrollm.grammar import GrammarError, LlamaGrammar
-from ferrollm.llama import Llama, _kv_type, override_triples
-from ferrollm.logprobs import TokenLogprob, chat_shape, completion_shape
-from ferrollm.sampler import SamplingParams
+from ferrollm.generate.grammar import GrammarError, LlamaGrammar
+from ferrollm.llama import Llama
+from ferrollm.session import open_engine
+from ferrollm.generate.logprobs import TokenLogprob, chat_shape, completion_shape
+from ferrollm.generate.sampler import SamplingParams
 from ferrollm.serve.engine import Draining, Engine, Event, Job, QueueFull
 from ferrollm.serve.metrics import CONTENT_TYPE, Metrics
 from ferrollm.serve.schemas import (
@@ -39,7 +40,7 @@ from ferrollm.serve.schemas import (
     Sampling,
     TokenizeRequest,
 )
-from ferrollm.tools import CallStream, LazyToolGrammar, ToolCalling, ToolError
+from ferrollm.generate.tools import CallStream, LazyToolGrammar, ToolCalling, ToolError
 
 
 @dataclass
@@ -99,16 +100,9 @@ class State:
             per_slot = c.n_ctx // c.n_slots if c.n_ctx else min(4096, n_ctx_train or 4096)
             if per_slot < 1:
                 raise ValueError(f"a context of {c.n_ctx} leaves no positions for each of {c.n_slots} slots")
-            model = _core.Model(
-                path,
-                n_ctx=per_slot,
-                n_seq=c.n_slots,
-                n_threads=c.n_threads,
-                n_batch=max(c.step_tokens, c.n_slots),
-                type_k=_kv_type(c.type_k),
-                type_v=_kv_type(c.type_v),
-                overrides=override_triples(c.overrides),
-            )
+            model = open_engine(path, n_ctx=per_slot, n_seq=c.n_slots, n_threads=c.n_threads,
+                                n_batch=max(c.step_tokens, c.n_slots), type_k=c.type_k, type_v=c.type_v,
+                                kv_overrides=c.overrides)  # fmt: skip
             self.llama = llama
             self.engine = Engine(model, llama.tokenizer_, max_queue=c.max_queue, step_tokens=c.step_tokens,
                                  metrics=self.metrics)  # fmt: skip
@@ -335,7 +329,7 @@ def _prompt_ids(llama: Llama, prompt: str | list[int], n_ctx: int, special: bool
         if n_bytes > n_ctx * most:
             raise ApiError(400, f"prompt: {n_bytes} bytes of text cannot fit the context of a slot ({n_ctx} "
                            f"tokens of at most {most} bytes each)", param="prompt")  # fmt: skip
-    ids = llama._prompt_tokens(prompt, special=special)
+    ids = llama.prompt_tokens(prompt, special=special)
     bad = [t for t in ids if not 0 <= t < llama.n_vocab()]
     if bad:
         raise ApiError(

@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 
 from ferrollm import _core
-from ferrollm.decoding import TokenChooser
-from ferrollm.grammar import GrammarError, LlamaGrammar
-from ferrollm.logprobs import TokenLogprob, token_logprob
-from ferrollm.sampler import Sampler, SamplingParams
+from ferrollm.generate.decoding import TokenChooser
+from ferrollm.generate.grammar import GrammarError, LlamaGrammar
+from ferrollm.generate.logprobs import TokenLogprob, token_logprob
+from ferrollm.generate.sampler import Sampler, SamplingParams
 from ferrollm.serve.metrics import Metrics
-from ferrollm.textstream import TextStream
-from ferrollm.tokenizer import Tokenizer
-from ferrollm.tools import LazyToolGrammar
+from ferrollm.session import common_prefix
+from ferrollm.text.textstream import Completion
+from ferrollm.text.tokenizer import Tokenizer
+from ferrollm.generate.tools import LazyToolGrammar
 
 
 class QueueFull(Exception):
@@ -68,10 +69,13 @@ class Job:
     # Engine-side state.
     sampler: Sampler = field(init=False)
     choose: TokenChooser = field(init=False)  # the sampler, under the grammar if any
-    stream: TextStream | None = None
+    out: Completion | None = None  # EOS, stop strings and the token budget
     pending: list[int] = field(default_factory=list)  # tokens still to evaluate
-    n_out: int = 0
     budget: int = 0
+
+    @property
+    def n_out(self) -> int:
+        return self.out.n_out if self.out is not None else 0
     t_queued: float = field(default_factory=time.monotonic)
     t_first: float | None = None
 
@@ -86,14 +90,6 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # exactly what the cache holds
     job: Job | None = None
     last_used: float = 0.0
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class Engine:
@@ -220,8 +216,8 @@ class Engine:
                 return
             job = self._waiting.popleft()
             # The last prompt token is always evaluated: its logits give the first token.
-            slot = max(free, key=lambda s: (_common_prefix(s.tokens, job.prompt[:-1]), -s.last_used))
-            keep = _common_prefix(slot.tokens, job.prompt[:-1])
+            slot = max(free, key=lambda s: (common_prefix(s.tokens, job.prompt[:-1]), -s.last_used))
+            keep = common_prefix(slot.tokens, job.prompt[:-1])
             keep = self.model.truncate(keep, slot.seq)  # 0 where a sliding-window cache lost the prefix
             del slot.tokens[keep:]
             job.pending = job.prompt[keep:]
@@ -236,7 +232,7 @@ class Engine:
             # lot); not with log-probabilities, which would need each of their rows.
             job.choose.fast_forward = job.top_logprobs is None
             job.choose.max_forced = self.step_tokens - 1
-            job.stream = TextStream(self.tokenizer.stream_decoder(), job.stops)
+            job.out = Completion(self.tokenizer.stream_decoder(), job.stops, self.tokenizer.eos_id, job.budget)
             slot.job = job
             self.metrics.prompt_tokens_cached.inc(keep)
 
@@ -293,29 +289,17 @@ class Engine:
 
     def _sample(self, slot: Slot, job: Job, logits: np.ndarray) -> None:
         token = job.choose(logits, slot.tokens)
-        if token == self._eos:
-            self._finish(slot, Event("done", job.stream.rest(flush=False), finish="stop"))
-            return
         logprobs = None
-        if job.top_logprobs is not None:
+        if job.top_logprobs is not None and token != self._eos:
             logprobs = [token_logprob(self.tokenizer, logits, token, job.top_logprobs)]
         taken = [token, *job.choose.forced_tail]  # the grammar's forced tokens follow it
-        text = ""
-        for t in taken:
-            job.n_out += 1
-            piece, stopped = job.stream.push(t)
-            text += piece
-            if stopped:
-                self._finish(slot, Event("done", text + job.stream.rest(flush=False), finish="stop",
-                                         logprobs=logprobs))  # fmt: skip
-                return
-            if job.n_out >= job.budget:
-                self._finish(slot, Event("done", text + job.stream.rest(flush=True), finish="length",
-                                         logprobs=logprobs))  # fmt: skip
-                return
-        if text or logprobs:
-            job.emit(Event("piece", text, logprobs=logprobs))
-        job.pending = taken
+        text, finish = job.out.take(taken)
+        if finish:
+            self._finish(slot, Event("done", text, finish=finish, logprobs=logprobs))
+        else:
+            if text or logprobs:
+                job.emit(Event("piece", text, logprobs=logprobs))
+            job.pending = taken
 
     def info(self) -> dict[str, Any]:
         return {"slots": len(self.slots), "n_ctx_slot": self.n_ctx, "busy": self.busy}

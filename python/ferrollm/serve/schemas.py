@@ -202,8 +202,11 @@ class ChatRequest(Sampling):
     def _keep_sent_tools(cls, data: Any, handler: Any) -> ChatRequest:
         request = handler(data)
         if isinstance(data, dict):
-            request._sent_tools = {k: data[k] for k in ("tools", "functions") if data.get(k) is not None}
+            request.keep_sent_tools(data)
         return request
+
+    def keep_sent_tools(self, data: dict[str, Any]) -> None:
+        self._sent_tools = {k: data[k] for k in ("tools", "functions") if data.get(k) is not None}
 
     def tool_request(self) -> dict[str, Any]:
         """The tool fields as ``Llama.prepare_chat`` takes them."""

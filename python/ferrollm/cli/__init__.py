@@ -1,0 +1,5 @@
+"""The ``ferrollm`` command line."""
+
+from ferrollm.cli.main import main
+
+__all__ = ["main"]
