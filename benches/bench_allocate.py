@@ -141,7 +141,10 @@ def plot(records, path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     curve = sorted((r["bpw"], r["kld_mean"]) for r in records if r["kind"] == "curve")
     ax.plot(*zip(*curve), "o-", color="tab:blue", label="ferrollm allocation (--target-bpw)")
-    for kind, style, label in (("llama.cpp", "s", "llama.cpp mix"), ("matched", "^", "ferrollm at the mix's size")):
+    for kind, style, label in (
+        ("llama.cpp", "s", "llama.cpp mix"),
+        ("matched", "^", "ferrollm at the mix's size"),
+    ):
         pts = [r for r in records if r["kind"] == kind]
         ax.plot([r["bpw"] for r in pts], [r["kld_mean"] for r in pts], style, linestyle="none",
                 color="tab:red" if kind == "llama.cpp" else "tab:green", label=label)  # fmt: skip
@@ -176,14 +179,18 @@ def main() -> None:
     calibration, heldout = text[:CALIBRATION_CHARS], text[CALIBRATION_CHARS:]
     records: list[dict] = []
     common = {"bench": "size_quality", "model": "ferrollm-demo", "threads": os.cpu_count()}
-    with tempfile.TemporaryDirectory(prefix="bench-allocate-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="bench-allocate-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    ) as tmp:
         src = os.path.join(tmp, "demo-f32.gguf")
         quantize_file(demo_model_path(), src, "F32", pure=True)
         imatrix_path = os.path.join(tmp, "imatrix.dat")
         t0 = time.perf_counter()
         im, _ = collect_imatrix(src, calibration, n_ctx=512, dataset="heldout.txt[:60000]")
         im.save(imatrix_path)
-        print(f"imatrix: {len(im.entries)} entries, {im.chunk_count} chunks, {time.perf_counter() - t0:.1f} s")
+        print(
+            f"imatrix: {len(im.entries)} entries, {im.chunk_count} chunks, {time.perf_counter() - t0:.1f} s"
+        )
         base_lp = os.path.join(tmp, "base.logp")
         base = perplexity(src, heldout, 512, args.chunks, save_logprobs=base_lp)
         print(f"base F32: PPL {base.ppl:.4f} on {base.n_tokens_scored} held-out tokens")

@@ -40,8 +40,8 @@ def main() -> int:
 
     import numpy as np
     from ferrollm import _core
-    from ferrollm.quant.block_types import quant_type
     from ferrollm.gguf.synthetic import random_blocks
+    from ferrollm.quant.block_types import quant_type
 
     rows, cols = (int(v) for v in args.shape.split("x"))
     pool = _core.ThreadPool(1)

@@ -44,8 +44,8 @@ def main() -> int:
 
     import ferrollm
     import numpy as np
-    from ferrollm.quant.block_types import quant_type
     from ferrollm.gguf.synthetic import random_blocks
+    from ferrollm.quant.block_types import quant_type
 
     gq = None
     if not args.no_numpy:

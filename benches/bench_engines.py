@@ -251,7 +251,7 @@ def peer_build_problem() -> str | None:
 
     info = llama_cpp.llama_print_system_info().decode()
     print(f"peer build: {info.strip()}")
-    flags = open("/proc/cpuinfo").read().split("flags", 1)[-1].split("\n", 1)[0].split()
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[-1].split("\n", 1)[0].split()
     wanted = {"avx512f": "AVX512", "avx512_vnni": "AVX512_VNNI", "avx512vbmi": "AVX512_VBMI", "avx2": "AVX2"}
     missing = [name for flag, name in wanted.items() if flag in flags and f"{name} = 1" not in info]
     return f"llama.cpp was built without {', '.join(missing)}" if missing else None
@@ -282,7 +282,9 @@ def main() -> int:
     p.add_argument("--allow-slow-peer", action="store_true", help="measure a peer built without native SIMD")
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--models-dir")
-    p.add_argument("--file", help="measure this GGUF (e.g. the embedded demo model: --file demo) instead of a shape")
+    p.add_argument(
+        "--file", help="measure this GGUF (e.g. the embedded demo model: --file demo) instead of a shape"
+    )
     p.add_argument("--delete-models", action="store_true", help="remove each model after its run")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "engines.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -359,7 +361,9 @@ def main() -> int:
             ]  # fmt: skip
             if "decode_profile_s_per_token" in r:
                 records.append({"bench": "profile", **common, "s_per_token": r["decode_profile_s_per_token"]})
-                records.append({"bench": "prefill_profile", **common, "s_per_token": r["prefill_profile_s_per_token"]})
+                records.append(
+                    {"bench": "prefill_profile", **common, "s_per_token": r["prefill_profile_s_per_token"]}
+                )
         rows.append((qtype, size, touched, limit, results))
         print_row(rows[-1], engines)
     print_table(rows, engines)
@@ -374,7 +378,11 @@ def print_row(row, engines) -> None:
     for e in engines:
         r = results.get(e)
         if r:
-            noisy = "" if r["foreign_cpu"] <= QUIET else f"  NOT QUIET: other processes used {r['foreign_cpu']:.2f} cores"
+            noisy = (
+                ""
+                if r["foreign_cpu"] <= QUIET
+                else f"  NOT QUIET: other processes used {r['foreign_cpu']:.2f} cores"
+            )
             print(f"  {qtype:<8} {e:<10} decode {r['decode_tok_s']:7.2f} tok/s  prefill {r['prefill_tok_s']:7.2f} "
                   f"tok/s  peak RSS {r['peak_rss_bytes'] / 2**20:7.0f} MiB  (load {r['load_s']:.1f} s){noisy}")  # fmt: skip
 

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engines import busy_jiffies  # noqa: E402
+from bench_engines import busy_jiffies
 
 # Other processes may use this much of a core (on average) during a step before it is flagged.
 QUIET = 0.1
@@ -100,7 +100,9 @@ def mistral_tokenizer() -> Path:
 
     path = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"  # 32000 pieces
     if not path.is_file():
-        sys.exit(f"no {path}: Mistral's tokenizer.model comes from mistral-common (pip install mistral-common)")
+        sys.exit(
+            f"no {path}: Mistral's tokenizer.model comes from mistral-common (pip install mistral-common)"
+        )
     return path
 
 
@@ -174,7 +176,13 @@ def run_step(name: str, cmd: list[str], log: Path, env: dict | None = None) -> d
         raise RuntimeError(f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
     cpu = usage.ru_utime + usage.ru_stime
     foreign = max(0.0, ((busy1 - busy0) / hz - cpu) / wall)
-    r = {"step": name, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "cpu_s": cpu, "foreign_cpu": foreign}
+    r = {
+        "step": name,
+        "wall_s": wall,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "cpu_s": cpu,
+        "foreign_cpu": foreign,
+    }
     flag = "" if foreign <= QUIET else f"  NOT QUIET: other processes used {foreign:.2f} cores"
     print(f"  {name:<20} {wall:8.1f} s  peak RSS {r['peak_rss_mib']:7.0f} MiB  CPU {cpu:7.1f} s{flag}")
     return r
@@ -197,7 +205,9 @@ def peer_tools() -> tuple[dict | None, str | None]:
     if not (llama_cpp / "convert_hf_to_gguf.py").is_file():
         missing.append(f"convert_hf_to_gguf.py (not in {llama_cpp}; set $LLAMA_CPP_DIR)")
     if not (shutil.which(quantize) or Path(quantize).is_file()):
-        missing.append(f"llama-quantize ({quantize}; set $LLAMA_QUANTIZE, or build llama.cpp's llama-quantize target)")
+        missing.append(
+            f"llama-quantize ({quantize}; set $LLAMA_QUANTIZE, or build llama.cpp's llama-quantize target)"
+        )
     if missing:
         return None, "missing: " + "; ".join(missing)
     # convert_hf_to_gguf.py needs torch, safetensors and sentencepiece: mergekit's environment has them.
@@ -212,16 +222,42 @@ def run_ours(cfg: Path, scratch: Path) -> tuple[list[dict], Path]:
 
 
 def run_pipeline(cfg: Path, scratch: Path, tools: dict) -> tuple[list[dict], Path, Path]:
-    merged, bf16, q4 = scratch / "mergekit-out", scratch / "mergekit-bf16.gguf", scratch / "mergekit-Q4_K_M.gguf"
+    merged, bf16, q4 = (
+        scratch / "mergekit-out",
+        scratch / "mergekit-bf16.gguf",
+        scratch / "mergekit-Q4_K_M.gguf",
+    )
     shutil.rmtree(merged, ignore_errors=True)
     steps = [
-        run_step("mergekit-yaml", [tools["mergekit"], str(cfg), str(merged), "--no-write-model-card",
-                                   "--lazy-unpickle", "--low-cpu-memory"],  # fmt: skip
-                 scratch / "mergekit.log"),
-        run_step("convert_hf_to_gguf", [tools["python"], str(tools["llama_cpp"] / "convert_hf_to_gguf.py"),
-                                        str(merged), "--outtype", "bf16", "--outfile", str(bf16)],  # fmt: skip
-                 scratch / "convert.log", env={"PYTHONPATH": str(tools["llama_cpp"] / "gguf-py")}),
-        run_step("llama-quantize", [tools["quantize"], str(bf16), str(q4), "Q4_K_M"], scratch / "quantize.log"),
+        run_step(
+            "mergekit-yaml",
+            [
+                tools["mergekit"],
+                str(cfg),
+                str(merged),
+                "--no-write-model-card",
+                "--lazy-unpickle",
+                "--low-cpu-memory",
+            ],
+            scratch / "mergekit.log",
+        ),
+        run_step(
+            "convert_hf_to_gguf",
+            [
+                tools["python"],
+                str(tools["llama_cpp"] / "convert_hf_to_gguf.py"),
+                str(merged),
+                "--outtype",
+                "bf16",
+                "--outfile",
+                str(bf16),
+            ],
+            scratch / "convert.log",
+            env={"PYTHONPATH": str(tools["llama_cpp"] / "gguf-py")},
+        ),
+        run_step(
+            "llama-quantize", [tools["quantize"], str(bf16), str(q4), "Q4_K_M"], scratch / "quantize.log"
+        ),
     ]
     return steps, merged, q4
 
@@ -233,7 +269,8 @@ def check_outputs(cfg: Path, ours: Path, theirs: Path | None, merged: Path | Non
     """Names and types of both Q4_K_M files; a few merged tensors against mergekit's."""
     from ferrollm import gguf
     from ferrollm.checkpoints.checkpoint import HFCheckpoint
-    from ferrollm.merge import MergePlan, config as merge_config
+    from ferrollm.merge import MergePlan
+    from ferrollm.merge import config as merge_config
 
     out: dict = {}
     f = gguf.open(ours)
@@ -293,7 +330,9 @@ def count(values) -> dict:
 
 
 def print_table(ours: list[dict], pipe: list[dict] | None) -> None:
-    print(f"\n{'engine':<20} {'step':<20} {'wall s':>8} {'peak RSS MiB':>13} {'CPU s':>8} {'other cores':>12}")
+    print(
+        f"\n{'engine':<20} {'step':<20} {'wall s':>8} {'peak RSS MiB':>13} {'CPU s':>8} {'other cores':>12}"
+    )
     for engine, steps in (("ferrollm", ours), (PIPELINE, pipe or [])):
         for s in steps:
             flag = "" if s["foreign_cpu"] <= QUIET else "  NOT QUIET"
@@ -307,7 +346,9 @@ def print_table(ours: list[dict], pipe: list[dict] | None) -> None:
               f"speed-up {p['wall_s'] / f['wall_s']:.2f}x; peak RSS {f['peak_rss_mib']:.0f} vs "
               f"{p['peak_rss_mib']:.0f} MiB")  # fmt: skip
     ok = f["peak_rss_mib"] < 1000 * 1e6 / 2**20  # 1 GB
-    print(f"ferrollm peak RSS {f['peak_rss_mib']:.0f} MiB (target < 1 GB = 954 MiB: {'met' if ok else 'NOT met'})")
+    print(
+        f"ferrollm peak RSS {f['peak_rss_mib']:.0f} MiB (target < 1 GB = 954 MiB: {'met' if ok else 'NOT met'})"
+    )
 
 
 def main() -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engines import busy_jiffies, ensure_model, models_dir  # noqa: E402
+from bench_engines import busy_jiffies, ensure_model, models_dir
 
 TOPICS = ["a lighthouse", "the sea", "a robot", "mountains", "a library", "rain", "a train", "the moon"]
 
@@ -47,7 +47,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(engine: str, model: Path, slots: int, n_ctx_slot: int, threads: int, port: int) -> list[str]:
+def server_command(
+    engine: str, model: Path, slots: int, n_ctx_slot: int, threads: int, port: int
+) -> list[str]:
     if engine == "ferrollm":
         return [sys.executable, "-m", "ferrollm", "serve", "-m", str(model), "--port", str(port), "-np", str(slots),
                 "-c", str(slots * n_ctx_slot), "-t", str(threads)]  # fmt: skip
@@ -80,7 +82,7 @@ class Running:
         self.engine, self.url = engine, f"http://127.0.0.1:{port}"
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
         # A log file, not a pipe: a server that logs more than a pipe holds would block on it.
-        self.log = tempfile.TemporaryFile(mode="w+")
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - open for the server's life, closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True, env=env)
         self.rss: list[int] = []
         deadline = time.monotonic() + 300
@@ -174,7 +176,7 @@ def load(url: str, clients: int, requests: int, n_tokens: int, eos: int) -> dict
         results = [r for rs in pool.map(client, range(clients)) for r in rs]
     wall = time.perf_counter() - t0
     ok = [r for r in results if r["ok"]]
-    pct = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1] if len(xs) > 1 else (xs[0] if xs else 0.0)  # noqa: E731
+    pct = lambda xs, q: statistics.quantiles(xs, n=100)[q - 1] if len(xs) > 1 else (xs[0] if xs else 0.0)
     ttft, tpot = [r["ttft"] for r in ok], [r["tpot"] for r in ok]
     return {
         "tok_s": len(ok) * n_tokens / wall,
@@ -195,14 +197,20 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx-slot", type=int, default=1024)
-    ap.add_argument("--engines", default=None, help="comma-separated (default: ferrollm and every peer found)")
+    ap.add_argument(
+        "--engines", default=None, help="comma-separated (default: ferrollm and every peer found)"
+    )
     ap.add_argument("--soak", type=int, default=0, help="then 8 clients x N requests against ferrollm")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.json"))
     args = ap.parse_args()
 
     from ferrollm import demo_model_path, gguf
 
-    model = ensure_model(models_dir(args.models), args.shape, args.qtype) if args.shape else Path(demo_model_path())
+    model = (
+        ensure_model(models_dir(args.models), args.shape, args.qtype)
+        if args.shape
+        else Path(demo_model_path())
+    )
     name = args.shape or "embedded-demo"
     qtype = args.qtype if args.shape else "Q8_0"
     metadata = gguf.open(model).metadata
@@ -245,7 +253,9 @@ def main() -> int:
     ours = {r["clients"]: r for r in records if r["engine"] == "ferrollm"}
     for peer in engines[1:]:
         theirs = {r["clients"]: r for r in records if r["engine"] == peer}
-        ratios = [f"{c}: {ours[c]['tok_s'] / theirs[c]['tok_s']:.2f}x" for c in levels if c in ours and c in theirs]
+        ratios = [
+            f"{c}: {ours[c]['tok_s'] / theirs[c]['tok_s']:.2f}x" for c in levels if c in ours and c in theirs
+        ]
         print(f"ferrollm / {peer} aggregate tok/s: {', '.join(ratios)}")
 
     if args.soak:

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import ferrollm
 from ferrollm import Llama
-from ferrollm.generate import speculative
 from ferrollm.atomic import AtomicFile
+from ferrollm.generate import speculative
 from ferrollm.llama_speculative import GGUFDraftModel, LlamaPromptLookupDecoding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

@@ -29,7 +29,11 @@ import httpx
 
 DEEP = '{"prompt": ' + "[" * 5000 + "1" + "]" * 5000 + "}"
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-CHAT = {"messages": [{"role": "user", "content": "Write a haiku about rain."}], "max_tokens": 8, "temperature": 0}
+CHAT = {
+    "messages": [{"role": "user", "content": "Write a haiku about rain."}],
+    "max_tokens": 8,
+    "temperature": 0,
+}
 # (name, path, body, expected status class): bodies as bytes/str are sent verbatim.
 HOSTILE = [
     ("bad json", "/v1/chat/completions", b'{"messages": [', 4),

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from ferrollm.quant import block_types
 from ferrollm.gguf.synthetic import random_blocks, write_synthetic_gguf
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
+from ferrollm.quant import block_types
 
 CORPUS = Path(__file__).parent / "corpus"
 TYPE_ORDER = list(block_types.TYPES)  # the Rust GgmlType::ALL order: the fuzzers' selector byte indexes it
@@ -54,9 +54,13 @@ def main() -> None:
         acts = rng.integers(0, 256, 2 * t.block_elems, dtype=np.uint8).tobytes()
         (CORPUS / "matmul" / name.lower()).write_bytes(bytes([selector]) + raw + acts)
     for i, scale in enumerate([1e-3, 1.0, 100.0]):
-        (CORPUS / "quantize" / f"rows_{i}").write_bytes((rng.standard_normal(512) * scale).astype("<f4").tobytes())
+        (CORPUS / "quantize" / f"rows_{i}").write_bytes(
+            (rng.standard_normal(512) * scale).astype("<f4").tobytes()
+        )
     total = sum(f.stat().st_size for f in CORPUS.rglob("*") if f.is_file())
-    print(f"wrote {sum(1 for f in CORPUS.rglob('*') if f.is_file())} seeds, {total / 1024:.0f} KiB, into {CORPUS}")
+    print(
+        f"wrote {sum(1 for f in CORPUS.rglob('*') if f.is_file())} seeds, {total / 1024:.0f} KiB, into {CORPUS}"
+    )
 
 
 if __name__ == "__main__":

@@ -97,7 +97,11 @@ class ReferenceModel:
         theta = positions[:, None] * freqs  # (n, n_rot/2)
         cos, sin = mscale * np.cos(theta)[:, None, :], mscale * np.sin(theta)[:, None, :]
         out, h = x.copy(), self.n_rot // 2
-        a, b = (slice(0, h), slice(h, self.n_rot)) if self.neox else (slice(0, self.n_rot, 2), slice(1, self.n_rot, 2))
+        a, b = (
+            (slice(0, h), slice(h, self.n_rot))
+            if self.neox
+            else (slice(0, self.n_rot, 2), slice(1, self.n_rot, 2))
+        )
         x0, x1 = x[..., a], x[..., b]
         out[..., a] = x0 * cos - x1 * sin
         out[..., b] = x0 * sin + x1 * cos
@@ -148,9 +152,16 @@ class ReferenceModel:
             h = self._norm(x, self.t[p + "attn_norm.weight"])
             h = self.act(h)
             q, k, v = self._qkv(p, h)
-            q, k, v = q.reshape(n, self.n_head, hd), k.reshape(n, self.n_head_kv, hd), v.reshape(n, self.n_head_kv, hd)
+            q, k, v = (
+                q.reshape(n, self.n_head, hd),
+                k.reshape(n, self.n_head_kv, hd),
+                v.reshape(n, self.n_head_kv, hd),
+            )
             if p + "attn_q_norm.weight" in self.t:
-                q, k = self._norm(q, self.t[p + "attn_q_norm.weight"]), self._norm(k, self.t[p + "attn_k_norm.weight"])
+                q, k = (
+                    self._norm(q, self.t[p + "attn_q_norm.weight"]),
+                    self._norm(k, self.t[p + "attn_k_norm.weight"]),
+                )
             rope = self.rope_local if self.sliding[layer] else self.rope_global
             q, k = self._rope(q, pos, rope), self._rope(k, pos, rope)
             mask = local if self.sliding[layer] else causal

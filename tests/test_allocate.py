@@ -10,23 +10,55 @@ import json
 import numpy as np
 import pytest
 from ferrollm import _core, collect_imatrix, gguf, quantize
-from ferrollm.quant.allocate import Target, budget, layout, parse_size, plan_allocation, quantize_to_target, solve
+from ferrollm.cli import main
+from ferrollm.gguf.synthetic_model import ModelSpec, write_model
+from ferrollm.quant.allocate import (
+    Target,
+    budget,
+    layout,
+    parse_size,
+    plan_allocation,
+    quantize_to_target,
+    solve,
+)
 from ferrollm.quant.allocate.layout import Layout, Slot
 from ferrollm.quant.allocate.measure import calibrate
 from ferrollm.quant.allocate.probe import KLDProbe
-from ferrollm.cli import main
 from ferrollm.quant.writer import output_metadata
-from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 
 # Rows of 256 (K and IQ types) and of 384 (ffn_down: only the 32-element types fit).
-SPEC = {"n_vocab": 320, "n_embd": 256, "n_layer": 2, "n_head": 4, "n_head_kv": 2, "n_ff": 384, "n_ctx_train": 256, "seed": 3}
+SPEC = {
+    "n_vocab": 320,
+    "n_embd": 256,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_head_kv": 2,
+    "n_ff": 384,
+    "n_ctx_train": 256,
+    "seed": 3,
+}
 TYPES = ("IQ2_XXS", "Q2_K", "IQ3_S", "Q4_K", "Q6_K", "Q8_0", "IQ4_NL", "Q4_0", "Q5_0")
 FAST = {"types": TYPES, "anchors": 2, "n_tokens": 256}  # 1 chunk of the trained context
 
 
 def _text(n_words: int, seed: int) -> str:
     rng = np.random.default_rng(seed)
-    words = ["def", "return", "self", "import", "class", "for", "in", "if", "else", "(x)", "0", "1", ":", "\n"]
+    words = [
+        "def",
+        "return",
+        "self",
+        "import",
+        "class",
+        "for",
+        "in",
+        "if",
+        "else",
+        "(x)",
+        "0",
+        "1",
+        ":",
+        "\n",
+    ]
     return " ".join(rng.choice(words, n_words))
 
 
@@ -68,7 +100,9 @@ def test_written_file_is_the_predicted_size_and_within_the_target(model, measure
     with gguf.open(out) as f:
         mats = [t for t in f.tensors if t.name in r.allocation.types]
         assert {t.name: t.type for t in mats} == r.allocation.types
-        assert 8 * sum(t.nbytes for t in mats) / sum(t.n_elements for t in mats) == pytest.approx(r.allocation.bpw)
+        assert 8 * sum(t.nbytes for t in mats) / sum(t.n_elements for t in mats) == pytest.approx(
+            r.allocation.bpw
+        )
     assert out.stat().st_size == r.allocation.file_bytes
     _core.Model(str(out), n_ctx=64).eval([1, 2, 3])  # the engine loads and runs it
 
@@ -104,7 +138,9 @@ def test_a_larger_target_never_measures_worse(model, measured):
 
 def test_solver_finds_the_best_choice():
     rng = np.random.default_rng(0)
-    slots = tuple(Slot(f"t{i}", (rows, 256), ("Q2_K", "Q3_K", "Q4_K", "Q6_K")) for i, rows in enumerate((4, 8, 3, 16)))
+    slots = tuple(
+        Slot(f"t{i}", (rows, 256), ("Q2_K", "Q3_K", "Q4_K", "Q6_K")) for i, rows in enumerate((4, 8, 3, 16))
+    )
     lay = Layout(slots, 1000, 32)
     losses = {s.name: dict(zip(s.options, np.sort(rng.random(4))[::-1])) for s in slots}
     for capacity in range(lay.file_bytes(lay.extreme(False)), lay.file_bytes(lay.extreme(True)) + 1, 97):
@@ -128,7 +164,9 @@ def test_measurement_is_reused_and_redone_when_its_inputs_change(model, measured
     copy = tmp_path / "m.json"
     copy.write_text(path.read_text())
     other = dict(FAST, n_tokens=128, n_ctx=128)
-    redo = plan_allocation(model["src"], Target(bpw=3.5), model["imatrix"], model["calibration"], copy, **other)
+    redo = plan_allocation(
+        model["src"], Target(bpw=3.5), model["imatrix"], model["calibration"], copy, **other
+    )
     assert redo.measured and json.loads(copy.read_text())["key"]["n_tokens"] == 128
     with pytest.raises(ValueError, match="calibration text"):
         plan_allocation(model["src"], Target(bpw=3.5), model["imatrix"], None, path, **other)
@@ -181,7 +219,9 @@ def test_fit_ram_leaves_room_for_the_kv_cache_and_buffers(model, measured, tmp_p
     r = quantize_to_target(model["src"], out, Target(ram_bytes=ram, n_ctx=256), **kw)
     assert plan.plan(out, n_ctx=256).total_bytes <= ram and r.allocation.file_bytes > lo
     with pytest.raises(ValueError, match=r"in all, 0\.00 MiB more than the budget"):
-        quantize_to_target(model["src"], tmp_path / "no.gguf", Target(ram_bytes=besides + lo - 1, n_ctx=256), **kw)
+        quantize_to_target(
+            model["src"], tmp_path / "no.gguf", Target(ram_bytes=besides + lo - 1, n_ctx=256), **kw
+        )
     assert not (tmp_path / "no.gguf").exists()
 
 
@@ -194,7 +234,9 @@ def test_parse_size():
 
 def test_python_api_and_cli(model, measured, tmp_path, capsys):
     out = tmp_path / "api.gguf"
-    types = quantize(model["src"], out, target_bpw=4.2, imatrix=model["imatrix"], measurement=measured[1], **FAST)
+    types = quantize(
+        model["src"], out, target_bpw=4.2, imatrix=model["imatrix"], measurement=measured[1], **FAST
+    )
     assert out.stat().st_size and set(types) >= set(measured[0].allocation.types)
     cli_out = tmp_path / "cli.gguf"
     args = ["quantize", model["src"], str(cli_out), "--target-bpw", "4.2", "--imatrix", model["imatrix"],
@@ -213,7 +255,9 @@ def test_python_api_and_cli(model, measured, tmp_path, capsys):
 def test_proxy_error_from_a_sample_of_rows(model, measured):
     r, _ = measured
     kw = dict(FAST, error_rows=64)
-    sampled = plan_allocation(model["src"], Target(bpw=4.0), model["imatrix"], model["calibration"], None, **kw)
+    sampled = plan_allocation(
+        model["src"], Target(bpw=4.0), model["imatrix"], model["calibration"], None, **kw
+    )
     assert sampled.measured and sampled.measurement.key["error_rows"] == 64
     for name, e in sampled.measurement.tensors.items():
         full = r.measurement.tensors[name]["types"]
@@ -235,6 +279,14 @@ def test_cli_reads_the_calibration_file(model, tmp_path, monkeypatch):
         raise ValueError("stop here")
 
     monkeypatch.setattr(allocate, "quantize_to_target", fake)
-    args = ["quantize", model["src"], str(tmp_path / "x.gguf"), "--target-bpw", "4", "--calibration", str(text_file)]
+    args = [
+        "quantize",
+        model["src"],
+        str(tmp_path / "x.gguf"),
+        "--target-bpw",
+        "4",
+        "--calibration",
+        str(text_file),
+    ]
     assert main(args) == 1
     assert seen["text"] == model["calibration"]

@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import os
 
+import ferrollm
 import numpy as np
 import pytest
-
-import ferrollm
 from ferrollm.checkpoints import safetensors_io
 from hf_models import write_model
 
@@ -59,7 +58,9 @@ def test_integer_tensors_are_refused_before_writing(tmp_path):
     tensors = {n: v for n, v in w.items()}
     tensors["model.norm.weight"] = (tensors["model.norm.weight"] * 1000).astype(np.int32)
     path = str(ck / "model.safetensors")
-    safetensors_io.save(path, {n: v for n, v in tensors.items() if v.dtype != np.int32}, "F32", {"format": "pt"})
+    safetensors_io.save(
+        path, {n: v for n, v in tensors.items() if v.dtype != np.int32}, "F32", {"format": "pt"}
+    )
     ints = {n: v for n, v in tensors.items() if v.dtype == np.int32}
     safetensors_io.save(str(ck / "model-ints.safetensors"), ints, "I32", {"format": "pt"})
     out = tmp_path / "out.gguf"
@@ -115,7 +116,6 @@ def test_merge_parameters_that_are_not_numbers(tmp_path, value, says):
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_an_exl2_scale_that_is_not_finite(tmp_path, bad):
     from exl2_models import save_safetensors, write_exl2_model
-
     from ferrollm.checkpoints.safetensors_io import SafetensorsFile
 
     ck = tmp_path / "exl2"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import ferrollm
 import numpy as np
 import pytest
-from ferrollm.quant.block_types import TYPES, quant_type
 from ferrollm.gguf.synthetic import n_scale_fields, random_blocks, set_scales
+from ferrollm.quant.block_types import TYPES, quant_type
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

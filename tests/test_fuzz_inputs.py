@@ -15,12 +15,11 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
+from ferrollm.checkpoints.safetensors_io import SafetensorsFile, save
 from ferrollm.merge import config as merge_config
 from ferrollm.moe import config as moe_config
-from ferrollm.checkpoints.safetensors_io import SafetensorsFile, save
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.fuzz
 
@@ -90,12 +89,20 @@ yaml_text = st.one_of(
     json_values.map(json.dumps),
     st.builds(
         lambda method, models, params: json.dumps(
-            {"merge_method": method, "base_model": models[0] if models else None,
-             "models": [{"model": m, "parameters": params} for m in models], "dtype": "float16"}
-        ),  # fmt: skip
-        st.sampled_from(["slerp", "linear", "ties", "dare_ties", "nearswap", "passthrough", "model_stock", "x"]),
+            {
+                "merge_method": method,
+                "base_model": models[0] if models else None,
+                "models": [{"model": m, "parameters": params} for m in models],
+                "dtype": "float16",
+            }
+        ),
+        st.sampled_from(
+            ["slerp", "linear", "ties", "dare_ties", "nearswap", "passthrough", "model_stock", "x"]
+        ),
         st.lists(st.text(min_size=1, max_size=6), max_size=3),
-        st.dictionaries(st.sampled_from(["t", "weight", "density", "epsilon", "lambda"]), json_values, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["t", "weight", "density", "epsilon", "lambda"]), json_values, max_size=3
+        ),
     ),
 )
 

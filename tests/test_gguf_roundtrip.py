@@ -9,8 +9,8 @@ import ferrollm
 import numpy as np
 import pytest
 from ferrollm.gguf import GGUFWriter, write_gguf
-from ferrollm.quant.block_types import quant_type
 from ferrollm.gguf.synthetic import DEMO_TYPES, random_blocks
+from ferrollm.quant.block_types import quant_type
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

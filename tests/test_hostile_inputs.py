@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ferrollm import GGUFError, Llama, _core, demo_model_path, gguf
-from ferrollm.quant import block_types
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
+from ferrollm.quant import block_types
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ferrollm import Llama
-from ferrollm.session import parse_override
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
+from ferrollm.session import parse_override
 
 mistral_common = pytest.importorskip("mistral_common")
 pytest.importorskip("sentencepiece")

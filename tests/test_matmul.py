@@ -21,8 +21,8 @@ import functools
 import numpy as np
 import pytest
 from ferrollm import _core
-from ferrollm.quant import block_types
 from ferrollm.gguf import synthetic
+from ferrollm.quant import block_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -166,4 +166,6 @@ def test_python_wrapper_accepts_vectors_and_batches():
     y = block_types.matmul(w, "Q4_K", 3, 256, x)
     assert y.shape == (3,)
     # A batch goes through the batched kernels: the same sums, rounded in another order.
-    np.testing.assert_allclose(block_types.matmul(w, "q4_k", 3, 256, np.stack([x, x]))[1], y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        block_types.matmul(w, "q4_k", 3, 256, np.stack([x, x]))[1], y, rtol=1e-5, atol=1e-5
+    )

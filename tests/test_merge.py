@@ -9,10 +9,9 @@ import os
 import subprocess
 import sys
 
+import ferrollm
 import numpy as np
 import pytest
-
-import ferrollm
 from ferrollm.checkpoints.checkpoint import GGUFCheckpoint, HFCheckpoint
 from ferrollm.merge import MergeConfigError, MergeError, merge
 from hf_models import write_model
@@ -42,7 +41,9 @@ def tensors_of(path) -> dict[str, np.ndarray]:
     return {n: ck.get(n) for n in ck.names()}
 
 
-def models_yaml(method: str, entries: list[tuple[str, dict]], base: str | None = "a", params: str = "") -> str:
+def models_yaml(
+    method: str, entries: list[tuple[str, dict]], base: str | None = "a", params: str = ""
+) -> str:
     lines = [f"merge_method: {method}", "dtype: float32"]
     if base:
         lines.append(f"base_model: ROOT/{base}")
@@ -60,7 +61,9 @@ def close(a, b):
 
 def test_linear(models, tmp_path):
     root, w = models
-    out = tensors_of(run(root, tmp_path, models_yaml("linear", [("a", {"weight": 0.3}), ("b", {"weight": 0.9})], None)))
+    out = tensors_of(
+        run(root, tmp_path, models_yaml("linear", [("a", {"weight": 0.3}), ("b", {"weight": 0.9})], None))
+    )
     for n, v in out.items():
         close(v, (0.3 * w["a"][n] + 0.9 * w["b"][n]) / 1.2)
 
@@ -172,7 +175,9 @@ def test_ties(models, tmp_path):
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
 def test_dare_is_seeded_and_drops_a_density_fraction(models, tmp_path, method):
     root, w = models
-    text = models_yaml(method, [("b", {"weight": 1.0, "density": 0.3})], params="parameters: {rescale: false}\n")
+    text = models_yaml(
+        method, [("b", {"weight": 1.0, "density": 0.3})], params="parameters: {rescale: false}\n"
+    )
     one = tensors_of(run(root, tmp_path, text, "one"))
     two = tensors_of(run(root, tmp_path, text, "two"))
     other = tensors_of(run(root, tmp_path, text + "random_seed: 7\n", "other"))
@@ -187,7 +192,9 @@ def test_dare_is_seeded_and_drops_a_density_fraction(models, tmp_path, method):
 
 def test_dare_rescales_to_the_l1_norm(models, tmp_path):
     root, w = models
-    out = tensors_of(run(root, tmp_path, models_yaml("dare_linear", [("b", {"weight": 1.0, "density": 0.5})])))
+    out = tensors_of(
+        run(root, tmp_path, models_yaml("dare_linear", [("b", {"weight": 1.0, "density": 0.5})]))
+    )
     n = "model.layers.1.self_attn.o_proj.weight"
     d, kept = w["b"][n] - w["a"][n], out[n] - w["a"][n]
     assert np.isclose(np.abs(kept).sum(), np.abs(d).sum(), rtol=1e-4)
@@ -199,7 +206,13 @@ def test_model_stock(models, tmp_path):
     for n, v in out.items():
         base = w["a"][n].ravel()
         offs = [w[m][n].ravel() - base for m in "bcd"]
-        cos = np.mean([o1 @ o2 / (np.linalg.norm(o1) * np.linalg.norm(o2)) for i, o1 in enumerate(offs) for o2 in offs[i + 1:]])
+        cos = np.mean(
+            [
+                o1 @ o2 / (np.linalg.norm(o1) * np.linalg.norm(o2))
+                for i, o1 in enumerate(offs)
+                for o2 in offs[i + 1 :]
+            ]
+        )
         t = 3 * cos / (1 + 2 * cos)
         avg = sum(w[m][n] for m in "bcd") / 3
         close(v, t * avg + (1 - t) * w["a"][n])
@@ -233,7 +246,7 @@ def test_passthrough_frankenmerge_stacks_layers(models, tmp_path):
 
 
 def test_gguf_output_is_the_converted_merge_and_runs(models, tmp_path):
-    root, w = models
+    root, _w = models
     hf = tensors_of(run(root, tmp_path, SLERP, "hf"))
     gguf_path = run(root, tmp_path, SLERP, "m.gguf", outtype="f32")
     back = tensors_of(gguf_path)  # mapped back to Hugging Face names and Q/K layout
@@ -277,7 +290,7 @@ def test_gguf_inputs_give_the_same_merge(models, tmp_path):
 
 
 def test_quantized_gguf_inputs_are_dequantized(models, tmp_path):
-    root, w = models
+    root, _w = models
     ferrollm.convert(str(root / "wide"), str(tmp_path / "w.gguf"), outtype="q8_0")
     text = models_yaml("passthrough", [(str(tmp_path / "w.gguf"), {})], None).replace("ROOT/", "")
     out = tensors_of(run(root, tmp_path, text))
@@ -303,12 +316,30 @@ def test_mixtral_merge_keeps_experts(models, tmp_path):
     [
         (models_yaml("frobnicate", [("a", {}), ("b", {})]), "unknown merge method 'frobnicate'"),
         (models_yaml("linear", [("a", {"weight": 1, "density": 0.5})], None), "has no parameter 'density'"),
-        (models_yaml("slerp", [("a", {}), ("b", {})], params="parameters: {t: 1.5}\n"), "t = 1.5 is outside [0, 1]"),
-        (models_yaml("slerp", [("a", {}), ("b", {})], params="parameters: {t: [{filter: self_atn, value: 0.5}, {value: 0.5}]}\n"),
-         "filter 'self_atn'"),
-        (models_yaml("slerp", [("a", {}), ("wide", {})], params="parameters: {t: 0.5}\n"), "different shapes"),
-        (models_yaml("linear", [("a", {"weight": 1}), ("moe", {"weight": 1})], None), "different architectures"),
-        (models_yaml("slerp", [("a", {}), ("b", {}), ("c", {})], params="parameters: {t: 0.5}\n"), "takes 2..2 models"),
+        (
+            models_yaml("slerp", [("a", {}), ("b", {})], params="parameters: {t: 1.5}\n"),
+            "t = 1.5 is outside [0, 1]",
+        ),
+        (
+            models_yaml(
+                "slerp",
+                [("a", {}), ("b", {})],
+                params="parameters: {t: [{filter: self_atn, value: 0.5}, {value: 0.5}]}\n",
+            ),
+            "filter 'self_atn'",
+        ),
+        (
+            models_yaml("slerp", [("a", {}), ("wide", {})], params="parameters: {t: 0.5}\n"),
+            "different shapes",
+        ),
+        (
+            models_yaml("linear", [("a", {"weight": 1}), ("moe", {"weight": 1})], None),
+            "different architectures",
+        ),
+        (
+            models_yaml("slerp", [("a", {}), ("b", {}), ("c", {})], params="parameters: {t: 0.5}\n"),
+            "takes 2..2 models",
+        ),
         (models_yaml("linear", [("a", {"weight": 1}), ("nonexistent", {"weight": 1})], None), "not found"),
         (models_yaml("linear", [("a", {})], None), "parameter 'weight' has no value"),
         ("merge_method: linear\nmodels: []\nsurprise: 1\n", "unknown configuration key"),
@@ -328,7 +359,8 @@ def test_missing_tensor_is_named(models, tmp_path):
     del broken["model.layers.1.mlp.up_proj.weight"]
     write_model(str(tmp_path / "broken"), tokenizer="bpe", weights=broken)
     text = models_yaml("slerp", [("a", {}), ("broken", {})], params="parameters: {t: 0.5}\n").replace(
-        "ROOT/broken", str(tmp_path / "broken"))
+        "ROOT/broken", str(tmp_path / "broken")
+    )
     with pytest.raises(MergeError, match=r"model.layers.1.mlp.up_proj.weight is missing from .*broken"):
         run(root, tmp_path, text)
 
@@ -347,7 +379,9 @@ def test_failure_leaves_no_partial_file_and_keeps_the_old_one(models, tmp_path, 
             raise KeyboardInterrupt  # as Ctrl-C in the middle of the run
         return others[0]
 
-    monkeypatch.setitem(methods.METHODS, "passthrough", methods.MergeMethod(failing, needs_base=False, max_inputs=1))
+    monkeypatch.setitem(
+        methods.METHODS, "passthrough", methods.MergeMethod(failing, needs_base=False, max_inputs=1)
+    )
     with pytest.raises(KeyboardInterrupt):
         run(root, tmp_path, models_yaml("passthrough", [("a", {})], None), "out.gguf")
     assert dst.read_bytes() == b"previous"
@@ -380,16 +414,20 @@ def test_full_disk_is_reported_and_leaves_nothing(models, tmp_path, monkeypatch)
 def test_cli_merge(models, tmp_path):
     root, w = models
     cfg = tmp_path / "m.yml"
-    cfg.write_text(models_yaml("linear", [("a", {"weight": 1.0}), ("b", {"weight": 1.0})], None).replace("ROOT", str(root)))
+    cfg.write_text(
+        models_yaml("linear", [("a", {"weight": 1.0}), ("b", {"weight": 1.0})], None).replace(
+            "ROOT", str(root)
+        )
+    )
     r = subprocess.run([sys.executable, "-m", "ferrollm", "merge", str(cfg), str(tmp_path / "o.gguf"), "--outtype", "f32"],
-                       capture_output=True, text=True)  # fmt: skip
+                       capture_output=True, text=True, check=False)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout
     out = tensors_of(tmp_path / "o.gguf")
     n = "model.layers.1.self_attn.k_proj.weight"
     close(out[n], (w["a"][n] + w["b"][n]) / 2)
     r = subprocess.run([sys.executable, "-m", "ferrollm", "merge", str(cfg).replace("m.yml", "nope.yml"), "x.gguf"],
-                       capture_output=True, text=True)  # fmt: skip
+                       capture_output=True, text=True, check=False)  # fmt: skip
     assert r.returncode == 1 and "ferrollm: error" in r.stderr
 
 
@@ -408,13 +446,21 @@ def test_peak_memory_is_about_one_tensor(tmp_path):
     """Two 8-layer models of 84 MB each (F32, largest tensor 2 MiB): a merge streams them, so
     the peak resident set grows by a few tensors, not by the models."""
     for i, name in enumerate("xy"):
-        write_model(str(tmp_path / name), seed=i, tokenizer="bpe", layers=8, hidden=512, ff=1024, heads=8, kv_heads=8)
+        write_model(
+            str(tmp_path / name), seed=i, tokenizer="bpe", layers=8, hidden=512, ff=1024, heads=8, kv_heads=8
+        )
     cfg = tmp_path / "m.yml"
-    cfg.write_text(models_yaml("slerp", [("x", {}), ("y", {})], "x", "parameters: {t: 0.3}\n").replace("ROOT", str(tmp_path)))
+    cfg.write_text(
+        models_yaml("slerp", [("x", {}), ("y", {})], "x", "parameters: {t: 0.3}\n").replace(
+            "ROOT", str(tmp_path)
+        )
+    )
     for out, outtype in (("o.gguf", "q8_0"), ("o_hf", "bf16")):
         r = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(cfg), str(tmp_path / out), outtype],
-                           capture_output=True, text=True, env=dict(os.environ))  # fmt: skip
+                           capture_output=True, text=True, env=dict(os.environ), check=False)  # fmt: skip
         assert r.returncode == 0, r.stderr
         grew = int(r.stdout.split()[-1])
         model_bytes = 2 * 84 * 2**20
-        assert grew < 40 * 2**20, f"peak RSS grew by {grew / 2**20:.1f} MiB merging {model_bytes / 2**20:.0f} MiB"
+        assert grew < 40 * 2**20, (
+            f"peak RSS grew by {grew / 2**20:.1f} MiB merging {model_bytes / 2**20:.0f} MiB"
+        )

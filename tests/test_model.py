@@ -212,8 +212,10 @@ def test_missing_tensor(tmp_path):
 
 def test_shape_mismatch(tmp_path):
     # The message names the tensor and the metadata keys its expected shape comes from.
-    expected = (r"'blk.0.ffn_up.weight' has shape \[64, 32\], but the metadata says \[64, 64\] "
-                r"\(llama.embedding_length = 64, llama.feed_forward_length = 64\)")
+    expected = (
+        r"'blk.0.ffn_up.weight' has shape \[64, 32\], but the metadata says \[64, 64\] "
+        r"\(llama.embedding_length = 64, llama.feed_forward_length = 64\)"
+    )
     with pytest.raises(ValueError, match=expected):
         _core.Model(_write_variant(tmp_path, reshape="blk.0.ffn_up.weight"))
 

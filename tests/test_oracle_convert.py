@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 
+import ferrollm
 import numpy as np
 import pytest
-
-import ferrollm
 from hf_models import mistral_tokenizer_model, write_model
 from oracle import LLAMA_CPP, ORACLE_PY, run_oracle
 
@@ -29,18 +28,20 @@ def assert_same_gguf(ours, theirs):
     assert a.metadata_types == b.metadata_types
     for key, value in b.metadata.items():
         assert a.metadata[key] == value, key
-    assert sorted((t.name, t.shape, t.type) for t in a.tensors) == sorted((t.name, t.shape, t.type) for t in b.tensors)
+    assert sorted((t.name, t.shape, t.type) for t in a.tensors) == sorted(
+        (t.name, t.shape, t.type) for t in b.tensors
+    )
     for t in b.tensors:
         assert np.array_equal(a.tensor_bytes(t.name), b.tensor_bytes(t.name)), t.name
 
 
 CASES = [
-    ("llama-tiny", dict(arch="llama", dtype="F32"), "f16"),
-    ("llama-tiny", dict(arch="llama", dtype="F16"), "f32"),
-    ("mistral-tiny", dict(arch="mistral", dtype="BF16", shards=3), "bf16"),
-    ("mistral-tiny", dict(arch="mistral", dtype="BF16", shards=2), "q8_0"),
-    ("mixtral-tiny", dict(arch="mixtral", dtype="F16"), "f16"),
-    ("mixtral-tiny", dict(arch="mixtral", dtype="BF16"), "q8_0"),
+    ("llama-tiny", {"arch": "llama", "dtype": "F32"}, "f16"),
+    ("llama-tiny", {"arch": "llama", "dtype": "F16"}, "f32"),
+    ("mistral-tiny", {"arch": "mistral", "dtype": "BF16", "shards": 3}, "bf16"),
+    ("mistral-tiny", {"arch": "mistral", "dtype": "BF16", "shards": 2}, "q8_0"),
+    ("mixtral-tiny", {"arch": "mixtral", "dtype": "F16"}, "f16"),
+    ("mixtral-tiny", {"arch": "mixtral", "dtype": "BF16"}, "q8_0"),
 ]
 
 
@@ -48,7 +49,14 @@ CASES = [
 def test_convert_matches_llama_cpp(tmp_path, name, spec, outtype):
     if mistral_tokenizer_model() is None:
         pytest.skip("mistral-common not installed")
-    write_model(str(tmp_path / name), seed=len(tmp_path.name), tokenizer="sentencepiece", vocab=32000, hidden=64, **spec)
+    write_model(
+        str(tmp_path / name),
+        seed=len(tmp_path.name),
+        tokenizer="sentencepiece",
+        vocab=32000,
+        hidden=64,
+        **spec,
+    )
     llama_cpp_convert(tmp_path / name, tmp_path / "theirs.gguf", outtype)
     ferrollm.convert(str(tmp_path / name), str(tmp_path / "ours.gguf"), outtype)
     assert_same_gguf(tmp_path / "ours.gguf", tmp_path / "theirs.gguf")

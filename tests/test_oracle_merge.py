@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from ferrollm.checkpoints.checkpoint import HFCheckpoint
 from ferrollm.merge import merge
 from hf_models import write_model
@@ -36,7 +35,9 @@ def both(root, tmp_path, text: str, name: str = "case", cwd=None):
     cfg = tmp_path / f"{name}.yml"
     cfg.write_text(text.replace("ROOT", str(root)))
     merge(str(cfg), str(tmp_path / f"{name}-ours"))
-    run_oracle([oracle_tool("mergekit-yaml"), str(cfg), str(tmp_path / f"{name}-mergekit"), "--quiet"], cwd=cwd)
+    run_oracle(
+        [oracle_tool("mergekit-yaml"), str(cfg), str(tmp_path / f"{name}-mergekit"), "--quiet"], cwd=cwd
+    )
     return tensors(tmp_path / f"{name}-ours"), tensors(tmp_path / f"{name}-mergekit")
 
 
@@ -47,7 +48,11 @@ def assert_same(ours, theirs, rtol=2e-5, atol=2e-6):
 
 
 def models_yaml(method, entries, base="a", params=""):
-    lines = [f"merge_method: {method}", "dtype: float32"] + ([f"base_model: ROOT/{base}"] if base else []) + ["models:"]
+    lines = (
+        [f"merge_method: {method}", "dtype: float32"]
+        + ([f"base_model: ROOT/{base}"] if base else [])
+        + ["models:"]
+    )
     for name, p in entries:
         lines.append(f"  - model: ROOT/{name}")
         if p:
@@ -56,7 +61,9 @@ def models_yaml(method, entries, base="a", params=""):
 
 
 CASES = {
-    "linear": models_yaml("linear", [("a", {"weight": 0.3}), ("b", {"weight": 0.9}), ("c", {"weight": 0.2})], None),
+    "linear": models_yaml(
+        "linear", [("a", {"weight": 0.3}), ("b", {"weight": 0.9}), ("c", {"weight": 0.2})], None
+    ),
     "slerp": """
 slices:
   - sources:
@@ -72,12 +79,22 @@ parameters:
 dtype: float32
 """,
     "nearswap": models_yaml("nearswap", [("a", {}), ("b", {})], params="parameters: {t: 0.02}\n"),
-    "task_arithmetic": models_yaml("task_arithmetic", [("b", {"weight": 0.5}), ("c", {"weight": 0.25})],
-                                   params="parameters: {lambda: 1.5}\n"),  # fmt: skip
-    "ties": models_yaml("ties", [("b", {"weight": 1.0, "density": 0.5}), ("c", {"weight": 0.5, "density": 0.7})]),
-    "ties_unnormalized": models_yaml("ties", [("b", {"weight": 0.8, "density": 0.4}), ("c", {"weight": 0.5, "density": 0.6})],
-                                     params="parameters: {normalize: false}\n"),  # fmt: skip
-    "dare_ties_dense": models_yaml("dare_ties", [("b", {"weight": 1.0, "density": 1.0}), ("c", {"weight": 0.5})]),
+    "task_arithmetic": models_yaml(
+        "task_arithmetic",
+        [("b", {"weight": 0.5}), ("c", {"weight": 0.25})],
+        params="parameters: {lambda: 1.5}\n",
+    ),
+    "ties": models_yaml(
+        "ties", [("b", {"weight": 1.0, "density": 0.5}), ("c", {"weight": 0.5, "density": 0.7})]
+    ),
+    "ties_unnormalized": models_yaml(
+        "ties",
+        [("b", {"weight": 0.8, "density": 0.4}), ("c", {"weight": 0.5, "density": 0.6})],
+        params="parameters: {normalize: false}\n",
+    ),
+    "dare_ties_dense": models_yaml(
+        "dare_ties", [("b", {"weight": 1.0, "density": 1.0}), ("c", {"weight": 0.5})]
+    ),
     "dare_linear_dense": models_yaml("dare_linear", [("b", {"weight": 0.6}), ("c", {"weight": 0.4})]),
     "model_stock": models_yaml("model_stock", [("b", {}), ("c", {}), ("d", {})]),
     "passthrough": """
@@ -100,7 +117,9 @@ def test_method_matches_mergekit(root, tmp_path, case):
 def test_dare_drops_like_mergekit(root, tmp_path, method):
     """Random masks cannot be equal across two RNGs: each keeps about the density, and where
     both keep an entry (no rescaling) the merged values agree."""
-    text = models_yaml(method, [("b", {"weight": 1.0, "density": 0.4})], params="parameters: {rescale: false}\n")
+    text = models_yaml(
+        method, [("b", {"weight": 1.0, "density": 0.4})], params="parameters: {rescale: false}\n"
+    )
     ours, theirs = both(root, tmp_path, text, method)
     base = tensors(root / "a")
     for n in ("model.layers.0.mlp.up_proj.weight", "model.embed_tokens.weight"):
@@ -153,18 +172,24 @@ def test_seed_004_pearl_slerp_exactly_as_written(tmp_path):
                     hidden=32, ff=64, heads=4, kv_heads=2, vocab=300)  # fmt: skip
     (tmp_path / "pearl.yml").write_text(PEARL)
     merge(str(tmp_path / "pearl.yml"), str(tmp_path / "ours"))
-    run_oracle([oracle_tool("mergekit-yaml"), "pearl.yml", "theirs", "--quiet", "--no-write-model-card"],
-               cwd=str(tmp_path))  # the card would look the model names up online
+    run_oracle(
+        [oracle_tool("mergekit-yaml"), "pearl.yml", "theirs", "--quiet", "--no-write-model-card"],
+        cwd=str(tmp_path),
+    )  # the card would look the model names up online
     ours, theirs = tensors(tmp_path / "ours"), tensors(tmp_path / "theirs")
     a, b = (tensors(tmp_path / name) for name in ("mlabonne/OmniBeagle-7B", "WizardLM/WizardMath-7B-V1.1"))
-    assert set(ours) == set(theirs) and HFCheckpoint(tmp_path / "ours").stored_dtype("lm_head.weight") == "BF16"
+    assert (
+        set(ours) == set(theirs) and HFCheckpoint(tmp_path / "ours").stored_dtype("lm_head.weight") == "BF16"
+    )
     differ = 0
     for n in ours:
         # Both round a float32 result to bfloat16. Where the float32 results differ by their
         # rounding (relative to the inputs, so large where the two inputs cancel) next to a
         # halfway point, they round to neighbouring bfloat16 values.
         diff = np.abs(ours[n] - theirs[n])
-        bound = np.maximum(np.abs(ours[n]), np.abs(theirs[n])) * 2.0**-7 + 1e-6 * (np.abs(a[n]) + np.abs(b[n]))
+        bound = np.maximum(np.abs(ours[n]), np.abs(theirs[n])) * 2.0**-7 + 1e-6 * (
+            np.abs(a[n]) + np.abs(b[n])
+        )
         assert np.all(diff <= bound), n
         differ += int(np.count_nonzero(diff))
     assert differ < 1e-3 * sum(v.size for v in ours.values())

@@ -8,13 +8,12 @@ python -m pytest -m oracle tests/test_oracle_moe.py"""
 
 from __future__ import annotations
 
+import ferrollm
 import numpy as np
 import pytest
-
-import ferrollm
 from ferrollm.checkpoints.checkpoint import GGUFCheckpoint, HFCheckpoint
-from ferrollm.moe import moe
 from ferrollm.checkpoints.safetensors_io import bf16_to_f32, f32_to_bf16
+from ferrollm.moe import moe
 from hf_models import mistral_tokenizer_model, write_model
 from oracle import oracle_tool, run_oracle
 
@@ -40,7 +39,13 @@ def root(tmp_path_factory):
 
 
 def moe_yaml(mode: str, prefix: str = "", dtype: str = "float32", experts: str = "bcd") -> str:
-    lines = [f"base_model: ROOT/{prefix}a", f"gate_mode: {mode}", f"dtype: {dtype}", "experts_per_token: 2", "experts:"]
+    lines = [
+        f"base_model: ROOT/{prefix}a",
+        f"gate_mode: {mode}",
+        f"dtype: {dtype}",
+        "experts_per_token: 2",
+        "experts:",
+    ]
     for name in experts:
         pos, neg = EXPERTS[name]
         lines += [f"  - source_model: ROOT/{prefix}{name}", f"    positive_prompts: {pos}"]
@@ -101,7 +106,9 @@ def test_bfloat16_output(root, tmp_path):
     ours, theirs, _ = both(root, tmp_path, moe_yaml("cheap_embed", dtype="bfloat16"), outtype="bf16")
     norms = [n for n, v in ours.items() if v.ndim == 1]  # F32 in GGUF, as llama.cpp's converter keeps them
     assert norms and all(not np.array_equal(ours[n], theirs[n]) for n in norms)
-    assert_same_experts_and_base({n: bf16_to_f32(f32_to_bf16(v)) if v.ndim == 1 else v for n, v in ours.items()}, theirs)
+    assert_same_experts_and_base(
+        {n: bf16_to_f32(f32_to_bf16(v)) if v.ndim == 1 else v for n, v in ours.items()}, theirs
+    )
     for n, v in routers(ours).items():
         np.testing.assert_allclose(v, theirs[n], rtol=2**-8, atol=1e-6, err_msg=n)
 

@@ -10,9 +10,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 import ferrollm
+import pytest
 from hf_models import write_model
 
 
@@ -24,7 +23,9 @@ def digest(path) -> str:
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "ferrollm", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "ferrollm", *map(str, args)], capture_output=True, text=True, check=False
+    )
 
 
 @pytest.fixture(scope="module")

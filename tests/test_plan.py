@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ferrollm import _core, cli, gguf
-from ferrollm.quant import block_types
 from ferrollm.gguf import GGUFWriter
 from ferrollm.gguf.plan import FIXED_OVERHEAD_BYTES, plan
 from ferrollm.gguf.synthetic import random_blocks
 from ferrollm.gguf.synthetic_model import SHAPES, quantizer_head_types, shape_spec, write_model
+from ferrollm.quant import block_types
 from model_helpers import model_file
 
 SPEC = {"n_vocab": 320, "n_embd": 128, "n_ff": 256, "n_head": 4, "n_head_kv": 2, "n_expert": 4,

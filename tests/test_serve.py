@@ -82,7 +82,9 @@ STABLE = ["import numpy as np\n", "class Stack:", "# Sort a list\n", "def parse(
 
 
 def complete(client: openai.OpenAI, prompt: str, n: int = 24, **kw) -> str:
-    r = client.completions.create(model="demo", prompt=prompt, max_tokens=n, temperature=0, logit_bias=NO_EOS, **kw)
+    r = client.completions.create(
+        model="demo", prompt=prompt, max_tokens=n, temperature=0, logit_bias=NO_EOS, **kw
+    )
     return r.choices[0].text
 
 
@@ -112,7 +114,9 @@ def test_chat_and_completion_with_the_openai_client(server):
     # Completions: streamed and not, the same greedy text; usage counts the max_tokens.
     text = complete(client, PROMPTS[0])
     assert stream_text(client, PROMPTS[0]) == text and text
-    r = client.completions.create(model="demo", prompt=PROMPTS[0], max_tokens=24, temperature=0, logit_bias=NO_EOS)
+    r = client.completions.create(
+        model="demo", prompt=PROMPTS[0], max_tokens=24, temperature=0, logit_bias=NO_EOS
+    )
     assert r.usage.completion_tokens == 24 and r.choices[0].finish_reason == "length"
 
 
@@ -124,7 +128,14 @@ def test_completion_equals_llama_api_and_echo_n_logprobs(server):
     client = server.client()
     assert complete(client, PROMPTS[1]) == want["choices"][0]["text"]
     r = client.completions.create(
-        model="demo", prompt=PROMPTS[1], max_tokens=5, temperature=0, logit_bias=NO_EOS, echo=True, logprobs=3, n=2
+        model="demo",
+        prompt=PROMPTS[1],
+        max_tokens=5,
+        temperature=0,
+        logit_bias=NO_EOS,
+        echo=True,
+        logprobs=3,
+        n=2,
     )
     assert [c.index for c in r.choices] == [0, 1]
     for c in r.choices:
@@ -136,7 +147,11 @@ def test_completion_equals_llama_api_and_echo_n_logprobs(server):
         assert all(abs(max(t.values()) - x) < 1e-6 for t, x in zip(lp.top_logprobs, lp.token_logprobs))
         assert lp.text_offset[0] == len(PROMPTS[1])
     chat = client.chat.completions.create(
-        model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=4, logprobs=True, top_logprobs=2
+        model="demo",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=2,
     )
     content = chat.choices[0].logprobs.content
     assert len(content) == chat.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in content)
@@ -148,7 +163,9 @@ def test_concurrent_streams_each_equal_the_request_alone(server):
     with concurrent.futures.ThreadPoolExecutor(len(STABLE) * 2) as pool:
         together = list(pool.map(lambda p: stream_text(client, p, 48), STABLE * 2))
     assert together == alone * 2
-    assert server.metric("ferrollm_prompt_tokens_cached_total") > 0  # repeated prompts reused their slot's cache
+    assert (
+        server.metric("ferrollm_prompt_tokens_cached_total") > 0
+    )  # repeated prompts reused their slot's cache
     server.wait_idle()
 
 
@@ -256,7 +273,9 @@ def test_bad_chat_requests_and_unknown_routes(server):
         r = server.post("/v1/chat/completions", body)
         assert r.status_code == 400 and r.json()["error"]["param"], r.text
     with pytest.raises(openai.BadRequestError):
-        server.client().chat.completions.create(model="demo", messages=[{"role": "user", "content": "x"}], n=99)
+        server.client().chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "x"}], n=99
+        )
     assert httpx.get(f"{server.url}/v2/nothing").status_code == 404
     assert httpx.get(f"{server.url}/v1/completions").status_code == 405
     assert server.health()["status"] == "ok"
@@ -320,7 +339,6 @@ class InProcess(Server):
         import threading
 
         import uvicorn
-
         from ferrollm.serve import ServerConfig, create_app
 
         with socket.socket() as s:
@@ -387,7 +405,13 @@ def test_api_key_queue_limit_and_time_limit():
 def test_sigterm_drains_accepted_requests():
     s = Server("-np", "2")
     try:
-        body = {"prompt": PROMPTS[3], "max_tokens": 200, "temperature": 0, "logit_bias": NO_EOS, "stream": True}
+        body = {
+            "prompt": PROMPTS[3],
+            "max_tokens": 200,
+            "temperature": 0,
+            "logit_bias": NO_EOS,
+            "stream": True,
+        }
         with httpx.stream("POST", f"{s.url}/v1/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             first = next(lines)
@@ -407,7 +431,13 @@ def test_shutdown_finishes_a_stream_the_engine_has_not_even_started():
     s = InProcess(n_slots=1)
     try:
         s.gate.clear()
-        body = {"prompt": PROMPTS[3], "max_tokens": 100, "temperature": 0, "logit_bias": NO_EOS, "stream": True}
+        body = {
+            "prompt": PROMPTS[3],
+            "max_tokens": 100,
+            "temperature": 0,
+            "logit_bias": NO_EOS,
+            "stream": True,
+        }
         with httpx.stream("POST", f"{s.url}/v1/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             while s.app.state.ferrollm.engine.busy < 1:
@@ -427,10 +457,9 @@ def test_shutdown_finishes_a_stream_the_engine_has_not_even_started():
 
 
 def test_health_is_503_until_the_model_is_loaded():
-    from starlette.testclient import TestClient
-
     from ferrollm.serve import ServerConfig, create_app
     from ferrollm.serve.app import State
+    from starlette.testclient import TestClient
 
     loaded = []
     original = State.load

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from ferrollm import Llama, demo_model_path
 from ferrollm.generate import speculative
-from ferrollm.llama_speculative import GGUFDraftModel, LlamaDraftModel, LlamaPromptLookupDecoding
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
+from ferrollm.llama_speculative import GGUFDraftModel, LlamaDraftModel, LlamaPromptLookupDecoding
 from hypothesis import given
 from hypothesis import strategies as st
 from model_helpers import CountingEngine

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 from ferrollm import Llama, demo_model_path
-from ferrollm.llama_cache import LlamaCache, LlamaDiskCache, LlamaRAMCache
 from ferrollm.generate.saved_state import LlamaState
+from ferrollm.llama_cache import LlamaCache, LlamaDiskCache, LlamaRAMCache
 from model_helpers import CountingEngine
 
 PROMPT = "def fibonacci(n):"

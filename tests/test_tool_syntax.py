@@ -17,9 +17,9 @@ import jsonschema
 import numpy as np
 import pytest
 from ferrollm import Llama, LogitsProcessorList, demo_model_path, gguf
-from ferrollm.text.tokenizer import CONTROL, Tokenizer
 from ferrollm.generate.tool_syntax import DEFAULT, HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, detect
 from ferrollm.generate.tools import ToolCalling
+from ferrollm.text.tokenizer import CONTROL, Tokenizer
 from test_chat_templates import needs_sdist, source
 from test_tools import MESSAGES, NAMED, TOOLS, WEATHER
 

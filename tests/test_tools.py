@@ -11,8 +11,8 @@ import jsonschema
 import numpy as np
 import pytest
 from ferrollm import Llama, LogitsProcessorList, demo_model_path
-from ferrollm.text.chat import JinjaTemplate
 from ferrollm.generate.tools import OPEN, ToolCalling, ToolError
+from ferrollm.text.chat import JinjaTemplate
 
 WEATHER = {
     "type": "object",

@@ -85,7 +85,7 @@ def test_sampling_parameters_of_the_wrong_type_name_themselves(llm, kw, name):
 @pytest.mark.parametrize("args", [["run", "-c", "-1", "-p", "x"], ["run", "-t", "-3", "-p", "x"],
                                   ["quantize", "a.gguf", "b.gguf", "Q4_0", "-t", "-3"]])  # fmt: skip
 def test_the_cli_names_a_negative_option(args):
-    r = subprocess.run([sys.executable, "-m", "ferrollm", *args], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "ferrollm", *args], capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "must be" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -93,17 +93,25 @@ def test_cli_inputs_that_are_not_what_they_should_be(tmp_path):
     binary = tmp_path / "data.bin"
     binary.write_bytes(bytes(range(256)) * 4)
     r = subprocess.run([sys.executable, "-m", "ferrollm", "perplexity", "-f", str(binary)], capture_output=True,
-                       text=True)  # fmt: skip
-    assert r.returncode == 1 and f"{binary}: not UTF-8 text" in r.stderr and "Traceback" not in r.stderr, r.stderr
+                       text=True, check=False)  # fmt: skip
+    assert r.returncode == 1 and f"{binary}: not UTF-8 text" in r.stderr and "Traceback" not in r.stderr, (
+        r.stderr
+    )
     r = subprocess.run([sys.executable, "-m", "ferrollm", "quantize", demo_model_path(), str(tmp_path / "o.gguf"),
-                        "--target-bpw", "nan"], capture_output=True, text=True)  # fmt: skip
+                        "--target-bpw", "nan"], capture_output=True, text=True, check=False)  # fmt: skip
     assert r.returncode == 1 and "--target-bpw nan: give bits per weight above 0" in r.stderr, r.stderr
 
 
 def test_debug_shows_the_traceback_that_is_otherwise_one_line(tmp_path):
     missing = str(tmp_path / "missing.gguf")
-    plain = subprocess.run([sys.executable, "-m", "ferrollm", "info", missing], capture_output=True, text=True)
-    assert plain.returncode == 1 and "Traceback" not in plain.stderr and len(plain.stderr.strip().splitlines()) == 1
+    plain = subprocess.run(
+        [sys.executable, "-m", "ferrollm", "info", missing], capture_output=True, text=True, check=False
+    )
+    assert (
+        plain.returncode == 1
+        and "Traceback" not in plain.stderr
+        and len(plain.stderr.strip().splitlines()) == 1
+    )
     debug = subprocess.run([sys.executable, "-m", "ferrollm", "--debug", "info", missing], capture_output=True,
-                           text=True)  # fmt: skip
+                           text=True, check=False)  # fmt: skip
     assert debug.returncode != 0 and "Traceback" in debug.stderr, debug.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from ferrollm.gguf import GGUFWriter
-from ferrollm.quant.writer import FILE_TYPE_IDS, keeps_f32, quantize_tensor
 from ferrollm.gguf.synthetic_model import METADATA_TYPES, ModelSpec, add_llama_hparams
+from ferrollm.quant.writer import FILE_TYPE_IDS, keeps_f32, quantize_tensor
 from ferrollm.text.tokenizer import sentencepiece_metadata
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -133,7 +133,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def private_reaches(known: dict[str, Path]) -> list[str]:
     """``obj._name`` on a receiver other than self/cls, and ``from ferrollm.x import _name``."""
     found = []
-    for mod, path in known.items():
+    for path in known.values():
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):

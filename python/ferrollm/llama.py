@@ -14,12 +14,10 @@ released); this layer tokenizes, samples, stops and streams.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import numbers
 import os
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,22 +27,28 @@ import numpy as np
 from typing_extensions import Self
 
 from ferrollm import _core, gguf, llama_cache
-from ferrollm.generate import saved_state, speculative, tool_syntax
 from ferrollm.checkpoints import hub
 from ferrollm.generate import embedding as embeddings
-from ferrollm.text.chat import ChatPrompt, ChatTemplateError, chat_formatter, render
+from ferrollm.generate import saved_state, speculative, tool_syntax
 from ferrollm.generate.decoding import LogitsProcessorList, StoppingCriteriaList, TokenChooser
 from ferrollm.generate.embedding import LLAMA_POOLING_TYPE_UNSPECIFIED
 from ferrollm.generate.grammar import LlamaGrammar, response_format_grammar
+from ferrollm.generate.logprobs import (
+    TokenLogprob,
+    chat_shape,
+    completion_shape,
+    prompt_logprobs,
+    token_logprob,
+)
+from ferrollm.generate.sampler import Sampler, SamplingParams
+from ferrollm.generate.saved_state import LlamaState
+from ferrollm.generate.tools import LazyToolGrammar, ToolCalling
 from ferrollm.llama_cache import BaseLlamaCache
 from ferrollm.llama_speculative import LlamaDraftModel
-from ferrollm.generate.saved_state import LlamaState
-from ferrollm.generate.logprobs import TokenLogprob, chat_shape, completion_shape, prompt_logprobs, token_logprob
-from ferrollm.generate.sampler import Sampler, SamplingParams
 from ferrollm.session import Session, context_error, open_engine
+from ferrollm.text.chat import ChatPrompt, ChatTemplateError, chat_formatter, render
 from ferrollm.text.textstream import Completion
 from ferrollm.text.tokenizer import Tokenizer
-from ferrollm.generate.tools import LazyToolGrammar, ToolCalling
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
@@ -57,6 +61,7 @@ IGNORED_PARAMS = {
     "flash_attn", "last_n_tokens_size", "lora_base", "lora_scale", "lora_path", "numa", "chat_handler",
     "tokenizer", "spm_infill", "no_perf", "op_offload", "swa_full", "mul_mat_q",
 }  # fmt: skip
+
 
 class Piece(NamedTuple):
     """A piece of generated text; the last of a generation carries ``finish``."""
@@ -108,7 +113,9 @@ class Llama:
         if n_threads == -1:  # llama.cpp's "default"
             n_threads = None
         if n_threads is not None and (not isinstance(n_threads, numbers.Integral) or n_threads < 1):
-            raise ValueError(f"n_threads must be 1 or more (None or -1: one per physical core), got {n_threads!r}")
+            raise ValueError(
+                f"n_threads must be 1 or more (None or -1: one per physical core), got {n_threads!r}"
+            )
         t0 = time.perf_counter()
         self.model_path = os.fspath(model_path)
         self.verbose = verbose
@@ -619,7 +626,11 @@ class Llama:
         return embeddings.pooling_type(self._pooling_request, self.metadata)
 
     def embed(
-        self, input: str | list[str], normalize: bool = False, truncate: bool = True, return_count: bool = False
+        self,
+        input: str | list[str],
+        normalize: bool = False,
+        truncate: bool = True,
+        return_count: bool = False,
     ) -> Any:
         """Embeddings of a text (or of each text in a list): one vector, or one per token with
         pooling type 0 (none); with ``return_count``, (embeddings, total tokens)."""
@@ -652,7 +663,9 @@ class Llama:
     ) -> Llama:
         """A GGUF from a Hugging Face repository (``filename`` may be a glob), the local copy
         first; needs huggingface_hub."""
-        path = hub.resolve(repo_id, filename, additional_files, local_dir, cache_dir, kwargs.pop("revision", None))
+        path = hub.resolve(
+            repo_id, filename, additional_files, local_dir, cache_dir, kwargs.pop("revision", None)
+        )
         return cls(model_path=path, **kwargs)
 
     def close(self) -> None:

@@ -33,7 +33,9 @@ def kv_type(value: int | str | None) -> str:
     return str(value).upper()
 
 
-def override_triples(kv_overrides: Mapping[str, bool | int | float | str] | None) -> list[tuple[str, str, Any]]:
+def override_triples(
+    kv_overrides: Mapping[str, bool | int | float | str] | None,
+) -> list[tuple[str, str, Any]]:
     out = []
     for key, value in (kv_overrides or {}).items():
         kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(value))

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from ferrollm.checkpoints import llama_layout
-from ferrollm.quant import block_types
-from ferrollm.gguf import GGUFFile
 from ferrollm.checkpoints.safetensors_io import SafetensorsFile
+from ferrollm.gguf import GGUFFile
+from ferrollm.quant import block_types
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM")
 _FUSED = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
@@ -82,7 +82,9 @@ def read_config(path: str, kind: str) -> dict:
         raise CheckpointError(f"{cfg_path}: a JSON object is expected, not {type(config).__name__}")
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: architecture {arch} is not supported (only {', '.join(ARCHITECTURES)})")
+        raise CheckpointError(
+            f"{path}: architecture {arch} is not supported (only {', '.join(ARCHITECTURES)})"
+        )
     for key in REQUIRED_CONFIG:
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -98,7 +100,9 @@ class HFCheckpoint(_Indexed):
         self.config = read_config(self.path, "a Hugging Face model")
         files = sorted(glob.glob(os.path.join(self.path, "*.safetensors")))
         if not files:
-            raise CheckpointError(f"{self.path}: no .safetensors files (PyTorch .bin checkpoints are not read)")
+            raise CheckpointError(
+                f"{self.path}: no .safetensors files (PyTorch .bin checkpoints are not read)"
+            )
         self._files = [SafetensorsFile(p) for p in files]
         self._where: dict[str, tuple[SafetensorsFile, str, tuple]] = {}  # name -> (file, stored name, part)
         for f in self._files:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ferrollm.text import hf_vocab
 from ferrollm.atomic import check_output
 from ferrollm.checkpoints.checkpoint import CheckpointError, HFCheckpoint
 from ferrollm.checkpoints.exl2 import EXL2Checkpoint, quant_method
 from ferrollm.checkpoints.export import Progress, gguf_tensors, write_gguf_model
+from ferrollm.text import hf_vocab
 
 
 def _find(config: dict, *keys):
@@ -63,7 +63,10 @@ def llama_metadata(config: dict, model_dir: str | None, name: str | None = None,
                    size: str | None = None) -> list[tuple[str, str | None, Any]]:  # fmt: skip
     """(key, GGUF type, value) for a llama-family model described by a Hugging Face config,
     with the tokenizer of ``model_dir``."""
-    md: list[tuple[str, str | None, Any]] = [("general.architecture", "str", "llama"), ("general.type", "str", "model")]
+    md: list[tuple[str, str | None, Any]] = [
+        ("general.architecture", "str", "llama"),
+        ("general.type", "str", "model"),
+    ]
     if name:
         md.append(("general.name", "str", name))
     if size:
@@ -79,7 +82,10 @@ def llama_metadata(config: dict, model_dir: str | None, name: str | None = None,
         md.append(("llama.attention.head_count_kv", "u32", int(config["num_key_value_heads"])))
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if (rope.get("rope_type") or rope.get("type")) == "linear" and rope.get("factor") is not None:
-        md += [("llama.rope.scaling.type", "str", "linear"), ("llama.rope.scaling.factor", "f32", float(rope["factor"]))]
+        md += [
+            ("llama.rope.scaling.type", "str", "linear"),
+            ("llama.rope.scaling.factor", "f32", float(rope["factor"])),
+        ]
     theta = rope.get("rope_theta", config.get("rope_theta"))
     if theta is not None:
         md.append(("llama.rope.freq_base", "f32", float(theta)))
@@ -88,7 +94,10 @@ def llama_metadata(config: dict, model_dir: str | None, name: str | None = None,
     head_dim = config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"])
     if config.get("head_dim") or not config.get("num_local_experts"):
         # transformers' Llama and Mistral configs always carry head_dim; Mixtral's only if given
-        md += [("llama.attention.key_length", "u32", int(head_dim)), ("llama.attention.value_length", "u32", int(head_dim))]
+        md += [
+            ("llama.attention.key_length", "u32", int(head_dim)),
+            ("llama.attention.value_length", "u32", int(head_dim)),
+        ]
     if config.get("num_local_experts"):
         md += [("llama.expert_count", "u32", int(config["num_local_experts"])),
                ("llama.expert_used_count", "u32", int(config["num_experts_per_tok"]))]  # fmt: skip
@@ -169,7 +178,9 @@ def convert_to_target(model_dir: str | os.PathLike, out: str | os.PathLike, targ
     out = os.path.abspath(os.fspath(out))
     if os.path.isdir(out):
         raise IsADirectoryError(f"output {out} is a directory")
-    fd, lossless = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".f16.gguf", dir=os.path.dirname(out))
+    fd, lossless = tempfile.mkstemp(
+        prefix=f".{os.path.basename(out)}.", suffix=".f16.gguf", dir=os.path.dirname(out)
+    )
     os.close(fd)
     try:
         convert(model_dir, lossless, "auto", threads=options.get("threads"))

@@ -19,15 +19,15 @@ from collections.abc import Callable
 import numpy as np
 
 from ferrollm import _core
-from ferrollm.checkpoints import llama_layout
 from ferrollm.atomic import AtomicDir
+from ferrollm.checkpoints import llama_layout
 from ferrollm.checkpoints.checkpoint import n_heads
+from ferrollm.checkpoints.safetensors_io import f32_to_bf16, write_stream
 from ferrollm.gguf import open as open_gguf
 from ferrollm.gguf.stream import PlannedTensor, write_gguf_stream
 from ferrollm.quant.imatrix import Imatrix
 from ferrollm.quant.mixes import MIXES, ModelShape, fallback_type, mix_name, needs_imatrix, tensor_type
 from ferrollm.quant.writer import WRITABLE_TYPES, keeps_f32, quantize_tensor
-from ferrollm.checkpoints.safetensors_io import f32_to_bf16, write_stream
 from ferrollm.text.tokenizer import Tokenizer
 
 Progress = Callable[[int, int, str], None]
@@ -97,7 +97,9 @@ def plan_types(names_shapes: list[tuple[str, tuple]], config: dict, outtype: str
         t = key if pure else tensor_type(mix, name, shape, has_imatrix)
         types[name] = fallback_type(t, s[-1])
         if not has_imatrix and needs_imatrix(mix, name, types[name]):
-            raise ValueError(f"{outtype} needs an importance matrix for {name} ({types[name]}; --imatrix FILE)")
+            raise ValueError(
+                f"{outtype} needs an importance matrix for {name} ({types[name]}; --imatrix FILE)"
+            )
     return types, MIXES.get(mix, (0,))[0]
 
 
@@ -115,7 +117,9 @@ def write_gguf_model(path, source, metadata: list[tuple[str, str | None, object]
     if isinstance(imatrix, (str, os.PathLike)):
         imatrix = Imatrix.load(imatrix)
     tensors = gguf_tensors(source)
-    types, file_type = plan_types([(n, s) for n, s, _ in tensors], source.config, outtype, imatrix is not None)
+    types, file_type = plan_types(
+        [(n, s) for n, s, _ in tensors], source.config, outtype, imatrix is not None
+    )
     metadata = [m for m in metadata if m[0] != "general.file_type"]
     at = next((i for i, m in enumerate(metadata) if not m[0].startswith("general.")), len(metadata))
     metadata.insert(at, ("general.file_type", "u32", file_type))

@@ -83,7 +83,7 @@ class SafetensorsFile:
                 raise ValueError(f"{self.path}: the header is not valid JSON ({e})") from None
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else None
         if not isinstance(header, dict):
-            raise ValueError(f"{self.path}: the header is not a JSON object")
+            raise ValueError(f"{self.path}: the header is not a JSON object")  # noqa: TRY004 - bad file content
         metadata = header.pop("__metadata__", None)
         if metadata is not None and not isinstance(metadata, dict):
             raise ValueError(f"{self.path}: __metadata__ is not a JSON object")

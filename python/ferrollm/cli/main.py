@@ -27,17 +27,17 @@ from collections import Counter
 
 from ferrollm import GGUFError, __version__, gguf, hardware
 from ferrollm.cli import interactive
-from ferrollm.gguf import plan
-from ferrollm.quant import quality, block_types
-from ferrollm.text.chat import BUILTIN_FORMATS
 from ferrollm.demo import demo_model_path
-from ferrollm.quant.imatrix import collect as collect_imatrix
-from ferrollm.llama import Llama
-from ferrollm.session import parse_override
-from ferrollm.quant.mixes import MIXES
-from ferrollm.quant.writer import ProgressBar, quantize_file
+from ferrollm.gguf import plan
 from ferrollm.gguf.synthetic import DEMO_TYPES, write_synthetic_gguf
 from ferrollm.gguf.synthetic_model import SHAPES, ModelSpec, shape_spec, write_model
+from ferrollm.llama import Llama
+from ferrollm.quant import block_types, quality
+from ferrollm.quant.imatrix import collect as collect_imatrix
+from ferrollm.quant.mixes import MIXES
+from ferrollm.quant.writer import ProgressBar, quantize_file
+from ferrollm.session import parse_override
+from ferrollm.text.chat import BUILTIN_FORMATS
 
 
 def _short(value, limit: int = 60) -> str:
@@ -357,7 +357,9 @@ def _write_model(tool, source: str, args: argparse.Namespace) -> int:
     """convert, merge and moe: ``tool(source, output, outtype, ...)``, with a progress bar."""
     start = time.perf_counter()
     bar = None if args.quiet else ProgressBar(sys.stderr)
-    written = tool(source, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads, progress=bar)
+    written = tool(
+        source, args.output, args.outtype, imatrix=args.imatrix, threads=args.threads, progress=bar
+    )
     _report_written(args.output, written, start)
     return 0
 
@@ -445,8 +447,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-c", "--ctx-size", type=count_arg, default=None, help="context length (default: min(4096, trained))"
     )
-    p.add_argument("-t", "--threads", type=threads_arg, default=None, help="threads (default: physical cores)")
-    p.add_argument("-b", "--batch-size", type=positive_arg, default=512, help="prompt tokens per forward pass")
+    p.add_argument(
+        "-t", "--threads", type=threads_arg, default=None, help="threads (default: physical cores)"
+    )
+    p.add_argument(
+        "-b", "--batch-size", type=positive_arg, default=512, help="prompt tokens per forward pass"
+    )
     p.add_argument("--temp", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -466,7 +472,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _stream_options(p: argparse.ArgumentParser) -> None:
     """Options of the commands that write a model tensor by tensor (convert, merge, moe)."""
     p.add_argument("--imatrix", metavar="FILE", help="importance matrix for the quantized types")
-    p.add_argument("-t", "--threads", type=threads_arg, default=None, help="quantizer threads (default: all cores)")
+    p.add_argument(
+        "-t", "--threads", type=threads_arg, default=None, help="quantizer threads (default: all cores)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -534,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_path_option(ppl)
     ppl.add_argument("-f", "--file", required=True, help="text file to score")
-    ppl.add_argument("-c", "--ctx-size", type=count_arg, default=512, help="chunk length in tokens (default 512)")
+    ppl.add_argument(
+        "-c", "--ctx-size", type=count_arg, default=512, help="chunk length in tokens (default 512)"
+    )
     ppl.add_argument("-b", "--batch-size", type=positive_arg, default=512)
     ppl.add_argument("-t", "--threads", type=threads_arg, default=None)
     ppl.add_argument("--chunks", type=int, default=-1, help="score at most this many chunks (-1: all)")
@@ -565,17 +575,29 @@ def build_parser() -> argparse.ArgumentParser:
     alloc = qz.add_argument_group("allocation by measurement (instead of TYPE)")
     alloc.add_argument("--target-bpw", type=float, metavar="B",
                        help="bits per weight of the quantized matrices (norms and routers excluded)")  # fmt: skip
-    alloc.add_argument("--target-size", metavar="BYTES", help="the whole file's size at most (e.g. 5123456, 4.8GiB)")
-    alloc.add_argument("--fit-ram", metavar="SIZE", help="file + KV cache + buffers at context -c within SIZE (16GiB)")
-    alloc.add_argument("-c", "--ctx-size", type=count_arg, default=4096, help="with --fit-ram: the context (default 4096)")
+    alloc.add_argument(
+        "--target-size", metavar="BYTES", help="the whole file's size at most (e.g. 5123456, 4.8GiB)"
+    )
+    alloc.add_argument(
+        "--fit-ram", metavar="SIZE", help="file + KV cache + buffers at context -c within SIZE (16GiB)"
+    )
+    alloc.add_argument(
+        "-c", "--ctx-size", type=count_arg, default=4096, help="with --fit-ram: the context (default 4096)"
+    )
     alloc.add_argument("-ctk", "--cache-type-k", default="f16", help="with --fit-ram: K cache type")
     alloc.add_argument("-ctv", "--cache-type-v", default="f16", help="with --fit-ram: V cache type")
     alloc.add_argument("--calibration", metavar="TEXT", help="calibration text file for the measurement")
-    alloc.add_argument("--measurement", metavar="M.json", help="save the measurement here; reused when it matches")
-    alloc.add_argument("--types", help="candidate types, comma-separated (default: the K and IQ types and Q8_0)")
+    alloc.add_argument(
+        "--measurement", metavar="M.json", help="save the measurement here; reused when it matches"
+    )
+    alloc.add_argument(
+        "--types", help="candidate types, comma-separated (default: the K and IQ types and Q8_0)"
+    )
     alloc.add_argument("--anchors", type=int, default=4,
                        help="types measured by KLD per tensor, the rest placed by the proxy (0: all; default 4)")  # fmt: skip
-    alloc.add_argument("--measure-tokens", type=int, default=2048, help="calibration tokens scored per measurement")
+    alloc.add_argument(
+        "--measure-tokens", type=int, default=2048, help="calibration tokens scored per measurement"
+    )
     alloc.add_argument("--error-rows", type=int, default=None, metavar="N",
                        help="sum the proxy error over N rows per matrix (large models: 1024; default all)")  # fmt: skip
     qz.set_defaults(run=cmd_quantize)
@@ -584,17 +606,23 @@ def build_parser() -> argparse.ArgumentParser:
     _model_path_option(imx)
     imx.add_argument("-f", "--file", required=True, help="calibration text")
     imx.add_argument("-o", "--output", default="imatrix.dat", help="output: .dat (legacy) or .gguf")
-    imx.add_argument("-c", "--ctx-size", type=count_arg, default=512, help="chunk length in tokens (default 512)")
+    imx.add_argument(
+        "-c", "--ctx-size", type=count_arg, default=512, help="chunk length in tokens (default 512)"
+    )
     imx.add_argument("--chunks", type=int, default=-1, help="use at most this many chunks (-1: all)")
     imx.add_argument("-b", "--batch-size", type=positive_arg, default=512)
     imx.add_argument("-t", "--threads", type=threads_arg, default=None)
     imx.set_defaults(run=cmd_imatrix)
 
-    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching (llama-server)")
+    srv = sub.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server with continuous batching (llama-server)"
+    )
     _model_path_option(srv)
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8080)
-    srv.add_argument("-np", "--parallel", type=positive_arg, default=4, help="slots: sequences decoded together")
+    srv.add_argument(
+        "-np", "--parallel", type=positive_arg, default=4, help="slots: sequences decoded together"
+    )
     srv.add_argument("-c", "--ctx-size", type=count_arg, default=0,
                      help="context of all slots together (default: each slot min(4096, trained))")  # fmt: skip
     srv.add_argument("-t", "--threads", type=threads_arg, default=None)
@@ -603,7 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("-ctk", "--cache-type-k", default="f16", choices=["f16", "q8_0", "q4_0"])
     srv.add_argument("-ctv", "--cache-type-v", default="f16", choices=["f16", "q8_0", "q4_0"])
     srv.add_argument("--api-key", default=os.environ.get("FERROLLM_API_KEY"), help="require this bearer key")
-    srv.add_argument("--chat-format", default=None, help="a built-in chat format instead of the file's template")
+    srv.add_argument(
+        "--chat-format", default=None, help="a built-in chat format instead of the file's template"
+    )
     srv.add_argument("--override-kv", action="append", metavar="KEY=TYPE:VALUE")
     srv.add_argument("--alias", default=None, help="the model name the API reports")
     srv.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 429")
@@ -612,28 +642,44 @@ def build_parser() -> argparse.ArgumentParser:
                      help="larger request bodies are refused with 413 (default 8 MiB)")  # fmt: skip
     srv.set_defaults(run=cmd_serve)
 
-    cv = sub.add_parser("convert", help="a Hugging Face or EXL2 Llama/Mistral/Mixtral checkpoint to GGUF, any type")
-    cv.add_argument("model_dir", metavar="HF_DIR", help="a Hugging Face directory (float or EXL2 safetensors)")
+    cv = sub.add_parser(
+        "convert", help="a Hugging Face or EXL2 Llama/Mistral/Mixtral checkpoint to GGUF, any type"
+    )
+    cv.add_argument(
+        "model_dir", metavar="HF_DIR", help="a Hugging Face directory (float or EXL2 safetensors)"
+    )
     cv.add_argument("output", metavar="OUT.gguf")
-    cv.add_argument("--outtype", default="auto", help="auto, f32, f16, bf16, q8_0, a tensor type or a mix (Q4_K_M, ...)")
+    cv.add_argument(
+        "--outtype", default="auto", help="auto, f32, f16, bf16, q8_0, a tensor type or a mix (Q4_K_M, ...)"
+    )
     _stream_options(cv)
     cv.add_argument("--target-bpw", type=float, metavar="B",
                     help="instead of --outtype: each tensor's type chosen by measurement to fit B bits per weight")  # fmt: skip
-    cv.add_argument("--calibration", metavar="TEXT", help="with --target-bpw: calibration text for the measurement")
-    cv.add_argument("--measurement", metavar="M.json", help="with --target-bpw: saved here, reused when it matches")
+    cv.add_argument(
+        "--calibration", metavar="TEXT", help="with --target-bpw: calibration text for the measurement"
+    )
+    cv.add_argument(
+        "--measurement", metavar="M.json", help="with --target-bpw: saved here, reused when it matches"
+    )
     cv.set_defaults(run=cmd_convert)
 
-    mg = sub.add_parser("merge", help="merge models with a mergekit YAML (slerp, ties, dare, passthrough, ...)")
+    mg = sub.add_parser(
+        "merge", help="merge models with a mergekit YAML (slerp, ties, dare, passthrough, ...)"
+    )
     mg.add_argument("config", metavar="CONFIG.yml")
     mg.add_argument("output", metavar="OUT", help="a .gguf file, or else a Hugging Face directory")
-    mg.add_argument("--outtype", default=None, help="f32, f16, bf16, q8_0, a tensor type or mix (default: dtype)")
+    mg.add_argument(
+        "--outtype", default=None, help="f32, f16, bf16, q8_0, a tensor type or mix (default: dtype)"
+    )
     _stream_options(mg)
     mg.set_defaults(run=cmd_merge)
 
     mo = sub.add_parser("moe", help="a Mixtral frankenMoE from dense models with a mergekit-moe YAML")
     mo.add_argument("config", metavar="CONFIG.yml")
     mo.add_argument("output", metavar="OUT.gguf")
-    mo.add_argument("--outtype", default=None, help="f32, f16, bf16, q8_0, a tensor type or mix (default: dtype)")
+    mo.add_argument(
+        "--outtype", default=None, help="f32, f16, bf16, q8_0, a tensor type or mix (default: dtype)"
+    )
     _stream_options(mo)
     mo.set_defaults(run=cmd_moe)
 
@@ -670,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ferrollm: error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:  # noqa: BLE001 - one line for the user, the traceback with --debug
+    except Exception as e:
         if args.debug:
             raise
         print(f"ferrollm: error: {type(e).__name__}: {e} (an input ferrollm did not expect, or a bug: "

@@ -37,8 +37,8 @@ import llguidance
 import numpy as np
 
 from ferrollm.generate.grammar import Constraint, GrammarError, LlamaGrammar, closed_objects
-from ferrollm.text.tokenizer import Tokenizer
 from ferrollm.generate.tool_syntax import DEFAULT, HERMES, CallSyntax, arguments_of
+from ferrollm.text.tokenizer import Tokenizer
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"  # the built-in (Hermes) format
 

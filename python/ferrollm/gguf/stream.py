@@ -70,11 +70,16 @@ def write_gguf_stream(path: str | os.PathLike, metadata: Iterable[tuple[str, str
     align = next((int(v) for k, _, v in metadata if k == "general.alignment"), 32)
     out = [struct.pack("<4sIQQ", b"GGUF", 3, len(plan), len(metadata))]
     for key, type_name, value in metadata:
-        out.append(encoded_string(key) + struct.pack("<I", _type_id(type_name)) + encoded_value(type_name, value))
+        out.append(
+            encoded_string(key) + struct.pack("<I", _type_id(type_name)) + encoded_value(type_name, value)
+        )
     offset = 0
     for t in plan:
         dims = list(reversed(t.shape)) or [1]
-        out.append(encoded_string(t.name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, quant_type(t.type).id, offset))
+        out.append(
+            encoded_string(t.name)
+            + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, quant_type(t.type).id, offset)
+        )
         offset += t.nbytes + (-t.nbytes % align)
     header = b"".join(out)
     with AtomicFile(path, verify) as f:
@@ -89,4 +94,6 @@ def write_gguf_stream(path: str | os.PathLike, metadata: Iterable[tuple[str, str
             f.write(b"\0" * (-t.nbytes % align))
             done += 1
         if done != len(plan):
-            raise ValueError(f"{len(plan) - done} planned tensors were never produced (first: {plan[done].name})")
+            raise ValueError(
+                f"{len(plan) - done} planned tensors were never produced (first: {plan[done].name})"
+            )

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ferrollm.quant import block_types
 from ferrollm.gguf import GGUFWriter
-from ferrollm.quant.writer import WRITABLE_TYPES, quantize_tensor
 from ferrollm.gguf.synthetic import random_blocks
+from ferrollm.quant import block_types
+from ferrollm.quant.writer import WRITABLE_TYPES, quantize_tensor
 
 # Types llama.cpp insists on for keys whose values would otherwise be inferred as i32/f32.
 METADATA_TYPES = {
@@ -140,7 +140,9 @@ def shape_spec(shape: str, weight_type: str, **overrides: Any) -> ModelSpec:
     if fields["n_vocab"] > 32000:  # Mistral's pieces, then placeholders up to the vocabulary size
         tok = dict(fields["tokenizer"])
         extra = fields["n_vocab"] - len(tok["tokenizer.ggml.tokens"])
-        tok["tokenizer.ggml.tokens"] = list(tok["tokenizer.ggml.tokens"]) + [f"<extra_{i}>" for i in range(extra)]
+        tok["tokenizer.ggml.tokens"] = list(tok["tokenizer.ggml.tokens"]) + [
+            f"<extra_{i}>" for i in range(extra)
+        ]
         tok["tokenizer.ggml.scores"] = list(tok["tokenizer.ggml.scores"]) + [0.0] * extra
         tok["tokenizer.ggml.token_type"] = list(tok["tokenizer.ggml.token_type"]) + [4] * extra
         fields["tokenizer"] = tok
@@ -252,7 +254,9 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
             if runs[0][1] is None:
                 w.add_tensor(name, np.concatenate([d for d, _, _ in runs]))
             else:
-                w.add_tensor(name, np.concatenate([np.asarray(d).reshape(-1) for d, _, _ in runs]), qt.name, shape)
+                w.add_tensor(
+                    name, np.concatenate([np.asarray(d).reshape(-1) for d, _, _ in runs]), qt.name, shape
+                )
             return
         if s.pool_blocks and qt.block_bytes > 4 and rows * count * cols // qt.block_elems > s.pool_blocks:
             key = (qt.name, cols, std)
@@ -270,7 +274,14 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
             stacked = np.concatenate([np.asarray(d).reshape(-1) for d, _, _ in parts])
             w.add_tensor(name, stacked, qt.name, shape)
 
-    def matrix(name: str, rows: int, cols: int, std: float | None = None, type_name: str | None = None, row_scale=None):
+    def matrix(
+        name: str,
+        rows: int,
+        cols: int,
+        std: float | None = None,
+        type_name: str | None = None,
+        row_scale=None,
+    ):
         t = type_name or s.tensor_types.get(name, s.weight_type)
         add_matrices(name, rows, cols, std or cols**-0.5, t, row_scale=row_scale)
 
@@ -290,7 +301,9 @@ def write_model(path: str | os.PathLike, spec: ModelSpec) -> None:
     sharp = 5.0 * np.sqrt(1.0 + len(outliers) * 1e4 / s.n_embd) / np.sqrt(np.exp(0.98))
     sharp_kv = np.arange(s.n_head_kv) % 4 == 0 if s.trained_stats else np.zeros(s.n_head_kv, bool)
     group = s.n_head // s.n_head_kv
-    q_scale = np.repeat(np.where(np.repeat(sharp_kv, group), sharp, 1.0), head_dim) if sharp_kv.any() else None
+    q_scale = (
+        np.repeat(np.where(np.repeat(sharp_kv, group), sharp, 1.0), head_dim) if sharp_kv.any() else None
+    )
     k_scale = np.repeat(np.where(sharp_kv, sharp, 1.0), head_dim) if sharp_kv.any() else None
 
     def bias(name: str, n: int):

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
-from ferrollm.checkpoints.checkpoint import HFCheckpoint
 from ferrollm.atomic import check_output
+from ferrollm.checkpoints.checkpoint import HFCheckpoint
 from ferrollm.checkpoints.convert import llama_metadata
 from ferrollm.checkpoints.export import Progress, write_gguf_model, write_hf_model
 from ferrollm.merge import config as merge_config
@@ -41,6 +41,7 @@ def read_config(config, load: Callable, parse: Callable, check: Callable | None 
 def resolver(base_dir: str | None, models: Mapping[str, str] | None) -> Callable[[str], str]:
     """Model references to paths: ``models`` first, then paths as given, then relative to
     the configuration's directory."""
+
     def resolve(ref: str) -> str:
         if models and ref in models:
             return os.fspath(models[ref])
@@ -88,10 +89,11 @@ def merge(config: str | os.PathLike | MergeConfig | dict, out: str | os.PathLike
             return write_gguf_model(out, plan, gguf_metadata(plan), outtype, imatrix=imatrix, threads=threads,
                                     progress=progress)  # fmt: skip
         if outtype and outtype.upper() not in ("F32", "F16", "BF16"):
-            raise ValueError(f"a Hugging Face directory is written in F32, F16 or BF16, not {outtype} (write .gguf)")
+            raise ValueError(
+                f"a Hugging Face directory is written in F32, F16 or BF16, not {outtype} (write .gguf)"
+            )
         tokenizer_dir = plan.base.path if isinstance(plan.base, HFCheckpoint) else None
         write_hf_model(out, plan, (outtype or dtype or "BF16").upper(), tokenizer_dir, progress)
         return None
     finally:
         plan.close()
-

@@ -22,7 +22,14 @@ from typing import Any
 
 import yaml
 
-DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "fp32": "F32", "fp16": "F16", "bf16": "BF16"}
+DTYPES = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "fp32": "F32",
+    "fp16": "F16",
+    "bf16": "BF16",
+}
 _KNOWN_KEYS = {"merge_method", "base_model", "dtype", "out_dtype", "parameters", "models", "slices", "random_seed",
                "tokenizer_source", "tokenizer", "chat_template", "name"}  # fmt: skip
 
@@ -88,7 +95,9 @@ def _check_setting(setting, where: str) -> None:
     if isinstance(setting, dict):
         setting = [setting]
     if not isinstance(setting, list) or not setting:
-        raise MergeConfigError(f"{where}: expected a value, a list of values or of {{filter, value}}, got {setting!r}")
+        raise MergeConfigError(
+            f"{where}: expected a value, a list of values or of {{filter, value}}, got {setting!r}"
+        )
     if all(isinstance(v, (int, float, bool, str)) for v in setting):
         return
     for cond in setting:
@@ -115,14 +124,29 @@ def parse(text_or_dict: str | dict) -> MergeConfig:
             sources = []
             for j, s in enumerate(sl.get("sources") or []):
                 lr = s.get("layer_range")
-                if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) for x in lr) and lr[0] < lr[1]):
-                    raise MergeConfigError(f"slices[{i}].sources[{j}]: layer_range must be [start, end), got {lr!r}")
-                sources.append(Source(str(s["model"]), (lr[0], lr[1]), _params(s.get("parameters"), f"slices[{i}].sources[{j}]")))
+                if not (
+                    isinstance(lr, list)
+                    and len(lr) == 2
+                    and all(isinstance(x, int) for x in lr)
+                    and lr[0] < lr[1]
+                ):
+                    raise MergeConfigError(
+                        f"slices[{i}].sources[{j}]: layer_range must be [start, end), got {lr!r}"
+                    )
+                sources.append(
+                    Source(
+                        str(s["model"]),
+                        (lr[0], lr[1]),
+                        _params(s.get("parameters"), f"slices[{i}].sources[{j}]"),
+                    )
+                )
             if not sources:
                 raise MergeConfigError(f"slices[{i}] has no sources")
             lengths = {s.layer_range[1] - s.layer_range[0] for s in sources}
             if len(lengths) > 1:
-                raise MergeConfigError(f"slices[{i}]: every source must span the same number of layers, got {sorted(lengths)}")
+                raise MergeConfigError(
+                    f"slices[{i}]: every source must span the same number of layers, got {sorted(lengths)}"
+                )
             slices.append(Slice(sources, _params(sl.get("parameters"), f"slices[{i}]"), sl.get("base_model")))
         from_models = False
     else:

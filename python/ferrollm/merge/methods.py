@@ -124,7 +124,10 @@ def _sparsify(delta, density: float, rescale: bool, pick, rng):
         return np.zeros_like(delta)
     masked = delta * pick(delta, density, rng)
     if rescale:  # mergekit rescales to the delta's L1 norm
-        before, after = float(np.abs(delta).sum(dtype=np.float64)), float(np.abs(masked).sum(dtype=np.float64))
+        before, after = (
+            float(np.abs(delta).sum(dtype=np.float64)),
+            float(np.abs(masked).sum(dtype=np.float64)),
+        )
         if before >= 1e-7 and after >= 1e-7:
             masked = masked * np.float32(before / after)
     return masked
@@ -197,7 +200,9 @@ def _gta(pick, consensus, normalize, rescale) -> MergeMethod:
 
 
 METHODS: dict[str, MergeMethod] = {
-    "linear": MergeMethod(linear, needs_base=False, shared={"normalize": True}, per_model={"weight": REQUIRED}),
+    "linear": MergeMethod(
+        linear, needs_base=False, shared={"normalize": True}, per_model={"weight": REQUIRED}
+    ),
     "slerp": MergeMethod(slerp, needs_base=True, min_inputs=2, max_inputs=2, shared={"t": REQUIRED}),
     "nearswap": MergeMethod(nearswap, needs_base=True, min_inputs=2, shared={"t": REQUIRED}),
     "task_arithmetic": _gta(None, consensus=False, normalize=False, rescale=False),

@@ -9,15 +9,16 @@ from the last slice's, at t = 0.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ferrollm.checkpoints.checkpoint import open_checkpoint
+from ferrollm.checkpoints.safetensors_io import bf16_to_f32, f32_to_bf16
 from ferrollm.merge.config import FilterUse, MergeConfig, evaluate, scalars
 from ferrollm.merge.methods import METHODS, REQUIRED, Context, MergeMethod
-from ferrollm.checkpoints.safetensors_io import bf16_to_f32, f32_to_bf16
 
 _PRE = ("model.embed_tokens.weight",)
 _POST = ("model.norm.weight", "lm_head.weight")
@@ -66,7 +67,9 @@ def _resolve(method: MergeMethod, cfg: MergeConfig, sl, sources, names, out_name
             v = lookup(param, [src.parameters, sl.parameters, cfg.parameters], in_name)
             if v is None:
                 if default is REQUIRED:
-                    raise MergeError(f"{cfg.method}: parameter {param!r} has no value for {src.model}: {in_name}")
+                    raise MergeError(
+                        f"{cfg.method}: parameter {param!r} has no value for {src.model}: {in_name}"
+                    )
                 v = default
             values[param] = v
         per_model.append(values)
@@ -109,7 +112,9 @@ class MergePlan:
     def _check_parameter_names(self) -> None:
         m, cfg = self.method, self.cfg
         known = set(m.shared) | set(m.per_model)
-        scopes = [("parameters", cfg.parameters)] + [(f"slices[{i}]", s.parameters) for i, s in enumerate(cfg.slices)]
+        scopes = [("parameters", cfg.parameters)] + [
+            (f"slices[{i}]", s.parameters) for i, s in enumerate(cfg.slices)
+        ]
         scopes += [(f"{src.model}", src.parameters) for s in cfg.slices for src in s.sources]
         for where, params in scopes:
             for name, setting in params.items():
@@ -118,12 +123,14 @@ class MergePlan:
                                      f"{', '.join(sorted(known)) or 'none'})")  # fmt: skip
                 for v in scalars(setting):
                     # mergekit's parameters are numbers (or flags): a string is a typo.
-                    if isinstance(v, str) or (isinstance(v, float) and v != v):
+                    if isinstance(v, str) or (isinstance(v, float) and math.isnan(v)):
                         raise MergeError(f"{where}: {name} = {v!r} is not a number")
                     if name in _BOUNDED.get(cfg.method, ()) and not 0 <= v <= 1:
                         raise MergeError(f"{where}: {name} = {v!r} is outside [0, 1]")
         for i, sl in enumerate(cfg.slices):
-            n = len(sl.sources) + (1 if m.needs_base and _base_of(cfg, sl) not in [s.model for s in sl.sources] else 0)
+            n = len(sl.sources) + (
+                1 if m.needs_base and _base_of(cfg, sl) not in [s.model for s in sl.sources] else 0
+            )
             if n < m.min_inputs or (m.max_inputs is not None and n > m.max_inputs):
                 want = f"{m.min_inputs}" + ("+" if m.max_inputs is None else f"..{m.max_inputs}")
                 raise MergeError(f"slices[{i}]: {cfg.method} takes {want} models (base included), got {n}")
@@ -133,7 +140,9 @@ class MergePlan:
     def _check_architectures(self) -> None:
         archs = {m: (c.config.get("architectures") or ["?"])[0] for m, c in self.models.items()}
         if len(set(archs.values())) > 1:
-            raise MergeError("models of different architectures: " + ", ".join(f"{m} is {a}" for m, a in archs.items()))
+            raise MergeError(
+                "models of different architectures: " + ", ".join(f"{m} is {a}" for m, a in archs.items())
+            )
 
     def _layer_names(self, model: str, layer: int) -> list[str]:
         ck = self.models[model]
@@ -141,7 +150,7 @@ class MergePlan:
         if not 0 <= layer < n:
             raise MergeError(f"layer {layer} is out of range for {model} ({n} layers)")
         prefix = f"model.layers.{layer}."
-        return [name[len(prefix):] for name in ck.names() if name.startswith(prefix)]
+        return [name[len(prefix) :] for name in ck.names() if name.startswith(prefix)]
 
     def _plan(self) -> list[Job]:
         cfg, uses = self.cfg, FilterUse()
@@ -165,7 +174,10 @@ class MergePlan:
             add(name, first, first.sources, [name] * len(first.sources), 0.0)
         out_layer = 0
         for sl in cfg.slices:
-            lr = sl.sources[0].layer_range or (0, int(self.models[sl.sources[0].model].config["num_hidden_layers"]))
+            lr = sl.sources[0].layer_range or (
+                0,
+                int(self.models[sl.sources[0].model].config["num_hidden_layers"]),
+            )
             n = lr[1] - lr[0]
             for i in range(n):
                 t = i / (n - 1) if n > 1 else 1.0
@@ -179,7 +191,9 @@ class MergePlan:
                 add(name, last, last.sources, [name] * len(last.sources), 0.0)
         unused = uses.report()
         if unused:
-            raise MergeError("filter(s) that match no tensor: " + ", ".join(f"{p}: filter {f!r}" for p, f in unused))
+            raise MergeError(
+                "filter(s) that match no tensor: " + ", ".join(f"{p}: filter {f!r}" for p, f in unused)
+            )
         return jobs
 
     def _check_shapes(self) -> None:
@@ -222,4 +236,3 @@ class MergePlan:
     def close(self) -> None:
         for ck in self.models.values():
             ck.close()
-

@@ -19,7 +19,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ferrollm.text import hf_vocab
 from ferrollm.atomic import check_output
 from ferrollm.checkpoints.checkpoint import GGUFCheckpoint, HFCheckpoint
 from ferrollm.checkpoints.convert import convert, size_label
@@ -29,6 +28,7 @@ from ferrollm.moe import config as moe_config
 from ferrollm.moe import router
 from ferrollm.moe.config import GATE_MODES, MoEConfig, MoEConfigError
 from ferrollm.moe.plan import MoEError, MoEPlan
+from ferrollm.text import hf_vocab
 from ferrollm.text.tokenizer import Tokenizer
 
 __all__ = ["GATE_MODES", "MoEConfig", "MoEConfigError", "MoEError", "MoEPlan", "moe"]
@@ -72,7 +72,9 @@ def compute_routers(plan: MoEPlan, out_dir: str = ".", threads: int | None = Non
     """(n_layer, n_expert, n_embd) router rows for ``plan``'s gate_mode."""
     cfg = plan.cfg
     if cfg.gate_mode in ("random", "uniform_random"):
-        return router.random_rows(cfg.gate_mode, cfg.random_seed, plan.n_layer, len(plan.experts), plan.n_embd)
+        return router.random_rows(
+            cfg.gate_mode, cfg.random_seed, plan.n_layer, len(plan.experts), plan.n_embd
+        )
     tokenizer = _tokenizer(plan.base)
     if cfg.gate_mode == "cheap_embed":
         summary = router.cheap_embed_summary(plan.base.get("model.embed_tokens.weight"))
@@ -115,7 +117,9 @@ def moe(config: str | os.PathLike | MoEConfig | dict, out: str | os.PathLike, ou
     try:
         outtype = outtype or (cfg.dtype or "F16").lower()
         shapes = [(n, s) for n, s, _ in gguf_tensors(plan)]
-        plan_types(shapes, plan.config, outtype, imatrix is not None)  # an unknown type fails before the routers
+        plan_types(
+            shapes, plan.config, outtype, imatrix is not None
+        )  # an unknown type fails before the routers
         out_dir = os.path.dirname(os.path.abspath(out))
         plan.routers = compute_routers(plan, out_dir, threads, progress)
         router.warn_degenerate(plan.routers)

@@ -61,7 +61,9 @@ class MoEPlan:
         self._open[path] = ck
         arch = (ck.config.get("architectures") or ["?"])[0]
         if arch not in DENSE:
-            kind = "a mixture of experts" if ck.config.get("num_local_experts") else "not a Llama/Mistral model"
+            kind = (
+                "a mixture of experts" if ck.config.get("num_local_experts") else "not a Llama/Mistral model"
+            )
             raise MoEError(f"{where}: {path} is a {arch} ({kind}); the base and the experts must be dense "
                            "Llama/Mistral models")  # fmt: skip
         return ck

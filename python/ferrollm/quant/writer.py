@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 
 from ferrollm import _core
-from ferrollm.quant import block_types
 from ferrollm.atomic import check_output
 from ferrollm.gguf import GGUFFile, GGUFWriter
+from ferrollm.quant import block_types
 from ferrollm.quant.imatrix import Imatrix
 from ferrollm.quant.mixes import MIXES, ModelShape, fallback_type, mix_name, needs_imatrix, tensor_type
 

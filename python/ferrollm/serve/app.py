@@ -23,14 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ferrollm import _core
-from ferrollm.text.chat import ChatTemplateError
 from ferrollm.demo import demo_model_path
 from ferrollm.generate.grammar import GrammarError, LlamaGrammar
-from ferrollm.llama import Llama
-from ferrollm.session import open_engine
 from ferrollm.generate.logprobs import TokenLogprob, chat_shape, completion_shape
 from ferrollm.generate.sampler import SamplingParams
+from ferrollm.generate.tools import CallStream, LazyToolGrammar, ToolCalling, ToolError
+from ferrollm.llama import Llama
 from ferrollm.serve.engine import Draining, Engine, Event, Job, QueueFull
 from ferrollm.serve.metrics import CONTENT_TYPE, Metrics
 from ferrollm.serve.schemas import (
@@ -40,7 +38,8 @@ from ferrollm.serve.schemas import (
     Sampling,
     TokenizeRequest,
 )
-from ferrollm.generate.tools import CallStream, LazyToolGrammar, ToolCalling, ToolError
+from ferrollm.session import open_engine
+from ferrollm.text.chat import ChatTemplateError
 
 
 @dataclass

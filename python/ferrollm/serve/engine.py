@@ -26,11 +26,11 @@ from ferrollm.generate.decoding import TokenChooser
 from ferrollm.generate.grammar import GrammarError, LlamaGrammar
 from ferrollm.generate.logprobs import TokenLogprob, token_logprob
 from ferrollm.generate.sampler import Sampler, SamplingParams
+from ferrollm.generate.tools import LazyToolGrammar
 from ferrollm.serve.metrics import Metrics
 from ferrollm.session import common_prefix
 from ferrollm.text.textstream import Completion
 from ferrollm.text.tokenizer import Tokenizer
-from ferrollm.generate.tools import LazyToolGrammar
 
 
 class QueueFull(Exception):
@@ -76,6 +76,7 @@ class Job:
     @property
     def n_out(self) -> int:
         return self.out.n_out if self.out is not None else 0
+
     t_queued: float = field(default_factory=time.monotonic)
     t_first: float | None = None
 
@@ -232,7 +233,9 @@ class Engine:
             # lot); not with log-probabilities, which would need each of their rows.
             job.choose.fast_forward = job.top_logprobs is None
             job.choose.max_forced = self.step_tokens - 1
-            job.out = Completion(self.tokenizer.stream_decoder(), job.stops, self.tokenizer.eos_id, job.budget)
+            job.out = Completion(
+                self.tokenizer.stream_decoder(), job.stops, self.tokenizer.eos_id, job.budget
+            )
             slot.job = job
             self.metrics.prompt_tokens_cached.inc(keep)
 

@@ -17,15 +17,23 @@ class Metrics:
         )
         self.generation_tokens = Counter("ferrollm_generation_tokens", "Tokens generated", registry=r)
         self.tokens_per_second = Gauge(
-            "ferrollm_tokens_per_second", "Tokens generated per second over the last step, all slots", registry=r
+            "ferrollm_tokens_per_second",
+            "Tokens generated per second over the last step, all slots",
+            registry=r,
         )
         self.queue_depth = Gauge("ferrollm_queue_depth", "Requests waiting for a slot", registry=r)
-        self.requests_in_flight = Gauge("ferrollm_requests_in_flight", "HTTP requests being answered", registry=r)
-        self.kv_cache_usage = Gauge("ferrollm_kv_cache_usage_ratio", "Share of KV cache positions in use", registry=r)
+        self.requests_in_flight = Gauge(
+            "ferrollm_requests_in_flight", "HTTP requests being answered", registry=r
+        )
+        self.kv_cache_usage = Gauge(
+            "ferrollm_kv_cache_usage_ratio", "Share of KV cache positions in use", registry=r
+        )
         self.requests_finished = Counter(
             "ferrollm_requests", "Generations ended, by how", ["reason"], registry=r
         )
-        self.http_responses = Counter("ferrollm_http_responses", "HTTP responses by status", ["status"], registry=r)
+        self.http_responses = Counter(
+            "ferrollm_http_responses", "HTTP responses by status", ["status"], registry=r
+        )
         self.time_to_first_token = Histogram(
             "ferrollm_time_to_first_token_seconds",
             "From queued to the first generated token",

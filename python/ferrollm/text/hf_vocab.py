@@ -96,7 +96,11 @@ def _sentencepiece(model_dir: str, vocab_size: int | None) -> dict[str, Any]:
     tokens = [f"[PAD{i}]" for i in range(n)]
     scores, types = [-10000.0] * n, [UNUSED] * n
     for i, (piece, score, kind) in enumerate(pieces[:n]):
-        tokens[i], scores[i], types[i] = piece, score, kind if kind in (UNKNOWN, CONTROL, UNUSED, BYTE) else NORMAL
+        tokens[i], scores[i], types[i] = (
+            piece,
+            score,
+            kind if kind in (UNKNOWN, CONTROL, UNUSED, BYTE) else NORMAL,
+        )
     for key, i in (_json(os.path.join(model_dir, "added_tokens.json")) or {}).items():
         if i < n:
             tokens[i], scores[i], types[i] = key, -1000.0, USER_DEFINED
@@ -118,7 +122,9 @@ def _bpe(model_dir: str, vocab_size: int | None, pre: str) -> dict[str, Any]:
     tj = _json(os.path.join(model_dir, "tokenizer.json"))
     model = tj.get("model", {})
     if model.get("type") != "BPE":
-        raise VocabError(f"{model_dir}/tokenizer.json: model type {model.get('type')!r}, only BPE is supported")
+        raise VocabError(
+            f"{model_dir}/tokenizer.json: model type {model.get('type')!r}, only BPE is supported"
+        )
     vocab: dict[str, int] = dict(model["vocab"])
     added = {t["content"]: t for t in tj.get("added_tokens", [])}
     for t in added.values():
@@ -142,7 +148,10 @@ def _bpe(model_dir: str, vocab_size: int | None, pre: str) -> dict[str, Any]:
             types.append(NORMAL)
     merges = model.get("merges") or []
     if merges and isinstance(merges[0], list):  # the newer [left, right] form; spaces as U+0120
-        merges = [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair) for pair in merges]
+        merges = [
+            " ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
+            for pair in merges
+        ]
     return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": list(merges)}  # fmt: skip
 

@@ -239,7 +239,9 @@ class Tokenizer:
         if self.model != "llama":  # SentencePiece vocabularies (the byte-level ones have no such gap)
             return {}
         return {
-            b: i for i, (t, ty) in enumerate(zip(self.tokens, self.token_types)) if (b := _byte_of(t, ty)) is not None
+            b: i
+            for i, (t, ty) in enumerate(zip(self.tokens, self.token_types))
+            if (b := _byte_of(t, ty)) is not None
         }
 
     def _fragments(self, text: str, special: bool) -> list[str | int]:

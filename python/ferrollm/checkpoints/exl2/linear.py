@@ -138,7 +138,9 @@ def dequantize(key: str, t: dict[str, np.ndarray], out_features: int | None = No
         raise EXL2Error(f"{key}.q_scale_max: {q_max.size} values for {len(groups)} groups")
     if not np.isfinite(q_max).all():
         bad = q_max[~np.isfinite(q_max)][0]
-        raise EXL2Error(f"{key}.q_scale_max: a group's scale is {bad} (the file is damaged: scales are finite)")
+        raise EXL2Error(
+            f"{key}.q_scale_max: a group's scale is {bad} (the file is damaged: scales are finite)"
+        )
     # scale = half((qs + 1)^2 * half(max / 256)), w = half((q - zero) * scale): each product of
     # two halves is exact in float32, so rounding it to float16 is the kernels' one rounding.
     m = (q_max.astype(np.float32) / np.float32(256)).astype(np.float16).astype(np.float32)

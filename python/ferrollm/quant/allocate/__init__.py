@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ferrollm.atomic import check_output
+from ferrollm.gguf import GGUFFile
 from ferrollm.quant.allocate.budget import Budget, Target, budget, parse_size
 from ferrollm.quant.allocate.layout import DEFAULT_CANDIDATES, Layout, layout
 from ferrollm.quant.allocate.measure import (
@@ -31,8 +33,6 @@ from ferrollm.quant.allocate.measure import (
     measurement_key,
 )
 from ferrollm.quant.allocate.solve import Allocation, solve
-from ferrollm.atomic import check_output
-from ferrollm.gguf import GGUFFile
 from ferrollm.quant.imatrix import Imatrix
 from ferrollm.quant.mixes import MIXES
 from ferrollm.quant.writer import output_metadata, quantize_file
@@ -57,7 +57,9 @@ def file_type_of(types: dict[str, str], layout: Layout) -> tuple[str, int]:
         by_bytes[types[s.name]] += s.nbytes(types[s.name])
     main = by_bytes.most_common(1)[0][0]
     names = [m for m, (_, t) in MIXES.items() if t == main]
-    name = main if main in names else next((m for m in names if m.endswith("_M")), names[0] if names else "F32")
+    name = (
+        main if main in names else next((m for m in names if m.endswith("_M")), names[0] if names else "F32")
+    )
     return name, MIXES[name][0]
 
 
@@ -137,7 +139,9 @@ def quantize_to_target(src: str | os.PathLike, dst: str | os.PathLike, target: T
     size = os.path.getsize(dst)
     if size != result.allocation.file_bytes:
         os.unlink(dst)
-        raise RuntimeError(f"internal error: wrote {size} bytes, the allocation predicted {result.allocation.file_bytes}")
+        raise RuntimeError(
+            f"internal error: wrote {size} bytes, the allocation predicted {result.allocation.file_bytes}"
+        )
     result.written = written
     return result
 

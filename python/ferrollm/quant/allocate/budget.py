@@ -95,7 +95,9 @@ def budget(target: Target, layout: Layout, src_path: str) -> Budget:
                   n_batch=target.n_batch, n_threads=target.n_threads)  # fmt: skip
     besides = p.kv_bytes + p.compute_bytes + p.overhead_bytes
     room = target.ram_bytes - besides
-    ctx = f"context {p.n_ctx}" + (f" (the trained context; {target.n_ctx} asked)" if p.n_ctx < target.n_ctx else "")
+    ctx = f"context {p.n_ctx}" + (
+        f" (the trained context; {target.n_ctx} asked)" if p.n_ctx < target.n_ctx else ""
+    )
     if room < lo:
         raise ValueError(
             f"no allocation fits in {_mib(target.ram_bytes)}: the smallest file is {_mib(lo)}, and a run at {ctx} "

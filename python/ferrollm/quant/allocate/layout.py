@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ferrollm.quant import block_types
 from ferrollm.gguf import GGUFFile
 from ferrollm.gguf.stream import encoded_string, encoded_value
+from ferrollm.quant import block_types
 from ferrollm.quant.mixes import NEEDS_IMATRIX
 from ferrollm.quant.writer import WRITABLE_TYPES, keeps_f32
 
@@ -101,7 +101,9 @@ def candidates_for(name: str, cols: int, types: tuple[str, ...] | None, has_imat
     return tuple(sorted(set(out), key=lambda t: (block_types.quant_type(t).bits_per_weight, t)))
 
 
-def header_bytes(metadata: list[tuple[str, str, object]], tensors: list[tuple[str, int]], alignment: int) -> int:
+def header_bytes(
+    metadata: list[tuple[str, str, object]], tensors: list[tuple[str, int]], alignment: int
+) -> int:
     """Bytes of a GGUF v3 header (padded) with this metadata and these (name, n_dims) tensors:
     the layout ``gguf_stream.write_gguf_stream`` and ``GGUFWriter`` write."""
     n = 24  # magic, version, tensor count, metadata count

@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ferrollm.quant import block_types
-from ferrollm.quant.allocate.layout import Layout, Slot
-from ferrollm.quant.allocate.probe import KLDProbe
 from ferrollm.atomic import AtomicFile
 from ferrollm.gguf import GGUFFile
 from ferrollm.gguf.stream import PlannedTensor, write_gguf_stream
+from ferrollm.quant import block_types
+from ferrollm.quant.allocate.layout import Layout, Slot
+from ferrollm.quant.allocate.probe import KLDProbe
 from ferrollm.quant.imatrix import Imatrix
 from ferrollm.quant.quality import chunk_tokens
 from ferrollm.quant.writer import quantize_tensor
@@ -107,7 +107,9 @@ def measurement_key(src, imatrix_path, calibration: str | None, types, anchors, 
         "source": os.path.basename(os.fspath(src)),
         "source_sha256": file_fingerprint(src),
         "imatrix_sha256": file_fingerprint(imatrix_path) if imatrix_path else None,
-        "calibration_sha256": hashlib.sha256(calibration.encode()).hexdigest() if calibration is not None else None,
+        "calibration_sha256": hashlib.sha256(calibration.encode()).hexdigest()
+        if calibration is not None
+        else None,
         "types": list(types) if types else None,
         "anchors": anchors,
         "n_ctx": n_ctx,
@@ -147,7 +149,11 @@ def weighted_error(values: np.ndarray, restored: np.ndarray, im: np.ndarray | No
     n_mat = im.shape[0]
     per_col = diff2.reshape(n_mat, -1, diff2.shape[-1]).sum(axis=1, dtype=np.float64)  # (n_mat, cols)
     per_mat = (per_col * im).sum(axis=1)
-    share = np.ones(n_mat) if counts is None or n_mat == 1 else np.asarray(counts, np.float64) / max(sum(counts), 1)
+    share = (
+        np.ones(n_mat)
+        if counts is None or n_mat == 1
+        else np.asarray(counts, np.float64) / max(sum(counts), 1)
+    )
     return float((per_mat * share).sum())
 
 
@@ -175,7 +181,9 @@ def calibrate(errors: dict[str, float], klds: dict[str, float]) -> dict[str, flo
 
 def _scratch_dir() -> str:
     """tmpfs where there is one: each anchor writes a whole model."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return (
+        "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    )
 
 
 class ModelWriter:
@@ -268,10 +276,14 @@ def measure(
                 for t in slot.options:
                     t0 = time.perf_counter()
                     data = quantize_tensor(values if t in anchor else sample, t, im, threads)[0]
-                    restored = block_types.dequantize(data, t).reshape(values.shape if t in anchor else sample.shape)
+                    restored = block_types.dequantize(data, t).reshape(
+                        values.shape if t in anchor else sample.shape
+                    )
                     if t in anchor and step > 1:
                         restored = np.ascontiguousarray(restored[..., ::step, :])
-                    errors[t] = weighted_error(sample, restored, im, counts) * slot.shape[-2] / sample.shape[-2]
+                    errors[t] = (
+                        weighted_error(sample, restored, im, counts) * slot.shape[-2] / sample.shape[-2]
+                    )
                     seconds["quantize"] += time.perf_counter() - t0
                     done += 1
                     if progress:
@@ -293,7 +305,11 @@ def measure(
                                    "error": errors[t], "loss": losses[t]}  # fmt: skip
                     if t in klds:
                         per_type[t]["kld"] = klds[t]
-                tensors[slot.name] = {"source_type": info.type, "elements": slot.n_elements, "types": per_type}
+                tensors[slot.name] = {
+                    "source_type": info.type,
+                    "elements": slot.n_elements,
+                    "types": per_type,
+                }
     seconds["total"] = time.perf_counter() - start
     seconds["n_tokens"] = probe.n_tokens
     return Measurement(key, tensors, seconds)

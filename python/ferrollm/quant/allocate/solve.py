@@ -73,10 +73,14 @@ def solve(layout: Layout, losses: dict[str, dict[str, float]], budget: Budget,
     used = budget.used(layout, types)
     assert used <= budget.capacity, (used, budget.capacity)
     total = float(sum(losses[n][t] for n, t in types.items()))
-    return Allocation(types, total, layout.weight_bytes(types), layout.file_bytes(types), layout.bpw(types), budget)
+    return Allocation(
+        types, total, layout.weight_bytes(types), layout.file_bytes(types), layout.bpw(types), budget
+    )
 
 
-def _fill(types: dict[str, str], layout: Layout, losses: dict[str, dict[str, float]], budget: Budget) -> dict[str, str]:
+def _fill(
+    types: dict[str, str], layout: Layout, losses: dict[str, dict[str, float]], budget: Budget
+) -> dict[str, str]:
     """Spend the bytes the rounding left: the single change of one tensor's type that lowers the
     loss most and still fits, until none does."""
     left = budget.capacity - budget.used(layout, types)
