@@ -6,7 +6,7 @@
 use ferrollm::gguf::{GgmlType, GgufFile, GgufWriter, TensorSpec, Value};
 use ferrollm::matmul::{Pool, QMatrix, matmul};
 use ferrollm::model::{Model, ModelParams};
-use ferrollm::quant::{Isa, quantize::quantize};
+use ferrollm::quant::quantize::quantize;
 
 /// A deterministic pseudo-random value in [-1, 1).
 fn value(i: usize, seed: usize) -> f32 {
@@ -39,7 +39,7 @@ fn products(pool: &Pool) {
             let x = values(n * cols, 100 + n);
             let mut y = vec![0f32; n * rows];
             for _ in 0..4 {
-                matmul(pool, &w, &x, &mut y, &mut scratch, Isa::active()).unwrap();
+                matmul(pool, &w, &x, &mut y, &mut scratch).unwrap();
             }
             std::hint::black_box(&y);
         }

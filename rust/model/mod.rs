@@ -38,7 +38,7 @@ pub use kv_cache::{KV_TYPES, KvCache, layer_positions};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, Value};
 use crate::matmul::{FlushDenormals, Pool, matmul, matmul_many};
-use crate::quant::{DequantFn, Isa, dequant_fn};
+use crate::quant::DequantFn;
 
 /// A saved KV state starts with this, then the cache's shape (layers, KV heads, head size,
 /// sliding window: 4 x u32), K and V type ids (2 x u32), the number of positions and the
@@ -124,7 +124,6 @@ pub struct Model {
     pub config: Config,
     weights: Weights,
     pool: Pool,
-    isa: Isa,
     cache: KvCache,
     /// The rope of global layers, then that of sliding-window layers.
     ropes: [Rope; 2],
@@ -155,16 +154,11 @@ pub struct Model {
 /// The most rows each product of `w` computes as it computes one (the minimum over its
 /// weight types); the token embedding counts only when it is also the output head, since it is
 /// otherwise read row by row.
-fn exact_rows(w: &Weights, isa: Isa) -> usize {
-    let types: std::collections::HashSet<GgmlType> = w
-        .matrices()
+fn exact_rows(w: &Weights) -> usize {
+    w.matrices()
         .iter()
         .filter(|t| t.start != w.token_embd.start || w.output.start == t.start)
-        .map(|t| t.ty)
-        .collect();
-    types
-        .into_iter()
-        .map(|ty| crate::matmul::exact_rows(ty, isa))
+        .map(|t| t.kernels.exact_rows)
         .min()
         .unwrap_or(1)
         .max(1)
@@ -257,8 +251,11 @@ impl Model {
             params.type_v,
         )?;
         let pool = Pool::new(params.n_threads)?;
-        let isa = Isa::active();
-        let (embd_dequant, _) = dequant_fn(weights.token_embd.ty, isa).expect("checked at load");
+        let (embd_dequant, _) = weights
+            .token_embd
+            .kernels
+            .dequantize
+            .expect("checked at load");
         // Phi-3's long factors serve contexts beyond the original one.
         let factors = &weights.rope_factors;
         let factors = if n_ctx > config.rope.n_ctx_orig {
@@ -281,13 +278,12 @@ impl Model {
             .heads
             .resize_with(config.n_head, HeadScratch::default);
         let weight_ranges = weights.ranges();
-        let exact_rows = exact_rows(&weights, isa);
+        let exact_rows = exact_rows(&weights);
         Ok(Model {
             file,
             config,
             weights,
             pool,
-            isa,
             cache,
             ropes,
             embd_dequant,
@@ -686,7 +682,7 @@ impl Model {
         let (e, qd, kvd) = (c.n_embd, c.q_dim(), c.kv_dim());
         let bytes = self.file.bytes();
         let s = &mut self.scratch;
-        let (pool, isa) = (&self.pool, self.isa);
+        let pool = &self.pool;
         let prof = &mut self.profile;
         let mut timer = Timer::start();
 
@@ -757,7 +753,6 @@ impl Model {
             let cx = FfnContext {
                 pool,
                 file: bytes,
-                isa,
                 rec,
                 act: c.arch.act,
             };
@@ -779,7 +774,6 @@ impl Model {
                 &s.normed,
                 &mut [&mut s.q, &mut s.k, &mut s.v],
                 &mut s.act,
-                isa,
             )?;
             if let Some(b) = &layer.qkv_bias {
                 for (x, bias) in [(&mut s.q, &b.q), (&mut s.k, &b.k), (&mut s.v, &b.v)] {
@@ -818,14 +812,7 @@ impl Model {
             if let Some(r) = rec {
                 r.record(Input::AttnOutput, 0, &s.attn);
             }
-            matmul(
-                pool,
-                &layer.wo.mat(bytes),
-                &s.attn,
-                &mut s.proj,
-                &mut s.act,
-                isa,
-            )?;
+            matmul(pool, &layer.wo.mat(bytes), &s.attn, &mut s.proj, &mut s.act)?;
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(&mut s.proj, w, c.rms_eps);
             }
@@ -886,7 +873,6 @@ impl Model {
                 &s.normed[..m * e],
                 &mut logits[old..],
                 &mut s.act,
-                isa,
             )?;
             if let Some(cap) = c.final_softcap {
                 softcap(&mut logits[old..], cap);
