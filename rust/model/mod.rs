@@ -40,13 +40,6 @@ use crate::gguf::{GgmlType, GgufFile, Value};
 use crate::matmul::{FlushDenormals, Pool, matmul, matmul_many};
 use crate::quant::DequantFn;
 
-/// A saved KV state starts with this, then the cache's shape (layers, KV heads, head size,
-/// sliding window: 4 x u32), K and V type ids (2 x u32), the number of positions and the
-/// number the sliding layers keep (2 x u64), little-endian.
-const KV_MAGIC: &[u8; 8] = b"FLKVST02";
-const KV_SHAPE_LEN: usize = 8 + 6 * 4;
-const KV_HEADER_LEN: usize = KV_SHAPE_LEN + 2 * 8;
-
 #[derive(Clone)]
 pub struct ModelParams {
     /// Context length of each sequence; 0 takes the model's trained length.
@@ -409,7 +402,7 @@ impl Model {
         // every ring has (so that the restored prefix can still be cut back a little).
         let held = n.saturating_sub(self.held_from[seq]);
         let recent = held.min(self.config.swa_window + kv_cache::MIN_RING_MARGIN);
-        let mut out = self.kv_header(n, recent);
+        let mut out = self.kv_state(n, recent).header();
         out.reserve(self.cache.k.saved_len(n, recent) + self.cache.v.saved_len(n, recent));
         self.cache.k.save(seq * self.n_ctx, n, recent, &mut out);
         self.cache.v.save(seq * self.n_ctx, n, recent, &mut out);
@@ -421,25 +414,20 @@ impl Model {
     pub fn load_kv(&mut self, seq: usize, data: &[u8]) -> Result<()> {
         self.check_seq(seq)?;
         let bad = |why: String| Error::invalid(format!("cannot load this KV state: {why}"));
-        if data.len() < KV_HEADER_LEN || &data[..8] != KV_MAGIC {
-            return Err(bad("it is not a ferrollm KV state".into()));
-        }
-        let field = |i: usize| {
-            let at = KV_SHAPE_LEN + 8 * i;
-            u64::from_le_bytes(data[at..at + 8].try_into().unwrap()) as usize
-        };
-        let (n, recent) = (field(0), field(1));
-        if data[..KV_SHAPE_LEN] != self.kv_header(0, 0)[..KV_SHAPE_LEN] {
-            return Err(bad(format!(
-                "it was saved from a cache of another shape or type (this model: {} layers, {} KV \
-                 heads of {}, K {} and V {})",
-                self.config.n_layer,
-                self.config.n_head_kv,
-                self.config.head_dim,
-                self.cache.k.ty,
-                self.cache.v.ty
-            )));
-        }
+        let (n, recent, body) = self.kv_state(0, 0).read(data).map_err(|shape| {
+            bad(match shape {
+                false => "it is not a ferrollm KV state".into(),
+                true => format!(
+                    "it was saved from a cache of another shape or type (this model: {} layers, \
+                     {} KV heads of {}, K {} and V {})",
+                    self.config.n_layer,
+                    self.config.n_head_kv,
+                    self.config.head_dim,
+                    self.cache.k.ty,
+                    self.cache.v.ty
+                ),
+            })
+        })?;
         if n > self.n_ctx {
             return Err(bad(format!(
                 "it holds {n} positions; the context has {}",
@@ -456,7 +444,6 @@ impl Model {
             self.cache.k.saved_len(n, recent),
             self.cache.v.saved_len(n, recent),
         );
-        let body = &data[KV_HEADER_LEN..];
         if body.len() != k_len + v_len {
             return Err(bad(format!(
                 "{} bytes of rows, expected {} for {n} positions",
@@ -472,17 +459,16 @@ impl Model {
         Ok(())
     }
 
-    fn kv_header(&self, n: usize, recent: usize) -> Vec<u8> {
+    /// The saved-state header of this cache with `n` positions, `recent` of them in the
+    /// sliding layers.
+    fn kv_state(&self, n: usize, recent: usize) -> kv_cache::StateHeader {
         let c = &self.config;
-        let mut h = KV_MAGIC.to_vec();
-        for x in [c.n_layer, c.n_head_kv, c.head_dim, c.swa_window] {
-            h.extend_from_slice(&(x as u32).to_le_bytes());
+        kv_cache::StateHeader {
+            shape: [c.n_layer, c.n_head_kv, c.head_dim, c.swa_window],
+            types: [self.cache.k.ty, self.cache.v.ty],
+            n,
+            recent,
         }
-        h.extend_from_slice(&self.cache.k.ty.id().to_le_bytes());
-        h.extend_from_slice(&self.cache.v.ty.id().to_le_bytes());
-        h.extend_from_slice(&(n as u64).to_le_bytes());
-        h.extend_from_slice(&(recent as u64).to_le_bytes());
-        h
     }
 
     /// Checks that `n` more tokens fit sequence `seq` and are in the vocabulary.

@@ -223,9 +223,7 @@ fn im_cols(im: Option<&[f32]>, start: usize, n: usize) -> Option<&[f32]> {
     im.map(|im| &im[start % im.len()..][..n])
 }
 
-/// Quantizes `x` (whole blocks of N) with the block quantizer `f`, appending to `out`. Inlined
-/// into each row of the type table, so that `f` is a direct call there (as in a `match`).
-#[inline(always)]
+/// Quantizes `x` (whole blocks of N) with the block quantizer `f`, appending to `out`.
 pub(crate) fn quantize_blocks<const N: usize, B: bytemuck::Pod>(
     x: &[f32],
     im: Option<&[f32]>,
