@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod kernels;
 pub mod matmul;
 pub mod model;
 pub mod quant;

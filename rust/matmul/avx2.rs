@@ -12,16 +12,14 @@
 //! inherit the target features of the function they are inlined into, and a closure holding
 //! intrinsics that LLVM declines to inline costs ten times the kernel.
 //!
-//! Safety: every function is `unsafe` for its target features; `dot_fn` hands out safe wrappers
-//! only for a tier the CPU was found to support.
+//! Safety: every function is `unsafe` for its target features; the type table (`crate::kernels`)
+//! compiles them into wrappers with those features and hands them out only for a tier the CPU
+//! was found to support.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use std::arch::x86_64::*;
 
-use super::VecDotFn;
-use crate::gguf::GgmlType;
-use crate::quant::Isa;
 use crate::quant::avx2::{bits_to_bytes, iq4nl_lookup};
 use crate::quant::block::{F16Le, u16_le, u32_le};
 use crate::quant::grids::*;
@@ -30,14 +28,14 @@ use crate::quant::kquants::*;
 use crate::quant::legacy::*;
 
 /// The integer multiply-accumulate steps that differ between AVX2 and AVX-512 VNNI.
-trait Madd {
+pub(crate) trait Madd {
     /// acc + (sums of 4 adjacent products of unsigned bytes `x` and signed bytes `y`).
     unsafe fn dot_u8i8(acc: __m256i, x: __m256i, y: __m256i) -> __m256i;
     /// acc + (sums of 2 adjacent products of i16 lanes).
     unsafe fn madd_i16(acc: __m256i, x: __m256i, y: __m256i) -> __m256i;
 }
 
-struct Avx2;
+pub(crate) struct Avx2;
 impl Madd for Avx2 {
     #[inline(always)]
     unsafe fn dot_u8i8(acc: __m256i, x: __m256i, y: __m256i) -> __m256i {
@@ -50,7 +48,7 @@ impl Madd for Avx2 {
     }
 }
 
-struct Vnni;
+pub(crate) struct Vnni;
 impl Madd for Vnni {
     #[inline(always)]
     unsafe fn dot_u8i8(acc: __m256i, x: __m256i, y: __m256i) -> __m256i {
@@ -155,7 +153,7 @@ unsafe fn apply_signs(y: __m256i, signs: u32) -> __m256i {
 // ---- 32-element weight blocks against Q8_0 -------------------------------------------------
 
 /// A 32-element weight block type in the Q8_0 kernels.
-trait Q8_0Weights: bytemuck::Pod {
+pub(crate) trait Q8_0Weights: bytemuck::Pod {
     /// Whether `w = d * q + m` has an offset `m` (Q4_1, Q5_1).
     const HAS_OFFSET: bool = false;
     /// i32x8 partial sums of q * x for the block's 32 activations `x`.
@@ -200,7 +198,7 @@ unsafe fn q8_0_step<B: Q8_0Weights, M: Madd>(
 }
 
 #[inline(always)]
-unsafe fn dot_q8_0<B: Q8_0Weights, M: Madd>(w: &[u8], a: &[u8]) -> f32 {
+pub(crate) unsafe fn dot_q8_0<B: Q8_0Weights, M: Madd>(w: &[u8], a: &[u8]) -> f32 {
     let w: &[B] = bytemuck::cast_slice(w);
     let a: &[BlockQ8_0] = bytemuck::cast_slice(a);
     let table = f16_table();
@@ -314,7 +312,7 @@ impl Q8_0Weights for BlockIq4Nl {
 // ---- super-blocks against Q8_K -------------------------------------------------------------
 
 /// A 256-element super-block type in the Q8_K kernels.
-trait Q8KWeights: bytemuck::Pod {
+pub(crate) trait Q8KWeights: bytemuck::Pod {
     /// The super-block's i32x8 partial sums of scale * q * x, and a correction `(factor, n)`
     /// that adds `factor * da * n` (mins or offsets against the activation's group sums).
     unsafe fn block<M: Madd>(&self, x: &BlockQ8K) -> (__m256i, f32, i32);
@@ -323,7 +321,7 @@ trait Q8KWeights: bytemuck::Pod {
 }
 
 #[inline(always)]
-unsafe fn dot_q8_k<B: Q8KWeights, M: Madd>(w: &[u8], a: &[u8]) -> f32 {
+pub(crate) unsafe fn dot_q8_k<B: Q8KWeights, M: Madd>(w: &[u8], a: &[u8]) -> f32 {
     let w: &[B] = bytemuck::cast_slice(w);
     let a: &[BlockQ8K] = bytemuck::cast_slice(a);
     let mut acc = _mm256_setzero_ps();
@@ -754,13 +752,13 @@ impl Q8KWeights for BlockIq1M {
 // ---- float weights against f32 activations -------------------------------------------------
 
 /// A float weight type: 8 weights at a time as f32, and one for the tail.
-trait FloatWeights {
+pub(crate) trait FloatWeights {
     const BYTES: usize;
     unsafe fn load8(p: *const u8) -> __m256;
     fn one(b: &[u8]) -> f32;
 }
 
-struct F32W;
+pub(crate) struct F32W;
 impl FloatWeights for F32W {
     const BYTES: usize = 4;
     #[inline(always)]
@@ -773,7 +771,7 @@ impl FloatWeights for F32W {
     }
 }
 
-struct F16W;
+pub(crate) struct F16W;
 impl FloatWeights for F16W {
     const BYTES: usize = 2;
     #[inline(always)]
@@ -786,7 +784,7 @@ impl FloatWeights for F16W {
     }
 }
 
-struct Bf16W;
+pub(crate) struct Bf16W;
 impl FloatWeights for Bf16W {
     const BYTES: usize = 2;
     #[inline(always)]
@@ -801,7 +799,7 @@ impl FloatWeights for Bf16W {
 }
 
 #[inline(always)]
-unsafe fn dot_float<F: FloatWeights>(w: &[u8], a: &[u8]) -> f32 {
+pub(crate) unsafe fn dot_float<F: FloatWeights>(w: &[u8], a: &[u8]) -> f32 {
     let n = w.len() / F::BYTES;
     let (wp, x) = (w.as_ptr(), a.as_ptr() as *const f32);
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -825,64 +823,4 @@ unsafe fn dot_float<F: FloatWeights>(w: &[u8], a: &[u8]) -> f32 {
         sum += F::one(&w[j * F::BYTES..]) * xj;
     }
     sum
-}
-
-// ---- the two compiled tiers ----------------------------------------------------------------
-
-macro_rules! tier {
-    ($module:ident, $features:literal, $madd:ty) => {
-        mod $module {
-            use super::*;
-            tier!(@entries $features,
-                F32 => dot_float::<F32W>, F16 => dot_float::<F16W>, BF16 => dot_float::<Bf16W>,
-                Q4_0 => dot_q8_0::<BlockQ4_0, $madd>, Q4_1 => dot_q8_0::<BlockQ4_1, $madd>,
-                Q5_0 => dot_q8_0::<BlockQ5_0, $madd>, Q5_1 => dot_q8_0::<BlockQ5_1, $madd>,
-                Q8_0 => dot_q8_0::<BlockQ8_0, $madd>, IQ4_NL => dot_q8_0::<BlockIq4Nl, $madd>,
-                Q2_K => dot_q8_k::<BlockQ2K, $madd>, Q3_K => dot_q8_k::<BlockQ3K, $madd>,
-                Q4_K => dot_q8_k::<BlockQ4K, $madd>, Q5_K => dot_q8_k::<BlockQ5K, $madd>,
-                Q6_K => dot_q8_k::<BlockQ6K, $madd>, IQ2_XXS => dot_q8_k::<BlockIq2Xxs, $madd>,
-                IQ2_XS => dot_q8_k::<BlockIq2Xs, $madd>, IQ2_S => dot_q8_k::<BlockIq2S, $madd>,
-                IQ3_XXS => dot_q8_k::<BlockIq3Xxs, $madd>, IQ3_S => dot_q8_k::<BlockIq3S, $madd>,
-                IQ1_S => dot_q8_k::<BlockIq1S, $madd>, IQ1_M => dot_q8_k::<BlockIq1M, $madd>,
-                IQ4_XS => dot_q8_k::<BlockIq4Xs, $madd>);
-        }
-    };
-    (@entries $features:literal, $($ty:ident => $kernel:path),*) => {
-        /// The kernel for `ty`, compiled for this tier's target features.
-        pub(super) fn table(ty: GgmlType) -> Option<VecDotFn> {
-            $(
-                #[allow(non_snake_case)]
-                #[target_feature(enable = $features)]
-                unsafe fn $ty(w: &[u8], a: &[u8]) -> f32 {
-                    $kernel(w, a)
-                }
-            )*
-            match ty {
-                $(GgmlType::$ty => Some(|w, a| unsafe { $ty(w, a) }),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-tier!(avx2_tier, "avx2,fma,f16c", Avx2);
-tier!(
-    vnni_tier,
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    Vnni
-);
-
-fn vnni_detected() -> bool {
-    Isa::detected() >= Isa::Avx512 && is_x86_feature_detected!("avx512vnni")
-}
-
-/// The SIMD kernel for `ty` at or below `isa` (already capped at the detected tier).
-pub(super) fn dot_fn(ty: GgmlType, isa: Isa) -> Option<(VecDotFn, Isa)> {
-    if isa >= Isa::Avx512 && vnni_detected() {
-        return vnni_tier::table(ty).map(|f| (f, Isa::Avx512));
-    }
-    if isa >= Isa::Avx2 {
-        return avx2_tier::table(ty).map(|f| (f, Isa::Avx2));
-    }
-    None
 }

@@ -23,170 +23,18 @@
 
 use std::cell::RefCell;
 
-use super::unpack::{IntSuperBlock, Unpack32, UnpackK};
-use super::{QMatrix, SharedOut, Tiles, activation_type, quantize_activations};
+use super::panel::{Shape, TILE_ROWS, act_blocks};
+use super::{QMatrix, SharedOut, Tiles, quantize_activations};
 use crate::error::Result;
-use crate::gguf::{GgmlType, QK_K};
-use crate::quant::iquants::*;
-use crate::quant::kquants::*;
-use crate::quant::legacy::*;
-use crate::quant::{Isa, block::F16Le};
+use crate::gguf::GgmlType;
+use crate::kernels::PanelForm;
 
 use super::Pool;
 
-/// Weight rows per tile (one task).
-pub const TILE_ROWS: usize = 16;
 /// Tokens per vector of the kernel.
 const BAND: usize = 16;
 /// Weight rows whose accumulators the kernel keeps in registers at once.
 const PASS_ROWS: usize = 8;
-
-/// One weight row in the panel's form: `q` (cols signed bytes), and per group `sd` and `m`.
-pub(super) type RowUnpackFn = fn(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]);
-
-/// How a type enters the batched product.
-#[derive(Clone, Copy)]
-pub(super) struct PanelForm {
-    pub unpack: RowUnpackFn,
-    /// Elements per scale group: 16 or 32.
-    pub group: usize,
-    /// Whether groups have an offset `m` besides the scale.
-    pub offset: bool,
-}
-
-#[inline(always)]
-fn unpack_row_32<B: Unpack32 + bytemuck::Pod>(
-    row: &[u8],
-    q: &mut [u8],
-    sd: &mut [f32],
-    m: &mut [f32],
-) {
-    let blocks: &[B] = bytemuck::cast_slice(row);
-    for (b, block) in blocks.iter().enumerate() {
-        let u = block.unpack();
-        for (d, &v) in q[32 * b..32 * b + 32].iter_mut().zip(&u.q) {
-            *d = v as u8;
-        }
-        sd[b] = u.d;
-        m[b] = u.m;
-    }
-}
-
-/// Super-blocks through their integer form, with groups of `G` elements (for G = 32, the two
-/// 16-element halves of a group share their scale and min).
-#[inline(always)]
-pub(super) fn unpack_row_k<B: UnpackK + bytemuck::Pod, const G: usize>(
-    row: &[u8],
-    q: &mut [u8],
-    sd: &mut [f32],
-    m: &mut [f32],
-) {
-    let blocks: &[B] = bytemuck::cast_slice(row);
-    let mut u = IntSuperBlock::default();
-    let per_block = QK_K / G;
-    // Chunked (no index arithmetic) so that the stores vectorize: for Q2_K the group terms
-    // were 40% of the unpacking.
-    let groups = sd
-        .chunks_exact_mut(per_block)
-        .zip(m.chunks_exact_mut(per_block));
-    for ((block, q), (sd, m)) in blocks.iter().zip(q.chunks_exact_mut(QK_K)).zip(groups) {
-        block.unpack(&mut u);
-        for (d, &v) in q.iter_mut().zip(&u.q) {
-            *d = v as u8;
-        }
-        for (g, (sd, m)) in sd.iter_mut().zip(m.iter_mut()).enumerate() {
-            let half = g * G / 16;
-            *sd = u.d * u.scales[half] as f32;
-            *m = u.dmin * u.mins[half] as f32;
-        }
-    }
-}
-
-/// The panel form of `ty` for `kernel`: the 512-bit unpackers where that kernel runs, the
-/// portable ones (compiled for AVX2 on the 256-bit kernels) elsewhere.
-pub(super) fn panel_form(ty: GgmlType, kernel: Kernel) -> Option<PanelForm> {
-    #[cfg(target_arch = "x86_64")]
-    match kernel {
-        Kernel::Avx512Vnni => super::avx512::panel_form(ty).or_else(|| scalar_panel_form(ty)),
-        _ => avx2_panel_form(ty),
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = kernel;
-        scalar_panel_form(ty)
-    }
-}
-
-/// Each type with its portable unpacker, scale grain (elements per scale) and whether its
-/// groups have offsets: `scalar_panel_form` at the baseline instruction set and, on x86-64,
-/// `avx2_panel_form`, the same unpackers compiled with AVX2 (their lane loops vectorize; at
-/// the baseline ISA they ran 4-20x slower).
-macro_rules! portable_panels {
-    ($($ty:ident => $unpack:path, $group:literal, $offset:literal),* $(,)?) => {
-        pub(super) fn scalar_panel_form(ty: GgmlType) -> Option<PanelForm> {
-            let form = |unpack: RowUnpackFn, group, offset| PanelForm { unpack, group, offset };
-            match ty {
-                $(GgmlType::$ty => Some(form($unpack, $group, $offset)),)*
-                _ => None,
-            }
-        }
-
-        // SAFETY (of the wrappers' calls): the 256-bit kernels, the only users, run where AVX2
-        // was detected.
-        #[cfg(target_arch = "x86_64")]
-        featured_panel_form!(fn avx2_panel_form, "avx2,fma,f16c", true;
-                             $($ty => $unpack, $group, $offset),*);
-    };
-}
-
-/// A panel-form table compiled with `features` (where `guard` holds): per type a wrapper with
-/// the features that its unpacker is inlined into (their lane loops vectorize there).
-macro_rules! featured_panel_form {
-    ($vis:vis fn $name:ident, $features:literal, $guard:expr;
-     $($ty:ident => $unpack:path, $group:literal, $offset:literal),* $(,)?) => {
-        $vis fn $name(ty: GgmlType) -> Option<PanelForm> {
-            if !$guard {
-                return None;
-            }
-            $(
-                #[allow(non_snake_case)]
-                #[target_feature(enable = $features)]
-                unsafe fn $ty(row: &[u8], q: &mut [u8], sd: &mut [f32], m: &mut [f32]) {
-                    $unpack(row, q, sd, m)
-                }
-            )*
-            let form = |unpack: RowUnpackFn, group, offset| PanelForm { unpack, group, offset };
-            match ty {
-                $(GgmlType::$ty => Some(form(|row, q, sd, m| unsafe { $ty(row, q, sd, m) }, $group, $offset)),)*
-                _ => None,
-            }
-        }
-    };
-}
-#[cfg(target_arch = "x86_64")]
-pub(super) use featured_panel_form;
-
-portable_panels!(
-    Q4_0 => unpack_row_32::<BlockQ4_0>, 32, false,
-    Q4_1 => unpack_row_32::<BlockQ4_1>, 32, true,
-    Q5_0 => unpack_row_32::<BlockQ5_0>, 32, false,
-    Q5_1 => unpack_row_32::<BlockQ5_1>, 32, true,
-    Q8_0 => unpack_row_32::<BlockQ8_0>, 32, false,
-    IQ4_NL => unpack_row_32::<BlockIq4Nl>, 32, false,
-    Q2_K => unpack_row_k::<BlockQ2K, 16>, 16, true,
-    Q3_K => unpack_row_k::<BlockQ3K, 16>, 16, false,
-    Q4_K => unpack_row_k::<BlockQ4K, 32>, 32, true,
-    Q5_K => unpack_row_k::<BlockQ5K, 32>, 32, true,
-    Q6_K => unpack_row_k::<BlockQ6K, 16>, 16, false,
-    IQ2_XXS => unpack_row_k::<BlockIq2Xxs, 32>, 32, false,
-    IQ2_XS => unpack_row_k::<BlockIq2Xs, 16>, 16, false,
-    IQ2_S => unpack_row_k::<BlockIq2S, 16>, 16, false,
-    IQ3_XXS => unpack_row_k::<BlockIq3Xxs, 32>, 32, false,
-    IQ3_S => unpack_row_k::<BlockIq3S, 32>, 32, false,
-    IQ1_S => unpack_row_k::<BlockIq1S, 32>, 32, false,
-    IQ1_M => unpack_row_k::<BlockIq1M, 16>, 16, false,
-    IQ4_XS => unpack_row_k::<BlockIq4Xs, 32>, 32, false,
-);
 
 /// The integer step of the batched product, by instruction set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,49 +60,6 @@ impl Kernel {
     fn offset128(self) -> bool {
         self != Kernel::Avx2Signed
     }
-}
-
-/// The largest magnitude of a type's weight bytes in the panel (its integer form, `unpack`).
-pub(super) fn weight_bound(ty: GgmlType) -> u32 {
-    use GgmlType::*;
-    match ty {
-        Q2_K => 3,
-        Q3_K => 4,
-        Q4_0 => 8,
-        IQ1_S | IQ1_M => 9,
-        Q4_1 | Q4_K | IQ3_S => 15,
-        Q5_0 => 16,
-        Q5_1 | Q5_K => 31,
-        Q6_K => 32,
-        IQ2_XXS | IQ2_XS | IQ2_S => 43,
-        IQ3_XXS => 62,
-        IQ4_NL | IQ4_XS => 127,
-        _ => 128, // Q8_0, and any byte
-    }
-}
-
-/// The kernel `gemm` runs `ty` with at tier `isa` on this CPU, if any.
-pub fn kernel(ty: GgmlType, isa: Isa) -> Option<Kernel> {
-    scalar_panel_form(ty)?;
-    #[cfg(target_arch = "x86_64")]
-    {
-        let isa = isa.min(Isa::detected());
-        if isa >= Isa::Avx512 && vnni_detected() {
-            return Some(Kernel::Avx512Vnni);
-        }
-        if isa >= Isa::AvxVnni && is_x86_feature_detected!("avxvnni") {
-            return Some(Kernel::AvxVnni);
-        }
-        if isa >= Isa::Avx2 {
-            return Some(match weight_bound(ty) {
-                0..=32 => Kernel::Avx2Pairs,
-                33..=64 => Kernel::Avx2,
-                _ => Kernel::Avx2Signed,
-            });
-        }
-    }
-    let _ = isa;
-    None
 }
 
 /// A tile of 16 weight rows: row r's bytes at `q[r * cols..]`, its group terms at
@@ -373,50 +178,27 @@ impl Acts {
     }
 }
 
-/// The blocks of one quantized activation row (Q8_0 or Q8_K): each block's scale and its
-/// quants (signed bytes).
-pub(super) fn act_blocks(act_ty: GgmlType, row: &[u8]) -> impl Iterator<Item = (f32, &[u8])> {
-    let (block_elems, block_bytes) = (act_ty.block_elems(), act_ty.block_bytes());
-    row.chunks_exact(block_bytes).map(move |block| {
-        if act_ty == GgmlType::Q8_0 {
-            (
-                F16Le([block[0], block[1]]).to_f32(),
-                &block[2..2 + block_elems],
-            )
-        } else {
-            let b: &BlockQ8K = bytemuck::from_bytes(block);
-            (f32::from_le_bytes(b.d), bytemuck::cast_slice(&b.qs))
-        }
-    })
-}
-
 thread_local! {
     static PANEL: RefCell<Panel> = RefCell::new(Panel::default());
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
 }
 
-/// The features of the `vpdpbusd` kernel (AVX-512 F/BW with VNNI).
-#[cfg(target_arch = "x86_64")]
-fn vnni_detected() -> bool {
-    is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vnni")
-}
-
 /// `y_i[t][r] = sum_c W_i[r][c] x[t][c]` for the n rows of `x` and matrices of one type and
-/// width, with `kernel` (from `kernel(ws[0].ty, ..)`); the caller checked the shapes.
+/// width, with the kernel and panel form of `ws[0]`'s record; the caller checked the shapes.
 pub(super) fn gemm(
     pool: &Pool,
     ws: &[QMatrix],
     x: &[f32],
     outs: &[SharedOut],
     scratch: &mut Vec<u8>,
-    kernel: Kernel,
 ) -> Result<()> {
     let w0 = &ws[0];
     let n = x.len() / w0.cols;
-    let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
-    let form = panel_form(w0.ty, kernel).expect("checked by kernel()");
+    let k = w0.kernels;
+    let act_ty = k.activation.expect("checked in QMatrix::new");
+    let (Some(kernel), Some(form)) = (k.gemm, k.panel) else {
+        unreachable!("matmul runs gemm only for types with a batched kernel")
+    };
     let (group, per_block) = (form.group, act_ty.block_elems() / form.group);
     quantize_activations(act_ty, x, scratch)?;
     ACTS.with_borrow_mut(|acts| {
@@ -476,16 +258,6 @@ fn store_transposed(
             unsafe { *out.at(base + r) = row[t] };
         }
     }
-}
-
-/// The sizes the kernel walks.
-pub(super) struct Shape {
-    pub n: usize,
-    pub cols: usize,
-    pub rows: usize,
-    pub group: usize,
-    pub per_block: usize,
-    pub offset: bool,
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -13,6 +13,7 @@ mod bandwidth;
 mod denormals;
 pub mod gemm;
 pub mod narrow;
+pub(crate) mod panel;
 mod pool;
 pub mod scalar;
 pub mod unpack;
@@ -20,9 +21,9 @@ pub mod unpack;
 #[cfg(target_arch = "x86_64")]
 mod act_quant;
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(crate) mod avx512;
 
 pub use bandwidth::read_bandwidth;
 pub use denormals::{FlushDenormals, flushing};
@@ -30,109 +31,42 @@ pub use pool::{Pool, physical_cores};
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
-use crate::quant::iquants::*;
-use crate::quant::kquants::*;
-use crate::quant::legacy::*;
+pub use crate::kernels::{TypeKernels, VecDotFn, VecDotManyFn, kernels};
 use crate::quant::{Isa, quantize};
-
-/// One weight row (whole blocks) against one activation row of the companion type.
-pub type VecDotFn = fn(w: &[u8], a: &[u8]) -> f32;
-
-/// `out[t] = dot(w, a_t)` for `out.len()` activation rows back to back in `a` (at most
-/// `MAX_DOT_TOKENS`), each equal to the type's `VecDotFn` result bit for bit.
-pub type VecDotManyFn = fn(w: &[u8], a: &[u8], out: &mut [f32]);
 
 /// Most activation rows a `VecDotManyFn` takes.
 pub const MAX_DOT_TOKENS: usize = 8;
 /// Up to this many activation rows, types with a multi-token dot product use it rather than
 /// the narrow or batched products.
-const MANY_DOT_UP_TO: usize = 8;
+pub(crate) const MANY_DOT_UP_TO: usize = 8;
 
 /// The most activation rows for which `matmul` gives each row the bits it gets alone (the
 /// per-row and multi-token dot products; the narrow and batched products sum in another
 /// order). Speculative decoding verifies that many guesses per call, so that its greedy text
 /// is decoding's.
 pub fn exact_rows(ty: GgmlType, isa: Isa) -> usize {
-    if dot_many_fn(ty, isa).is_some() {
-        return MANY_DOT_UP_TO.max(1);
-    }
-    match gemm::kernel(ty, isa) {
-        Some(gemm::Kernel::Avx512Vnni) => return narrow::first(ty).min(GEMM_MIN_TOKENS) - 1,
-        Some(_) => return GEMM_MIN_TOKENS - 1,
-        None => {}
-    }
-    usize::MAX
+    kernels(ty, isa).exact_rows
 }
 
 /// The multi-token dot product of `ty`, where the type and CPU have one (the codebook types:
 /// taking a super-block apart costs more than its products, so it is done once per row).
 pub fn dot_many_fn(ty: GgmlType, isa: Isa) -> Option<VecDotManyFn> {
-    #[cfg(target_arch = "x86_64")]
-    if isa.min(Isa::detected()) >= Isa::Avx512 && avx512::detected() {
-        return avx512::many_table(ty);
-    }
-    let _ = (ty, isa);
-    None
+    kernels(ty, isa).dot_many
 }
 
 /// The type activations are converted to before a dot product with weights of `ty`.
 pub fn activation_type(ty: GgmlType) -> Option<GgmlType> {
-    use GgmlType::*;
-    Some(match ty {
-        F32 | F16 | BF16 => F32,
-        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | IQ4_NL => Q8_0,
-        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S
-        | IQ1_M | IQ4_XS => Q8_K,
-        _ => return None,
-    })
+    kernels(ty, Isa::Scalar).activation
 }
 
 /// The reference dot product for weights of `ty`.
 pub fn reference_dot(ty: GgmlType) -> Option<VecDotFn> {
-    use GgmlType::*;
-    use scalar::{dot_q8_0, dot_q8_k};
-    Some(match ty {
-        F32 => scalar::dot_f32,
-        F16 => scalar::dot_f16,
-        BF16 => scalar::dot_bf16,
-        Q4_0 => dot_q8_0::<BlockQ4_0>,
-        Q4_1 => dot_q8_0::<BlockQ4_1>,
-        Q5_0 => dot_q8_0::<BlockQ5_0>,
-        Q5_1 => dot_q8_0::<BlockQ5_1>,
-        Q8_0 => dot_q8_0::<BlockQ8_0>,
-        IQ4_NL => dot_q8_0::<BlockIq4Nl>,
-        Q2_K => dot_q8_k::<BlockQ2K>,
-        Q3_K => dot_q8_k::<BlockQ3K>,
-        Q4_K => dot_q8_k::<BlockQ4K>,
-        Q5_K => dot_q8_k::<BlockQ5K>,
-        Q6_K => dot_q8_k::<BlockQ6K>,
-        IQ2_XXS => dot_q8_k::<BlockIq2Xxs>,
-        IQ2_XS => dot_q8_k::<BlockIq2Xs>,
-        IQ2_S => dot_q8_k::<BlockIq2S>,
-        IQ3_XXS => dot_q8_k::<BlockIq3Xxs>,
-        IQ3_S => dot_q8_k::<BlockIq3S>,
-        IQ1_S => dot_q8_k::<BlockIq1S>,
-        IQ1_M => dot_q8_k::<BlockIq1M>,
-        IQ4_XS => dot_q8_k::<BlockIq4Xs>,
-        _ => return None,
-    })
+    kernels(ty, Isa::Scalar).reference_dot
 }
 
 /// The fastest dot product for `ty` at or below tier `isa`, with the tier it belongs to.
 pub fn dot_fn(ty: GgmlType, isa: Isa) -> Option<(VecDotFn, Isa)> {
-    let isa = isa.min(Isa::detected());
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx512
-        && avx512::detected()
-        && let Some(f) = avx512::table(ty)
-    {
-        return Some((f, Isa::Avx512));
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(found) = avx2::dot_fn(ty, isa) {
-        return Some(found);
-    }
-    reference_dot(ty).map(|f| (f, Isa::Scalar))
+    kernels(ty, isa).dot
 }
 
 /// Converts activation rows `x` (whole rows of `cols`) to `act_ty`, replacing `out`'s contents
@@ -203,18 +137,22 @@ pub fn all_finite(x: &[f32]) -> bool {
     (lanes.iter().sum::<f32>() + tail) == 0.0
 }
 
-/// A weight matrix as stored in a GGUF file: `rows` rows of `cols` elements of type `ty`.
+/// A weight matrix as stored in a GGUF file: `rows` rows of `cols` elements of type `ty`, with
+/// its type's kernels (resolved once, at load).
 #[derive(Clone, Copy)]
 pub struct QMatrix<'a> {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    pub kernels: &'static TypeKernels,
 }
 
 impl<'a> QMatrix<'a> {
+    /// The matrix with the kernels of the active tier.
     pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
-        if activation_type(ty).is_none() {
+        let kernels = kernels(ty, Isa::active());
+        if kernels.activation.is_none() {
             return Err(Error::Unsupported(format!(
                 "tensor type {ty}: no matrix product for this type"
             )));
@@ -239,7 +177,17 @@ impl<'a> QMatrix<'a> {
             rows,
             cols,
             data,
+            kernels,
         })
+    }
+
+    /// The same matrix with the kernels of tier `isa` (tests, benchmarks, `FERROLLM_ISA`-like
+    /// choices per call).
+    pub fn with_isa(self, isa: Isa) -> Self {
+        QMatrix {
+            kernels: kernels(self.ty, isa),
+            ..self
+        }
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -274,16 +222,16 @@ impl SharedOut {
 }
 
 /// `y[t][r] = sum_c W[r][c] * x[t][c]` for `n` activation rows `x` (n x cols, row-major) into
-/// `y` (n x rows). `scratch` holds the quantized activations between calls.
+/// `y` (n x rows), with the kernels of `w`'s record. `scratch` holds the quantized activations
+/// between calls.
 pub fn matmul(
     pool: &Pool,
     w: &QMatrix,
     x: &[f32],
     y: &mut [f32],
     scratch: &mut Vec<u8>,
-    isa: Isa,
 ) -> Result<()> {
-    matmul_many(pool, &[*w], x, &mut [y], scratch, isa)
+    matmul_many(pool, &[*w], x, &mut [y], scratch)
 }
 
 /// Most matrices `matmul_many` runs in one dispatch.
@@ -299,7 +247,6 @@ pub fn matmul_many(
     x: &[f32],
     ys: &mut [&mut [f32]],
     scratch: &mut Vec<u8>,
-    isa: Isa,
 ) -> Result<()> {
     let Some(&w0) = ws.first() else {
         return Ok(());
@@ -323,7 +270,9 @@ pub fn matmul_many(
             )));
         }
     }
-    let alike = ws.iter().all(|w| w.ty == w0.ty && w.cols == w0.cols);
+    let alike = ws
+        .iter()
+        .all(|w| std::ptr::eq(w.kernels, w0.kernels) && w.cols == w0.cols);
     if !alike || ws.len() > MAX_MANY {
         for (w, y) in ws.iter().zip(ys.iter_mut()) {
             matmul_many(
@@ -332,7 +281,6 @@ pub fn matmul_many(
                 x,
                 std::slice::from_mut(y),
                 scratch,
-                isa,
             )?;
         }
         return Ok(());
@@ -342,20 +290,21 @@ pub fn matmul_many(
         *o = SharedOut(y.as_mut_ptr());
     }
     let outs = &outs[..ws.len()];
-    let many = dot_many_fn(w0.ty, isa).filter(|_| (2..=MANY_DOT_UP_TO).contains(&n));
-    if let Some(kernel) = gemm::kernel(w0.ty, isa)
+    let k = w0.kernels;
+    let many = k.dot_many.filter(|_| (2..=MANY_DOT_UP_TO).contains(&n));
+    if let Some(kernel) = k.gemm
         && many.is_none()
     {
         // The narrow product is written for 512-bit vectors only.
-        if kernel == gemm::Kernel::Avx512Vnni && narrow::takes(n, w0.ty) {
+        if kernel == gemm::Kernel::Avx512Vnni && narrow::takes(n, k) {
             return narrow::narrow(pool, ws, x, outs, scratch);
         }
         if n >= GEMM_MIN_TOKENS {
-            return gemm::gemm(pool, ws, x, outs, scratch, kernel);
+            return gemm::gemm(pool, ws, x, outs, scratch);
         }
     }
-    let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
-    let (dot, _) = dot_fn(w0.ty, isa).expect("every matrix type has a dot product");
+    let act_ty = k.activation.expect("checked in QMatrix::new");
+    let (dot, _) = k.dot.expect("every matrix type has a dot product");
     quantize_activations(act_ty, x, scratch)?;
     let act_row_bytes = w0.cols / act_ty.block_elems() * act_ty.block_bytes();
     let acts: &[u8] = scratch;
@@ -439,7 +388,6 @@ pub fn matvec(
     x: &[f32],
     y: &mut [f32],
     scratch: &mut Vec<u8>,
-    isa: Isa,
 ) -> Result<()> {
     if x.len() != w.cols || y.len() != w.rows {
         return Err(Error::invalid(format!(
@@ -450,7 +398,7 @@ pub fn matvec(
             y.len()
         )));
     }
-    matmul(pool, w, x, y, scratch, isa)
+    matmul(pool, w, x, y, scratch)
 }
 
 #[cfg(test)]

@@ -20,10 +20,11 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
-use super::gemm::{Kernel, PanelForm, Shape, TILE_ROWS, act_blocks, panel_form};
-use super::{QMatrix, SharedOut, Tiles, activation_type, quantize_activations};
+use super::panel::{Shape, TILE_ROWS, act_blocks};
+use super::{QMatrix, SharedOut, Tiles, quantize_activations};
 use crate::error::Result;
 use crate::gguf::GgmlType;
+use crate::kernels::{LanesFn, PanelForm, TypeKernels};
 
 use super::Pool;
 
@@ -37,11 +38,6 @@ const ROW_GROUPS: usize = TILE_ROWS / QUARTER;
 const CHUNK_COLS: usize = 512;
 /// Tiles ahead whose weights are fetched while one is computed.
 const AHEAD: usize = 1;
-
-/// Four rows (`valid` of them real, the others any row) straight into lane form: `q`
-/// (4 x cols bytes), `sd` and `m` (4 per group; `m` only for types with offsets).
-pub(super) type LanesFn =
-    fn(rows: [&[u8]; 4], valid: usize, q: &mut [u8], sd: &mut [f32], m: &mut [f32]);
 
 /// A tile's partial sums: per group of 4 tokens and row group, the 16 (token, row) lanes.
 #[derive(Default)]
@@ -148,7 +144,7 @@ impl Lanes {
             }
             let at = rg * QUARTER;
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: only built where gemm::kernel() chose the 512-bit kernel (features detected).
+            // SAFETY: only built where the type's record chose the 512-bit kernel (features detected).
             unsafe {
                 avx512::interleave(&tmp.q, cols, &mut self.q[at * cols..][..QUARTER * cols]);
                 avx512::interleave_scales(
@@ -216,28 +212,18 @@ thread_local! {
     static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
 }
 
-/// Whether `narrow` is the fastest product for `n` rows of `ty` (the caller has checked
-/// `gemm::kernel` chose the 512-bit kernel). Below, the per-row dot products, whose cost grows by about one matrix-
-/// vector product's arithmetic per row, are faster (measured on 14336 x 4096: from 3 rows on
-/// for the types unpacked straight into lanes, from 4 for the others).
-pub fn takes(n: usize, ty: GgmlType) -> bool {
-    (first(ty)..=MAX_TOKENS).contains(&n)
+/// Whether `narrow` is the fastest product for `n` rows of `k`'s type (the caller has checked
+/// that the batched product runs the 512-bit kernel). Below, the per-row dot products, whose
+/// cost grows by about one matrix-vector product's arithmetic per row, are faster (measured on
+/// 14336 x 4096: from 3 rows on for the types unpacked straight into lanes, from 4 for the
+/// others).
+pub fn takes(n: usize, k: &TypeKernels) -> bool {
+    (first(k)..=MAX_TOKENS).contains(&n)
 }
 
-/// The fewest activation rows this product takes for `ty`.
-pub fn first(ty: GgmlType) -> usize {
-    if direct_form(ty).is_some() { 3 } else { 4 }
-}
-
-/// The unpacker straight into lanes, for the types and CPUs that have one.
-fn direct_form(ty: GgmlType) -> Option<LanesFn> {
-    #[cfg(target_arch = "x86_64")]
-    return super::avx512::lanes_form(ty);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = ty;
-        None
-    }
+/// The fewest activation rows this product takes for `k`'s type.
+pub fn first(k: &TypeKernels) -> usize {
+    if k.lanes.is_some() { 3 } else { 4 }
 }
 
 /// As `gemm::gemm`, for up to 8 activation rows.
@@ -250,9 +236,12 @@ pub(super) fn narrow(
 ) -> Result<()> {
     let w0 = &ws[0];
     let n = x.len() / w0.cols;
-    let act_ty = activation_type(w0.ty).expect("checked in QMatrix::new");
-    let form: PanelForm = panel_form(w0.ty, Kernel::Avx512Vnni).expect("checked by gemm::kernel()");
-    let direct = direct_form(w0.ty);
+    let k = w0.kernels;
+    let act_ty = k.activation.expect("checked in QMatrix::new");
+    let form: PanelForm = k
+        .panel
+        .expect("matmul runs narrow only with the 512-bit gemm kernel");
+    let direct: Option<LanesFn> = k.lanes;
     let (group, per_block) = (form.group, act_ty.block_elems() / form.group);
     quantize_activations(act_ty, x, scratch)?;
     ACTS.with_borrow_mut(|acts| {
@@ -287,7 +276,7 @@ pub(super) fn narrow(
                         let span = start..(start + step).min(w.cols);
                         lanes.fill(w, &form, direct, rows.start, span.clone(), next);
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: gemm::kernel() chose the 512-bit kernel: the CPU has its features.
+                        // SAFETY: the type's record chose the 512-bit kernel: the CPU has its features.
                         unsafe {
                             avx512::accumulate(lanes, acts, &shape, span, &mut sums)
                         };

@@ -135,7 +135,7 @@ fn matmul_rows_and_threads() {
     let x = random_floats(9, n * cols);
     let mut y = vec![0f32; n * rows];
     let mut scratch = Vec::new();
-    matmul(&pool, &m, &x, &mut y, &mut scratch, Isa::active()).unwrap();
+    matmul(&pool, &m, &x, &mut y, &mut scratch).unwrap();
     let mut a = Vec::new();
     for t in 0..n {
         quantize_activations(GgmlType::Q8_K, &x[t * cols..(t + 1) * cols], &mut a).unwrap();
@@ -156,17 +156,18 @@ fn bad_shapes_are_errors() {
     let m = QMatrix::new(GgmlType::Q4_0, 2, 64, &w).unwrap();
     let pool = Pool::new(Some(1)).unwrap();
     let mut y = vec![0f32; 2];
-    assert!(matvec(&pool, &m, &[0.0; 63], &mut y, &mut Vec::new(), Isa::Scalar).is_err());
+    assert!(matvec(&pool, &m, &[0.0; 63], &mut y, &mut Vec::new()).is_err());
     assert!(Pool::new(Some(0)).is_err());
 }
 
-/// The batched product's kernels this CPU runs for `ty`, one per tier.
-fn kernels(ty: GgmlType) -> impl Iterator<Item = gemm::Kernel> {
-    let mut found: Vec<gemm::Kernel> = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512]
+/// The batched product's kernels this CPU runs for `ty`, one per tier, with a tier that runs
+/// each.
+fn kernels(ty: GgmlType) -> impl Iterator<Item = (Isa, gemm::Kernel)> {
+    let mut found: Vec<(Isa, gemm::Kernel)> = [Isa::Avx2, Isa::AvxVnni, Isa::Avx512]
         .into_iter()
-        .filter_map(|isa| gemm::kernel(ty, isa))
+        .filter_map(|isa| crate::kernels::kernels(ty, isa).gemm.map(|k| (isa, k)))
         .collect();
-    found.dedup();
+    found.dedup_by_key(|(_, k)| *k);
     found.into_iter()
 }
 
@@ -176,10 +177,10 @@ fn the_batched_product_matches_the_per_row_kernels() {
     // of rows, on every kernel the CPU has.
     let pool = Pool::new(Some(2)).unwrap();
     for &ty in DOT_TYPES {
-        for kernel in kernels(ty) {
+        for (isa, _) in kernels(ty) {
             // cols: the 32-element types also at one block (rows shorter than a vector).
             for cols in [ty.block_elems().max(256) * 2, ty.block_elems().max(32)] {
-                check_batched(&pool, ty, 37, cols, Product::Gemm(kernel));
+                check_batched(&pool, ty, 37, cols, Product::Gemm(isa));
             }
         }
     }
@@ -191,10 +192,10 @@ fn the_batched_product_matches_the_per_row_kernels() {
 fn the_256_bit_kernels_are_exact_at_the_extremes() {
     let pool = Pool::new(Some(1)).unwrap();
     for &ty in DOT_TYPES {
-        for kernel in kernels(ty).filter(|k| *k != gemm::Kernel::Avx512Vnni) {
+        for (isa, kernel) in kernels(ty).filter(|(_, k)| *k != gemm::Kernel::Avx512Vnni) {
             let (rows, cols, n) = (5, ty.block_elems().max(256), 9);
             let w = random_weights(ty, 900 + ty.id() as u64, rows * cols / ty.block_elems());
-            let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+            let m = QMatrix::new(ty, rows, cols, &w).unwrap().with_isa(isa);
             let mut wf = vec![0f32; rows * cols];
             crate::quant::dequantize_with(ty, &w, &mut wf, Isa::Scalar).unwrap();
             // Each activation the sign of its weight times the row's extreme: every product
@@ -204,7 +205,7 @@ fn the_256_bit_kernels_are_exact_at_the_extremes() {
                 .collect();
             let mut y = vec![0f32; n * rows];
             let out = [SharedOut(y.as_mut_ptr())];
-            gemm::gemm(&pool, &[m], &x, &out, &mut Vec::new(), kernel).unwrap();
+            gemm::gemm(&pool, &[m], &x, &out, &mut Vec::new()).unwrap();
             let act_ty = activation_type(ty).unwrap();
             for t in 0..n {
                 let mut a = Vec::new();
@@ -226,7 +227,7 @@ fn the_256_bit_kernels_are_exact_at_the_extremes() {
 fn the_narrow_product_matches_the_per_row_kernels_whatever_the_batch() {
     let pool = Pool::new(Some(2)).unwrap();
     for &ty in DOT_TYPES {
-        if gemm::kernel(ty, Isa::detected()) != Some(gemm::Kernel::Avx512Vnni) {
+        if crate::kernels::kernels(ty, Isa::detected()).gemm != Some(gemm::Kernel::Avx512Vnni) {
             continue;
         }
         for cols in [ty.block_elems().max(256) * 2, ty.block_elems().max(32)] {
@@ -234,7 +235,9 @@ fn the_narrow_product_matches_the_per_row_kernels_whatever_the_batch() {
             // A token's result is the same bits whatever else is in the batch.
             let rows = 37;
             let w = random_weights(ty, 3 + ty.id() as u64, rows * cols / ty.block_elems());
-            let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+            let m = QMatrix::new(ty, rows, cols, &w)
+                .unwrap()
+                .with_isa(Isa::detected());
             let x = random_floats(5, narrow::MAX_TOKENS * cols);
             let run = |x: &[f32]| {
                 let mut y = vec![0f32; x.len() / cols * rows];
@@ -251,7 +254,8 @@ fn the_narrow_product_matches_the_per_row_kernels_whatever_the_batch() {
 
 #[derive(Clone, Copy)]
 enum Product {
-    Gemm(gemm::Kernel),
+    /// The batched product with the kernel of a tier.
+    Gemm(Isa),
     Narrow,
 }
 
@@ -259,6 +263,10 @@ fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize, product: P
     {
         let w = random_weights(ty, 7 + ty.id() as u64, rows * cols / ty.block_elems());
         let m = QMatrix::new(ty, rows, cols, &w).unwrap();
+        let m = match product {
+            Product::Gemm(isa) => m.with_isa(isa),
+            Product::Narrow => m.with_isa(Isa::detected()),
+        };
         let dot = reference_dot(ty).unwrap();
         let act_ty = activation_type(ty).unwrap();
         let counts: &[usize] = match product {
@@ -271,7 +279,7 @@ fn check_batched(pool: &Pool, ty: GgmlType, rows: usize, cols: usize, product: P
             let mut scratch = Vec::new();
             let out = [SharedOut(y.as_mut_ptr())];
             match product {
-                Product::Gemm(k) => gemm::gemm(pool, &[m], &x, &out, &mut scratch, k).unwrap(),
+                Product::Gemm(_) => gemm::gemm(pool, &[m], &x, &out, &mut scratch).unwrap(),
                 Product::Narrow => narrow::narrow(pool, &[m], &x, &out, &mut scratch).unwrap(),
             }
             for t in 0..n {
@@ -340,10 +348,10 @@ fn several_matrices_in_one_dispatch_equal_separate_products() {
             let mut scratch = Vec::new();
             let mut ys: Vec<Vec<f32>> = rows.iter().map(|&r| vec![0f32; n * r]).collect();
             let mut refs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
-            matmul_many(&pool, &ws, &x, &mut refs, &mut scratch, Isa::detected()).unwrap();
+            matmul_many(&pool, &ws, &x, &mut refs, &mut scratch).unwrap();
             for (w, y) in ws.iter().zip(&ys) {
                 let mut alone = vec![0f32; n * w.rows];
-                matmul(&pool, w, &x, &mut alone, &mut scratch, Isa::detected()).unwrap();
+                matmul(&pool, w, &x, &mut alone, &mut scratch).unwrap();
                 assert_eq!(
                     y, &alone,
                     "{ty} n {n}: one dispatch differs from separate products"
@@ -390,13 +398,12 @@ fn the_pool_runs_every_task_once_and_passes_panics_to_the_caller() {
 fn the_vector_panel_unpackers_equal_the_portable_ones() {
     // The portable unpackers of the codebook types and Q6_K only run on CPUs without the
     // 512-bit ones; here both unpack the same rows and must agree exactly.
-    for (&ty, kernel) in DOT_TYPES
+    for (&ty, (isa, kernel)) in DOT_TYPES
         .iter()
         .flat_map(|ty| kernels(*ty).map(move |k| (ty, k)))
     {
-        let (Some(fast), Some(portable)) =
-            (gemm::panel_form(ty, kernel), gemm::scalar_panel_form(ty))
-        else {
+        let k = crate::kernels::kernels(ty, isa);
+        let (Some(fast), Some(portable)) = (k.panel, k.portable_panel) else {
             continue;
         };
         assert_eq!(
@@ -407,7 +414,7 @@ fn the_vector_panel_unpackers_equal_the_portable_ones() {
         let cols = 1024;
         let row = random_weights(ty, 70 + ty.id() as u64, cols / ty.block_elems());
         let groups = cols / fast.group;
-        let unpack = |f: gemm::RowUnpackFn| {
+        let unpack = |f: crate::kernels::RowUnpackFn| {
             let (mut q, mut sd, mut m) = (vec![0u8; cols], vec![0f32; groups], vec![0f32; groups]);
             f(&row, &mut q, &mut sd, &mut m);
             (q, sd, if fast.offset { m } else { Vec::new() })
@@ -448,7 +455,8 @@ fn multi_token_dot_products_equal_the_single_ones_bit_for_bit() {
 #[test]
 fn every_panel_byte_is_within_its_types_bound() {
     for &ty in DOT_TYPES {
-        let Some(form) = gemm::scalar_panel_form(ty) else {
+        let k = crate::kernels::kernels(ty, Isa::Scalar);
+        let Some(form) = k.portable_panel else {
             continue;
         };
         let cols = ty.block_elems().max(256) * 8;
@@ -466,6 +474,6 @@ fn every_panel_byte_is_within_its_types_bound() {
                     .unwrap(),
             );
         }
-        assert_eq!(most, gemm::weight_bound(ty), "{ty}");
+        assert_eq!(most, k.weight_bound, "{ty}");
     }
 }

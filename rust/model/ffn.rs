@@ -12,7 +12,6 @@ use super::softmax::{exp_normal, normal_or_zero};
 use super::weights::{ExpertFfn, Tensor};
 use crate::error::Result;
 use crate::matmul::{Pool, matmul, matmul_many};
-use crate::quant::Isa;
 
 #[derive(Default)]
 pub struct FfnScratch {
@@ -29,7 +28,6 @@ pub struct FfnScratch {
 pub struct FfnContext<'a> {
     pub pool: &'a Pool,
     pub file: &'a [u8],
-    pub isa: Isa,
     /// Where input activations go while an importance matrix is collected.
     pub rec: Option<LayerRecorder<'a>>,
     pub act: Activation,
@@ -70,7 +68,6 @@ fn gated(
         x,
         &mut [&mut gate[..], &mut up[..]],
         act,
-        cx.isa,
     )?;
     let activation = match cx.act {
         Activation::Silu => silu,
@@ -82,7 +79,7 @@ fn gated(
     if let Some(r) = cx.rec {
         r.record(Input::Down, expert, gate);
     }
-    matmul(cx.pool, &e.down.mat(cx.file), gate, out, act, cx.isa)
+    matmul(cx.pool, &e.down.mat(cx.file), gate, out, act)
 }
 
 pub fn dense(
@@ -152,7 +149,6 @@ pub fn moe(
         x,
         &mut s.router_logits,
         &mut s.act,
-        cx.isa,
     )?;
     s.routes.clear();
     for t in 0..n {

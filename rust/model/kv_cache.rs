@@ -200,6 +200,56 @@ impl<'a> HeadSpan<'a> {
     }
 }
 
+/// A saved KV state starts with this, then the cache's shape (layers, KV heads, head size,
+/// sliding window: 4 x u32), K and V type ids (2 x u32), the number of positions and the
+/// number the sliding layers keep (2 x u64), little-endian; the K rows, then the V rows follow.
+const STATE_MAGIC: &[u8; 8] = b"FLKVST02";
+const STATE_SHAPE_LEN: usize = 8 + 6 * 4;
+const STATE_HEADER_LEN: usize = STATE_SHAPE_LEN + 2 * 8;
+
+/// The header of a saved KV state.
+pub struct StateHeader {
+    /// Layers, KV heads, head size, sliding window.
+    pub shape: [usize; 4],
+    /// K and V types.
+    pub types: [GgmlType; 2],
+    /// Positions saved, and those of them the sliding layers keep.
+    pub n: usize,
+    pub recent: usize,
+}
+
+impl StateHeader {
+    pub fn header(&self) -> Vec<u8> {
+        let mut h = STATE_MAGIC.to_vec();
+        for x in self.shape {
+            h.extend_from_slice(&(x as u32).to_le_bytes());
+        }
+        for t in self.types {
+            h.extend_from_slice(&t.id().to_le_bytes());
+        }
+        h.extend_from_slice(&(self.n as u64).to_le_bytes());
+        h.extend_from_slice(&(self.recent as u64).to_le_bytes());
+        h
+    }
+
+    /// The positions, sliding positions and rows of a state saved from a cache of this
+    /// header's shape and types; Err(false) for what is not a state, Err(true) for a state of
+    /// another shape or type.
+    pub fn read<'a>(&self, data: &'a [u8]) -> std::result::Result<(usize, usize, &'a [u8]), bool> {
+        if data.len() < STATE_HEADER_LEN || &data[..8] != STATE_MAGIC {
+            return Err(false);
+        }
+        if data[..STATE_SHAPE_LEN] != self.header()[..STATE_SHAPE_LEN] {
+            return Err(true);
+        }
+        let field = |i: usize| {
+            let at = STATE_SHAPE_LEN + 8 * i;
+            u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes")) as usize
+        };
+        Ok((field(0), field(1), &data[STATE_HEADER_LEN..]))
+    }
+}
+
 /// What the cache holds: `n_seq` sequences of `n_ctx` positions, `positions[layer]` of each
 /// kept (see `layer_positions`), and which layers slide.
 pub struct CacheShape {

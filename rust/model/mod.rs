@@ -38,14 +38,7 @@ pub use kv_cache::{KV_TYPES, KvCache, layer_positions};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, Value};
 use crate::matmul::{FlushDenormals, Pool, matmul, matmul_many};
-use crate::quant::{DequantFn, Isa, dequant_fn};
-
-/// A saved KV state starts with this, then the cache's shape (layers, KV heads, head size,
-/// sliding window: 4 x u32), K and V type ids (2 x u32), the number of positions and the
-/// number the sliding layers keep (2 x u64), little-endian.
-const KV_MAGIC: &[u8; 8] = b"FLKVST02";
-const KV_SHAPE_LEN: usize = 8 + 6 * 4;
-const KV_HEADER_LEN: usize = KV_SHAPE_LEN + 2 * 8;
+use crate::quant::DequantFn;
 
 #[derive(Clone)]
 pub struct ModelParams {
@@ -124,7 +117,6 @@ pub struct Model {
     pub config: Config,
     weights: Weights,
     pool: Pool,
-    isa: Isa,
     cache: KvCache,
     /// The rope of global layers, then that of sliding-window layers.
     ropes: [Rope; 2],
@@ -155,16 +147,11 @@ pub struct Model {
 /// The most rows each product of `w` computes as it computes one (the minimum over its
 /// weight types); the token embedding counts only when it is also the output head, since it is
 /// otherwise read row by row.
-fn exact_rows(w: &Weights, isa: Isa) -> usize {
-    let types: std::collections::HashSet<GgmlType> = w
-        .matrices()
+fn exact_rows(w: &Weights) -> usize {
+    w.matrices()
         .iter()
         .filter(|t| t.start != w.token_embd.start || w.output.start == t.start)
-        .map(|t| t.ty)
-        .collect();
-    types
-        .into_iter()
-        .map(|ty| crate::matmul::exact_rows(ty, isa))
+        .map(|t| t.kernels.exact_rows)
         .min()
         .unwrap_or(1)
         .max(1)
@@ -257,8 +244,11 @@ impl Model {
             params.type_v,
         )?;
         let pool = Pool::new(params.n_threads)?;
-        let isa = Isa::active();
-        let (embd_dequant, _) = dequant_fn(weights.token_embd.ty, isa).expect("checked at load");
+        let (embd_dequant, _) = weights
+            .token_embd
+            .kernels
+            .dequantize
+            .expect("checked at load");
         // Phi-3's long factors serve contexts beyond the original one.
         let factors = &weights.rope_factors;
         let factors = if n_ctx > config.rope.n_ctx_orig {
@@ -281,13 +271,12 @@ impl Model {
             .heads
             .resize_with(config.n_head, HeadScratch::default);
         let weight_ranges = weights.ranges();
-        let exact_rows = exact_rows(&weights, isa);
+        let exact_rows = exact_rows(&weights);
         Ok(Model {
             file,
             config,
             weights,
             pool,
-            isa,
             cache,
             ropes,
             embd_dequant,
@@ -413,7 +402,7 @@ impl Model {
         // every ring has (so that the restored prefix can still be cut back a little).
         let held = n.saturating_sub(self.held_from[seq]);
         let recent = held.min(self.config.swa_window + kv_cache::MIN_RING_MARGIN);
-        let mut out = self.kv_header(n, recent);
+        let mut out = self.kv_state(n, recent).header();
         out.reserve(self.cache.k.saved_len(n, recent) + self.cache.v.saved_len(n, recent));
         self.cache.k.save(seq * self.n_ctx, n, recent, &mut out);
         self.cache.v.save(seq * self.n_ctx, n, recent, &mut out);
@@ -425,25 +414,20 @@ impl Model {
     pub fn load_kv(&mut self, seq: usize, data: &[u8]) -> Result<()> {
         self.check_seq(seq)?;
         let bad = |why: String| Error::invalid(format!("cannot load this KV state: {why}"));
-        if data.len() < KV_HEADER_LEN || &data[..8] != KV_MAGIC {
-            return Err(bad("it is not a ferrollm KV state".into()));
-        }
-        let field = |i: usize| {
-            let at = KV_SHAPE_LEN + 8 * i;
-            u64::from_le_bytes(data[at..at + 8].try_into().unwrap()) as usize
-        };
-        let (n, recent) = (field(0), field(1));
-        if data[..KV_SHAPE_LEN] != self.kv_header(0, 0)[..KV_SHAPE_LEN] {
-            return Err(bad(format!(
-                "it was saved from a cache of another shape or type (this model: {} layers, {} KV \
-                 heads of {}, K {} and V {})",
-                self.config.n_layer,
-                self.config.n_head_kv,
-                self.config.head_dim,
-                self.cache.k.ty,
-                self.cache.v.ty
-            )));
-        }
+        let (n, recent, body) = self.kv_state(0, 0).read(data).map_err(|shape| {
+            bad(match shape {
+                false => "it is not a ferrollm KV state".into(),
+                true => format!(
+                    "it was saved from a cache of another shape or type (this model: {} layers, \
+                     {} KV heads of {}, K {} and V {})",
+                    self.config.n_layer,
+                    self.config.n_head_kv,
+                    self.config.head_dim,
+                    self.cache.k.ty,
+                    self.cache.v.ty
+                ),
+            })
+        })?;
         if n > self.n_ctx {
             return Err(bad(format!(
                 "it holds {n} positions; the context has {}",
@@ -460,7 +444,6 @@ impl Model {
             self.cache.k.saved_len(n, recent),
             self.cache.v.saved_len(n, recent),
         );
-        let body = &data[KV_HEADER_LEN..];
         if body.len() != k_len + v_len {
             return Err(bad(format!(
                 "{} bytes of rows, expected {} for {n} positions",
@@ -476,17 +459,16 @@ impl Model {
         Ok(())
     }
 
-    fn kv_header(&self, n: usize, recent: usize) -> Vec<u8> {
+    /// The saved-state header of this cache with `n` positions, `recent` of them in the
+    /// sliding layers.
+    fn kv_state(&self, n: usize, recent: usize) -> kv_cache::StateHeader {
         let c = &self.config;
-        let mut h = KV_MAGIC.to_vec();
-        for x in [c.n_layer, c.n_head_kv, c.head_dim, c.swa_window] {
-            h.extend_from_slice(&(x as u32).to_le_bytes());
+        kv_cache::StateHeader {
+            shape: [c.n_layer, c.n_head_kv, c.head_dim, c.swa_window],
+            types: [self.cache.k.ty, self.cache.v.ty],
+            n,
+            recent,
         }
-        h.extend_from_slice(&self.cache.k.ty.id().to_le_bytes());
-        h.extend_from_slice(&self.cache.v.ty.id().to_le_bytes());
-        h.extend_from_slice(&(n as u64).to_le_bytes());
-        h.extend_from_slice(&(recent as u64).to_le_bytes());
-        h
     }
 
     /// Checks that `n` more tokens fit sequence `seq` and are in the vocabulary.
@@ -686,7 +668,7 @@ impl Model {
         let (e, qd, kvd) = (c.n_embd, c.q_dim(), c.kv_dim());
         let bytes = self.file.bytes();
         let s = &mut self.scratch;
-        let (pool, isa) = (&self.pool, self.isa);
+        let pool = &self.pool;
         let prof = &mut self.profile;
         let mut timer = Timer::start();
 
@@ -757,7 +739,6 @@ impl Model {
             let cx = FfnContext {
                 pool,
                 file: bytes,
-                isa,
                 rec,
                 act: c.arch.act,
             };
@@ -779,7 +760,6 @@ impl Model {
                 &s.normed,
                 &mut [&mut s.q, &mut s.k, &mut s.v],
                 &mut s.act,
-                isa,
             )?;
             if let Some(b) = &layer.qkv_bias {
                 for (x, bias) in [(&mut s.q, &b.q), (&mut s.k, &b.k), (&mut s.v, &b.v)] {
@@ -818,14 +798,7 @@ impl Model {
             if let Some(r) = rec {
                 r.record(Input::AttnOutput, 0, &s.attn);
             }
-            matmul(
-                pool,
-                &layer.wo.mat(bytes),
-                &s.attn,
-                &mut s.proj,
-                &mut s.act,
-                isa,
-            )?;
+            matmul(pool, &layer.wo.mat(bytes), &s.attn, &mut s.proj, &mut s.act)?;
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm_in_place(&mut s.proj, w, c.rms_eps);
             }
@@ -886,7 +859,6 @@ impl Model {
                 &s.normed[..m * e],
                 &mut logits[old..],
                 &mut s.act,
-                isa,
             )?;
             if let Some(cap) = c.final_softcap {
                 softcap(&mut logits[old..], cap);

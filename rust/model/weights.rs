@@ -9,10 +9,12 @@
 use super::config::Config;
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::kernels::TypeKernels;
 use crate::matmul::{QMatrix, activation_type};
 use crate::quant;
 
-/// A weight matrix: `rows` rows of `cols` elements of `ty` at `start..start+len` in the file.
+/// A weight matrix: `rows` rows of `cols` elements of `ty` at `start..start+len` in the file,
+/// with its type's kernels for the active tier (resolved at load, passed to every product).
 #[derive(Clone, Copy, Debug)]
 pub struct Tensor {
     pub ty: GgmlType,
@@ -20,6 +22,7 @@ pub struct Tensor {
     pub cols: usize,
     pub start: usize,
     pub len: usize,
+    pub kernels: &'static TypeKernels,
 }
 
 impl Tensor {
@@ -30,6 +33,7 @@ impl Tensor {
             rows: self.rows,
             cols: self.cols,
             data: &file[self.start..self.start + self.len],
+            kernels: self.kernels,
         }
     }
 
@@ -194,9 +198,10 @@ fn matrices(
     }
     let data = file.tensor_data(t);
     let one = data.len() / count;
-    // Validates block divisibility and byte count once.
-    QMatrix::new(t.ty, rows, cols, &data[..one])
-        .map_err(|e| Error::invalid(format!("tensor '{name}': {e}")))?;
+    // Validates block divisibility and byte count once, and resolves the kernels.
+    let kernels = QMatrix::new(t.ty, rows, cols, &data[..one])
+        .map_err(|e| Error::invalid(format!("tensor '{name}': {e}")))?
+        .kernels;
     let base = (file.data_offset + t.offset) as usize;
     Ok((0..count)
         .map(|i| Tensor {
@@ -205,6 +210,7 @@ fn matrices(
             cols,
             start: base + i * one,
             len: one,
+            kernels,
         })
         .collect())
 }

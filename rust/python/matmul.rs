@@ -66,13 +66,13 @@ fn matmul<'py>(
     let ty = parse_type(type_name)?;
     let isa = parse_isa(isa)?;
     let pool = pool_of(pool.as_deref())?;
-    let w = QMatrix::new(ty, rows, cols, weights.as_slice()?)?;
+    let w = QMatrix::new(ty, rows, cols, weights.as_slice()?)?.with_isa(isa);
     let x = x.as_slice()?;
     let n = x.len() / cols;
     let y = py.detach(|| {
         let mut y = vec![0f32; n * rows];
         let mut scratch = Vec::new();
-        core_matmul::matmul(&pool, &w, x, &mut y, &mut scratch, isa).map(|_| y)
+        core_matmul::matmul(&pool, &w, x, &mut y, &mut scratch).map(|_| y)
     })?;
     PyArray1::from_vec(py, y).reshape([n, rows])
 }
@@ -110,14 +110,14 @@ fn time_matvec<'py>(
     }
     let matrices = all
         .chunks_exact(size)
-        .map(|m| QMatrix::new(ty, rows, cols, m))
+        .map(|m| QMatrix::new(ty, rows, cols, m).map(|m| m.with_isa(isa)))
         .collect::<crate::Result<Vec<_>>>()?;
     let x = x.as_slice()?;
     let (median, y) = py.detach(|| -> crate::Result<(f64, Vec<f32>)> {
         let mut y = vec![0f32; rows];
         let mut scratch = Vec::new();
         for m in &matrices {
-            core_matmul::matvec(&pool, m, x, &mut y, &mut scratch, isa)?;
+            core_matmul::matvec(&pool, m, x, &mut y, &mut scratch)?;
         }
         let mut times = Vec::with_capacity(reps.max(1));
         for i in 0..reps.max(1) {
@@ -128,7 +128,6 @@ fn time_matvec<'py>(
                 x,
                 &mut y,
                 &mut scratch,
-                isa,
             )?;
             times.push(start.elapsed().as_secs_f64());
         }

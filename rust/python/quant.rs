@@ -119,6 +119,13 @@ fn type_table() -> Vec<(&'static str, u32, usize, usize, bool)> {
         .collect()
 }
 
+/// The tensor types the quantizers write (F32 and F16 by plain conversion), in the type
+/// table's order.
+#[pyfunction]
+fn writable_types() -> Vec<&'static str> {
+    crate::kernels::writable_types().map(|t| t.name()).collect()
+}
+
 #[pyfunction]
 fn isa_detected() -> &'static str {
     Isa::detected().name()
@@ -134,6 +141,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kernel_isa, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
     m.add_function(wrap_pyfunction!(type_table, m)?)?;
+    m.add_function(wrap_pyfunction!(writable_types, m)?)?;
     m.add_function(wrap_pyfunction!(isa_detected, m)?)?;
     m.add_function(wrap_pyfunction!(isa_active, m)?)?;
     Ok(())

@@ -2,20 +2,18 @@
 //! order as the reference in `Block::dequantize` (multiply, then add or subtract; never a fused
 //! multiply-add), so results are bit-identical; `tests` in `dequant.rs` check each against it.
 //!
-//! Safety: the functions here are `#[target_feature]`; `dequant_fn` hands out safe wrappers and
-//! is only called by the dispatcher after the CPU was found to support AVX2 and F16C.
+//! Safety: the functions here are `#[target_feature]`; the type table (`crate::kernels`) hands out
+//! safe wrappers only where the CPU was found to support AVX2 and F16C.
 
 #![allow(unsafe_op_in_unsafe_fn)]
 
 use std::arch::x86_64::*;
 
-use super::DequantFn;
 use super::block::{F16Le, u16_le, u32_le};
 use super::grids::*;
 use super::iquants::*;
 use super::kquants::*;
 use super::legacy::*;
-use crate::gguf::GgmlType;
 
 /// 8 signed bytes (the low half of `q`) to 8 floats.
 #[inline(always)]
@@ -86,7 +84,7 @@ pub(crate) unsafe fn bits_to_bytes(bits: u32) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q4_0(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q4_0(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ4_0] = bytemuck::cast_slice(src);
     let eight = _mm256_set1_epi8(8);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(32)) {
@@ -97,7 +95,7 @@ unsafe fn q4_0(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q4_1(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q4_1(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ4_1] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(32)) {
         let (d, m) = (b.d.to_f32(), b.m.to_f32());
@@ -106,7 +104,7 @@ unsafe fn q4_1(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q5_0(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q5_0(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ5_0] = bytemuck::cast_slice(src);
     let (bit4, sixteen) = (_mm256_set1_epi8(0x10), _mm256_set1_epi8(16));
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(32)) {
@@ -118,7 +116,7 @@ unsafe fn q5_0(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q5_1(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q5_1(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ5_1] = bytemuck::cast_slice(src);
     let bit4 = _mm256_set1_epi8(0x10);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(32)) {
@@ -130,7 +128,7 @@ unsafe fn q5_1(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q8_0(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q8_0(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ8_0] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(32)) {
         let q = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
@@ -147,7 +145,7 @@ pub(crate) unsafe fn iq4nl_lookup(idx: __m256i) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq4_nl(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq4_nl(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq4Nl] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(32)) {
         let d = b.d.to_f32();
@@ -161,7 +159,7 @@ unsafe fn iq4_nl(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq4_xs(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq4_xs(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq4Xs] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d.to_f32();
@@ -174,7 +172,7 @@ unsafe fn iq4_xs(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q2_k(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q2_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ2K] = bytemuck::cast_slice(src);
     let three = _mm256_set1_epi8(3);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
@@ -208,7 +206,7 @@ unsafe fn store32_sub(out: *mut f32, q: __m256i, scales: [f32; 2], mins: [f32; 2
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q3_k(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q3_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ3K] = bytemuck::cast_slice(src);
     let (three, four) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
@@ -234,7 +232,7 @@ unsafe fn q3_k(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q4_k(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q4_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ4K] = bytemuck::cast_slice(src);
     q45_k(
         blocks.iter().map(|b| (b.d, b.dmin, &b.scales, &b.qs, None)),
@@ -243,7 +241,7 @@ unsafe fn q4_k(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q5_k(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q5_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ5K] = bytemuck::cast_slice(src);
     q45_k(
         blocks
@@ -290,7 +288,7 @@ unsafe fn q45_k<'a>(blocks: impl Iterator<Item = Q45Parts<'a>>, dst: &mut [f32])
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn q6_k(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn q6_k(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockQ6K] = bytemuck::cast_slice(src);
     let (mask4, mask2, off) = (
         _mm256_set1_epi8(0x0F),
@@ -339,7 +337,7 @@ unsafe fn store_signed_grid8(out: *mut f32, db: __m256, row: u64, signs: u8) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq2_xxs(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq2_xxs(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq2Xxs] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d.to_f32();
@@ -361,7 +359,7 @@ fn nibble(bytes: &[u8], i: usize) -> u8 {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq2_xs(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq2_xs(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq2Xs] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d.to_f32();
@@ -380,7 +378,7 @@ unsafe fn iq2_xs(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq2_s(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq2_s(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq2S] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d.to_f32();
@@ -394,7 +392,7 @@ unsafe fn iq2_s(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq3_xxs(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq3_xxs(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq3Xxs] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d.to_f32();
@@ -413,7 +411,7 @@ unsafe fn iq3_xxs(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq3_s(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq3_s(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq3S] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d.to_f32();
@@ -434,7 +432,7 @@ unsafe fn store_iq1_grid8(out: *mut f32, dl: __m256, row: u64, delta: __m256) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq1_s(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq1_s(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq1S] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d.to_f32();
@@ -460,7 +458,7 @@ unsafe fn iq1_s(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn iq1_m(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn iq1_m(src: &[u8], dst: &mut [f32]) {
     let blocks: &[BlockIq1M] = bytemuck::cast_slice(src);
     for (b, out) in blocks.iter().zip(dst.chunks_exact_mut(256)) {
         let d = b.d();
@@ -477,7 +475,7 @@ unsafe fn iq1_m(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn f16(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn f16(src: &[u8], dst: &mut [f32]) {
     let n = dst.len();
     let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
     let mut i = 0;
@@ -494,7 +492,7 @@ unsafe fn f16(src: &[u8], dst: &mut [f32]) {
 }
 
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn bf16(src: &[u8], dst: &mut [f32]) {
+pub(crate) unsafe fn bf16(src: &[u8], dst: &mut [f32]) {
     let n = dst.len();
     let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
     let mut i = 0;
@@ -506,24 +504,4 @@ unsafe fn bf16(src: &[u8], dst: &mut [f32]) {
     for j in i..n {
         *o.add(j) = f32::from_bits((u16::from_le_bytes([src[2 * j], src[2 * j + 1]]) as u32) << 16);
     }
-}
-
-macro_rules! safe_wrappers {
-    ($($ty:ident => $kernel:ident),* $(,)?) => {
-        /// The AVX2 kernel for `ty`, if there is one. Call only when AVX2 and F16C are present.
-        pub(super) fn dequant_fn(ty: GgmlType) -> Option<DequantFn> {
-            match ty {
-                $(GgmlType::$ty => Some(|src, dst| unsafe { $kernel(src, dst) }),)*
-                _ => None,
-            }
-        }
-    };
-}
-
-safe_wrappers! {
-    F16 => f16, BF16 => bf16,
-    Q4_0 => q4_0, Q4_1 => q4_1, Q5_0 => q5_0, Q5_1 => q5_1, Q8_0 => q8_0, IQ4_NL => iq4_nl,
-    Q2_K => q2_k, Q3_K => q3_k, Q4_K => q4_k, Q5_K => q5_k, Q6_K => q6_k,
-    IQ2_XXS => iq2_xxs, IQ2_XS => iq2_xs, IQ2_S => iq2_s, IQ3_XXS => iq3_xxs, IQ3_S => iq3_s,
-    IQ1_S => iq1_s, IQ1_M => iq1_m, IQ4_XS => iq4_xs,
 }

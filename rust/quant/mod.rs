@@ -1,7 +1,8 @@
 //! Block types of GGUF and their dequantization, with run-time selection of the SIMD kernels.
 //!
 //! Three tiers per type, as in ggml: the reference (`Block::dequantize`, plain scalar code), and
-//! SIMD kernels per instruction set (`avx2`), all bit-identical to the reference. `Isa::active()`
+//! SIMD kernels per instruction set (`avx2`), all bit-identical to the reference; the type table
+//! (`crate::kernels`) picks them. `Isa::active()`
 //! is detected once; `FERROLLM_ISA=scalar` (or `avx2`, `avxvnni`) forces a lower tier.
 //!
 //! AVX-512 is detected (the matrix kernels will use it) but has no dequantization kernels:
@@ -27,10 +28,8 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile};
-use block::{Block, dequantize_blocks};
-
-/// Dequantizes whole blocks: `src` holds n blocks, `dst` n * block_elems floats.
-pub type DequantFn = fn(src: &[u8], dst: &mut [f32]);
+pub use crate::kernels::DequantFn;
+use crate::kernels::kernels;
 
 /// Instruction-set tiers, lowest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,48 +104,12 @@ impl Isa {
 
 /// The reference dequantizer of `ty`, or None for types without one (Q8_1, integer types...).
 pub fn reference_fn(ty: GgmlType) -> Option<DequantFn> {
-    use GgmlType::*;
-    fn f<B: Block>() -> DequantFn {
-        dequantize_blocks::<B>
-    }
-    Some(match ty {
-        F32 => f::<float::F32Le>(),
-        F16 => f::<block::F16Le>(),
-        BF16 => f::<float::Bf16Le>(),
-        Q4_0 => f::<legacy::BlockQ4_0>(),
-        Q4_1 => f::<legacy::BlockQ4_1>(),
-        Q5_0 => f::<legacy::BlockQ5_0>(),
-        Q5_1 => f::<legacy::BlockQ5_1>(),
-        Q8_0 => f::<legacy::BlockQ8_0>(),
-        IQ4_NL => f::<legacy::BlockIq4Nl>(),
-        Q2_K => f::<kquants::BlockQ2K>(),
-        Q3_K => f::<kquants::BlockQ3K>(),
-        Q4_K => f::<kquants::BlockQ4K>(),
-        Q5_K => f::<kquants::BlockQ5K>(),
-        Q6_K => f::<kquants::BlockQ6K>(),
-        Q8_K => f::<kquants::BlockQ8K>(),
-        IQ2_XXS => f::<iquants::BlockIq2Xxs>(),
-        IQ2_XS => f::<iquants::BlockIq2Xs>(),
-        IQ2_S => f::<iquants::BlockIq2S>(),
-        IQ3_XXS => f::<iquants::BlockIq3Xxs>(),
-        IQ3_S => f::<iquants::BlockIq3S>(),
-        IQ1_S => f::<iquants::BlockIq1S>(),
-        IQ1_M => f::<iquants::BlockIq1M>(),
-        IQ4_XS => f::<iquants::BlockIq4Xs>(),
-        _ => return None,
-    })
+    kernels(ty, Isa::Scalar).reference_dequantize
 }
 
 /// The fastest dequantizer of `ty` at or below tier `isa`, with the tier it belongs to.
 pub fn dequant_fn(ty: GgmlType, isa: Isa) -> Option<(DequantFn, Isa)> {
-    let isa = isa.min(Isa::detected());
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2
-        && let Some(f) = avx2::dequant_fn(ty)
-    {
-        return Some((f, Isa::Avx2));
-    }
-    reference_fn(ty).map(|f| (f, Isa::Scalar))
+    kernels(ty, isa).dequantize
 }
 
 /// Below this many output elements one thread does the whole tensor.

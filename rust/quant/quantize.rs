@@ -8,7 +8,7 @@ use super::block::F16Le;
 use super::kquants::BlockQ8K;
 use super::legacy::*;
 use super::quantize_iq::{self, element_weights};
-use super::quantize_k::{self, make_qkx2_quants, make_qx_quants};
+use super::quantize_k::{make_qkx2_quants, make_qx_quants};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, QK_K};
 
@@ -209,45 +209,41 @@ pub fn quantize_weighted(
             )));
         }
     }
-    // The importance-matrix columns of the block that starts at element `start`.
-    let cols = |start: usize| im.map(|im| &im[start % im.len()..][..n]);
-    fn blocks<'a, const N: usize, B: bytemuck::Pod>(
-        x: &[f32],
-        out: &mut Vec<u8>,
-        cols: &dyn Fn(usize) -> Option<&'a [f32]>,
-        f: fn(&[f32; N], Option<&[f32]>) -> B,
-    ) {
-        for (k, chunk) in x.chunks_exact(N).enumerate() {
-            let block = f(chunk.try_into().expect("exact chunk"), cols(k * N));
-            out.extend_from_slice(bytemuck::bytes_of(&block));
-        }
-    }
-    match ty {
-        GgmlType::Q4_0 => blocks(x, out, &cols, quantize_q4_0),
-        GgmlType::Q4_1 => blocks(x, out, &cols, quantize_q4_1),
-        GgmlType::Q5_0 => blocks(x, out, &cols, quantize_q5_0),
-        GgmlType::Q5_1 => blocks(x, out, &cols, quantize_q5_1),
-        GgmlType::Q8_0 => blocks(x, out, &cols, quantize_q8_0),
-        GgmlType::Q8_K => blocks(x, out, &cols, |x, _| quantize_q8_k(x)),
-        GgmlType::Q2_K => blocks(x, out, &cols, quantize_k::quantize_q2_k),
-        GgmlType::Q3_K => blocks(x, out, &cols, quantize_k::quantize_q3_k),
-        GgmlType::Q4_K => blocks(x, out, &cols, quantize_k::quantize_q4_k),
-        GgmlType::Q5_K => blocks(x, out, &cols, quantize_k::quantize_q5_k),
-        GgmlType::Q6_K => blocks(x, out, &cols, quantize_k::quantize_q6_k),
-        GgmlType::IQ4_NL => blocks(x, out, &cols, quantize_k::quantize_iq4_nl),
-        GgmlType::IQ4_XS => blocks(x, out, &cols, quantize_k::quantize_iq4_xs),
-        t if quantize_iq::is_codebook_type(t) => {
-            for (k, chunk) in x.chunks_exact(n).enumerate() {
-                quantize_iq::quantize_block(t, chunk, cols(k * n), out);
-            }
-        }
-        _ => {
-            return Err(Error::Unsupported(format!(
-                "tensor type {ty}: no quantizer for this type"
-            )));
-        }
-    }
+    let quantize = crate::kernels::kernels(ty, crate::quant::Isa::Scalar)
+        .quantize
+        .ok_or_else(|| {
+            Error::Unsupported(format!("tensor type {ty}: no quantizer for this type"))
+        })?;
+    quantize(x, im, out);
     Ok(())
+}
+
+/// The importance-matrix columns (rows of `im.len()`) of the `n` elements from `start` on.
+fn im_cols(im: Option<&[f32]>, start: usize, n: usize) -> Option<&[f32]> {
+    im.map(|im| &im[start % im.len()..][..n])
+}
+
+/// Quantizes `x` (whole blocks of N) with the block quantizer `f`, appending to `out`.
+pub(crate) fn quantize_blocks<const N: usize, B: bytemuck::Pod>(
+    x: &[f32],
+    im: Option<&[f32]>,
+    out: &mut Vec<u8>,
+    f: fn(&[f32; N], Option<&[f32]>) -> B,
+) {
+    for (k, chunk) in x.chunks_exact(N).enumerate() {
+        let block = f(
+            chunk.try_into().expect("exact chunk"),
+            im_cols(im, k * N, N),
+        );
+        out.extend_from_slice(bytemuck::bytes_of(&block));
+    }
+}
+
+/// Quantizes `x` (whole super-blocks) to the codebook type `ty`, appending to `out`.
+pub(crate) fn quantize_codebook(ty: GgmlType, x: &[f32], im: Option<&[f32]>, out: &mut Vec<u8>) {
+    for (k, chunk) in x.chunks_exact(QK_K).enumerate() {
+        quantize_iq::quantize_block(ty, chunk, im_cols(im, k * QK_K, QK_K), out);
+    }
 }
 
 /// `quantize_weighted` over `threads` workers (0: all cores), rows of `n_per_row` values split

@@ -15,14 +15,14 @@ use crate::quant::kquants::BlockQ8K;
 
 /// A super-block taken apart into four 64-element spans: unsigned values `q`, negated where the
 /// span's `signs` has a bit (IQ2/IQ3), and 16 per-16-element group scales in i16 lanes.
-pub(super) struct Spans {
+pub(crate) struct Spans {
     q: [__m512i; 4],
     signs: [u64; 4],
     groups: __m256i,
 }
 
 /// A 256-element codebook super-block in the 512-bit kernels.
-pub(super) trait ZmmBlock: bytemuck::Pod {
+pub(crate) trait ZmmBlock: bytemuck::Pod {
     /// What `q` holds beyond the value where signs are not used (IQ1 stores value + 9 so that
     /// it is unsigned); 0 for the types whose signs are in `Spans::signs`.
     const OFFSET: i16 = 0;
@@ -65,7 +65,7 @@ unsafe fn spans_dot<B: ZmmBlock>(s: &Spans, ab: &BlockQ8K) -> __m512i {
 /// byte, per group of `G` (16 or 32) elements the float scale `sd`. The codebook types have no
 /// group offsets: `m` is left alone.
 #[inline(always)]
-pub(super) unsafe fn unpack_row<B: ZmmBlock, const G: usize>(
+pub(crate) unsafe fn unpack_row<B: ZmmBlock, const G: usize>(
     row: &[u8],
     q: &mut [u8],
     sd: &mut [f32],
@@ -95,7 +95,7 @@ pub(super) unsafe fn unpack_row<B: ZmmBlock, const G: usize>(
 }
 
 #[inline(always)]
-pub(super) unsafe fn dot<B: ZmmBlock>(w: &[u8], a: &[u8]) -> f32 {
+pub(crate) unsafe fn dot<B: ZmmBlock>(w: &[u8], a: &[u8]) -> f32 {
     let w: &[B] = bytemuck::cast_slice(w);
     let a: &[BlockQ8K] = bytemuck::cast_slice(a);
     let mut acc = _mm512_setzero_ps();
@@ -114,7 +114,7 @@ pub(super) unsafe fn dot<B: ZmmBlock>(w: &[u8], a: &[u8]) -> f32 {
 /// back to back in `a`: each super-block is taken apart once for all of them. Each token's
 /// sums run in `dot`'s order, so its result is `dot`'s, bit for bit.
 #[inline(always)]
-pub(super) unsafe fn dot_many<B: ZmmBlock>(w: &[u8], a: &[u8], out: &mut [f32]) {
+pub(crate) unsafe fn dot_many<B: ZmmBlock>(w: &[u8], a: &[u8], out: &mut [f32]) {
     let w: &[B] = bytemuck::cast_slice(w);
     let a: &[BlockQ8K] = bytemuck::cast_slice(a);
     let (n, per_row) = (out.len(), w.len());

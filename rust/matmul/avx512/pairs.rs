@@ -12,7 +12,7 @@ use crate::quant::legacy::{BlockIq4Nl, BlockQ4_0, BlockQ4_1, BlockQ8_0};
 
 /// A 32-element weight type: the i32 sums (8 lanes per block) of two blocks' quants times
 /// their activations.
-pub(super) trait ZmmPair: bytemuck::Pod + Unpack32 {
+pub(crate) trait ZmmPair: bytemuck::Pod + Unpack32 {
     unsafe fn pair_sums(w: &[Self; 2], x: __m512i) -> __m512i;
     /// The two blocks' quants as 64 signed bytes in element order.
     unsafe fn pair_quants(w: &[Self; 2]) -> __m512i;
@@ -142,7 +142,7 @@ impl ZmmPair for BlockIq4Nl {
 }
 
 #[inline(always)]
-pub(super) unsafe fn dot_pairs<B: ZmmPair>(w: &[u8], a: &[u8]) -> f32 {
+pub(crate) unsafe fn dot_pairs<B: ZmmPair>(w: &[u8], a: &[u8]) -> f32 {
     let w: &[B] = bytemuck::cast_slice(w);
     let a: &[BlockQ8_0] = bytemuck::cast_slice(a);
     let table = crate::matmul::avx2::f16_table();
@@ -182,7 +182,7 @@ pub(super) unsafe fn dot_pairs<B: ZmmPair>(w: &[u8], a: &[u8]) -> f32 {
 /// ones against the activations in two `vpdpbusd`, for `d sum(q x) + m sum(x)` per block
 /// (the 256-bit kernels ran small dense models' Q4_1 decode at half Q4_K's speed).
 #[inline(always)]
-pub(super) unsafe fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
+pub(crate) unsafe fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
     let w: &[BlockQ4_1] = bytemuck::cast_slice(w);
     let a: &[BlockQ8_0] = bytemuck::cast_slice(a);
     let table = crate::matmul::avx2::f16_table();
@@ -229,7 +229,7 @@ pub(super) unsafe fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
 /// One weight row in the batched product's form (see `gemm`): each pair of blocks' quants as
 /// 64 signed bytes in element order, per block its scale; no offsets.
 #[inline(always)]
-pub(super) unsafe fn unpack_row_pairs<B: ZmmPair>(
+pub(crate) unsafe fn unpack_row_pairs<B: ZmmPair>(
     row: &[u8],
     q: &mut [u8],
     sd: &mut [f32],
@@ -262,7 +262,7 @@ pub(super) unsafe fn unpack_row_pairs<B: ZmmPair>(
 /// pass: `q[quad][row][4]` = value + 128, per block `sd[block][row]` = d (no offsets: `m`
 /// is left alone). Rows from `valid` on get zero scales.
 #[inline(always)]
-pub(super) unsafe fn lanes_pairs<B: ZmmPair>(
+pub(crate) unsafe fn lanes_pairs<B: ZmmPair>(
     rows: [&[u8]; 4],
     valid: usize,
     q: &mut [u8],

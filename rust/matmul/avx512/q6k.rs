@@ -9,7 +9,7 @@ use crate::quant::kquants::BlockQ6K;
 /// Q6_K rows in the batched product's form: per 128 elements, four runs of 32 built from low
 /// nibbles (`ql`) and 2-bit high parts (`qh`), minus 32; the 16 signed scales times `d`.
 #[inline(always)]
-pub(super) unsafe fn q6_k_row(row: &[u8], q: &mut [u8], sd: &mut [f32], _m: &mut [f32]) {
+pub(crate) unsafe fn q6_k_row(row: &[u8], q: &mut [u8], sd: &mut [f32], _m: &mut [f32]) {
     let blocks: &[BlockQ6K] = bytemuck::cast_slice(row);
     let low4 = _mm256_set1_epi8(0x0F);
     let two = _mm256_set1_epi8(0x03);
