@@ -1,18 +1,44 @@
 """Type stub of the Rust extension module (rust/python/)."""
 
 from os import PathLike
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self
+
+__all__ = [
+    "GGUFError",
+    "GGUFFile",
+    "Model",
+    "ThreadPool",
+    "UnsupportedTypeError",
+    "__version__",
+    "activation_type",
+    "dequantize",
+    "dot_isa",
+    "isa_active",
+    "isa_detected",
+    "kernel_isa",
+    "kv_layer_positions",
+    "matmul",
+    "physical_cores",
+    "quantize",
+    "read_bandwidth",
+    "time_matvec",
+    "type_table",
+    "writable_types",
+    "write_gguf",
+]
 
 __version__: str
 
 class GGUFError(ValueError): ...
 class UnsupportedTypeError(ValueError): ...
 
+@final
 class GGUFFile:
-    def __init__(self, path: str | PathLike[str]) -> None: ...
+    def __new__(cls, path: str | PathLike[str]) -> Self: ...
     @property
     def path(self) -> str: ...
     @property
@@ -40,15 +66,22 @@ def dequantize(
     isa: str | None = None,
     out: npt.NDArray[np.float32] | None = None,
 ) -> npt.NDArray[np.float32]: ...
-def quantize(x: npt.NDArray[np.float32], type_name: str) -> npt.NDArray[np.uint8]: ...
+def quantize(
+    x: npt.NDArray[np.float32],
+    type_name: str,
+    n_per_row: int | None = None,
+    imatrix: npt.NDArray[np.float32] | None = None,
+    threads: int = 1,
+) -> npt.NDArray[np.uint8]: ...
 def kernel_isa(type_name: str, isa: str | None = None) -> str | None: ...
 def type_table() -> list[tuple[str, int, int, int, bool]]: ...
 def writable_types() -> list[str]: ...
 def isa_detected() -> str: ...
 def isa_active() -> str: ...
 
+@final
 class ThreadPool:
-    def __init__(self, n_threads: int | None = None) -> None: ...
+    def __new__(cls, n_threads: int | None = None) -> Self: ...
     @property
     def n_threads(self) -> int: ...
 
@@ -77,11 +110,12 @@ def read_bandwidth(n_bytes: int, reps: int = 5, pool: ThreadPool | None = None) 
 def physical_cores() -> int: ...
 def kv_layer_positions(path: str | PathLike[str], n_ctx: int, n_batch: int = 512) -> list[int]: ...
 
+@final
 class Model:
     """A loaded model with its KV cache and thread pool (rust/python/model.rs)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str | PathLike[str],
         n_ctx: int = 0,
         n_threads: int | None = None,
@@ -91,7 +125,7 @@ class Model:
         overrides: list[tuple[str, str, Any]] = ...,
         check_tensors: bool = False,
         n_seq: int = 1,
-    ) -> None: ...
+    ) -> Self: ...
     def eval(
         self, tokens: list[int], logits_all: bool = False, logits_from: int | None = None
     ) -> npt.NDArray[np.float32]: ...

@@ -105,11 +105,16 @@ def context_error(n_tokens: int, n_ctx: int) -> ValueError:
 
 
 class Session:
-    """The tokens an engine's cache holds (``tokens``), the logits kept of them (one row per
-    token with ``logits_all``, else the last row) and the lock of one evaluation at a time."""
+    """The tokens an engine's cache holds for one sequence (``tokens``), the logits kept of them
+    (one row per token with ``logits_all``, else the last row) and the lock of one evaluation at
+    a time. ``Llama`` evaluates through its own (sequence 0); the server's slots are sessions on
+    one engine of several sequences, run together by ``Model.eval_batch`` (see :meth:`ran`)."""
 
-    def __init__(self, engine: _core.Model, n_vocab: int, *, n_batch: int = 512, logits_all: bool = False):
+    def __init__(
+        self, engine: _core.Model, n_vocab: int, *, n_batch: int = 512, logits_all: bool = False, seq: int = 0
+    ):
         self.engine = engine
+        self.seq = seq
         self.n_vocab = n_vocab
         self.n_batch = max(1, n_batch)
         self.logits_all = logits_all
@@ -165,9 +170,13 @@ class Session:
         """Keeps the first ``keep`` tokens (fewer where a sliding-window cache no longer holds
         them) and returns how many were kept; the logits kept stay as they are."""
         with self.exclusive():
-            keep = self.engine.truncate(keep)
+            keep = self.engine.truncate(keep, self.seq)
             del self.tokens[keep:]
         return keep
+
+    def ran(self, tokens: list[int]) -> None:
+        """The engine ran ``tokens`` for this sequence in a call for several (the server's step)."""
+        self.tokens.extend(tokens)
 
     def reset(self) -> None:
         with self.exclusive():

@@ -23,9 +23,8 @@ from ferrollm.quant import block_types
 from ferrollm.quant.imatrix import Imatrix
 from ferrollm.quant.mixes import MIXES, ModelShape, fallback_type, mix_name, needs_imatrix, tensor_type
 
-# Tensor types our quantizers write (F32/F16 are plain conversions).
-WRITABLE_TYPES = ("F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-                  "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS")  # fmt: skip
+# Tensor types our quantizers write (F32/F16 are plain conversions): the Rust type table's.
+WRITABLE_TYPES = tuple(_core.writable_types())
 
 # general.file_type of a --pure file of one tensor type: the mix of that default type.
 _PURE_FILE_TYPE = {"Q3_K": 11, "Q4_K": 14, "Q5_K": 16}

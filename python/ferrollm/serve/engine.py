@@ -28,7 +28,7 @@ from ferrollm.generate.logprobs import TokenLogprob, token_logprob
 from ferrollm.generate.sampler import Sampler, SamplingParams
 from ferrollm.generate.tools import LazyToolGrammar
 from ferrollm.serve.metrics import Metrics
-from ferrollm.session import common_prefix
+from ferrollm.session import Session, common_prefix
 from ferrollm.text.textstream import Completion
 from ferrollm.text.tokenizer import Tokenizer
 
@@ -87,10 +87,17 @@ class Job:
 
 @dataclass
 class Slot:
-    seq: int
-    tokens: list[int] = field(default_factory=list)  # exactly what the cache holds
+    session: Session  # one sequence of the engine: exactly what its cache holds
     job: Job | None = None
     last_used: float = 0.0
+
+    @property
+    def seq(self) -> int:
+        return self.session.seq
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.session.tokens
 
 
 class Engine:
@@ -109,7 +116,7 @@ class Engine:
         self.max_queue = max_queue
         self.step_tokens = max(step_tokens, model.n_seq)
         self.metrics = metrics or Metrics()
-        self.slots = [Slot(seq) for seq in range(model.n_seq)]
+        self.slots = [Slot(Session(model, tokenizer.n_vocab, seq=seq)) for seq in range(model.n_seq)]
         self._waiting: deque[Job] = deque()
         self._cv = threading.Condition()
         self._draining = False
@@ -218,9 +225,8 @@ class Engine:
             job = self._waiting.popleft()
             # The last prompt token is always evaluated: its logits give the first token.
             slot = max(free, key=lambda s: (common_prefix(s.tokens, job.prompt[:-1]), -s.last_used))
-            keep = common_prefix(slot.tokens, job.prompt[:-1])
-            keep = self.model.truncate(keep, slot.seq)  # 0 where a sliding-window cache lost the prefix
-            del slot.tokens[keep:]
+            # Fewer (0) where a sliding-window cache no longer holds the prefix.
+            keep = slot.session.truncate(common_prefix(slot.tokens, job.prompt[:-1]))
             job.pending = job.prompt[keep:]
             job.sampler = Sampler(job.params, job.seed)
             try:
@@ -270,7 +276,7 @@ class Engine:
         with self._cv:
             for (slot, tokens), row in zip(runs, logits):
                 job = slot.job
-                slot.tokens.extend(tokens)
+                slot.session.ran(tokens)
                 if job is None:  # cancelled during the step: the cache holds the tokens anyway
                     continue
                 prefill = job.t_first is None
