@@ -132,7 +132,7 @@ def worker(args: argparse.Namespace) -> dict:
     if args.deep:
         return deep_worker(args, llm, last_logits, load_s, n_ctx, rng)
     prompt = [1] + rng.integers(3, 32000, args.n_prompt - 1).tolist()
-    engine = getattr(llm, "_model", None) if args.worker == "ferrollm" else None
+    engine = llm.session.engine if args.worker == "ferrollm" else None
     prefill, decode, profiles, prefill_profiles, sampling = [], [], [], [], []
     for rep in range(args.reps + 1):  # round 0 is the warm-up
         llm.reset()
