@@ -6,7 +6,7 @@ case's feature switched off: how far the oracle sees an engine that ignores it),
 files and KV caches as their median position, against ferrollm's F32 logits and against llama.cpp
 on the same file. Writes benches/results/arch_table.json.
 
-    python benches/arch_table.py [--cases llama,qwen2] [--no-quant] [--facts FILE.md]
+    python -m benches.arch_table [--cases llama,qwen2] [--no-quant] [--facts FILE.md]
 
 --facts writes, per case, the metadata keys and the tensor names, shapes and types of the
 converted F32 file (what convert_hf_to_gguf.py produces for that architecture)."""
@@ -22,10 +22,20 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from arch_oracle import BY_NAME, CASES, artifacts, cosines, ferrollm_logits, llama_cpp_logits, top1_agreement
 from ferrollm.atomic import AtomicFile
-from test_oracle_archs import KV_CODES, KV_VS_F32, QUANT_VS_F32
+
+from tests.support.arch_oracle import (
+    BY_NAME,
+    CASES,
+    KV_CODES,
+    KV_VS_F32,
+    QUANT_VS_F32,
+    artifacts,
+    cosines,
+    ferrollm_logits,
+    llama_cpp_logits,
+    top1_agreement,
+)
 
 SKIPPED_ARRAYS = ("tokens", "scores", "token_type", "merges")
 

@@ -5,19 +5,17 @@ Writes benches/results/agreement.json.  Needs llama-cpp-python, sentencepiece, m
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from ferrollm import Llama
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from ferrollm.text.tokenizer import sentencepiece_metadata
-from model_helpers import ROUTER_MARGIN, cosines
-from reference_model import ReferenceModel
-from test_peer_llama_cpp import MISTRAL_MODEL, TEXT, _peer_logits
+
+from tests.support.model_helpers import ROUTER_MARGIN, cosines
+from tests.support.peer import MISTRAL_MODEL, TEXT, peer_logits
+from tests.support.reference_model import ReferenceModel
 
 
 def main() -> None:
@@ -35,7 +33,7 @@ def main() -> None:
                 llm = Llama(path, n_ctx=256, logits_all=True, kv_overrides=overrides, verbose=False)
                 tokens = llm.tokenize(TEXT.encode())
                 llm.eval(tokens)
-                peer = _peer_logits(path, tokens, overrides)
+                peer = peer_logits(path, tokens, overrides)
                 cos = cosines(llm.scores, peer)
                 clear = np.ones(len(tokens), bool)
                 if n_expert:

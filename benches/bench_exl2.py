@@ -6,7 +6,7 @@ checkpoint, the difference being what reading EXL2 costs. Files are written by t
 packer (tests/exl2_models.py) into --scratch and deleted. Each timing is the median of
 --repeat runs after a warm-up; results go to benches/results/exl2.json.
 
-    python benches/bench_exl2.py [--layers 1] [--repeat 3] [--scratch DIR]
+    python -m benches.bench_exl2 [--layers 1] [--repeat 3] [--scratch DIR]
 """
 
 from __future__ import annotations
@@ -16,16 +16,14 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import ferrollm
-from exl2_models import pack_layer, write_exl2_model
+import numpy as np
 from ferrollm.checkpoints.exl2 import dequantize
+
+from tests.support.exl2_models import pack_layer, write_exl2_model
 
 PRESET = ([8, 4, 3], [0.05, 0.1, 0.85], {8: 32, 4: 128, 3: 128})  # ExLlamaV2's 3.x bpw layers
 # (out, in) and count per layer of Mistral 7B's linear layers

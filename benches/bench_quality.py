@@ -1,7 +1,7 @@
 """Quantization quality of the embedded demo model on held-out text: perplexity and
 KL-divergence (llama.cpp's definitions) of every type our quantizer writes, against a base.
 
-    python benches/bench_quality.py [--base FILE] [-c 512] [--chunks 40] [--types Q4_0,Q4_K] [--peer]
+    python -m benches.bench_quality [--base FILE] [-c 512] [--chunks 40] [--types Q4_0,Q4_K] [--peer]
 
 The base defaults to the shipped Q8_0 model; the figures in the notes use the F16 export of the
 training checkpoint (tools/export_demo_model.py --type F16). Each type is quantized from the
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 from ferrollm import demo_model_path, gguf, kl_divergence, perplexity, quantize_file
 from ferrollm.quant.writer import WRITABLE_TYPES
 
@@ -50,7 +49,7 @@ def main() -> None:
             sys.exit(f"cannot write {t}; writable: {', '.join(WRITABLE_TYPES)}")
     text = Path(args.file).read_text(encoding="utf-8")
     if args.peer:
-        from test_peer_demo_model import HELDOUT, _peer_perplexity
+        from tests.support.peer import HELDOUT, peer_perplexity
 
         assert HELDOUT == text, "--peer scores tests/data/heldout.txt only"
     rows = []
@@ -74,7 +73,7 @@ def main() -> None:
             line = (f"{t:8} {row['bpw']:6.2f} {row['size_mib']:6.1f} {k.ppl:8.4f} +/- {k.ppl_err:.4f} "
                     f"{k.ln_ppl_ratio:10.5f} {k.kld_mean:9.5f} {k.kld_p99:8.4f} {100 * k.top1_agreement:8.2f}")  # fmt: skip
             if args.peer:
-                row["ppl_llama_cpp"] = _peer_perplexity(path, args.ctx_size, args.chunks)
+                row["ppl_llama_cpp"] = peer_perplexity(path, args.ctx_size, args.chunks)
                 line += f"  {row['ppl_llama_cpp']:.4f}"
             print(line, flush=True)
             rows.append(row)

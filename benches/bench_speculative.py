@@ -1,7 +1,7 @@
 """Speculative decoding on the embedded demo model: greedy decode tokens/s with and without a
 draft, ferrollm and llama.cpp (llama-cpp-python) side by side on the same file.
 
-    flock /tmp/ferrollm-heavy.lock python benches/bench_speculative.py [--n-gen 256] [--reps 3] [--no-peer]
+    flock /tmp/ferrollm-heavy.lock python -m benches.bench_speculative [--n-gen 256] [--reps 3] [--no-peer]
 
 Prompts: the README's "def fibonacci(n):" (the model writes new code: few guesses land), and a
 copy task (a held-out stdlib function, then its first lines again: the model copies, as in
@@ -36,8 +36,7 @@ from ferrollm.atomic import AtomicFile
 from ferrollm.generate import speculative
 from ferrollm.llama_speculative import GGUFDraftModel, LlamaPromptLookupDecoding
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from model_helpers import CountingEngine
+from tests.support.model_helpers import CountingEngine
 
 HELDOUT = Path(__file__).parent.parent / "tests" / "data" / "heldout.txt"
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from ferrollm import UnsupportedTypeError, _core
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
-from model_helpers import ROUTER_MARGIN, cosines
-from reference_model import ReferenceModel
+from support.model_helpers import ROUTER_MARGIN, cosines
+from support.reference_model import ReferenceModel
 
 N_TOKENS = 40
 TOKENS = [int(t) for t in np.random.default_rng(3).integers(3, 320, N_TOKENS)]

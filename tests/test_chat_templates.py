@@ -9,18 +9,12 @@ The table (template: equal / differs / peer fails):  python tests/test_chat_temp
 
 from __future__ import annotations
 
-import os
 from functools import cache
-from pathlib import Path
 
 import pytest
 from ferrollm.text.chat import ChatTemplateError, JinjaTemplate
+from support.sdist import TEMPLATES, needs_sdist, source
 
-LLAMA_CPP_DIR = Path(
-    os.environ.get("FERROLLM_LLAMA_CPP_DIR", "/work/peer/llama_cpp_python-0.3.36/vendor/llama.cpp")
-)
-TEMPLATES = sorted(p.name for p in (LLAMA_CPP_DIR / "models" / "templates").glob("*.jinja"))
-needs_sdist = pytest.mark.skipif(not TEMPLATES, reason=f"no chat templates under {LLAMA_CPP_DIR}/models")
 BOS, EOS = "<s>", "</s>"
 
 # Contents with what escaping would change: markup, quotes, non-ASCII.
@@ -50,11 +44,6 @@ CONVERSATIONS = {
 }
 # Variables a template needs beyond llama-cpp-python's (passed to both renderers).
 EXTRA = {"fireworks-ai-llama-3-firefunction-v2.jinja": {"functions": "[]", "datetime": "2024-07-26"}}
-
-
-@cache
-def source(name: str) -> str:
-    return (LLAMA_CPP_DIR / "models" / "templates" / name).read_text(encoding="utf-8")
 
 
 @cache

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ferrollm.checkpoints.checkpoint import CheckpointError, GGUFCheckpoint
 from ferrollm.checkpoints.safetensors_io import f32_to_bf16
-from hf_models import mistral_tokenizer_model, write_model
+from support.hf_models import mistral_tokenizer_model, write_model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import ferrollm
 import numpy as np
 import pytest
 from ferrollm.checkpoints import safetensors_io
-from hf_models import write_model
+from support.hf_models import write_model
 
 
 def edit_json(path, change) -> None:
@@ -115,8 +115,8 @@ def test_merge_parameters_that_are_not_numbers(tmp_path, value, says):
 
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_an_exl2_scale_that_is_not_finite(tmp_path, bad):
-    from exl2_models import save_safetensors, write_exl2_model
     from ferrollm.checkpoints.safetensors_io import SafetensorsFile
+    from support.exl2_models import save_safetensors, write_exl2_model
 
     ck = tmp_path / "exl2"
     write_exl2_model(str(ck), seed=9)

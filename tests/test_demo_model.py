@@ -12,7 +12,7 @@ import pytest
 from ferrollm import Llama, demo_model_path, gguf
 from ferrollm.cli import main
 from ferrollm.quant.writer import quantize_file
-from model_helpers import cosines
+from support.model_helpers import cosines
 
 TOOLS = Path(__file__).parent.parent / "tools" / "demo_model"
 

@@ -11,9 +11,9 @@ import os
 import ferrollm
 import numpy as np
 import pytest
-from exl2_models import pack_layer, save_safetensors, write_exl2_model
 from ferrollm.checkpoints.exl2 import EXL2Checkpoint, EXL2Error, dequantize
 from ferrollm.checkpoints.exl2.linear import unpack_columns
+from support.exl2_models import pack_layer, save_safetensors, write_exl2_model
 
 
 def _weights(rng, out_f, in_f):

@@ -146,7 +146,7 @@ def test_server_request_parsing(body):
 
 @pytest.fixture(scope="module")
 def exl2_dir(tmp_path_factory):
-    from exl2_models import write_exl2_model
+    from support.exl2_models import write_exl2_model
 
     path = tmp_path_factory.mktemp("exl2") / "m"
     write_exl2_model(str(path), seed=1)

@@ -7,7 +7,7 @@ import re
 
 import ferrollm
 import pytest
-from gguf_bytes import GGUFBytes, Tensor, valid_file
+from support.gguf_bytes import GGUFBytes, Tensor, valid_file
 
 
 def open_bytes(tmp_path, data: bytes):

@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf import quants as ref_quants
 from hypothesis import given
 from hypothesis import strategies as st
-from test_peer_demo_model import HELDOUT
+from support.peer import HELDOUT
 
 CODEBOOK_TYPES = ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S"]
 IMATRIX_TYPES = CODEBOOK_TYPES + ["IQ4_XS", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q4_0", "Q4_1",

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ferrollm.checkpoints.checkpoint import GGUFCheckpoint, HFCheckpoint
 from ferrollm.merge import MergeConfigError, MergeError, merge
-from hf_models import write_model
+from support.hf_models import write_model
 
 LAYER_T = {0: 0.0, 1: 1.0}  # t of each layer in a 2-layer slice
 

@@ -9,8 +9,8 @@ import pytest
 from ferrollm import GGUFError, UnsupportedTypeError, _core
 from ferrollm.gguf import GGUFWriter
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
-from model_helpers import ROUTER_MARGIN, cosines, model_file
-from reference_model import ReferenceModel
+from support.model_helpers import ROUTER_MARGIN, cosines, model_file
+from support.reference_model import ReferenceModel
 
 TOKENS = [1, 17, 200, 45, 3, 99, 311, 250, 8, 64, 128, 77, 5, 290, 33, 150]
 

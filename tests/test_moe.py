@@ -15,7 +15,7 @@ import pytest
 from ferrollm._core import Model
 from ferrollm.checkpoints.checkpoint import GGUFCheckpoint
 from ferrollm.moe import MoEConfigError, MoEError, moe
-from hf_models import write_model
+from support.hf_models import write_model
 from tokenizers import Tokenizer as HFTokenizer
 
 PROMPTS = {"b": (["the cat sat", "hello there"], ["in the end"]), "c": (["in the beginning", "the rain"], [])}

@@ -16,9 +16,12 @@ import importlib.util
 
 import numpy as np
 import pytest
-from arch_oracle import (
+from support.arch_oracle import (
     BY_NAME,
     CASES,
+    KV_CODES,
+    KV_VS_F32,
+    QUANT_VS_F32,
     OracleUnavailable,
     artifacts,
     cosines,
@@ -35,10 +38,6 @@ VS_LLAMA_CPP = 0.999
 # choice moves a position's logits far), so quantized runs are judged by their median position and by
 # the share of positions that agree: against llama.cpp running the same quantized file (both engines
 # compute the same function), and loosely against the F32 file (quantization error, amplified).
-QUANT_VS_F32 = {"Q8_0": 0.98, "Q6_K": 0.95, "Q5_K_M": 0.9, "Q5_1": 0.9, "Q5_0": 0.9, "Q4_K_M": 0.7, "Q4_K_S": 0.7,
-                "Q4_1": 0.7, "Q4_0": 0.7, "IQ4_XS": 0.7, "IQ4_NL": 0.7, "Q3_K_M": 0.5, "IQ3_S": 0.5, "Q2_K": 0.2}  # fmt: skip
-KV_VS_F32 = {"q8_0": 0.999, "q4_0": 0.9}
-KV_CODES = {"q8_0": 8, "q4_0": 2}  # ggml type ids, as llama-cpp-python takes them
 SAME_FILE_MEDIAN = 0.999
 SAME_FILE_AGREE = (0.99, 0.8)  # at least 80% of positions at cosine >= 0.99 (MoE: flipped experts)
 NAMES = [c.name for c in CASES]

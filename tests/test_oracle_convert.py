@@ -9,8 +9,8 @@ import os
 import ferrollm
 import numpy as np
 import pytest
-from hf_models import mistral_tokenizer_model, write_model
-from oracle import LLAMA_CPP, ORACLE_PY, run_oracle
+from support.hf_models import mistral_tokenizer_model, write_model
+from support.oracle import LLAMA_CPP, ORACLE_PY, run_oracle
 
 pytestmark = pytest.mark.oracle
 

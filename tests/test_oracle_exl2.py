@@ -13,9 +13,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from exl2_models import dequantized, pack, plan_groups, quantize_layer
 from ferrollm.checkpoints.exl2 import dequantize
-from oracle import ORACLE_PY, run_oracle
+from support.exl2_models import dequantized, pack, plan_groups, quantize_layer
+from support.oracle import ORACLE_PY, run_oracle
 
 pytestmark = pytest.mark.oracle
 

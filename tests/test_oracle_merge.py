@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from ferrollm.checkpoints.checkpoint import HFCheckpoint
 from ferrollm.merge import merge
-from hf_models import write_model
-from oracle import oracle_tool, run_oracle
+from support.hf_models import write_model
+from support.oracle import oracle_tool, run_oracle
 
 pytestmark = pytest.mark.oracle
 

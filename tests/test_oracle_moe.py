@@ -14,8 +14,8 @@ import pytest
 from ferrollm.checkpoints.checkpoint import GGUFCheckpoint, HFCheckpoint
 from ferrollm.checkpoints.safetensors_io import bf16_to_f32, f32_to_bf16
 from ferrollm.moe import moe
-from hf_models import mistral_tokenizer_model, write_model
-from oracle import oracle_tool, run_oracle
+from support.hf_models import mistral_tokenizer_model, write_model
+from support.oracle import oracle_tool, run_oracle
 
 pytestmark = pytest.mark.oracle
 

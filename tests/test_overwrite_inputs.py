@@ -12,7 +12,7 @@ import sys
 
 import ferrollm
 import pytest
-from hf_models import write_model
+from support.hf_models import write_model
 
 
 def digest(path) -> str:

@@ -6,28 +6,19 @@ Run with:  python -m pytest -m peer
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
-import numpy as np
 import pytest
 from ferrollm import Llama, demo_model_path, gguf, perplexity, quantize_file
-from ferrollm.quant.quality import Scorer, log_softmax
+from support.peer import HELDOUT, open_peer, peer_perplexity
 
 pytestmark = pytest.mark.peer
 llama_cpp = pytest.importorskip("llama_cpp")
 
-HELDOUT = (Path(__file__).parent / "data" / "heldout.txt").read_text(encoding="utf-8")
 PROMPTS = ["def fibonacci(n):", "import os\n", 'class Parser:\n    """', "# Copyright", "for i in range("]
-
-
-def _peer(path, **kw):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False, **kw)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_output_matches_llama_cpp(prompt):
-    peer = _peer(demo_model_path())
+    peer = open_peer(demo_model_path())
     ours = Llama(demo_model_path(), n_ctx=512, verbose=False)
     a = peer.create_completion(prompt, max_tokens=32, temperature=0)
     b = ours.create_completion(prompt, max_tokens=32, temperature=0)
@@ -35,22 +26,9 @@ def test_greedy_output_matches_llama_cpp(prompt):
     assert b["choices"][0]["text"] == a["choices"][0]["text"]
 
 
-def _peer_perplexity(path, n_ctx: int, n_chunks: int) -> float:
-    """llama.cpp's logits (logits_all=True) on the same chunks, scored with the same rule."""
-    chunks = Scorer(path, n_ctx).chunks(HELDOUT, n_chunks)
-    peer = _peer(path, logits_all=True)
-    nll = []
-    for chunk in chunks:
-        peer.reset()
-        peer.eval(chunk)
-        logp = log_softmax(np.asarray(peer.scores[:n_ctx]))
-        nll += [-logp[i, chunk[i + 1]] for i in range(n_ctx // 2, n_ctx - 1)]
-    return math.exp(float(np.mean(nll)))
-
-
 def test_perplexity_matches_llama_cpp_logits():
     ours = perplexity(demo_model_path(), HELDOUT, n_ctx=512, n_chunks=8)
-    assert ours.ppl == pytest.approx(_peer_perplexity(demo_model_path(), 512, 8), rel=0.005)
+    assert ours.ppl == pytest.approx(peer_perplexity(demo_model_path(), 512, 8), rel=0.005)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +38,7 @@ def test_llama_cpp_reads_our_quantized_files(tmp_path, type_name):
     path = tmp_path / f"demo-{type_name}.gguf"
     quantize_file(demo_model_path(), path, type_name, pure=True)
     ours = perplexity(path, HELDOUT, n_ctx=256, n_chunks=4)
-    assert ours.ppl == pytest.approx(_peer_perplexity(path, 256, 4), rel=0.005)
+    assert ours.ppl == pytest.approx(peer_perplexity(path, 256, 4), rel=0.005)
 
 
 @pytest.fixture(scope="module")
@@ -92,4 +70,4 @@ def test_llama_cpp_takes_our_imatrix_and_picks_the_same_types(tmp_path, calibrat
     # 1%: the Q6_K tied head alone puts the engines 0.2-0.5% apart (llama.cpp's own Q4_K_M file
     # measured 0.17-0.26%; ours with a Q8_0 head 0.09%).
     ours = perplexity(our_path, HELDOUT, n_ctx=256, n_chunks=4)
-    assert ours.ppl == pytest.approx(_peer_perplexity(our_path, 256, 4), rel=0.01)
+    assert ours.ppl == pytest.approx(peer_perplexity(our_path, 256, 4), rel=0.01)

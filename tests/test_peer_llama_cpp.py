@@ -9,27 +9,20 @@ Skipped unless llama-cpp-python is installed; run with:  python -m pytest -m pee
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from ferrollm import Llama as FerroLlama
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
-from model_helpers import ROUTER_MARGIN, cosines
-from reference_model import ReferenceModel
+from support.model_helpers import ROUTER_MARGIN, cosines
+from support.reference_model import ReferenceModel
 
 pytestmark = pytest.mark.peer
 llama_cpp = pytest.importorskip("llama_cpp")
 mistral_common = pytest.importorskip("mistral_common")
 pytest.importorskip("sentencepiece")
 from ferrollm.text.tokenizer import sentencepiece_metadata
+from support.peer import MISTRAL_MODEL, TEXT, peer_logits
 
-MISTRAL_MODEL = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
-TEXT = (
-    "A chat between a user and a thinking artificial intelligence assistant. The assistant describes its "
-    "thought process and gives helpful and detailed answers to the user's questions.\nUser: Out of six apples "
-    "three are bad. What is the probability that at least one apple will be bad when selecting two apples?\nAI:"
-)
 MIN_COSINE = 0.999
 TOP2_MARGIN = 0.05
 MAX_AMBIGUOUS = 0.2  # share of MoE positions allowed a near-tie routing (model_helpers)
@@ -47,14 +40,6 @@ def _model(tmp_path_factory, vocab, weight_type: str, n_expert: int) -> str:
                          n_expert_used=2, weight_type=weight_type, n_ctx_train=512, tokenizer=vocab, seed=5)  # fmt: skip
         write_model(path, spec)
     return str(path)
-
-
-def _peer_logits(path: str, tokens: list[int], overrides: dict | None = None) -> np.ndarray:
-    peer = llama_cpp.Llama(model_path=path, n_ctx=256, logits_all=True, verbose=False, kv_overrides=overrides)
-    peer.eval(tokens)
-    out = np.array(peer.scores[: len(tokens)], dtype=np.float64)
-    peer.close()
-    return out
 
 
 def _agree(
@@ -95,7 +80,7 @@ def test_logits_match_llama_cpp(tmp_path_factory, vocab, weight_type, n_expert):
     tokens = ours_llm.tokenize(TEXT.encode())
     assert len(tokens) >= 64
     ours_llm.eval(tokens)
-    _agree(ours_llm.scores, _peer_logits(path, tokens), path, tokens)
+    _agree(ours_llm.scores, peer_logits(path, tokens), path, tokens)
 
 
 @pytest.mark.parametrize("weight_type", ["F16", "Q4_K"])
@@ -108,4 +93,4 @@ def test_expert_used_count_override_matches_llama_cpp(tmp_path_factory, vocab, w
     default = FerroLlama(path, n_ctx=256, logits_all=True, verbose=False)
     default.eval(tokens)
     assert not np.allclose(ours_llm.scores, default.scores)
-    _agree(ours_llm.scores, _peer_logits(path, tokens, overrides), path, tokens, 3)
+    _agree(ours_llm.scores, peer_logits(path, tokens, overrides), path, tokens, 3)

@@ -11,7 +11,7 @@ from ferrollm.gguf.plan import FIXED_OVERHEAD_BYTES, plan
 from ferrollm.gguf.synthetic import random_blocks
 from ferrollm.gguf.synthetic_model import SHAPES, quantizer_head_types, shape_spec, write_model
 from ferrollm.quant import block_types
-from model_helpers import model_file
+from support.model_helpers import model_file
 
 SPEC = {"n_vocab": 320, "n_embd": 128, "n_ff": 256, "n_head": 4, "n_head_kv": 2, "n_expert": 4,
         "weight_type": "Q4_0", "n_ctx_train": 256}  # fmt: skip

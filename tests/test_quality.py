@@ -11,10 +11,10 @@ import pytest
 from ferrollm import demo_model_path, kl_divergence, perplexity, quantize_file
 from ferrollm.quant.quality import chunk_tokens, log_softmax, read_logprobs
 from ferrollm.text.tokenizer import Tokenizer
-from model_helpers import model_file
+from support.model_helpers import model_file
 
 pytest.importorskip("gguf")
-from reference_model import ReferenceModel
+from support.reference_model import ReferenceModel
 
 HELDOUT = (Path(__file__).parent / "data" / "heldout.txt").read_text(encoding="utf-8")
 

@@ -10,8 +10,8 @@ import json
 import httpx
 import pytest
 from ferrollm import Llama, demo_model_path
-from test_serve import Server
-from test_tools import MESSAGES, NAMED, TOOLS, _check_call
+from support.server import Server
+from support.tool_cases import MESSAGES, NAMED, TOOLS, check_call
 
 ROUND_TRIP = [
     *MESSAGES,
@@ -41,7 +41,7 @@ def _check_choice(choice: dict) -> None:
     if message.get("tool_calls"):
         assert message["content"] is None and choice["finish_reason"] == "tool_calls"
         for call in message["tool_calls"]:
-            _check_call(call)
+            check_call(call)
     else:
         assert isinstance(message["content"], str) and choice["finish_reason"] in ("stop", "length")
 
@@ -115,7 +115,7 @@ def test_named_function_streamed_and_not(server, llm):
     choice = got["choices"][0]
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
     assert len(choice["message"]["tool_calls"]) == 1
-    arguments = _check_call(choice["message"]["tool_calls"][0], "get_weather")
+    arguments = check_call(choice["message"]["tool_calls"][0], "get_weather")
     _same_shape(got, llm.create_chat_completion(**request))
 
     client = server.client()
@@ -128,7 +128,7 @@ def test_named_function_streamed_and_not(server, llm):
     assert not any(c.choices[0].delta.content for c in chunks)
     calls, finish = _streamed_calls(chunks)
     assert finish == {0: "tool_calls"} and list(calls[0]) == [0]
-    assert _check_call(calls[0][0], "get_weather") == arguments
+    assert check_call(calls[0][0], "get_weather") == arguments
     # The same chunks, field for field, as Llama.create_chat_completion's stream.
     want = list(llm.create_chat_completion(stream=True, **request))
     assert [_outline(c) for c in _raw_stream(server, request)] == [_outline(c) for c in want]
@@ -192,7 +192,7 @@ def test_n2_each_choice_gets_its_own_constraint(server):
     assert [c["index"] for c in got["choices"]] == [0, 1]
     for choice in got["choices"]:
         assert choice["finish_reason"] == "tool_calls"
-        _check_call(choice["message"]["tool_calls"][0], "get_weather")
+        check_call(choice["message"]["tool_calls"][0], "get_weather")
     # auto: one lazy grammar, two generations deciding on their own.
     for choice in _chat(server, **base)["choices"]:
         _check_choice(choice)
@@ -204,7 +204,7 @@ def test_n2_each_choice_gets_its_own_constraint(server):
     calls, finish = _streamed_calls(chunks)
     assert finish == {0: "tool_calls", 1: "tool_calls"}
     for i in (0, 1):
-        _check_call(calls[i][0], "get_weather")
+        check_call(calls[i][0], "get_weather")
     assert not chunks[-1].choices and chunks[-1].usage.completion_tokens > 2 * 10
 
 
@@ -238,7 +238,7 @@ def test_legacy_functions(server):
                 max_tokens=120, temperature=0)  # fmt: skip
     message = got["choices"][0]["message"]
     assert message["function_call"]["name"] == "get_weather"
-    _check_call(message["tool_calls"][0], "get_weather")
+    check_call(message["tool_calls"][0], "get_weather")
 
 
 def test_an_answer_sent_back_as_it_came_continues_the_conversation(server):

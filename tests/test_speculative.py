@@ -12,7 +12,7 @@ from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from ferrollm.llama_speculative import GGUFDraftModel, LlamaDraftModel, LlamaPromptLookupDecoding
 from hypothesis import given
 from hypothesis import strategies as st
-from model_helpers import CountingEngine
+from support.model_helpers import CountingEngine
 
 CODE = "def fibonacci(n):"
 EDIT = (

@@ -11,7 +11,7 @@ import pytest
 from ferrollm import Llama, demo_model_path
 from ferrollm.generate.saved_state import LlamaState
 from ferrollm.llama_cache import LlamaCache, LlamaDiskCache, LlamaRAMCache
-from model_helpers import CountingEngine
+from support.model_helpers import CountingEngine
 
 PROMPT = "def fibonacci(n):"
 OTHER = "import os\n\n\nclass Config:\n    def __init__(self, path):"

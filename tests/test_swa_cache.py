@@ -14,8 +14,8 @@ from ferrollm.gguf.plan import plan
 from ferrollm.gguf.synthetic_model import ModelSpec, write_model
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from model_helpers import cosines
-from reference_model import ReferenceModel
+from support.model_helpers import cosines
+from support.reference_model import ReferenceModel
 
 WINDOW, N_CTX, N_BATCH = 12, 256, 8
 RING = WINDOW + 64  # the window and the rings' smallest margin (n_batch is below it)

@@ -20,8 +20,8 @@ from ferrollm import Llama, LogitsProcessorList, demo_model_path, gguf
 from ferrollm.generate.tool_syntax import DEFAULT, HERMES, LLAMA3, MISTRAL, MISTRAL_ARGS, detect
 from ferrollm.generate.tools import ToolCalling
 from ferrollm.text.tokenizer import CONTROL, Tokenizer
-from test_chat_templates import needs_sdist, source
-from test_tools import MESSAGES, NAMED, TOOLS, WEATHER
+from support.sdist import needs_sdist, source
+from support.tool_cases import MESSAGES, NAMED, TOOLS, WEATHER
 
 PARIS = {"city": "Paris", "unit": "celsius"}
 KELVIN = {"city": "Paris", "unit": "kelvin"}  # not in the schema's enum
@@ -338,7 +338,7 @@ def test_the_server_answers_in_the_template_syntax(models, tmp_path):
     """`ferrollm serve` on a Mistral Nemo model: a named call and, under auto, the call the
     model opens with the control token (a logit bias makes it), calls of the functions Llama's
     answer calls, with ids the template takes back on the next turn."""
-    from test_serve import Server
+    from support.server import Server
 
     name = "mistralai-Mistral-Nemo-Instruct-2407.jinja"
     path = _copy_with_template(str(tmp_path / "nemo.gguf"), source(name), mistral_vocabulary=True)

@@ -7,48 +7,17 @@ from __future__ import annotations
 
 import json
 
-import jsonschema
 import numpy as np
 import pytest
 from ferrollm import Llama, LogitsProcessorList, demo_model_path
 from ferrollm.generate.tools import OPEN, ToolCalling, ToolError
 from ferrollm.text.chat import JinjaTemplate
-
-WEATHER = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 16}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "unit"],
-}
-TOOLS = [
-    {
-        "type": "function",
-        "function": {"name": "get_weather", "description": "Weather now", "parameters": WEATHER},
-    },
-    {
-        "type": "function",
-        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
-    },
-]
-MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
-NAMED = {"type": "function", "function": {"name": "get_weather"}}
+from support.tool_cases import MESSAGES, NAMED, TOOLS, check_call
 
 
 @pytest.fixture(scope="module")
 def llm():
     return Llama(demo_model_path(), n_ctx=512, seed=2, verbose=False)
-
-
-def _check_call(call: dict, name: str | None = None) -> dict:
-    assert set(call) == {"id", "type", "function"} and call["type"] == "function"
-    assert call["id"].startswith("call_")
-    assert set(call["function"]) == {"name", "arguments"}
-    assert isinstance(call["function"]["arguments"], str)
-    arguments = json.loads(call["function"]["arguments"])
-    if name is not None:
-        assert call["function"]["name"] == name
-    if call["function"]["name"] == "get_weather":
-        jsonschema.validate(arguments, WEATHER)
-    return arguments
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
@@ -60,7 +29,7 @@ def test_named_tool_choice_forces_one_valid_call(llm, temperature):
     message = choice["message"]
     assert message["role"] == "assistant" and message["content"] is None
     assert len(message["tool_calls"]) == 1
-    _check_call(message["tool_calls"][0], "get_weather")
+    check_call(message["tool_calls"][0], "get_weather")
     assert message["function_call"] == message["tool_calls"][0]["function"]  # llama-cpp-python's legacy field
 
 
@@ -71,7 +40,7 @@ def test_required_gives_calls(llm):
     calls = out["choices"][0]["message"]["tool_calls"]
     assert calls and out["choices"][0]["finish_reason"] == "tool_calls"
     for call in calls:
-        _check_call(call)
+        check_call(call)
 
 
 def test_streamed_call(llm):
@@ -86,7 +55,7 @@ def test_streamed_call(llm):
         MESSAGES, tools=TOOLS, tool_choice=NAMED, max_tokens=120, temperature=0
     )
     call = {k: v for k, v in deltas[0].items() if k != "index"}
-    assert _check_call(call) == json.loads(
+    assert check_call(call) == json.loads(
         whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
     )
 
@@ -133,7 +102,7 @@ def test_auto_switches_the_grammar_on_when_the_model_opens_a_call(llm):
             calls, finish = out["choices"][0]["message"]["tool_calls"], out["choices"][0]["finish_reason"]
         assert calls and finish == "tool_calls"
         for call in calls:
-            _check_call({k: v for k, v in call.items() if k != "index"})
+            check_call({k: v for k, v in call.items() if k != "index"})
 
 
 def test_auto_text_that_starts_like_a_call_streams_as_text(llm):
@@ -176,7 +145,7 @@ def test_a_template_that_renders_tools_gets_them(llm, monkeypatch):
     out = llm.create_chat_completion(MESSAGES, tools=TOOLS, tool_choice=NAMED, max_tokens=120, temperature=0)
     assert prompts[-1].startswith("[AVAILABLE]get_weather,get_time[/AVAILABLE][user]What is")
     assert "You can call" not in prompts[-1]
-    _check_call(out["choices"][0]["message"]["tool_calls"][0], "get_weather")
+    check_call(out["choices"][0]["message"]["tool_calls"][0], "get_weather")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 from ferrollm.checkpoints import safetensors_io
-from tiny_tokenizers import bpe_tokenizer
+
+from .tiny_tokenizers import bpe_tokenizer
 
 
 def mistral_tokenizer_model() -> str | None:

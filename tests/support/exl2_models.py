@@ -14,9 +14,10 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from hf_models import config as hf_config
-from hf_models import tensors as hf_tensors
-from hf_models import write_model
+
+from .hf_models import config as hf_config
+from .hf_models import tensors as hf_tensors
+from .hf_models import write_model
 
 
 def plan_groups(rows: int, bits: list[int], props: list[float], group_size) -> list[tuple[int, int]]:

@@ -19,7 +19,8 @@ import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
-from oracle import LLAMA_CPP, ORACLE_PY
+
+from .oracle import LLAMA_CPP, ORACLE_PY
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.environ.get("FERROLLM_ORACLE_CACHE", os.path.expanduser("~/.cache/ferrollm-oracle/archs"))
@@ -149,7 +150,7 @@ BY_NAME = {c.name: c for c in CASES}
 
 
 def spm_model() -> str | None:
-    from hf_models import mistral_tokenizer_model
+    from .hf_models import mistral_tokenizer_model
 
     return mistral_tokenizer_model()
 
@@ -297,3 +298,10 @@ def llama_cpp_logits(path: str, tokens: list[int], **kw) -> np.ndarray:
         return np.array(llm.scores[: len(tokens)], np.float32)
     finally:
         llm.close()
+
+
+# Agreement floors of our engine with transformers (cosine of logits), per weight and KV type.
+QUANT_VS_F32 = {"Q8_0": 0.98, "Q6_K": 0.95, "Q5_K_M": 0.9, "Q5_1": 0.9, "Q5_0": 0.9, "Q4_K_M": 0.7, "Q4_K_S": 0.7,
+                "Q4_1": 0.7, "Q4_0": 0.7, "IQ4_XS": 0.7, "IQ4_NL": 0.7, "Q3_K_M": 0.5, "IQ3_S": 0.5, "Q2_K": 0.2}  # fmt: skip
+KV_VS_F32 = {"q8_0": 0.999, "q4_0": 0.9}
+KV_CODES = {"q8_0": 8, "q4_0": 2}  # ggml type ids, as llama-cpp-python takes them
