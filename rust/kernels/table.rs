@@ -28,6 +28,8 @@ use crate::matmul::avx2::{
     Avx2 as Avx2Madd, Bf16W, F16W, F32W, Vnni, dot_float, dot_q8_0, dot_q8_k,
 };
 #[cfg(target_arch = "x86_64")]
+use crate::matmul::avx2_panel::{unpack_iq4_nl, unpack_iq4_xs};
+#[cfg(target_arch = "x86_64")]
 use crate::matmul::avx512::{
     codebook::{dot, dot_many, unpack_row},
     pairs::{dot_pairs, dot_q4_1, lanes_pairs, unpack_row_pairs},
@@ -60,13 +62,14 @@ pub(super) struct Panels {
     pub avx2: PanelForm,
 }
 
-/// AVX2 kernels (dequantizers, dot products) and the same dot products on AVX-512 VNNI's
-/// 256-bit `vpdpbusd`.
+/// AVX2 kernels (dequantizers, dot products), the same dot products on AVX-512 VNNI's 256-bit
+/// `vpdpbusd`, and a hand-written panel unpacker where the portable one does not vectorize.
 #[cfg(target_arch = "x86_64")]
 pub(super) struct Avx2Row {
     pub dequantize: Option<DequantFn>,
     pub dot: Option<VecDotFn>,
     pub vnni_dot: Option<VecDotFn>,
+    pub panel: Option<RowUnpackFn>,
 }
 
 /// 512-bit kernels (`matmul::avx512`).
@@ -175,6 +178,13 @@ macro_rules! avx2 {
                 "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
                 dot $dot::<$block, Vnni>
             ),
+            panel: None,
+        }
+    };
+    ($dequant:ident, $dot:ident::<$block:ty>, panel $unpack:path) => {
+        Avx2Row {
+            panel: Some(featured!("avx2,fma,f16c", unpack $unpack)),
+            ..avx2!($dequant, $dot::<$block>)
         }
     };
     (float $dequant:expr, $weights:ty) => {
@@ -185,6 +195,7 @@ macro_rules! avx2 {
                 "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
                 dot dot_float::<$weights>
             ),
+            panel: None,
         }
     };
 }
@@ -344,9 +355,17 @@ pub(super) static ROWS: [Row; 23] = [
     q8_k_row!(IQ3_XXS, BlockIq3Xxs, iq3_xxs, codebook!(IQ3_XXS), 62, 32, false,
               codebook_512!(BlockIq3Xxs, 32)),
     q8_k_row!(IQ3_S, BlockIq3S, iq3_s, codebook!(IQ3_S), 15, 32, false, codebook_512!(BlockIq3S, 32)),
-    q8_0_row!(IQ4_NL, BlockIq4Nl, iq4_nl, quantize_iq4_nl, 127, false, pairs_512!(BlockIq4Nl)),
-    q8_k_row!(IQ4_XS, BlockIq4Xs, iq4_xs, blocks!(quantize_iq4_xs), 127, 32, false,
-              codebook_512!(BlockIq4Xs, 32)),
+    Row {
+        #[cfg(target_arch = "x86_64")]
+        avx2: avx2!(iq4_nl, dot_q8_0::<BlockIq4Nl>, panel unpack_iq4_nl),
+        ..q8_0_row!(IQ4_NL, BlockIq4Nl, iq4_nl, quantize_iq4_nl, 127, false, pairs_512!(BlockIq4Nl))
+    },
+    Row {
+        #[cfg(target_arch = "x86_64")]
+        avx2: avx2!(iq4_xs, dot_q8_k::<BlockIq4Xs>, panel unpack_iq4_xs),
+        ..q8_k_row!(IQ4_XS, BlockIq4Xs, iq4_xs, blocks!(quantize_iq4_xs), 127, 32, false,
+                    codebook_512!(BlockIq4Xs, 32))
+    },
     float_row!(BF16, false, Bf16Le, scalar::dot_bf16,
                Some((|s: &[u8], d: &mut [f32]| unsafe { deq::bf16(s, d) }) as DequantFn), Bf16W),
     // Q8_K: the activations of the K- and IQ-types, not a weight type.
@@ -360,7 +379,7 @@ pub(super) static ROWS: [Row; 23] = [
         panel: None,
         weight_bound: 128,
         #[cfg(target_arch = "x86_64")]
-        avx2: Avx2Row { dequantize: None, dot: None, vnni_dot: None },
+        avx2: Avx2Row { dequantize: None, dot: None, vnni_dot: None, panel: None },
         #[cfg(target_arch = "x86_64")]
         avx512: NO_AVX512,
     },
@@ -459,7 +478,10 @@ fn simd(row: &Row, isa: Isa, k: &mut TypeKernels) {
             k.lanes = row.avx512.lanes.filter(|_| wide);
             wide_panel.or(Some(panels.portable))
         }
-        Some(_) => Some(panels.avx2),
+        Some(_) => Some(row.avx2.panel.map_or(panels.avx2, |unpack| PanelForm {
+            unpack,
+            ..panels.avx2
+        })),
     };
 }
 

@@ -101,6 +101,12 @@ impl Panel {
                 Kernel::Avx512Vnni => unsafe {
                     avx512::row_constants(q, sd, group, s.per_block * group, k)
                 },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the 256-bit kernels run only where AVX2 was detected.
+                _ if kernel.offset128() => unsafe {
+                    row_constants_avx2(q, sd, group, s.per_block * group, k)
+                },
+                #[cfg(not(target_arch = "x86_64"))]
                 _ if kernel.offset128() => row_constants(q, sd, group, s.per_block * group, k),
                 _ => k.fill(0.0),
             }
@@ -108,8 +114,17 @@ impl Panel {
     }
 }
 
+/// `row_constants` with its byte sums vectorized (at the baseline ISA they were 7% of an
+/// IQ2_XS prefill on the AVX2 tier); the float sums keep their order, so the bits are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_constants_avx2(q: &[u8], sd: &[f32], group: usize, block: usize, k: &mut [f32]) {
+    row_constants(q, sd, group, block, k)
+}
+
 /// The rows' constants `k = 128 * sum over a block's elements of sd(group) * v` (as
 /// `avx512::row_constants`, summed in plain order).
+#[inline(always)]
 fn row_constants(q: &[u8], sd: &[f32], group: usize, block: usize, k: &mut [f32]) {
     for (b, k) in k.iter_mut().enumerate() {
         let groups = q[b * block..][..block].chunks_exact(group);

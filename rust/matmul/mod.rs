@@ -23,6 +23,8 @@ mod act_quant;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2_panel;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 
 pub use bandwidth::read_bandwidth;

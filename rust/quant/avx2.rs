@@ -59,7 +59,7 @@ unsafe fn store32<const OFFSET: bool>(
 /// Low nibbles of 16 bytes in the low lane, high nibbles in the high lane: a 4-bit block's
 /// 32 elements in order.
 #[inline(always)]
-unsafe fn nibbles32(qs: *const u8) -> __m256i {
+pub(crate) unsafe fn nibbles32(qs: *const u8) -> __m256i {
     let bytes = _mm_loadu_si128(qs as *const __m128i);
     let mask = _mm_set1_epi8(0x0F);
     let lo = _mm_and_si128(bytes, mask);
