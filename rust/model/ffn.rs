@@ -6,8 +6,9 @@
 //! from memory once per batch, whatever the number of tokens routed to it.
 
 use super::arch::Activation;
-use super::imatrix::{Input, LayerRecorder};
-use super::profile::{Component, Profile, Timer};
+use super::imatrix::Input;
+use super::observer::Observer;
+use super::profile::Component;
 use super::softmax::{exp_normal, normal_or_zero};
 use super::weights::{ExpertFfn, Tensor};
 use crate::error::Result;
@@ -28,8 +29,6 @@ pub struct FfnScratch {
 pub struct FfnContext<'a> {
     pub pool: &'a Pool,
     pub file: &'a [u8],
-    /// Where input activations go while an importance matrix is collected.
-    pub rec: Option<LayerRecorder<'a>>,
     pub act: Activation,
 }
 
@@ -55,11 +54,10 @@ fn gated(
     gate: &mut Vec<f32>,
     up: &mut Vec<f32>,
     act: &mut Vec<u8>,
+    obs: &Observer,
 ) -> Result<()> {
     let n = x.len() / e.gate.cols;
-    if let Some(r) = cx.rec {
-        r.record(Input::GateUp, expert, x);
-    }
+    obs.on_input(Input::GateUp, expert, x);
     gate.resize(n * e.gate.rows, 0.0);
     up.resize(n * e.up.rows, 0.0);
     matmul_many(
@@ -76,9 +74,7 @@ fn gated(
     for (g, u) in gate.iter_mut().zip(up.iter()) {
         *g = activation(*g) * u;
     }
-    if let Some(r) = cx.rec {
-        r.record(Input::Down, expert, gate);
-    }
+    obs.on_input(Input::Down, expert, gate);
     matmul(cx.pool, &e.down.mat(cx.file), gate, out, act)
 }
 
@@ -88,8 +84,9 @@ pub fn dense(
     x: &[f32],
     out: &mut [f32],
     s: &mut FfnScratch,
+    obs: &Observer,
 ) -> Result<()> {
-    gated(cx, e, 0, x, out, &mut s.gate, &mut s.up, &mut s.act)
+    gated(cx, e, 0, x, out, &mut s.gate, &mut s.up, &mut s.act, obs)
 }
 
 /// Top-`k` of `logits` (ties to the lower index), appended to `routes` for `token` with their
@@ -123,7 +120,8 @@ fn route(logits: &[f32], k: usize, renorm: bool, token: usize, routes: &mut Vec<
     }
 }
 
-/// `clock` charges the routing to the router; the caller charges the rest to the experts.
+/// The observer's lap charges the routing to the router; the caller charges the rest to the
+/// experts.
 #[allow(clippy::too_many_arguments)]
 pub fn moe(
     cx: &FfnContext,
@@ -134,15 +132,13 @@ pub fn moe(
     x: &[f32],
     out: &mut [f32],
     s: &mut FfnScratch,
-    clock: (&mut Timer, &mut Profile),
+    obs: &mut Observer,
 ) -> Result<()> {
     let n_embd = router.cols;
     let n = x.len() / n_embd;
     let n_expert = experts.len();
     s.router_logits.resize(n * n_expert, 0.0);
-    if let Some(r) = cx.rec {
-        r.record(Input::Router, 0, x);
-    }
+    obs.on_input(Input::Router, 0, x);
     matmul(
         cx.pool,
         &router.mat(cx.file),
@@ -161,7 +157,7 @@ pub fn moe(
         );
     }
     s.routes.sort_unstable_by_key(|&(e, t, _)| (e, t));
-    clock.0.lap(clock.1, Component::Router);
+    obs.lap(Component::Router);
     out.fill(0.0);
     let mut rest = &s.routes[..];
     while let Some(&(expert, _, _)) = rest.first() {
@@ -183,6 +179,7 @@ pub fn moe(
             &mut s.gate,
             &mut s.up,
             &mut s.act,
+            obs,
         )?;
         for (i, &(_, t, w)) in group.iter().enumerate() {
             let dst = &mut out[t as usize * n_embd..][..n_embd];

@@ -177,16 +177,3 @@ impl ActivationStats {
         self.entries.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 }
-
-/// What one layer's FFN records into: the statistics and the layer index.
-#[derive(Clone, Copy)]
-pub struct LayerRecorder<'a> {
-    pub stats: &'a ActivationStats,
-    pub layer: usize,
-}
-
-impl LayerRecorder<'_> {
-    pub fn record(&self, input: Input, expert: usize, x: &[f32]) {
-        self.stats.record(self.layer, input, expert, x);
-    }
-}

@@ -15,21 +15,24 @@ mod attention;
 mod attention_simd;
 pub mod config;
 mod ffn;
+mod forward;
 pub mod imatrix;
 pub mod kv_cache;
 #[cfg(target_arch = "x86_64")]
 mod lanes;
+mod observer;
 pub mod profile;
 pub mod softmax;
 pub mod weights;
 
 use std::path::Path;
 
-use attention::{AttentionShape, HeadScratch, KeySpan, Rope, attend, softcap};
-use ffn::{FfnContext, FfnScratch};
-use imatrix::{ActivationStats, Input, LayerRecorder, StatEntry};
-use profile::{Component, Profile, Timer};
-use weights::{Ffn, Weights};
+use attention::{AttentionShape, HeadScratch, KeySpan, Rope};
+use ffn::FfnScratch;
+use imatrix::{ActivationStats, StatEntry};
+use observer::{Capture, Observer};
+use profile::Profile;
+use weights::Weights;
 
 pub use config::Config;
 use kv_cache::CacheShape;
@@ -37,7 +40,7 @@ pub use kv_cache::{KV_TYPES, KvCache, layer_positions};
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, GgufFile, Value};
-use crate::matmul::{FlushDenormals, Pool, matmul, matmul_many};
+use crate::matmul::Pool;
 use crate::quant::DequantFn;
 
 #[derive(Clone)]
@@ -97,14 +100,6 @@ struct Scratch {
     runs: Vec<Run>,
 }
 
-/// What `forward` copies out of the pass.
-enum Capture {
-    /// The residual stream entering each layer, then after the output norm (`hidden_states`).
-    Layers(Vec<f32>),
-    /// Only the rows after the output norm, with no output head (`embeddings`).
-    Output(Vec<f32>),
-}
-
 /// Consecutive tokens of one sequence within a batch.
 #[derive(Clone, Copy, Debug)]
 pub struct Run {
@@ -120,6 +115,8 @@ pub struct Model {
     cache: KvCache,
     /// The rope of global layers, then that of sliding-window layers.
     ropes: [Rope; 2],
+    /// Heads, head size, score scale and cap of every layer's attention.
+    attn_shape: AttentionShape,
     embd_dequant: DequantFn,
     n_batch: usize,
     /// Positions of each sequence's context (the cache holds n_seq of them back to back).
@@ -134,12 +131,9 @@ pub struct Model {
     scratch: Scratch,
     /// Every weight tensor's byte range in the file, for prefetching.
     weight_ranges: Vec<(usize, usize)>,
-    /// Time per component since load or the last `take_profile`.
-    profile: Profile,
-    /// Input activation statistics, while an importance matrix is being collected.
-    stats: Option<ActivationStats>,
-    /// Activations a call copies out besides (or instead of) logits.
-    capture: Option<Capture>,
+    /// What passes report besides logits: time per component, activation statistics,
+    /// hidden states.
+    observer: Observer,
     /// `exact_batch_rows`, fixed by the weight types.
     exact_rows: usize,
 }
@@ -155,38 +149,6 @@ fn exact_rows(w: &Weights) -> usize {
         .min()
         .unwrap_or(1)
         .max(1)
-}
-
-/// 1 / RMS of `row`, in f64 so that long rows sum exactly enough.
-fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
-    (1.0 / (ss / row.len() as f64 + eps as f64).sqrt()) as f32
-}
-
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    for (row, o) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        let scale = inv_rms(row, eps);
-        for ((o, &v), &g) in o.iter_mut().zip(row).zip(w) {
-            *o = v * scale * g;
-        }
-    }
-}
-
-/// RMSNorm of each `w.len()` slice of `x` in place (per head for Q/K norms; Gemma's
-/// post-norms).
-fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
-    for row in x.chunks_exact_mut(w.len()) {
-        let scale = inv_rms(row, eps);
-        for (v, &g) in row.iter_mut().zip(w) {
-            *v *= scale * g;
-        }
-    }
-}
-
-fn add(acc: &mut [f32], x: &[f32]) {
-    for (a, b) in acc.iter_mut().zip(x) {
-        *a += b;
-    }
 }
 
 impl Model {
@@ -266,6 +228,13 @@ impl Model {
             )
         };
         let ropes = [rope(&config.rope), rope(&config.rope_swa)];
+        let attn_shape = AttentionShape {
+            n_head: config.n_head,
+            n_head_kv: config.n_head_kv,
+            head_dim: config.head_dim,
+            scale: config.attn_scale,
+            softcap: config.attn_softcap,
+        };
         let mut scratch = Scratch::default();
         scratch
             .heads
@@ -279,6 +248,7 @@ impl Model {
             pool,
             cache,
             ropes,
+            attn_shape,
             embd_dequant,
             n_batch: params.n_batch,
             n_ctx,
@@ -287,9 +257,7 @@ impl Model {
             ring,
             scratch,
             weight_ranges,
-            profile: Profile::default(),
-            stats: None,
-            capture: None,
+            observer: Observer::default(),
             exact_rows,
         })
     }
@@ -345,20 +313,23 @@ impl Model {
 
     /// The time per component since load or the previous call, and starts over.
     pub fn take_profile(&mut self) -> Profile {
-        std::mem::take(&mut self.profile)
+        std::mem::take(&mut self.observer.profile)
     }
 
     /// Starts (or restarts) collecting input activation statistics for an importance matrix.
     pub fn start_activation_stats(&mut self) {
         let file = &self.file;
-        self.stats = Some(ActivationStats::new(&self.config, &self.weights, |name| {
+        self.observer.stats = Some(ActivationStats::new(&self.config, &self.weights, |name| {
             file.tensor(name).is_some()
         }));
     }
 
     /// The statistics collected since `start_activation_stats`, which stops collecting.
     pub fn take_activation_stats(&mut self) -> Option<Vec<StatEntry>> {
-        self.stats.take().map(ActivationStats::into_entries)
+        self.observer
+            .stats
+            .take()
+            .map(ActivationStats::into_entries)
     }
 
     /// Whether some layers attend through a sliding window.
@@ -643,7 +614,7 @@ impl Model {
             return Err(Error::invalid("no tokens to evaluate"));
         }
         self.check_tokens(0, tokens)?;
-        self.capture = Some(capture);
+        self.observer.capture = Some(capture);
         self.scratch.rows.clear();
         self.scratch.rows.extend(0..tokens.len());
         let mut logits = Vec::new();
@@ -652,224 +623,8 @@ impl Model {
             len: tokens.len(),
         };
         let result = self.forward(tokens, &[run], &mut logits);
-        let (Some(Capture::Layers(out)) | Some(Capture::Output(out))) = self.capture.take() else {
-            unreachable!("set above")
-        };
-        result.map(|()| out)
-    }
-
-    /// One batch of `runs` (tokens back to back); appends to `logits` those of the rows in
-    /// `scratch.rows`.
-    fn forward(&mut self, tokens: &[u32], runs: &[Run], logits: &mut Vec<f32>) -> Result<()> {
-        // No subnormal operand anywhere in the pass (see matmul::denormals).
-        let _flush = FlushDenormals::on();
-        let c = &self.config;
-        let n = tokens.len();
-        let (e, qd, kvd) = (c.n_embd, c.q_dim(), c.kv_dim());
-        let bytes = self.file.bytes();
-        let s = &mut self.scratch;
-        let pool = &self.pool;
-        let prof = &mut self.profile;
-        let mut timer = Timer::start();
-
-        s.x.resize(n * e, 0.0);
-        let embd = &self.weights.token_embd;
-        for (row, &t) in s.x.chunks_exact_mut(e).zip(tokens) {
-            let start = embd.start + t as usize * embd.row_bytes();
-            (self.embd_dequant)(&bytes[start..start + embd.row_bytes()], row);
-        }
-        if c.arch.embed_scaled {
-            let scale = (e as f32).sqrt();
-            s.x.iter_mut().for_each(|v| *v *= scale);
-        }
-        s.normed.resize(n * e, 0.0);
-        s.q.resize(n * qd, 0.0);
-        s.k.resize(n * kvd, 0.0);
-        s.v.resize(n * kvd, 0.0);
-        s.attn.resize(n * qd, 0.0);
-        s.proj.resize(n * e, 0.0);
-        let shape = AttentionShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            scale: c.attn_scale,
-            softcap: c.attn_softcap,
-        };
-        // A sliding layer's ring must hold a run's rows and the window before them at once.
-        let margin = self.ring - c.swa_window.min(self.ring);
-        if self.ring < self.n_ctx
-            && let Some(run) = runs.iter().find(|r| r.len > margin)
-        {
-            return Err(Error::invalid(format!(
-                "{} tokens in one pass: the sliding-window layers' cache holds {margin} beyond                  their window (n_batch or less per pass)",
-                run.len
-            )));
-        }
-        s.pos.clear();
-        s.spans.clear();
-        s.spans_swa.clear();
-        for run in runs {
-            // The rows about to be written overwrite the ring's oldest (even if this pass fails).
-            let end = self.n_past[run.seq] + run.len;
-            self.held_from[run.seq] = self.held_from[run.seq].max(end.saturating_sub(self.ring));
-            let (start, past) = (run.seq * self.n_ctx, self.n_past[run.seq]);
-            for i in 0..run.len {
-                let pos = past + i;
-                s.pos.push(pos);
-                s.spans.push(KeySpan {
-                    start,
-                    len: pos + 1,
-                });
-                if c.swa_window > 0 {
-                    // A sliding layer sees the last `swa_window` positions, itself included.
-                    let first = (pos + 1).saturating_sub(c.swa_window);
-                    s.spans_swa.push(KeySpan {
-                        start: start + first,
-                        len: pos + 1 - first,
-                    });
-                }
-            }
-        }
-
-        for (l, layer) in self.weights.layers.iter().enumerate() {
-            let rec = self
-                .stats
-                .as_ref()
-                .map(|stats| LayerRecorder { stats, layer: l });
-            let cx = FfnContext {
-                pool,
-                file: bytes,
-                rec,
-                act: c.arch.act,
-            };
-            if let Some(Capture::Layers(h)) = self.capture.as_mut() {
-                h.extend_from_slice(&s.x);
-            }
-            rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.normed);
-            timer.lap(prof, Component::Embed);
-            if let Some(r) = rec {
-                r.record(Input::Qkv, 0, &s.normed);
-            }
-            matmul_many(
-                pool,
-                &[
-                    layer.wq.mat(bytes),
-                    layer.wk.mat(bytes),
-                    layer.wv.mat(bytes),
-                ],
-                &s.normed,
-                &mut [&mut s.q, &mut s.k, &mut s.v],
-                &mut s.act,
-            )?;
-            if let Some(b) = &layer.qkv_bias {
-                for (x, bias) in [(&mut s.q, &b.q), (&mut s.k, &b.k), (&mut s.v, &b.v)] {
-                    x.chunks_exact_mut(bias.len())
-                        .for_each(|row| add(row, bias));
-                }
-            }
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                rms_norm_in_place(&mut s.q, qn, c.rms_eps);
-                rms_norm_in_place(&mut s.k, kn, c.rms_eps);
-            }
-            let sliding = c.swa_layers[l];
-            let rope = &self.ropes[sliding as usize];
-            for (t, (&pos, span)) in s.pos.iter().zip(&s.spans).enumerate() {
-                rope.apply(
-                    &mut [&mut s.q[t * qd..][..qd], &mut s.k[t * kvd..][..kvd]],
-                    pos,
-                );
-                self.cache
-                    .k
-                    .write(l, span.start + pos, &s.k[t * kvd..][..kvd]);
-                self.cache
-                    .v
-                    .write(l, span.start + pos, &s.v[t * kvd..][..kvd]);
-            }
-            attend(
-                pool,
-                &shape,
-                &self.cache,
-                l,
-                if sliding { &s.spans_swa } else { &s.spans },
-                &s.q,
-                &mut s.heads,
-                &mut s.attn,
-            )?;
-            if let Some(r) = rec {
-                r.record(Input::AttnOutput, 0, &s.attn);
-            }
-            matmul(pool, &layer.wo.mat(bytes), &s.attn, &mut s.proj, &mut s.act)?;
-            if let Some(w) = &layer.post_attn_norm {
-                rms_norm_in_place(&mut s.proj, w, c.rms_eps);
-            }
-            timer.lap(prof, Component::Attention);
-            add(&mut s.x, &s.proj);
-
-            rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.normed);
-            timer.lap(prof, Component::Embed);
-            match &layer.ffn {
-                Ffn::Dense(f) => ffn::dense(&cx, f, &s.normed, &mut s.proj, &mut s.ffn)?,
-                Ffn::Moe { router, experts } => ffn::moe(
-                    &cx,
-                    router,
-                    experts,
-                    c.n_expert_used,
-                    c.expert_weights_norm,
-                    &s.normed,
-                    &mut s.proj,
-                    &mut s.ffn,
-                    (&mut timer, &mut *prof),
-                )?,
-            }
-            if let Some(w) = &layer.post_ffn_norm {
-                rms_norm_in_place(&mut s.proj, w, c.rms_eps);
-            }
-            timer.lap(prof, Component::Experts);
-            add(&mut s.x, &s.proj);
-        }
-        prof.tokens += n as u64;
-        prof.batches += 1;
-
-        let mut m = s.rows.len();
-        if m > 0 {
-            for (j, &row) in s.rows.iter().enumerate() {
-                rms_norm(
-                    &s.x[row * e..][..e],
-                    &self.weights.output_norm,
-                    c.rms_eps,
-                    &mut s.normed[j * e..][..e],
-                );
-            }
-            match self.capture.as_mut() {
-                Some(Capture::Layers(h)) => h.extend_from_slice(&s.normed[..m * e]),
-                Some(Capture::Output(h)) => {
-                    h.extend_from_slice(&s.normed[..m * e]);
-                    m = 0; // no head
-                }
-                None => {}
-            }
-        }
-        if m > 0 {
-            let old = logits.len();
-            logits.resize(old + m * self.weights.n_vocab, 0.0);
-            let out = self.weights.output.mat(bytes);
-            matmul(
-                pool,
-                &out,
-                &s.normed[..m * e],
-                &mut logits[old..],
-                &mut s.act,
-            )?;
-            if let Some(cap) = c.final_softcap {
-                softcap(&mut logits[old..], cap);
-            }
-        }
-        timer.lap(prof, Component::Head);
-        // Only a pass that ran to the end keeps its positions.
-        for run in runs {
-            self.n_past[run.seq] += run.len;
-        }
-        Ok(())
+        let out = self.observer.capture.take().expect("set above");
+        result.map(|()| out.into_inner())
     }
 }
 

@@ -28,6 +28,10 @@ fn signed_max(x: &[f32]) -> (f32, f32) {
 
 /// Symmetric quants in -nmax..nmax-1 (stored + nmax) with a scale searched over 19 candidates
 /// around nmax/max, weighting errors by `weights` (x^2 in ggml's `make_qx_quants`, rmse_type 1).
+/// Always inlined, so that a caller's constant `nmax` specializes the search (most of Q6_K's
+/// time): since the type table calls the block quantizers through pointers, the compiler no
+/// longer chooses to.
+#[inline(always)]
 pub(super) fn make_qx_quants(x: &[f32], weights: &[f32], nmax: i32, l_out: &mut [u8]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
