@@ -24,7 +24,7 @@ and the same greedy loop (eval one token, argmax of its logits in numpy). With -
 q8_0 (or --cache-type-k f16), V cache f16, one prefill of N tokens (timed), 8 warm-up tokens, then --reps rounds of
 --n-gen decoded tokens deep in the context.
 
-The peer is llama.cpp through llama-cpp-python (install: see README, "Benchmarks"). Writes
+The peer is llama.cpp through llama-cpp-python (install: see docs/benchmarks.md). Writes
 benches/results/engines.json (records as in ../shared/BENCHMARKS.md).
 """
 
@@ -304,11 +304,11 @@ def main() -> int:
         types = [gguf.open(path).tensor("blk.0.attn_q.weight").type]
     engines = args.engines.split(",")
     if "llama.cpp" in engines and not peer_available():
-        print("llama-cpp-python is not installed: measuring ferrollm alone (see README, Benchmarks)")
+        print("llama-cpp-python is not installed: measuring ferrollm alone (see docs/benchmarks.md)")
         engines.remove("llama.cpp")
     peer_problem = peer_build_problem() if "llama.cpp" in engines else None
     if peer_problem and not args.allow_slow_peer:
-        print(f"refusing the peer: {peer_problem}; rebuild it with native flags (README, Benchmarks) "
+        print(f"refusing the peer: {peer_problem}; rebuild it with native flags (docs/benchmarks.md) "
               "or pass --allow-slow-peer")  # fmt: skip
         return 2
     busy0 = busy_jiffies()

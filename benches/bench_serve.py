@@ -13,7 +13,7 @@ and samples the server's RSS, which must stay flat.
     python benches/bench_serve.py --soak 50
 
 Peers: llama-server from $LLAMA_SERVER (built from the llama-cpp-python sdist's vendored
-llama.cpp, without AMX on Sapphire Rapids: see README) and `python -m llama_cpp.server` when
+llama.cpp, without AMX on Sapphire Rapids: see docs/benchmarks.md) and `python -m llama_cpp.server` when
 llama-cpp-python[server] is installed. Results: benches/results/serve.json (BENCHMARKS.md).
 """
 

@@ -82,7 +82,7 @@ impl Model {
             && let Some(run) = runs.iter().find(|r| r.len > margin)
         {
             return Err(Error::invalid(format!(
-                "{} tokens in one pass: the sliding-window layers' cache holds {margin} beyond                  their window (n_batch or less per pass)",
+                "{} tokens in one pass: the sliding-window layers' cache holds {margin} beyond their window (n_batch or less per pass)",
                 run.len
             )));
         }
