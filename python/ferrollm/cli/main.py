@@ -342,6 +342,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout=args.timeout, step_tokens=args.batch_size, model_alias=args.alias,
         max_body_bytes=args.max_body_bytes,
     )  # fmt: skip
+    if args.ray_address:
+        from ferrollm.serve import replicas
+
+        replicas.run(config, args.ray_address, args.replicas, args.threads or 1, args.host, args.port)
+        return 0
     run(config, host=args.host, port=args.port)
     return 0
 
@@ -640,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take")
     srv.add_argument("--max-body-bytes", type=int, default=8 * 2**20,
                      help="larger request bodies are refused with 413 (default 8 MiB)")  # fmt: skip
+    srv.add_argument("--ray-address", default=None, metavar="ADDR|auto",
+                     help="serve as Ray Serve replicas on this cluster (auto: the local one, started if "
+                     "none runs); needs ferrollm[ray]")  # fmt: skip
+    srv.add_argument("--replicas", type=positive_arg, default=2,
+                     help="with --ray-address: copies of the model, each on --threads CPUs (default 1)")  # fmt: skip
     srv.set_defaults(run=cmd_serve)
 
     cv = sub.add_parser(

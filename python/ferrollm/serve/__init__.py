@@ -1,14 +1,16 @@
 """``ferrollm serve``: an OpenAI-compatible HTTP server with continuous batching.
 
 ``create_app(...)`` returns the ASGI app (for any ASGI server); ``run(...)`` serves it with
-uvicorn, which drains accepted requests on SIGTERM/SIGINT before exiting.
+uvicorn, which drains accepted requests on SIGTERM/SIGINT before exiting. ``ray_app(...)``
+returns the same app as a Ray Serve application of several replicas (``ferrollm[ray]``).
 """
 
 from __future__ import annotations
 
 from ferrollm.serve.app import ServerConfig, create_app
+from ferrollm.serve.replicas import ray_app
 
-__all__ = ["ServerConfig", "create_app", "run"]
+__all__ = ["ServerConfig", "create_app", "ray_app", "run"]
 
 
 def run(config: ServerConfig, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info") -> None:

@@ -59,6 +59,7 @@ class ServerConfig:
     model_alias: str | None = None
     drain_timeout: float = 60.0
     max_body_bytes: int = 8 * 2**20  # a larger request body is refused (413) before it is read whole
+    load_before_start: bool = False  # True: startup waits for the model (Ray starts a replica so)
 
 
 class ApiError(Exception):
@@ -559,7 +560,12 @@ def create_app(config: ServerConfig | None = None, **kwargs: Any) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        threading.Thread(target=state.load, name="ferrollm-load", daemon=True).start()
+        if config.load_before_start:
+            await asyncio.to_thread(state.load)
+            if state.load_error:
+                raise RuntimeError(f"the model failed to load: {state.load_error}")
+        else:
+            threading.Thread(target=state.load, name="ferrollm-load", daemon=True).start()
         yield
         if state.engine is not None:
             await asyncio.to_thread(state.engine.drain, config.drain_timeout)

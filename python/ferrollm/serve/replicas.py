@@ -1,0 +1,92 @@
+"""The OpenAI server as Ray Serve replicas, for throughput beyond one machine.
+
+Each replica builds the same ASGI app as ``ferrollm serve`` (``create_app``) in its own process
+on some node of the cluster, loads the model there (memory-mapped from a path every node can
+read) and keeps its own continuous batching; Ray's HTTP proxy spreads the requests over the
+replicas, restarts a replica whose process dies and sends new requests to the live ones
+meanwhile. Ray is an optional dependency (``pip install 'ferrollm[ray]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+from ferrollm.serve.app import ServerConfig, create_app
+
+
+def _portable(config: ServerConfig) -> ServerConfig:
+    """The config as replicas on other nodes read it: an absolute model path, and the model
+    loaded before a replica counts as started (Ray sends requests only to started replicas)."""
+    path = os.path.abspath(config.model_path) if config.model_path else None
+    if path is not None and not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such model file (every node must read the same path)")
+    return dataclasses.replace(config, model_path=path, load_before_start=True)
+
+
+def ray_app(config: ServerConfig | None = None, *, replicas: int = 2, threads: int = 1, **kwargs: Any):
+    """The Ray Serve application of ``replicas`` copies of the OpenAI app, each reserving
+    ``threads`` CPUs of its node and running that many engine threads. ``config`` (or the
+    keyword arguments of :class:`ServerConfig`) as for ``create_app``."""
+    from ray import serve
+
+    if replicas < 1 or threads < 1:
+        raise ValueError(f"replicas and threads must be at least 1, got {replicas} and {threads}")
+    config = _portable(dataclasses.replace(config or ServerConfig(**kwargs), n_threads=threads))
+
+    def build() -> Any:  # run on each replica, in its own process
+        return create_app(config)
+
+    @serve.deployment(
+        name="ferrollm",
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": threads},
+        # A request waits for a slot in the replica's own queue (its engine batches them).
+        max_ongoing_requests=config.n_slots + config.max_queue,
+        health_check_period_s=5,
+        health_check_timeout_s=30,
+        graceful_shutdown_timeout_s=config.drain_timeout,
+    )
+    @serve.ingress(build)
+    class Replica:
+        pass
+
+    return Replica.bind()
+
+
+def connect(address: str) -> None:
+    """Joins the cluster at ``address``; ``auto`` joins the one running on this machine or,
+    if there is none, starts a local one."""
+    import ray
+
+    if address == "auto":
+        try:
+            ray.init(address="auto", logging_level="warning")
+            return
+        except ConnectionError:
+            pass
+        ray.init(logging_level="warning")
+        return
+    ray.init(address=address, logging_level="warning")
+
+
+def run(config: ServerConfig, address: str, replicas: int, threads: int, host: str, port: int) -> None:
+    """``ferrollm serve --ray-address``: deploys the replicas behind Ray's proxy on host:port and
+    waits until interrupted, then removes them."""
+    from ray import serve
+
+    connect(address)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(ray_app(config, replicas=replicas, threads=threads), name="ferrollm", route_prefix="/")
+    print(
+        f"ferrollm: {replicas} replicas serving on http://{host}:{port} (Ray cluster {address})", flush=True
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.delete("ferrollm")
