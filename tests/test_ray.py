@@ -11,78 +11,26 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import httpx
 import openai
 import pytest
+from support import ray_cluster
+from support.ray_cluster import replica_pids
 from support.server import Server
 
 pytestmark = pytest.mark.ray
 pytest.importorskip("ray")
 
-RAY = str(Path(sys.executable).parent / "ray")
 PROMPTS = ["import numpy as np\n", "class Stack:", "# Sort a list\n"]  # no router near-ties (test_serve)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _replica_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ServeReplica:ferrollm" in line]
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A head and a second node, one CPU each; stopped (all Ray processes of this machine) after."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    port = _free_port()
-    common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *common]
-    subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
-    try:
-        node = [RAY, "start", "--address", f"127.0.0.1:{port}", *common]
-        subprocess.run(node, check=True, env=env, capture_output=True, timeout=120)
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
-
-
-@pytest.fixture(scope="module")
-def replicas(cluster, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("ray") / "serve.log"
-    cmd = [sys.executable, "-m", "ferrollm", "serve", "--ray-address", cluster, "--replicas", "2", "-t", "1",
-           "--port", str(port)]  # fmt: skip
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200 and len(_replica_pids()) == 2:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        raise AssertionError(f"the replicas did not become healthy:\n{log.read_text()}")
-    yield url
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def replicas(tmp_path_factory):
+    with ray_cluster.cluster() as address:
+        with ray_cluster.replicas(address, tmp_path_factory.mktemp("ray") / "serve.log") as url:
+            yield url
 
 
 def _client(url: str) -> openai.OpenAI:
@@ -106,7 +54,7 @@ def test_both_replicas_answer_and_chat_works(replicas):
         model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
     )
     assert out.choices[0].message.role == "assistant" and out.usage.completion_tokens > 0
-    assert len(_replica_pids()) == 2
+    assert len(replica_pids()) == 2
 
 
 def _load(url: str, n_clients: int, n_requests: int, results: list) -> list[threading.Thread]:
@@ -141,7 +89,7 @@ def test_a_killed_replica_costs_no_later_request_and_comes_back(replicas):
     results: list = []
     threads = _load(replicas, 8, 20, results)
     time.sleep(1.0)
-    victim = _replica_pids()[0]
+    victim = replica_pids()[0]
     killed = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     for t in threads:
@@ -153,9 +101,9 @@ def test_a_killed_replica_costs_no_later_request_and_comes_back(replicas):
     # Requests in flight on the dead replica may fail, with an error status: never a hang.
     assert all(r[1] - r[0] < 120 for r in results)
     deadline = killed + 60
-    while time.monotonic() < deadline and (len(_replica_pids()) < 2 or victim in _replica_pids()):
+    while time.monotonic() < deadline and (len(replica_pids()) < 2 or victim in replica_pids()):
         time.sleep(0.5)
-    assert len(_replica_pids()) == 2 and victim not in _replica_pids()
+    assert len(replica_pids()) == 2 and victim not in replica_pids()
     assert (
         _client(replicas).completions.create(model="demo", prompt="x", max_tokens=2).usage.completion_tokens
     )
