@@ -28,9 +28,9 @@ PROMPTS = ["import numpy as np\n", "class Stack:", "# Sort a list\n"]  # no rout
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory):
-    with ray_cluster.cluster() as address:
-        with ray_cluster.replicas(address, tmp_path_factory.mktemp("ray") / "serve.log") as url:
-            yield url
+    log = tmp_path_factory.mktemp("ray") / "serve.log"
+    with ray_cluster.cluster() as address, ray_cluster.replicas(address, log) as url:
+        yield url
 
 
 def _client(url: str) -> openai.OpenAI:
