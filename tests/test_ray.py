@@ -27,9 +27,14 @@ PROMPTS = ["import numpy as np\n", "class Stack:", "# Sort a list\n"]  # no rout
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory):
-    log = tmp_path_factory.mktemp("ray") / "serve.log"
-    with ray_cluster.cluster() as address, ray_cluster.replicas(address, log) as url:
+def address():
+    with ray_cluster.cluster() as head:
+        yield head
+
+
+@pytest.fixture(scope="module")
+def replicas(address, tmp_path_factory):
+    with ray_cluster.replicas(address, tmp_path_factory.mktemp("ray") / "serve.log") as url:
         yield url
 
 

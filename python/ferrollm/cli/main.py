@@ -284,7 +284,7 @@ def cmd_quantize_to_target(args: argparse.Namespace, target) -> int:
         args.input, args.output, target, imatrix=args.imatrix, calibration=calibration,
         measurement=args.measurement, types=types, anchors=None if args.anchors == 0 else args.anchors,
         n_tokens=args.measure_tokens, error_rows=args.error_rows, threads=args.threads, progress=None if args.quiet else ProgressBar(sys.stderr),
-        log=lambda msg: print(msg, file=sys.stderr),
+        log=lambda msg: print(msg, file=sys.stderr), ray_address=args.ray_address,
     )  # fmt: skip
     describe(result)
     seconds = result.measurement.seconds.get("total", 0.0)
@@ -384,7 +384,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     calibration = pathlib.Path(args.calibration) if args.calibration else None  # a str would be the text
     result = convert_to_target(args.model_dir, args.output, args.target_bpw, imatrix=args.imatrix,
                                calibration=calibration, measurement=args.measurement, threads=args.threads,
-                               progress=bar, log=lambda msg: print(msg, file=sys.stderr))  # fmt: skip
+                               progress=bar, log=lambda msg: print(msg, file=sys.stderr),
+                               ray_address=args.ray_address)  # fmt: skip
     describe(result)
     how = "measured" if result.measured else f"measurement reused from {args.measurement}"
     print(f"wrote {args.output}: {result.allocation.file_bytes} bytes ({_size(result.allocation.file_bytes)}) "
@@ -603,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     alloc.add_argument(
         "--measure-tokens", type=int, default=2048, help="calibration tokens scored per measurement"
     )
+    alloc.add_argument("--ray-address", default=None, metavar="ADDR|auto",
+                       help="measure the tensors as tasks on this Ray cluster (auto: the local one, started "
+                       "if none runs); every node reads the model and --measurement's folder")  # fmt: skip
     alloc.add_argument("--error-rows", type=int, default=None, metavar="N",
                        help="sum the proxy error over N rows per matrix (large models: 1024; default all)")  # fmt: skip
     qz.set_defaults(run=cmd_quantize)
@@ -671,6 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument(
         "--measurement", metavar="M.json", help="with --target-bpw: saved here, reused when it matches"
     )
+    cv.add_argument("--ray-address", default=None, metavar="ADDR|auto",
+                    help="with --target-bpw: measure on this Ray cluster (see quantize --ray-address)")  # fmt: skip
     cv.set_defaults(run=cmd_convert)
 
     mg = sub.add_parser(

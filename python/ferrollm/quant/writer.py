@@ -195,9 +195,10 @@ class ProgressBar:
         frac = done / total if total else 1.0
         fill = int(self.width * frac)
         secs = time.perf_counter() - self.start
+        left = f"~{secs * (total - done) / done:5.0f}s left" if 0 < done < total else " " * 12
         label = re.sub(r"\.weight$", "", name)[:32]
         self.stream.write(
-            f"\r[{'#' * fill}{'.' * (self.width - fill)}] {100 * frac:5.1f}% {secs:6.1f}s {label:<32}"
+            f"\r[{'#' * fill}{'.' * (self.width - fill)}] {100 * frac:5.1f}% {secs:6.1f}s {left} {label:<32}"
         )
         if done >= total:
             self.stream.write("\n")

@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+from ferrollm.cluster import connect
 from ferrollm.serve.app import ServerConfig, create_app
 
 
@@ -54,22 +55,6 @@ def ray_app(config: ServerConfig | None = None, *, replicas: int = 2, threads: i
         pass
 
     return Replica.bind()
-
-
-def connect(address: str) -> None:
-    """Joins the cluster at ``address``; ``auto`` joins the one running on this machine or,
-    if there is none, starts a local one."""
-    import ray
-
-    if address == "auto":
-        try:
-            ray.init(address="auto", logging_level="warning")
-            return
-        except ConnectionError:
-            pass
-        ray.init(logging_level="warning")
-        return
-    ray.init(address=address, logging_level="warning")
 
 
 def run(config: ServerConfig, address: str, replicas: int, threads: int, host: str, port: int) -> None:

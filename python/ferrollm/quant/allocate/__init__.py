@@ -84,11 +84,14 @@ def plan_allocation(
     progress: Callable[[int, int, str], None] | None = None,
     log: Callable[[str], None] | None = None,
     error_rows: int | None = None,
+    ray_address: str | None = None,
 ) -> Result:
     """Measure (or reuse ``measurement``) and solve, writing nothing but the measurement file.
     ``calibration``: the text (str) or a path to it; ``types``: candidate types (default
     ``DEFAULT_CANDIDATES``); ``anchors``: measured types per tensor (None: every type);
-    ``error_rows``: rows per matrix the proxy error is summed over (None: all; see ``measure``)."""
+    ``error_rows``: rows per matrix the proxy error is summed over (None: all; see ``measure``);
+    ``ray_address``: measure the tensors as tasks on this Ray cluster (``auto``: the local one,
+    started if none runs), each node reading the model from the same path."""
     src = os.fspath(src)
     imatrix_path = os.fspath(imatrix) if isinstance(imatrix, (str, os.PathLike)) else None
     im = Imatrix.load(imatrix_path) if imatrix_path else imatrix
@@ -102,13 +105,15 @@ def plan_allocation(
         key = measurement_key(src, imatrix_path, text, types, anchors, n_ctx, n_tokens, error_rows)
         if im is not None and imatrix_path is None:
             key["imatrix_sha256"] = "in-memory"
-        stored = None
+        stored, partial = None, {}
         if measurement is not None and os.path.exists(measurement):
             stored = Measurement.load(measurement)
             why = key_mismatch(stored.key, key)
             if why is None and not stored.covers(lay):
-                why = "tensors or types"
-            if why is None:
+                # An interrupted run's file (written as tensors were measured): resume it.
+                partial, stored = stored.tensors, None
+                say(f"resuming the measurement in {os.fspath(measurement)} ({len(partial)} tensors done)")
+            elif why is None:
                 say(f"reusing the measurement in {os.fspath(measurement)}")
             else:
                 say(f"{os.fspath(measurement)} was measured with another {why}: measuring again")
@@ -117,7 +122,16 @@ def plan_allocation(
             if text is None:
                 raise ValueError("measuring needs calibration text (--calibration FILE), or a measurement "
                                  "file of this model from an earlier run (--measurement FILE)")  # fmt: skip
-            stored = measure(f, lay, im, text, key, anchors, n_ctx, n_tokens, threads, progress, error_rows)
+            saved = None if measurement is None else (lambda m: m.save(measurement))
+            runner, scratch = None, None
+            if ray_address is not None:
+                from ferrollm.cluster import connect
+                from ferrollm.quant.allocate import ray_tasks
+
+                connect(ray_address)
+                runner, scratch = ray_tasks.run_on_ray, ray_tasks.shared_scratch(measurement)
+            stored = measure(f, lay, im, text, key, anchors, n_ctx, n_tokens, threads, progress, error_rows,
+                             done=partial, saved=saved, runner=runner, scratch=scratch)  # fmt: skip
             if measurement is not None:
                 stored.save(measurement)
             return Result(solve(lay, stored.losses(), need), stored, lay, True)

@@ -31,7 +31,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,7 +179,7 @@ def calibrate(errors: dict[str, float], klds: dict[str, float]) -> dict[str, flo
     return out
 
 
-def _scratch_dir() -> str:
+def scratch_dir() -> str:
     """tmpfs where there is one: each anchor writes a whole model."""
     return (
         "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
@@ -227,6 +227,78 @@ def calibration_chunks(src: GGUFFile, text: str, n_ctx: int, n_tokens: int) -> l
         raise ValueError(f"calibration text: {e}") from None
 
 
+@dataclass
+class SlotJob:
+    """One tensor's measurement: its quantization at every candidate and a KLD pass per anchor.
+    Everything in it pickles, so a job runs in this process or as a Ray task elsewhere."""
+
+    src: str
+    base: str  # the measurement base (see ``measurement_base``), a path the runner can read
+    slot: Slot
+    anchor: tuple[str, ...]
+    im: np.ndarray | None
+    counts: np.ndarray | None
+    error_rows: int | None
+    threads: int | None
+
+
+def measure_slot(job: SlotJob, probe: KLDProbe, scratch: str,
+                 step_done: Callable[[str], None] | None = None) -> tuple[dict, dict[str, float]]:  # fmt: skip
+    """The tensor's entry of the measurement and the seconds spent quantizing and scoring;
+    ``step_done(label)`` after each quantization and each KLD pass."""
+    slot, anchor, im = job.slot, job.anchor, job.im
+    seconds = {"quantize": 0.0, "kld": 0.0}
+    with GGUFFile(job.src) as src, GGUFFile(job.base) as base:
+        info = src.tensor(slot.name)
+        values = src.dequantize(slot.name).reshape(slot.shape)
+        errors, klds = {}, {}
+        step = -(-slot.shape[-2] // job.error_rows) if job.error_rows else 1
+        sample = np.ascontiguousarray(values[..., ::step, :])
+        for t in slot.options:
+            t0 = time.perf_counter()
+            data = quantize_tensor(values if t in anchor else sample, t, im, job.threads)[0]
+            restored = block_types.dequantize(data, t).reshape(values.shape if t in anchor else sample.shape)
+            if t in anchor and step > 1:
+                restored = np.ascontiguousarray(restored[..., ::step, :])
+            errors[t] = weighted_error(sample, restored, im, job.counts) * slot.shape[-2] / sample.shape[-2]
+            seconds["quantize"] += time.perf_counter() - t0
+            if step_done:
+                step_done(f"{slot.name} {t}")
+            if t in anchor:
+                t0 = time.perf_counter()
+                fd, path = tempfile.mkstemp(prefix="probe-", suffix=".gguf", dir=scratch)
+                os.close(fd)
+                try:
+                    ModelWriter(base).write(path, slot.name, t, data)
+                    klds[t] = probe.kld(path)
+                finally:
+                    os.unlink(path)
+                seconds["kld"] += time.perf_counter() - t0
+                if step_done:
+                    step_done(f"{slot.name} KLD {t}")
+    losses = calibrate(errors, klds)
+    per_type = {}
+    for t in slot.options:
+        per_type[t] = {"bytes": slot.nbytes(t), "bpw": block_types.quant_type(t).bits_per_weight,
+                       "error": errors[t], "loss": losses[t]}  # fmt: skip
+        if t in klds:
+            per_type[t]["kld"] = klds[t]
+    entry = {"source_type": info.type, "elements": slot.n_elements, "types": per_type}
+    return entry, seconds
+
+
+# Runs jobs, yielding (job, entry, seconds) as each ends: here, or on a cluster (``cluster.py``).
+Runner = Callable[[list[SlotJob], KLDProbe, str, Callable[[str], None] | None],
+                  Iterator[tuple[SlotJob, dict, dict[str, float]]]]  # fmt: skip
+
+
+def run_here(jobs: list[SlotJob], probe: KLDProbe, scratch: str,
+             step_done: Callable[[str], None] | None) -> Iterator[tuple[SlotJob, dict, dict[str, float]]]:  # fmt: skip
+    for job in jobs:
+        entry, seconds = measure_slot(job, probe, scratch, step_done)
+        yield job, entry, seconds
+
+
 def measure(
     src: GGUFFile,
     layout: Layout,
@@ -239,77 +311,60 @@ def measure(
     threads: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     error_rows: int | None = None,
+    done: dict[str, dict] | None = None,
+    saved: Callable[[Measurement], None] | None = None,
+    runner: Runner | None = None,
+    scratch: str | None = None,
 ) -> Measurement:
     """Measure every allocated tensor of ``src`` at each of its candidate types. With
     ``error_rows``, the proxy error of a matrix of more rows is summed over that many rows
     spread evenly over it (and scaled up): rows quantize independently, so the types that are
-    not anchors need only those rows quantized, which is most of the time on a large model."""
+    not anchors need only those rows quantized, which is most of the time on a large model.
+
+    ``done``: tensors an earlier, interrupted run measured (kept, not measured again);
+    ``saved(m)`` is called with the measurement so far after each tensor (to write it as it
+    grows); ``runner`` runs the tensors' jobs (``run_here``, or ``cluster.run_on_ray``), which
+    read ``scratch`` (default: tmpfs here) for the base model."""
     start = time.perf_counter()
     arch = src.metadata.get("general.architecture", "llama")
     n_ctx = min(n_ctx, int(src.metadata.get(f"{arch}.context_length", n_ctx)))
     chunks = calibration_chunks(src, calibration, n_ctx, n_tokens)
     plan = [(s, anchor_types(s.options, anchors)) for s in layout.slots]
-    total = sum(len(s.options) + 2 * len(a) for s, a in plan) + 2
-    done = 0
-    tensors: dict[str, dict] = {}
+    done = {n: e for n, e in (done or {}).items() if n in {s.name for s, _ in plan}}
+    todo = [(s, a) for s, a in plan if s.name not in done]
+    total = sum(len(s.options) + 2 * len(a) for s, a in todo) + 2
+    steps = 0
     seconds = {"quantize": 0.0, "kld": 0.0}
-    with tempfile.TemporaryDirectory(prefix="ferrollm-measure-", dir=_scratch_dir()) as tmp:
+    found: dict[str, dict] = dict(done)
+
+    def ordered() -> dict[str, dict]:  # the layout's order, whatever order the jobs ended in
+        return {s.name: found[s.name] for s, _ in plan if s.name in found}
+
+    def step_done(label: str) -> None:
+        nonlocal steps
+        steps += 2 if " KLD " in label else 1
+        if progress:
+            progress(steps, total, label)
+
+    with tempfile.TemporaryDirectory(prefix="ferrollm-measure-", dir=scratch or scratch_dir()) as tmp:
         base_path = os.path.join(tmp, "base.gguf")
         measurement_base(src, layout.slots, base_path)
         probe = KLDProbe(base_path, chunks, n_ctx, threads)
         seconds["base"] = time.perf_counter() - start
-        done += 2
-        if progress:
-            progress(done, total, "base logits")
-        with GGUFFile(base_path) as base:
-            writer = ModelWriter(base)
-            for slot, anchor in plan:
-                info = src.tensor(slot.name)
-                values = src.dequantize(slot.name).reshape(slot.shape)
-                n_mat = int(np.prod(slot.shape[:-2])) if len(slot.shape) > 2 else 1
-                im = imatrix.for_tensor(slot.name, n_mat, slot.shape[-1]) if imatrix else None
-                entry = imatrix.entries.get(slot.name) if imatrix else None
-                counts = None if entry is None else entry.counts
-                errors, klds = {}, {}
-                step = -(-slot.shape[-2] // error_rows) if error_rows else 1
-                sample = np.ascontiguousarray(values[..., ::step, :])
-                for t in slot.options:
-                    t0 = time.perf_counter()
-                    data = quantize_tensor(values if t in anchor else sample, t, im, threads)[0]
-                    restored = block_types.dequantize(data, t).reshape(
-                        values.shape if t in anchor else sample.shape
-                    )
-                    if t in anchor and step > 1:
-                        restored = np.ascontiguousarray(restored[..., ::step, :])
-                    errors[t] = (
-                        weighted_error(sample, restored, im, counts) * slot.shape[-2] / sample.shape[-2]
-                    )
-                    seconds["quantize"] += time.perf_counter() - t0
-                    done += 1
-                    if progress:
-                        progress(done, total, f"{slot.name} {t}")
-                    if t in anchor:
-                        t0 = time.perf_counter()
-                        path = os.path.join(tmp, "probe.gguf")
-                        writer.write(path, slot.name, t, data)
-                        klds[t] = probe.kld(path)
-                        os.unlink(path)
-                        seconds["kld"] += time.perf_counter() - t0
-                        done += 2
-                        if progress:
-                            progress(done, total, f"{slot.name} KLD {t}")
-                losses = calibrate(errors, klds)
-                per_type = {}
-                for t in slot.options:
-                    per_type[t] = {"bytes": slot.nbytes(t), "bpw": block_types.quant_type(t).bits_per_weight,
-                                   "error": errors[t], "loss": losses[t]}  # fmt: skip
-                    if t in klds:
-                        per_type[t]["kld"] = klds[t]
-                tensors[slot.name] = {
-                    "source_type": info.type,
-                    "elements": slot.n_elements,
-                    "types": per_type,
-                }
+        step_done("base logits KLD ")
+        jobs = []
+        for slot, anchor in todo:
+            n_mat = int(np.prod(slot.shape[:-2])) if len(slot.shape) > 2 else 1
+            im = imatrix.for_tensor(slot.name, n_mat, slot.shape[-1]) if imatrix else None
+            entry = imatrix.entries.get(slot.name) if imatrix else None
+            counts = None if entry is None else entry.counts
+            jobs.append(SlotJob(src.path, base_path, slot, anchor, im, counts, error_rows, threads))
+        for job, entry, secs in (runner or run_here)(jobs, probe, tmp, step_done):
+            found[job.slot.name] = entry
+            for k, v in secs.items():
+                seconds[k] += v
+            if saved:
+                saved(Measurement(key, ordered(), dict(seconds)))
     seconds["total"] = time.perf_counter() - start
     seconds["n_tokens"] = probe.n_tokens
-    return Measurement(key, tensors, seconds)
+    return Measurement(key, ordered(), seconds)
