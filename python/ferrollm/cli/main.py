@@ -605,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--measure-tokens", type=int, default=2048, help="calibration tokens scored per measurement"
     )
     alloc.add_argument("--ray-address", default=None, metavar="ADDR|auto",
-                       help="measure the tensors as tasks on this Ray cluster (auto: the local one, started "
+                       help="measure the tensors as tasks of --threads CPUs (default 1) on this Ray cluster (auto: the local one, started "
                        "if none runs); every node reads the model and --measurement's folder")  # fmt: skip
     alloc.add_argument("--error-rows", type=int, default=None, metavar="N",
                        help="sum the proxy error over N rows per matrix (large models: 1024; default all)")  # fmt: skip

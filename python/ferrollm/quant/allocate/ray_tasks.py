@@ -3,7 +3,8 @@ at its candidate types and scores its anchors' KLD passes on some node, reading 
 the measurement base from paths every node can read; the base logits travel once, through
 Ray's object store. A task whose worker dies is retried by Ray; the measurement file is
 written as tasks end, so a killed run resumes where it stopped. The results are the same
-numbers as a local run's (each tensor is measured the same way, by one task)."""
+numbers as a local run's: each tensor is measured the same way, by one task, and the engine's
+and the quantizers' results do not depend on their thread count."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator
 
-from ferrollm.quant.allocate.measure import KLDProbe, SlotJob, scratch_dir, measure_slot
+from ferrollm.quant.allocate.measure import KLDProbe, SlotJob, measure_slot, scratch_dir
 
 _remote = None
 
@@ -29,17 +30,18 @@ def shared_scratch(measurement: str | os.PathLike | None) -> str:
 
 def run_on_ray(jobs: list[SlotJob], probe: KLDProbe, scratch: str,
                step_done: Callable[[str], None] | None) -> Iterator[tuple[SlotJob, dict, dict[str, float]]]:  # fmt: skip
-    """One task of one CPU per tensor (one engine thread each); yields them as they end."""
+    """One task per tensor, each reserving the jobs' threads (``--threads``; default 1) of CPUs
+    on its node and running that many engine threads; yields them as they end."""
     import ray
 
     global _remote
     if _remote is None:
-        _remote = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_task)
+        _remote = ray.remote(max_retries=3, retry_exceptions=False)(_task)
     probe_ref = ray.put(probe)
     pending = {}
     for job in jobs:
-        job = dataclasses.replace(job, threads=1)
-        pending[_remote.remote(job, probe_ref)] = job
+        job = dataclasses.replace(job, threads=job.threads or 1)
+        pending[_remote.options(num_cpus=job.threads).remote(job, probe_ref)] = job
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         job = pending.pop(ready[0])
