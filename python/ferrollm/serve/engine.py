@@ -72,13 +72,13 @@ class Job:
     out: Completion | None = None  # EOS, stop strings and the token budget
     pending: list[int] = field(default_factory=list)  # tokens still to evaluate
     budget: int = 0
+    t_queued: float = field(default_factory=time.monotonic)
+    t_first: float | None = None
 
     @property
     def n_out(self) -> int:
+        """Completion tokens so far."""
         return self.out.n_out if self.out is not None else 0
-
-    t_queued: float = field(default_factory=time.monotonic)
-    t_first: float | None = None
 
     def cancel(self) -> None:
         """Ends the job at the next step, freeing its slot (the client went away)."""
