@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 
+import httpx
 import openai
 import pytest
 from support import ray_cluster
@@ -112,3 +113,21 @@ def test_a_killed_replica_costs_no_later_request_and_comes_back(replicas):
     assert (
         _client(replicas).completions.create(model="demo", prompt="x", max_tokens=2).usage.completion_tokens
     )
+
+
+def test_a_conversation_stays_on_the_replica_that_holds_its_prefix(replicas):
+    """Turns sent with the same conversation header go to one replica (after Ray's router has
+    heard that the replica holds it); two conversations can land on different replicas."""
+    url = f"{replicas}/v1/completions"
+    seen: dict[str, list[str]] = {}
+    for conversation in ("alpha", "beta", "gamma", "delta"):
+        text = f"# {conversation}\n"
+        for _ in range(6):
+            r = httpx.post(url, json={"prompt": text, "max_tokens": 4, "temperature": 0}, timeout=120,
+                           headers={"serve_multiplexed_model_id": conversation})  # fmt: skip
+            assert r.status_code == 200, r.text
+            seen.setdefault(conversation, []).append(r.headers["x-ferrollm-replica"])
+            text += r.json()["choices"][0]["text"]
+            time.sleep(0.3)  # the replica reports what it holds to Ray's router
+    for conversation, pids in seen.items():
+        assert len(set(pids[2:])) == 1, f"{conversation} moved between replicas: {pids}"

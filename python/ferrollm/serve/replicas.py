@@ -27,6 +27,50 @@ def _portable(config: ServerConfig) -> ServerConfig:
     return dataclasses.replace(config, model_path=path, load_before_start=True)
 
 
+# The header that pins a conversation to a replica (Ray Serve's multiplexing header, read by its
+# proxy): a client sends the same value with every turn of one conversation.
+CONVERSATION_HEADER = "serve_multiplexed_model_id"
+
+
+class ConversationAffinity:
+    """ASGI middleware on each replica: a request carrying ``CONVERSATION_HEADER`` registers its
+    value with Ray Serve's multiplexing, so that Ray's router sends the conversation's next
+    turns to this replica, whose slots still hold its prefix in the KV cache. Ray's router sees
+    a proxied request's headers, not its body, so the conversation is named by the client, not
+    found from the prompt. The replica's process id goes back in ``x-ferrollm-replica``."""
+
+    def __init__(self, app: Any, max_conversations: int):
+        from ray import serve
+
+        self.app = app
+
+        @serve.multiplexed(max_num_models_per_replica=max_conversations)
+        async def hold(conversation: str) -> str:
+            return conversation  # nothing to load: the id only marks where its prefix is cached
+
+        self.hold = hold
+        self.replica = str(os.getpid()).encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from ray import serve
+
+        conversation = serve.get_multiplexed_model_id()
+        if conversation:
+            await self.hold(conversation)
+
+        async def tagged(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-ferrollm-replica", self.replica)],
+                }
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
 def ray_app(config: ServerConfig | None = None, *, replicas: int = 2, threads: int = 1, **kwargs: Any):
     """The Ray Serve application of ``replicas`` copies of the OpenAI app, each reserving
     ``threads`` CPUs of its node and running that many engine threads. ``config`` (or the
@@ -38,7 +82,7 @@ def ray_app(config: ServerConfig | None = None, *, replicas: int = 2, threads: i
     config = _portable(dataclasses.replace(config or ServerConfig(**kwargs), n_threads=threads))
 
     def build() -> Any:  # run on each replica, in its own process
-        return create_app(config)
+        return ConversationAffinity(create_app(config), max_conversations=4 * config.n_slots)
 
     @serve.deployment(
         name="ferrollm",
