@@ -103,13 +103,14 @@ def test_a_killed_replica_costs_no_later_request_and_comes_back(replicas):
         assert not t.is_alive(), "a request hung"
     assert len(results) == 160
     after = [r for r in results if r[0] > killed + 0.5]
-    assert after and [r[2] for r in after if r[2]] == []
+    failed = [(round(r[0] - killed, 2), r[2]) for r in after if r[2]]
+    assert after and failed == [], f"requests sent after the kill failed (seconds after it, why): {failed}"
     # Requests in flight on the dead replica may fail, with an error status: never a hang.
     assert all(r[1] - r[0] < 120 for r in results)
     deadline = killed + 60
     while time.monotonic() < deadline and (len(replica_pids()) < 2 or victim in replica_pids()):
         time.sleep(0.5)
-    assert len(replica_pids()) == 2 and victim not in replica_pids()
+    assert len(replica_pids()) == 2 and victim not in replica_pids(), (victim, replica_pids())
     assert (
         _client(replicas).completions.create(model="demo", prompt="x", max_tokens=2).usage.completion_tokens
     )
