@@ -34,6 +34,11 @@ def address():
 
 
 @pytest.fixture(scope="module")
+def metrics_ports(address):
+    return address.metrics_ports
+
+
+@pytest.fixture(scope="module")
 def replicas(address, tmp_path_factory):
     with ray_cluster.replicas(address, tmp_path_factory.mktemp("ray") / "serve.log") as url:
         yield url
@@ -139,3 +144,21 @@ def test_a_conversation_stays_on_the_replica_that_holds_its_prefix(replicas):
             time.sleep(0.3)  # the replica reports what it holds to Ray's router
     for conversation, pids in seen.items():
         assert len(set(pids[2:])) == 1, f"{conversation} moved between replicas: {pids}"
+
+
+def test_the_replicas_metrics_reach_rays_prometheus_export(replicas, metrics_ports):
+    """ferrollm's counters, copied into Ray's metrics by each replica, appear in the nodes'
+    Prometheus exports tagged with the replica."""
+    _client(replicas).completions.create(model="demo", prompt="def f(n):", max_tokens=8, temperature=0)
+    deadline = time.monotonic() + 90
+    found: list[str] = []
+    while time.monotonic() < deadline and not found:
+        for port in metrics_ports:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                continue
+            found += [line for line in text.splitlines() if line.startswith("ray_ferrollm_generation_tokens")]
+        time.sleep(1)
+    assert found, "no ray_ferrollm_generation_tokens sample in the nodes' Prometheus exports"
+    assert any('replica="' in line for line in found)

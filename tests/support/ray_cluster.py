@@ -29,18 +29,35 @@ def replica_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "ServeReplica:ferrollm" in line]
 
 
+class Address(str):
+    """The head's host:port, with the Prometheus export port of each node."""
+
+    metrics_ports: tuple[int, ...] = ()
+
+
 @contextlib.contextmanager
-def cluster(cpus_per_node: int = 1) -> Iterator[str]:
+def cluster(cpus_per_node: int = 1) -> Iterator[Address]:
     """Yields the head's address; stops every Ray process of this machine after."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_metrics_report_interval_ms": "1000"}
+    port, metrics = free_port(), (free_port(), free_port())
     common = ["--num-cpus", str(cpus_per_node), "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    head = [RAY, "start", "--head", "--port", str(port), "--include-dashboard=false", *common]
+    head = [RAY, "start", "--head", "--port", str(port), "--include-dashboard=false",
+            "--metrics-export-port", str(metrics[0]), *common]  # fmt: skip
     subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
     try:
-        node = [RAY, "start", "--address", f"127.0.0.1:{port}", *common]
+        node = [
+            RAY,
+            "start",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--metrics-export-port",
+            str(metrics[1]),
+            *common,
+        ]
         subprocess.run(node, check=True, env=env, capture_output=True, timeout=120)
-        yield f"127.0.0.1:{port}"
+        address = Address(f"127.0.0.1:{port}")
+        address.metrics_ports = metrics
+        yield address
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from typing import Any
 
 from ferrollm.cluster import connect
 from ferrollm.serve.app import ServerConfig, create_app
+from ferrollm.serve.metrics import Metrics
 
 
 def _portable(config: ServerConfig) -> ServerConfig:
@@ -71,6 +73,36 @@ class ConversationAffinity:
         await self.app(scope, receive, tagged)
 
 
+class RayMetricsExport:
+    """Copies the replica's Prometheus metrics (``GET /metrics``, ferrollm's own registry) into
+    Ray's metrics every ``period`` seconds, so that they reach Ray's Prometheus export on every
+    node (names prefixed ``ray_``, tagged with the replica) next to Ray Serve's own."""
+
+    def __init__(self, metrics: Metrics, period: float = 5.0):
+        from ray.util.metrics import Gauge
+
+        self.metrics, self.period, self.gauges = metrics, period, {}
+        self.replica = str(os.getpid())
+        self.gauge = lambda name, doc, keys: Gauge(name, doc, tag_keys=("replica", *keys))
+        threading.Thread(target=self._run, name="ferrollm-ray-metrics", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            self.copy()
+            time.sleep(self.period)
+
+    def copy(self) -> None:
+        for family in self.metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                keys = tuple(sorted(sample.labels))
+                gauge = self.gauges.get(sample.name)
+                if gauge is None:
+                    gauge = self.gauges[sample.name] = self.gauge(sample.name, family.documentation, keys)
+                gauge.set(sample.value, tags={"replica": self.replica, **sample.labels})
+
+
 def ray_app(config: ServerConfig | None = None, *, replicas: int = 2, threads: int = 1, **kwargs: Any):
     """The Ray Serve application of ``replicas`` copies of the OpenAI app, each reserving
     ``threads`` CPUs of its node and running that many engine threads. ``config`` (or the
@@ -82,7 +114,9 @@ def ray_app(config: ServerConfig | None = None, *, replicas: int = 2, threads: i
     config = _portable(dataclasses.replace(config or ServerConfig(**kwargs), n_threads=threads))
 
     def build() -> Any:  # run on each replica, in its own process
-        return ConversationAffinity(create_app(config), max_conversations=4 * config.n_slots)
+        app = create_app(config)
+        RayMetricsExport(app.state.ferrollm.metrics)
+        return ConversationAffinity(app, max_conversations=4 * config.n_slots)
 
     @serve.deployment(
         name="ferrollm",
