@@ -52,7 +52,10 @@ def plain(clients: int, requests: int, tokens: int, log: Path) -> dict:
 
 def on_ray(clients: int, requests: int, tokens: int, log: Path) -> dict:
     slots = str(max(1, clients // 2))
-    with ray_cluster.cluster() as address, ray_cluster.replicas(address, log, 2, 1, "-np", slots) as url:
+    with (
+        ray_cluster.cluster() as cluster,
+        ray_cluster.replicas(cluster.address, log, 2, 1, "-np", slots) as url,
+    ):
         load(url, 2, 1, tokens, EOS)  # warm-up
         return load(url, clients, requests, tokens, EOS)
 

@@ -45,8 +45,8 @@ def main() -> int:
     args = ap.parse_args()
     with (
         tempfile.TemporaryDirectory() as d,
-        ray_cluster.cluster() as address,
-        ray_cluster.replicas(address, Path(d) / "serve.log") as url,
+        ray_cluster.cluster() as cluster,
+        ray_cluster.replicas(cluster.address, Path(d) / "serve.log") as url,
     ):
         for header in (True, False):
             same, total = share_on_holder(url, args.conversations, args.turns, header)

@@ -29,9 +29,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         local = quantize_to_target(demo_model_path(), f"{d}/l.gguf", Target(bpw=4.5), calibration=text,
                                    measurement=f"{d}/l.json", threads=2, **MEASURE).measurement  # fmt: skip
-        with ray_cluster.cluster() as address:
+        with ray_cluster.cluster() as cluster:
             on_ray = quantize_to_target(demo_model_path(), f"{d}/r.gguf", Target(bpw=4.5), calibration=text,
-                                        measurement=f"{d}/r.json", ray_address=address, **MEASURE).measurement  # fmt: skip
+                                        measurement=f"{d}/r.json", ray_address=cluster.address, **MEASURE).measurement  # fmt: skip
     n = len(local.tensors)
     s, r = local.seconds, on_ray.seconds
     work = r["quantize"] + r["kld"]

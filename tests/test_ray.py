@@ -28,19 +28,14 @@ PROMPTS = ["import numpy as np\n", "class Stack:", "# Sort a list\n"]  # no rout
 
 
 @pytest.fixture(scope="module")
-def address():
-    with ray_cluster.cluster() as head:
-        yield head
+def cluster():
+    with ray_cluster.cluster() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
-def metrics_ports(address):
-    return address.metrics_ports
-
-
-@pytest.fixture(scope="module")
-def replicas(address, tmp_path_factory):
-    with ray_cluster.replicas(address, tmp_path_factory.mktemp("ray") / "serve.log") as url:
+def replicas(cluster, tmp_path_factory):
+    with ray_cluster.replicas(cluster.address, tmp_path_factory.mktemp("ray") / "serve.log") as url:
         yield url
 
 
@@ -146,14 +141,14 @@ def test_a_conversation_stays_on_the_replica_that_holds_its_prefix(replicas):
         assert len(set(pids[2:])) == 1, f"{conversation} moved between replicas: {pids}"
 
 
-def test_the_replicas_metrics_reach_rays_prometheus_export(replicas, metrics_ports):
+def test_the_replicas_metrics_reach_rays_prometheus_export(replicas, cluster):
     """ferrollm's counters, copied into Ray's metrics by each replica, appear in the nodes'
     Prometheus exports tagged with the replica."""
     _client(replicas).completions.create(model="demo", prompt="def f(n):", max_tokens=8, temperature=0)
     deadline = time.monotonic() + 90
     found: list[str] = []
     while time.monotonic() < deadline and not found:
-        for port in metrics_ports:
+        for port in cluster.metrics_ports:
             try:
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             except httpx.HTTPError:

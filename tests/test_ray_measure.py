@@ -26,8 +26,8 @@ pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def address():
-    with ray_cluster.cluster() as head:
-        yield head
+    with ray_cluster.cluster() as started:
+        yield started.address
 
 
 MEASURE = {"types": ("Q2_K", "Q4_K", "Q6_K", "Q8_0"), "anchors": 2, "n_tokens": 256}

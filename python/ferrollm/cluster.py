@@ -22,4 +22,4 @@ def connect(address: str) -> None:
             pass
         ray.init(logging_level="warning")
         return
-    ray.init(address=str(address), logging_level="warning")
+    ray.init(address=address, logging_level="warning")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,15 +30,15 @@ def replica_pids() -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if "ServeReplica:ferrollm" in line]
 
 
-class Address(str):
-    """The head's host:port, with the Prometheus export port of each node."""
-
-    metrics_ports: tuple[int, ...] = ()
+@dataclass(frozen=True)
+class Cluster:
+    address: str  # the head's host:port
+    metrics_ports: tuple[int, ...]  # each node's Prometheus export
 
 
 @contextlib.contextmanager
-def cluster(cpus_per_node: int = 1) -> Iterator[Address]:
-    """Yields the head's address; stops every Ray process of this machine after."""
+def cluster(cpus_per_node: int = 1) -> Iterator[Cluster]:
+    """Yields the head's address and export ports; stops every Ray process of this machine after."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_metrics_report_interval_ms": "1000"}
     port, metrics = free_port(), (free_port(), free_port())
     common = ["--num-cpus", str(cpus_per_node), "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
@@ -55,9 +56,7 @@ def cluster(cpus_per_node: int = 1) -> Iterator[Address]:
             *common,
         ]
         subprocess.run(node, check=True, env=env, capture_output=True, timeout=120)
-        address = Address(f"127.0.0.1:{port}")
-        address.metrics_ports = metrics
-        yield address
+        yield Cluster(f"127.0.0.1:{port}", metrics)
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
 

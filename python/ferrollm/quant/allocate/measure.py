@@ -249,6 +249,7 @@ def measure_slot(job: SlotJob, probe: KLDProbe, scratch: str,
     slot, anchor, im = job.slot, job.anchor, job.im
     seconds = {"quantize": 0.0, "kld": 0.0}
     with GGUFFile(job.src) as src, GGUFFile(job.base) as base:
+        writer = ModelWriter(base)
         info = src.tensor(slot.name)
         values = src.dequantize(slot.name).reshape(slot.shape)
         errors, klds = {}, {}
@@ -269,7 +270,7 @@ def measure_slot(job: SlotJob, probe: KLDProbe, scratch: str,
                 fd, path = tempfile.mkstemp(prefix="probe-", suffix=".gguf", dir=scratch)
                 os.close(fd)
                 try:
-                    ModelWriter(base).write(path, slot.name, t, data)
+                    writer.write(path, slot.name, t, data)
                     klds[t] = probe.kld(path)
                 finally:
                     os.unlink(path)
